@@ -1,0 +1,54 @@
+# One place for every developer and CI command. Each target creates .venv from python3 first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help demo test check lint format typecheck layers unit test-long bench clean
+
+help:
+	@echo "make demo   - run the agent (and, once delivery lands, the sandbox cloud) in the foreground"
+	@echo "make test   - every check: format, lint, types, import layers, tests"
+	@echo "make bench  - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/till-agent demo
+
+test: check
+
+check: $(STAMP) format lint typecheck layers unit
+
+format: $(STAMP)
+	$(BIN)/ruff format --check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test-long: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/pytest -q -m perf -p no:randomly tests/perf -s
+
+fix: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The till-side HTTP API the POS calls (WSGI, served by waitress)."""

@@ -1,0 +1,375 @@
+"""Settings: frozen dataclasses with their defaults, load() from one TOML file, validate() all at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent import paths
+from agent.errors import ConfigError
+
+CONFIG_ENV = "TILL_AGENT_CONFIG"
+
+# What each destination kind takes from the till. "receipts": every receipt;
+# "receipts_with_contact": only receipts that carry a contact; "contacts": contact changes.
+# A kind with nothing here is a contact source only. The connectors (agent/connectors/) add
+# their own settings; a test keeps this table and the connector registry in step.
+KIND_TAKES: dict[str, frozenset[str]] = {
+    "engage": frozenset({"receipts_with_contact", "contacts"}),
+    "loaded": frozenset({"receipts"}),
+    "webhook": frozenset({"receipts", "contacts"}),
+    "lightspeed": frozenset(),
+}
+TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOOPBACK_NAMES = ("localhost",)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """[agent]: who this till is and where it keeps its data."""
+
+    store_id: str = ""
+    till_id: str = ""
+    data_dir: Path = Path()  # default: the OS data directory (agent.paths)
+    log_dir: Path = Path()  # default: the OS log directory (agent.paths)
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """[api]: the local HTTP API the POS calls."""
+
+    listen: str = "127.0.0.1:8765"
+    token_file: Path = Path()  # default: <credentials dir>/pos-token
+    max_body_bytes: int = 1_048_576
+    threads: int = 8
+    stop_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """[intake]: how receipts are checked before they are queued."""
+
+    strict_totals: bool = False
+    totals_tolerance: Decimal = Decimal("0.05")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """[storage]: the local SQLite files."""
+
+    max_size_mb: int = 2048
+    busy_timeout_seconds: float = 5.0
+    retry_after_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """[privacy]: how long personal data may stay, and the key file that seals it."""
+
+    key_file: Path = Path()  # default: <data_dir>/keyring.json
+    quarantine_retention_days: int = 14
+    dead_letter_retention_days: int = 30
+    ledger_retention_days: int = 90
+    contact_ttl_days: int = 30
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """[destinations.<name>]: one cloud the agent delivers to. Other keys belong to the connector."""
+
+    name: str
+    kind: str
+    base_url: str
+    enabled: bool = True
+    takes: frozenset[str] = frozenset()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one agent."""
+
+    agent: AgentSettings = AgentSettings()
+    api: ApiSettings = ApiSettings()
+    intake: IntakeSettings = IntakeSettings()
+    storage: StorageSettings = StorageSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    destinations: tuple[DestinationSettings, ...] = ()
+
+    @property
+    def enabled_destinations(self) -> tuple[DestinationSettings, ...]:
+        return tuple(d for d in self.destinations if d.enabled)
+
+
+SECTIONS: dict[str, type] = {
+    "agent": AgentSettings,
+    "api": ApiSettings,
+    "intake": IntakeSettings,
+    "storage": StorageSettings,
+    "privacy": PrivacySettings,
+}
+DESTINATION_KEYS = ("kind", "base_url", "enabled", "takes")
+
+
+def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
+    """The config file to read: --config, then $TILL_AGENT_CONFIG, then the OS location."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return paths.system_paths(environ).config_file
+
+
+def load(path: Path, environ: Mapping[str, str]) -> Settings:
+    """Read, fill OS defaults, validate. Raises ConfigError with every problem found."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError([f"config: file not found (got {path})"]) from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"config: cannot read {path}: {exc}"]) from exc
+    return from_mapping(raw, environ)
+
+
+def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Build Settings from a parsed TOML table; raise ConfigError with every problem."""
+    problems: list[str] = []
+    for unknown in sorted(set(raw) - set(SECTIONS) - {"destinations"}):
+        problems.append(f"{unknown}: unknown section")
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), problems)
+        for name, cls in SECTIONS.items()
+    }
+    destinations = _build_destinations(raw.get("destinations", {}), problems)
+    settings = _with_os_defaults(
+        Settings(**sections, destinations=destinations),  # type: ignore[arg-type]
+        environ,
+    )
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def validate(settings: Settings) -> list[str]:
+    """Every semantic problem, each as '<section.key>: <problem> (got <value>)'."""
+    problems: list[str] = []
+    problems += _validate_agent(settings.agent)
+    problems += _validate_api(settings.api)
+    problems += _positive(
+        "intake.totals_tolerance", settings.intake.totals_tolerance, allow_zero=True
+    )
+    problems += _positive("storage.max_size_mb", settings.storage.max_size_mb)
+    problems += _positive("storage.busy_timeout_seconds", settings.storage.busy_timeout_seconds)
+    problems += _positive("storage.retry_after_seconds", settings.storage.retry_after_seconds)
+    for name in (
+        "quarantine_retention_days",
+        "dead_letter_retention_days",
+        "ledger_retention_days",
+        "contact_ttl_days",
+    ):
+        problems += _positive(f"privacy.{name}", getattr(settings.privacy, name))
+    for destination in settings.destinations:
+        problems += _validate_destination(destination)
+    return problems
+
+
+def _validate_agent(agent: AgentSettings) -> list[str]:
+    problems = []
+    for key in ("store_id", "till_id"):
+        if not getattr(agent, key).strip():
+            problems.append(f"agent.{key}: required (got '')")
+    if agent.log_level.upper() not in LOG_LEVELS:
+        problems.append(f"agent.log_level: one of {', '.join(LOG_LEVELS)} (got {agent.log_level})")
+    return problems
+
+
+def _validate_api(api: ApiSettings) -> list[str]:
+    problems = []
+    try:
+        host, _ = parse_listen(api.listen)
+        if not is_loopback(host):
+            problems.append(f"api.listen: must be a loopback address (got {api.listen})")
+    except ValueError as exc:
+        problems.append(f"api.listen: {exc} (got {api.listen})")
+    problems += _positive("api.max_body_bytes", api.max_body_bytes)
+    problems += _positive("api.threads", api.threads)
+    problems += _positive("api.stop_timeout_seconds", api.stop_timeout_seconds)
+    return problems
+
+
+def _validate_destination(destination: DestinationSettings) -> list[str]:
+    prefix = f"destinations.{destination.name}"
+    problems = []
+    if destination.kind not in KIND_TAKES:
+        kinds = ", ".join(sorted(KIND_TAKES))
+        problems.append(f"{prefix}.kind: unknown kind, expected one of {kinds} (got {destination.kind})")
+    parts = urlsplit(destination.base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        problems.append(f"{prefix}.base_url: an http(s) URL is required (got {destination.base_url})")
+    for value in sorted(destination.takes - TAKES_VALUES):
+        problems.append(f"{prefix}.takes: unknown value, expected {sorted(TAKES_VALUES)} (got {value})")
+    return problems
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:8765' or '[::1]:8765' -> (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("expected host:port")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range")
+    return host.strip("[]"), port
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive(name: str, value: float | Decimal, *, allow_zero: bool = False) -> list[str]:
+    if value > 0 or (allow_zero and value == 0):
+        return []
+    return [f"{name}: must be {'zero or more' if allow_zero else 'positive'} (got {value})"]
+
+
+def _build_section(name: str, cls: type, table: object, problems: list[str]) -> Any:
+    if not isinstance(table, Mapping):
+        problems.append(f"{name}: must be a table (got {table!r})")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            problems.append(f"{name}.{key}: unknown key")
+            continue
+        converted = _convert(value, hints[key])
+        if converted is _INVALID:
+            problems.append(f"{name}.{key}: expected {_type_name(hints[key])} (got {value!r})")
+        else:
+            values[key] = converted
+    return cls(**values)
+
+
+def _build_destinations(table: object, problems: list[str]) -> tuple[DestinationSettings, ...]:
+    if not isinstance(table, Mapping):
+        problems.append(f"destinations: must be a table of tables (got {table!r})")
+        return ()
+    built = []
+    for name, raw in table.items():
+        if not isinstance(raw, Mapping):
+            problems.append(f"destinations.{name}: must be a table (got {raw!r})")
+            continue
+        built.append(_build_destination(name, raw, problems))
+    return tuple(built)
+
+
+def _build_destination(
+    name: str, raw: Mapping[str, Any], problems: list[str]
+) -> DestinationSettings:
+    prefix = f"destinations.{name}"
+    kind = raw.get("kind")
+    base_url = raw.get("base_url")
+    enabled = raw.get("enabled", True)
+    takes = raw.get("takes")
+    if not isinstance(kind, str):
+        problems.append(f"{prefix}.kind: required, a string (got {kind!r})")
+        kind = ""
+    if not isinstance(base_url, str):
+        problems.append(f"{prefix}.base_url: required, a string (got {base_url!r})")
+        base_url = ""
+    if not isinstance(enabled, bool):
+        problems.append(f"{prefix}.enabled: expected true or false (got {enabled!r})")
+        enabled = True
+    if takes is not None and not (isinstance(takes, list) and all(isinstance(t, str) for t in takes)):
+        problems.append(f"{prefix}.takes: expected a list of strings (got {takes!r})")
+        takes = None
+    default_takes = KIND_TAKES.get(kind, frozenset())
+    options = {k: v for k, v in raw.items() if k not in DESTINATION_KEYS}
+    return DestinationSettings(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        enabled=enabled,
+        takes=frozenset(takes) if takes is not None else default_takes,
+        options=types.MappingProxyType(options),
+    )
+
+
+class _Invalid:
+    pass
+
+
+_INVALID = _Invalid()
+
+
+def _convert(value: object, hint: object) -> object:
+    """A TOML value converted to the field's type, or _INVALID."""
+    if hint is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else _INVALID  # type: ignore[arg-type]
+    if hint is str:
+        return value if isinstance(value, str) else _INVALID
+    if hint is Path:
+        return Path(value) if isinstance(value, str) and value else _INVALID
+    if hint is Decimal:
+        return _to_decimal(value)
+    return _INVALID
+
+
+def _to_decimal(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return _INVALID
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return _INVALID
+
+
+def _type_name(hint: object) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names |= {Path: "a path", Decimal: "a decimal number"}
+    return names.get(hint, str(hint))  # type: ignore[call-overload]
+
+
+def _with_os_defaults(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    system = paths.system_paths(environ)
+    agent = settings.agent
+    if agent.data_dir == Path():
+        agent = dataclasses.replace(agent, data_dir=system.data_dir)
+    if agent.log_dir == Path():
+        agent = dataclasses.replace(agent, log_dir=system.log_dir)
+    api = settings.api
+    if api.token_file == Path():
+        api = dataclasses.replace(api, token_file=system.credentials_dir / paths.TOKEN_FILE_NAME)
+    privacy = settings.privacy
+    if privacy.key_file == Path():
+        privacy = dataclasses.replace(privacy, key_file=agent.data_dir / "keyring.json")
+    return dataclasses.replace(settings, agent=agent, api=api, privacy=privacy)
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment: read here and handed to the functions above."""
+    return os.environ

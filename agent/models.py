@@ -1,0 +1,141 @@
+"""The shapes shared across layers: the POS contract (receipt, contact) and the outbound message."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+# Field limits are generous but finite, so a hostile body cannot make a row of any size.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+Text = Annotated[str, msgspec.Meta(max_length=1000)]
+ShortText = Annotated[str, msgspec.Meta(max_length=255)]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Money = Annotated[Decimal, msgspec.Meta(description="A decimal amount; JSON number or string")]
+Instant = Annotated[dt.datetime, msgspec.Meta(tz=True, description="ISO 8601 with an offset")]
+MatchKeyType = Literal[
+    "Email",
+    "SocialSecurityNumber",
+    "MobilePhone",
+    "CardId",
+    "ExternalId",
+    "MemberNumber",
+    "ContactId",
+    "MemberNumberWithCardNumberAsFallback",
+]
+ItemType = Literal["PURCHASE", "RETURN", "ADJUSTMENT"]
+
+
+class _Shape(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_defaults=True):
+    """camelCase on the wire; unknown fields are an error, never silently dropped."""
+
+
+class Discount(_Shape):
+    value: Money
+    type: ShortText | None = None
+    description: Text | None = None
+
+
+class ReceiptItem(_Shape):
+    type: ItemType
+    sku: Id
+    article_number: ShortText
+    article_name: Text
+    quantity: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)]
+    gross_paid_price: Money
+    tax_amount: Money
+    tax_percent: Money
+    discounts: Annotated[list[Discount], msgspec.Meta(max_length=100)] = []
+
+
+class PaymentMethod(_Shape):
+    type: ShortText
+    value: Money
+    description: Text | None = None
+
+
+class ReceiptContact(_Shape):
+    """Who bought: a match key the cloud knows, or the local id of a member registered here."""
+
+    match_key: ShortText | None = None
+    match_key_type: MatchKeyType | None = None
+    local_id: Id | None = None
+
+
+class Receipt(_Shape):
+    """A finished purchase or return, shaped like Voyado Engage's receipt."""
+
+    unique_receipt_id: Id
+    receipt_number: ShortText
+    created_date: Instant
+    store_external_id: ShortText
+    currency: Currency
+    total_gross_price: Money
+    payment_methods: Annotated[list[PaymentMethod], msgspec.Meta(min_length=1, max_length=50)]
+    items: Annotated[list[ReceiptItem], msgspec.Meta(min_length=1, max_length=2000)]
+    contact: ReceiptContact | None = None
+    order_id: Id | None = None
+    original_receipt_id: Id | None = None
+
+
+class Contact(_Shape):
+    """A member registered or changed at the till. contactId is set when the cloud id is known."""
+
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    email: ShortText | None = None
+    mobile_phone: ShortText | None = None
+    member_number: ShortText | None = None
+    street: Text | None = None
+    zip_code: ShortText | None = None
+    city: ShortText | None = None
+    country_code: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None
+    birth_day: dt.date | None = None
+    social_security_number: ShortText | None = None
+    contact_type: ShortText | None = None
+    store_external_id: ShortText | None = None
+    accepts_email: bool | None = None
+    accepts_sms: bool | None = None
+    contact_id: Id | None = None
+
+
+# Fields that identify or describe a person. They are sealed (AES-GCM) before any write and
+# are the fields removed when a person is forgotten. Everything else is business data.
+RECEIPT_PERSONAL_FIELDS = ("contact",)
+CONTACT_PERSONAL_FIELDS = (
+    "firstName",
+    "lastName",
+    "email",
+    "mobilePhone",
+    "memberNumber",
+    "street",
+    "zipCode",
+    "city",
+    "birthDay",
+    "socialSecurityNumber",
+)
+
+
+class OutboundMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """What dispatch hands a connector: one receipt or contact, decrypted, with its idempotency key.
+
+    idempotency_key is fixed at intake (the uniqueReceiptId, a derived id for an amendment, or a
+    contact's local id) and is the same on every retry. cloud_contact_id is set once the
+    intelligent buffer has resolved the receipt's contact in the destination.
+    """
+
+    kind: Literal["receipt", "contact"]
+    idempotency_key: str
+    revision: int = 1
+    receipt: Receipt | None = None
+    contact: Contact | None = None
+    local_id: str | None = None
+    cloud_contact_id: str | None = None
+
+
+def to_builtins(value: msgspec.Struct) -> dict[str, Any]:
+    """A shape as JSON-ready builtins (camelCase keys, decimals as strings)."""
+    result: dict[str, Any] = msgspec.to_builtins(value)
+    return result

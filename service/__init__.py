@@ -1,0 +1,1 @@
+"""Service wrappers: the Windows service adapter and the systemd unit."""
