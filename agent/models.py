@@ -139,3 +139,27 @@ def to_builtins(value: msgspec.Struct) -> dict[str, Any]:
     """A shape as JSON-ready builtins (camelCase keys, decimals as strings)."""
     result: dict[str, Any] = msgspec.to_builtins(value)
     return result
+
+
+class SourceContact(msgspec.Struct, frozen=True, kw_only=True):
+    """One contact as a cloud source reports it, in our field names; deleted=True removes it."""
+
+    contact_id: str
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    mobile_phone: str | None = None
+    member_number: str | None = None
+    deleted: bool = False
+
+
+class ContactPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a contact source's delta feed and the cursor that comes after it.
+
+    cursor is opaque to everyone but the connector that made it; has_more is False once the feed
+    is drained for now (the next sync starts from cursor).
+    """
+
+    contacts: list[SourceContact]
+    cursor: str | None
+    has_more: bool
