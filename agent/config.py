@@ -1,4 +1,4 @@
-"""Settings: frozen dataclasses with their defaults, load() from one TOML file, validate() all at once."""
+"""Settings: frozen dataclasses with defaults, loaded from one TOML file, validated all at once."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class PrivacySettings:
 
 @dataclass(frozen=True)
 class DestinationSettings:
-    """[destinations.<name>]: one cloud the agent delivers to. Other keys belong to the connector."""
+    """[destinations.<name>]: one cloud to deliver to. Other keys belong to the connector."""
 
     name: str
     kind: str
@@ -154,7 +154,7 @@ def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings
     }
     destinations = _build_destinations(raw.get("destinations", {}), problems)
     settings = _with_os_defaults(
-        Settings(**sections, destinations=destinations),  # type: ignore[arg-type]
+        Settings(**sections, destinations=destinations),
         environ,
     )
     problems.extend(validate(settings))
@@ -215,12 +215,18 @@ def _validate_destination(destination: DestinationSettings) -> list[str]:
     problems = []
     if destination.kind not in KIND_TAKES:
         kinds = ", ".join(sorted(KIND_TAKES))
-        problems.append(f"{prefix}.kind: unknown kind, expected one of {kinds} (got {destination.kind})")
+        problems.append(
+            f"{prefix}.kind: unknown kind, expected one of {kinds} (got {destination.kind})"
+        )
     parts = urlsplit(destination.base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        problems.append(f"{prefix}.base_url: an http(s) URL is required (got {destination.base_url})")
+        problems.append(
+            f"{prefix}.base_url: an http(s) URL is required (got {destination.base_url})"
+        )
     for value in sorted(destination.takes - TAKES_VALUES):
-        problems.append(f"{prefix}.takes: unknown value, expected {sorted(TAKES_VALUES)} (got {value})")
+        problems.append(
+            f"{prefix}.takes: unknown value, expected {sorted(TAKES_VALUES)} (got {value})"
+        )
     return problems
 
 
@@ -299,7 +305,9 @@ def _build_destination(
     if not isinstance(enabled, bool):
         problems.append(f"{prefix}.enabled: expected true or false (got {enabled!r})")
         enabled = True
-    if takes is not None and not (isinstance(takes, list) and all(isinstance(t, str) for t in takes)):
+    if takes is not None and not (
+        isinstance(takes, list) and all(isinstance(t, str) for t in takes)
+    ):
         problems.append(f"{prefix}.takes: expected a list of strings (got {takes!r})")
         takes = None
     default_takes = KIND_TAKES.get(kind, frozenset())
@@ -351,7 +359,7 @@ def _to_decimal(value: object) -> object:
 def _type_name(hint: object) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     names |= {Path: "a path", Decimal: "a decimal number"}
-    return names.get(hint, str(hint))  # type: ignore[call-overload]
+    return names.get(hint, str(hint))  # type: ignore[call-overload,no-any-return]
 
 
 def _with_os_defaults(settings: Settings, environ: Mapping[str, str]) -> Settings:

@@ -16,7 +16,7 @@ class ConfigError(AgentError):
 
 
 class StorageError(AgentError):
-    """The local store failed: disk full, size limit, locked past its timeout, corrupt, unwritable."""
+    """The local store failed: disk full, size limit, locked too long, corrupt, unwritable."""
 
 
 class KeyStoreError(AgentError):
@@ -45,7 +45,7 @@ class StoppingError(AgentError):
 
 
 class CloudError(AgentError):
-    """A cloud API call failed. Carries the connector name, the HTTP status and the cloud's errorId."""
+    """A cloud API call failed; carries the connector, the HTTP status and the cloud's errorId."""
 
     def __init__(
         self,

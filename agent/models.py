@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from agent.errors import InvalidRequestError
+
 # Field limits are generous but finite, so a hostile body cannot make a row of any size.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
 Text = Annotated[str, msgspec.Meta(max_length=1000)]
@@ -163,3 +165,33 @@ class ContactPage(msgspec.Struct, frozen=True, kw_only=True):
     contacts: list[SourceContact]
     cursor: str | None
     has_more: bool
+
+
+def check_receipt(receipt: Receipt) -> None:
+    """Rules the types cannot say; InvalidRequestError names the field."""
+    contact = receipt.contact
+    if contact is None:
+        return
+    has_key = contact.match_key is not None or contact.match_key_type is not None
+    if contact.local_id is not None and has_key:
+        raise InvalidRequestError(
+            "give either localId or matchKey with matchKeyType, not both",
+            code="invalid_receipt",
+            path="$.contact",
+        )
+    if contact.local_id is None and (contact.match_key is None or contact.match_key_type is None):
+        raise InvalidRequestError(
+            "matchKey and matchKeyType are required together (or localId)",
+            code="invalid_receipt",
+            path="$.contact",
+        )
+
+
+def check_contact(contact: Contact) -> None:
+    """A contact must carry something that identifies it."""
+    keys = (contact.email, contact.mobile_phone, contact.member_number, contact.contact_id)
+    if all(not key for key in keys):
+        raise InvalidRequestError(
+            "one of email, mobilePhone, memberNumber or contactId is required",
+            code="invalid_contact",
+        )

@@ -1,1 +1,108 @@
-"""The till-side HTTP API the POS calls (WSGI, served by waitress)."""
+"""The local HTTP API as a WSGI app: route, check host and token, call a handler, map errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agent.api.errors import (
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    error_body,
+    new_error_id,
+    status_and_code,
+)
+from agent.api.http import Request, Response, check_host, check_token, status_line
+from agent.api.routes import ROUTES, Route, Services
+from agent.errors import InvalidRequestError, StorageError
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class App:
+    """The WSGI application; one instance serves every waitress thread."""
+
+    def __init__(
+        self, services: Services, *, token: str, max_body_bytes: int, retry_after_seconds: int
+    ) -> None:
+        self._services = services
+        self._token = token
+        self._max_body_bytes = max_body_bytes
+        self._retry_after = str(retry_after_seconds)
+        self._routes = [(route, route.pattern) for route in ROUTES]
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ, self._max_body_bytes)
+        try:
+            response = self._handle(request)
+        except Exception as exc:  # the edge: every failure becomes the one error shape
+            response = self._error(request, exc)
+        start_response(status_line(response.status), response.wsgi_headers())
+        return [response.body]
+
+    def _handle(self, request: Request) -> Response:
+        check_host(request)
+        route = self._route(request)
+        if route.needs_token:
+            check_token(request, self._token)
+        return route.handler(request, self._services)
+
+    def _route(self, request: Request) -> Route:
+        allowed = []
+        for route, pattern in self._routes:
+            match = pattern.match(request.path)
+            if match is None:
+                continue
+            if route.method == request.method:
+                request.params = match.groupdict()
+                return route
+            allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowedError(
+                f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)}
+            )
+        raise RouteNotFoundError(f"no route {request.path}")
+
+    def _error(self, request: Request, exc: Exception) -> Response:
+        error_id = new_error_id()
+        status, code = status_and_code(exc)
+        headers = dict(getattr(exc, "headers", {}))
+        if isinstance(exc, StorageError) or status == 503:
+            headers["Retry-After"] = self._retry_after
+        self._log_error(request, exc, error_id, status, code)
+        if isinstance(exc, InvalidRequestError):
+            self._quarantine(request, exc, error_id, code)
+        return Response.json(error_body(exc, code, error_id), status=status, headers=headers)
+
+    def _log_error(
+        self, request: Request, exc: Exception, error_id: str, status: int, code: str
+    ) -> None:
+        fields = {"errorId": error_id, "status": status, "code": code, "route": request.path}
+        if status >= 500:
+            log.error(
+                "request failed: %s", type(exc).__name__, extra=fields, exc_info=status == 500
+            )
+        else:
+            log.warning("request refused: %s", code, extra=fields)
+
+    def _quarantine(
+        self, request: Request, exc: InvalidRequestError, error_id: str, code: str
+    ) -> None:
+        try:
+            self._services.intake.quarantine(error_id, request.path, request.body(), code, str(exc))
+        except StorageError:
+            log.exception("could not quarantine a refused body", extra={"errorId": error_id})
+
+
+def create_app(
+    services: Services, *, token: str, max_body_bytes: int, retry_after_seconds: int
+) -> App:
+    return App(
+        services,
+        token=token,
+        max_body_bytes=max_body_bytes,
+        retry_after_seconds=retry_after_seconds,
+    )

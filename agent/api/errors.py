@@ -1,0 +1,90 @@
+"""The HTTP edge's one error table: each AgentError type to a status, and the one error body."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from agent.errors import (
+    AgentError,
+    InvalidRequestError,
+    KeyStoreError,
+    NotFoundError,
+    StorageError,
+)
+
+
+class HttpError(AgentError):
+    """A request refused at the HTTP edge itself (auth, host, size, route, media type)."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class NotJsonError(HttpError):
+    status, code = 400, "not_json"
+
+
+class UnauthorizedError(HttpError):
+    status, code = 401, "unauthorized"
+
+
+class ForbiddenHostError(HttpError):
+    status, code = 403, "forbidden_host"
+
+
+class RouteNotFoundError(HttpError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowedError(HttpError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLargeError(HttpError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaTypeError(HttpError):
+    status, code = 415, "unsupported_media_type"
+
+
+STATUS_FOR: dict[type[AgentError], tuple[int, str]] = {
+    InvalidRequestError: (422, "invalid_request"),
+    NotFoundError: (404, "not_found"),
+    StorageError: (503, "storage_unavailable"),  # the POS goes on selling and retries later
+    KeyStoreError: (503, "storage_unavailable"),
+}
+INTERNAL = (500, "internal_error")
+
+
+def new_error_id() -> str:
+    return f"err_{secrets.token_hex(8)}"
+
+
+def status_and_code(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and error code for an exception (500 for anything unexpected)."""
+    if isinstance(exc, HttpError):
+        return exc.status, exc.code
+    if isinstance(exc, InvalidRequestError):
+        return 422, exc.code
+    for error_type, mapped in STATUS_FOR.items():
+        if isinstance(exc, error_type):
+            return mapped
+    return INTERNAL
+
+
+def error_body(exc: BaseException, code: str, error_id: str) -> dict[str, Any]:
+    """{"error": {"code", "message", "errorId", "details": [{"path", "message"}]}}."""
+    status, _ = status_and_code(exc)
+    message = str(exc) if status < 500 or isinstance(exc, StorageError) else "internal error"
+    if isinstance(exc, KeyStoreError):
+        message = "the local store cannot seal data right now"
+    details = []
+    if isinstance(exc, InvalidRequestError):
+        details.append({"path": exc.path, "message": str(exc)})
+    return {"error": {"code": code, "message": message, "errorId": error_id, "details": details}}

@@ -1,0 +1,151 @@
+"""The route table of the local API, then its handlers: parse, one call, render."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import msgspec
+
+from agent import __version__, models
+from agent.api import schemas
+from agent.api.errors import NotJsonError
+from agent.api.http import Request, Response, check_json_media_type
+from agent.errors import InvalidRequestError
+from agent.health import FAILING, Health
+from agent.intake import Accepted, Intake, ReceiptState
+from agent.status import StatusReporter
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers may call: the intake, the status reader, the health board."""
+
+    intake: Intake
+    status: StatusReporter
+    health: Health
+    openapi: bytes
+
+
+Handler = Callable[[Request, Services], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    needs_token: bool = True
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template) + "$")
+
+
+def post_receipt(request: Request, services: Services) -> Response:
+    receipt = decode(request, models.Receipt)
+    models.check_receipt(receipt)
+    accepted = services.intake.put_receipt(receipt)
+    return Response.json(receipt_accepted(accepted), status=_accepted_status(accepted))
+
+
+def get_receipt(request: Request, services: Services) -> Response:
+    state = services.intake.receipt_state(request.params["uniqueReceiptId"])
+    return Response.json(receipt_status(state))
+
+
+def post_contact(request: Request, services: Services) -> Response:
+    contact = decode(request, models.Contact)
+    models.check_contact(contact)
+    accepted = services.intake.put_contact(contact)
+    status: Literal["queued", "duplicate"] = (
+        "duplicate" if accepted.status == "duplicate" else "queued"
+    )
+    answer = schemas.ContactAccepted(status, accepted.key, list(accepted.destinations))
+    return Response.json(answer, status=_accepted_status(accepted))
+
+
+def get_health(request: Request, services: Services) -> Response:
+    overall = services.health.overall()
+    answer = schemas.HealthAnswer(overall, __version__)  # type: ignore[arg-type]
+    return Response.json(answer, status=503 if overall == FAILING else 200)
+
+
+def get_status(request: Request, services: Services) -> Response:
+    return Response.json(services.status.report())
+
+
+def get_openapi(request: Request, services: Services) -> Response:
+    return Response(200, services.openapi)
+
+
+ROUTES = (
+    Route("POST", "/v1/receipts", post_receipt),
+    Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
+    Route("POST", "/v1/contacts", post_contact),
+    Route("GET", "/v1/health", get_health, needs_token=False),
+    Route("GET", "/v1/status", get_status),
+    Route("GET", "/v1/openapi.json", get_openapi),
+)
+
+Shape = TypeVar("Shape", bound=msgspec.Struct)
+
+
+def decode(request: Request, shape: type[Shape]) -> Shape:
+    """JSON body -> shape: NotJsonError (400) if not JSON, InvalidRequestError (422) if invalid."""
+    check_json_media_type(request)
+    body = request.body()
+    try:
+        return msgspec.json.decode(body, type=shape)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `")
+        raise InvalidRequestError(
+            message, code="invalid_body", path=path.rstrip("`") or "$"
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise NotJsonError(f"the body is not JSON: {exc}") from exc
+
+
+def receipt_accepted(accepted: Accepted) -> schemas.ReceiptAccepted:
+    return schemas.ReceiptAccepted(
+        accepted.status,
+        accepted.key,
+        accepted.revision,
+        list(accepted.destinations),
+        list(accepted.warnings),
+    )
+
+
+def receipt_status(state: ReceiptState) -> schemas.ReceiptStatus:
+    return schemas.ReceiptStatus(
+        state.unique_receipt_id,
+        state.revision,
+        iso(state.received_at) or "",
+        list(state.warnings),
+        [
+            schemas.DeliveryState(
+                d.destination,
+                d.revision,
+                d.state,  # type: ignore[arg-type]
+                d.attempts,
+                iso(d.next_attempt_at),
+                d.last_error_id,
+                d.cloud_error_id,
+                iso(d.updated_at) or "",
+            )
+            for d in state.deliveries
+        ],
+    )
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _accepted_status(accepted: Accepted) -> int:
+    return 200 if accepted.status == "duplicate" else 202

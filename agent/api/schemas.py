@@ -1,0 +1,231 @@
+"""Response shapes of the local API and the OpenAPI 3.1 document generated from all shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from agent import __version__, models
+
+
+class _Out(msgspec.Struct, rename="camel", omit_defaults=False):
+    pass
+
+
+class ReceiptAccepted(_Out):
+    status: Literal["queued", "duplicate", "amended"]
+    unique_receipt_id: str
+    revision: int
+    destinations: list[str]
+    warnings: list[str]
+
+
+class ContactAccepted(_Out):
+    status: Literal["queued", "duplicate"]
+    local_id: str
+    destinations: list[str]
+
+
+class DeliveryState(_Out):
+    destination: str
+    revision: int
+    state: Literal["queued", "sending", "retrying", "delivered", "dead_lettered"]
+    attempts: int
+    next_attempt_at: str | None
+    last_error_id: str | None
+    cloud_error_id: str | None
+    updated_at: str
+
+
+class ReceiptStatus(_Out):
+    unique_receipt_id: str
+    revision: int
+    received_at: str
+    warnings: list[str]
+    destinations: list[DeliveryState]
+
+
+class HealthAnswer(_Out):
+    status: Literal["ok", "degraded", "failing"]
+    version: str
+
+
+class DestinationStatus(_Out):
+    name: str
+    kind: str
+    state: str
+    detail: str
+    depth: int
+    in_flight: int
+    oldest_age_seconds: float | None
+
+
+class ComponentStatus(_Out):
+    name: str
+    state: str
+    detail: str
+
+
+class StorageStatus(_Out):
+    data_dir_bytes: int
+    free_bytes: int
+    limit_bytes: int
+
+
+class StatusAnswer(_Out):
+    status: Literal["ok", "degraded", "failing"]
+    version: str
+    store_id: str
+    till_id: str
+    destinations: list[DestinationStatus]
+    counters: dict[str, int]
+    components: list[ComponentStatus]
+    storage: StorageStatus
+
+
+class ErrorDetail(_Out):
+    path: str
+    message: str
+
+
+class ErrorInfo(_Out):
+    code: str
+    message: str
+    error_id: str
+    details: list[ErrorDetail]
+
+
+class ErrorBody(_Out):
+    error: ErrorInfo
+
+
+ERROR_STATUSES = {
+    "400": "Not JSON",
+    "401": "No or wrong bearer token",
+    "403": "Host is not a loopback name",
+    "404": "No such route or record",
+    "405": "Method not allowed on this route",
+    "413": "Body over the size limit",
+    "415": "Content-Type is not JSON",
+    "422": "Failed validation; the body is quarantined",
+    "500": "Unexpected error (logged with the errorId)",
+    "503": "The local store cannot persist right now; retry after Retry-After",
+}
+SHAPES = (
+    models.Receipt,
+    models.Contact,
+    ReceiptAccepted,
+    ContactAccepted,
+    ReceiptStatus,
+    HealthAnswer,
+    StatusAnswer,
+    ErrorBody,
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document; docs/openapi.json is this, and a test keeps it fresh."""
+    _, components = msgspec.json.schema_components(
+        SHAPES, ref_template="#/components/schemas/{name}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Till Agent local API",
+            "version": __version__,
+            "description": "The POS contract on loopback. See docs/api.md.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8765"}],
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _answers(ok: dict[str, tuple[str, str]], errors: tuple[str, ...]) -> dict[str, Any]:
+    answers: dict[str, Any] = {
+        code: {"description": text, **_ref(shape)} for code, (text, shape) in ok.items()
+    }
+    for code in errors:
+        answers[code] = {"description": ERROR_STATUSES[code], **_ref("ErrorBody")}
+    return answers
+
+
+def _paths() -> dict[str, Any]:
+    common = ("401", "403", "500", "503")
+    body_errors = ("400", "413", "415", "422", *common)
+    return {
+        "/v1/receipts": {
+            "post": {
+                "summary": "Queue a finished purchase or return",
+                "requestBody": {"required": True, **_ref("Receipt")},
+                "responses": _answers(
+                    {
+                        "202": ("Queued, or amended (a new revision)", "ReceiptAccepted"),
+                        "200": ("The identical receipt was already queued", "ReceiptAccepted"),
+                    },
+                    body_errors,
+                ),
+            }
+        },
+        "/v1/receipts/{uniqueReceiptId}": {
+            "get": {
+                "summary": "Delivery state of a receipt, per destination",
+                "parameters": [
+                    {
+                        "name": "uniqueReceiptId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                "responses": _answers({"200": ("Found", "ReceiptStatus")}, ("404", *common)),
+            }
+        },
+        "/v1/contacts": {
+            "post": {
+                "summary": "Register or change a member at the till",
+                "requestBody": {"required": True, **_ref("Contact")},
+                "responses": _answers(
+                    {
+                        "202": ("Queued under a local id", "ContactAccepted"),
+                        "200": ("The identical change was already queued", "ContactAccepted"),
+                    },
+                    body_errors,
+                ),
+            }
+        },
+        "/v1/health": {
+            "get": {
+                "summary": "Liveness; no token, no data",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Healthy or degraded", **_ref("HealthAnswer")},
+                    "503": {"description": "Failing", **_ref("HealthAnswer")},
+                },
+            }
+        },
+        "/v1/status": {
+            "get": {
+                "summary": "Queues, destinations, counters, storage",
+                "responses": _answers({"200": ("Status", "StatusAnswer")}, common),
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON_TYPE: {}}}},
+            }
+        },
+    }
+
+
+JSON_TYPE = "application/json"

@@ -1,0 +1,157 @@
+"""Composition root: build every object from Settings, start them in order, stop them in reverse."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import filelock
+import msgspec
+
+from agent import api, config, crypto, health, outbox
+from agent.api import schemas
+from agent.api.routes import Services
+from agent.api.server import Server
+from agent.errors import AlreadyRunningError, StorageError
+from agent.intake import Intake
+from agent.status import StatusReporter
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "till-agent.lock"
+
+
+@dataclass
+class Agent:
+    """A running agent: its stores, its API server, and what stop() must close."""
+
+    settings: config.Settings
+    token: str
+    server: Server
+    outbox: outbox.Outbox
+    health: health.Health
+    lock: filelock.BaseFileLock
+    closers: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        host = self.server.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.server.port}"
+
+    def stop(self) -> None:
+        """API first (refuse new work), then the stores, then the lock."""
+        log.info("stopping")
+        self.server.stop(self.settings.api.stop_timeout_seconds)
+        self.outbox.close()
+        self.lock.release()
+        log.info("stopped")
+
+
+def start(settings: config.Settings) -> Agent:
+    """Open the stores, then the API last; raises before serving anything if a part fails."""
+    data_dir = settings.agent.data_dir
+    _make_private_dir(data_dir)
+    lock = acquire_lock(data_dir)
+    try:
+        return _start_locked(settings, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start_locked(settings: config.Settings, lock: filelock.BaseFileLock) -> Agent:
+    data_dir = settings.agent.data_dir
+    has_data = (data_dir / outbox.FILE_NAME).exists()
+    keyring = crypto.load_or_create(settings.privacy.key_file, may_create=not has_data)
+    destinations = settings.enabled_destinations
+    box = outbox.Outbox(
+        data_dir,
+        [d.name for d in destinations],
+        busy_timeout_seconds=settings.storage.busy_timeout_seconds,
+        max_size_mb=settings.storage.max_size_mb,
+    )
+    board = health.Health()
+    intake = Intake(box, keyring, destinations, settings.intake, board)
+    board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
+    server = _server(
+        settings,
+        _services(settings, box, intake, board),
+        token := read_or_create_token(settings.api.token_file),
+    )
+    server.start()
+    return Agent(settings, token, server, box, board, lock)
+
+
+def _services(
+    settings: config.Settings, box: outbox.Outbox, intake: Intake, board: health.Health
+) -> Services:
+    reporter = StatusReporter(
+        outbox=box,
+        intake=intake,
+        health=board,
+        destinations=settings.enabled_destinations,
+        identity=(settings.agent.store_id, settings.agent.till_id),
+        data_dir=settings.agent.data_dir,
+        limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
+    )
+    openapi = msgspec.json.encode(schemas.openapi_document())
+    return Services(intake=intake, status=reporter, health=board, openapi=openapi)
+
+
+def _server(settings: config.Settings, services: Services, token: str) -> Server:
+    host, port = config.parse_listen(settings.api.listen)
+    app = api.create_app(
+        services,
+        token=token,
+        max_body_bytes=settings.api.max_body_bytes,
+        retry_after_seconds=settings.storage.retry_after_seconds,
+    )
+    return Server(
+        app, host, port, threads=settings.api.threads, max_body_bytes=settings.api.max_body_bytes
+    )
+
+
+def acquire_lock(data_dir: Path) -> filelock.BaseFileLock:
+    """One agent per data directory: a second one refuses instead of sharing the queue."""
+    lock = filelock.FileLock(data_dir / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise AlreadyRunningError(
+            f"another till-agent is already running on {data_dir}; stop it first"
+        ) from exc
+    return lock
+
+
+def read_or_create_token(path: Path) -> str:
+    """The POS token; made (owner-only) on first start when the installer has not made one."""
+    if not path.exists():
+        _make_private_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        log.info("created the POS token file", extra={"path": str(path)})
+    token = path.read_text(encoding="ascii").strip()
+    if len(token) < 16:
+        raise StorageError(f"the POS token in {path} is too short (16 characters at least)")
+    return token
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def run(settings: config.Settings, stop: threading.Event) -> None:
+    """Start, serve until stop is set, stop cleanly. The service wrappers call this."""
+    agent = start(settings)
+    log.info(
+        "till agent running", extra={"url": agent.url, "data_dir": str(settings.agent.data_dir)}
+    )
+    try:
+        stop.wait()
+    finally:
+        agent.stop()

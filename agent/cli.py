@@ -1,0 +1,166 @@
+"""The till-agent command line: a few lines per command over the library."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from agent import __version__, app, config, logs
+from agent.errors import AgentError, ConfigError
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"The TOML config file (default: ${config.CONFIG_ENV}, then the system location).",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="till-agent")
+def main() -> None:
+    """Till Agent: durable local intake for POS tills, delivered to the cloud when it answers."""
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_file: str | None) -> None:
+    """Run the agent in the foreground until SIGTERM or SIGINT."""
+    settings = load_settings(config_file)
+    logs.setup(settings.agent.log_level)
+    serve_until_signalled(settings)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /v1/status answer.")
+def status(config_file: str | None, as_json: bool) -> None:
+    """Show what the running agent is doing (queues, destinations, counters)."""
+    settings = load_settings(config_file)
+    answer = fetch_status(settings)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(format_status(answer))
+
+
+@main.command()
+def demo() -> None:
+    """The agent on a throw-away data directory, in the foreground; prints its URL and token."""
+    with tempfile.TemporaryDirectory(prefix="till-agent-demo-") as directory:
+        settings = demo_settings(Path(directory))
+        logs.setup("WARNING")
+        serve_until_signalled(settings, announce=True)
+
+
+@main.command()
+def openapi() -> None:
+    """Print the OpenAPI 3.1 document of the local API (docs/openapi.json is this output)."""
+    from agent.api.schemas import openapi_document
+
+    click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+
+
+def load_settings(config_file: str | None) -> config.Settings:
+    environ = config.environment()
+    path = config.config_path(config_file, environ)
+    try:
+        return config.load(path, environ)
+    except ConfigError as exc:
+        lines = "\n".join(f"  - {problem}" for problem in exc.problems)
+        raise click.ClickException(f"the configuration in {path} has problems:\n{lines}") from exc
+
+
+def serve_until_signalled(settings: config.Settings, *, announce: bool = False) -> None:
+    """Start the agent, stop it cleanly on SIGTERM/SIGINT."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        agent = app.start(settings)
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if announce:
+        click.echo(announcement(agent.url, agent.token, settings))
+    try:
+        stop.wait()
+    finally:
+        agent.stop()
+
+
+def announcement(url: str, token: str, settings: config.Settings) -> str:
+    return "\n".join(
+        [
+            "Till Agent is running (Ctrl-C stops it).",
+            f"  URL:    {url}",
+            f"  Token:  {token}",
+            f"  Data:   {settings.agent.data_dir} (removed when it stops)",
+            "Try:",
+            f"  curl -s -H 'Authorization: Bearer {token}' {url}/v1/status",
+        ]
+    )
+
+
+def demo_settings(directory: Path) -> config.Settings:
+    raw: dict[str, Any] = {
+        "agent": {
+            "store_id": "demo-store",
+            "till_id": "till-1",
+            "data_dir": str(directory / "data"),
+        },
+        "api": {"listen": "127.0.0.1:0", "token_file": str(directory / "pos-token")},
+        "destinations": {
+            "engage": {"kind": "engage", "base_url": "http://127.0.0.1:9/"},
+            "loaded": {"kind": "loaded", "base_url": "http://127.0.0.1:9/"},
+        },
+    }
+    return config.from_mapping(raw, {})
+
+
+def fetch_status(settings: config.Settings) -> dict[str, Any]:
+    host, port = config.parse_listen(settings.api.listen)
+    token = settings.api.token_file.read_text(encoding="ascii").strip()
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/status"
+    try:
+        response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
+    if response.status_code != 200:
+        raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def format_status(answer: Mapping[str, Any]) -> str:
+    lines = [
+        f"Till {answer['tillId']} of store {answer['storeId']}: {answer['status']}"
+        f" (agent {answer['version']})",
+        "",
+        f"{'destination':<16}{'kind':<12}{'state':<10}{'queued':>8}{'sending':>9}{'oldest':>10}",
+    ]
+    for d in answer["destinations"]:
+        oldest = "-" if d["oldestAgeSeconds"] is None else f"{d['oldestAgeSeconds']:.0f}s"
+        lines.append(
+            f"{d['name']:<16}{d['kind']:<12}{d['state']:<10}{d['depth']:>8}{d['inFlight']:>9}{oldest:>10}"
+        )
+    counters = answer["counters"]
+    lines += ["", "since install: " + ", ".join(f"{k} {v}" for k, v in counters.items())]
+    storage = answer["storage"]
+    used, limit = storage["dataDirBytes"] / 1e6, storage["limitBytes"] / 1e6
+    free = storage["freeBytes"] / 1e9
+    lines.append(f"storage: {used:.1f} MB used of {limit:.0f} MB, {free:.1f} GB free on disk")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

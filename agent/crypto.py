@@ -1,0 +1,164 @@
+"""The keyring: AES-GCM sealing of personal data (record id bound in) and keyed hashes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from agent.errors import KeyStoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SEAL_PREFIX = "s1"
+NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class DataKey:
+    key_id: str
+    created: str
+    secret: bytes
+
+
+class Keyring:
+    """Data keys (the newest seals, any may open) and the separate key for keyed hashes."""
+
+    def __init__(self, data_keys: list[DataKey], index_key: bytes) -> None:
+        if not data_keys:
+            raise KeyStoreError("the keyring holds no data key")
+        self._keys = {k.key_id: k for k in data_keys}
+        self._active = data_keys[-1]
+        self._index_key = index_key
+
+    @property
+    def active_key_id(self) -> str:
+        return self._active.key_id
+
+    def seal(self, plaintext: bytes, record_id: str) -> str:
+        """Encrypt with the active key; record_id is bound in as associated data."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = AESGCM(self._active.secret).encrypt(nonce, plaintext, record_id.encode())
+        body = base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        return f"{SEAL_PREFIX}.{self._active.key_id}.{body}"
+
+    def open(self, token: str, record_id: str) -> bytes:
+        """Decrypt a sealed value; KeyStoreError if its key is gone or it does not authenticate."""
+        prefix, key_id, body = _split_token(token)
+        key = self._keys.get(key_id)
+        if prefix != SEAL_PREFIX or key is None:
+            raise KeyStoreError(f"sealed with key {key_id!r}, which this keyring does not hold")
+        raw = base64.urlsafe_b64decode(body)
+        try:
+            return AESGCM(key.secret).decrypt(
+                raw[:NONCE_BYTES], raw[NONCE_BYTES:], record_id.encode()
+            )
+        except InvalidTag as exc:
+            raise KeyStoreError(f"sealed value for {record_id} does not authenticate") from exc
+
+    def keyed_hash(self, data: bytes) -> str:
+        """HMAC-SHA256 under the index key: a blind index or a content hash, never reversible."""
+        return hmac.new(self._index_key, data, hashlib.sha256).hexdigest()
+
+
+def _split_token(token: str) -> tuple[str, str, str]:
+    parts = token.split(".", 2)
+    if len(parts) != 3:
+        raise KeyStoreError("not a sealed value")
+    return parts[0], parts[1], parts[2]
+
+
+def load_or_create(path: Path, *, may_create: bool) -> Keyring:
+    """Load the key file; create it (owner-only) when may_create and it does not exist yet."""
+    if not path.exists():
+        if not may_create:
+            raise KeyStoreError(
+                f"key file {path} is missing but the data directory holds sealed data; "
+                "restore the key file or erase the data directory"
+            )
+        write_keyring_file(path, _new_keyring_document())
+        log.info("created key file %s", path)
+    return _parse(path, _read(path))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KeyStoreError(f"key file {path} is unreadable or corrupt: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise KeyStoreError(f"key file {path} is not a till-agent keyring (format {FORMAT})")
+    return document
+
+
+def _parse(path: Path, document: dict[str, Any]) -> Keyring:
+    try:
+        keys = [
+            DataKey(k["id"], k["created"], _b64(k["key"]))
+            for k in sorted(document["data_keys"], key=lambda k: k["created"])
+        ]
+        index_key = _b64(document["index_key"])
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise KeyStoreError(f"key file {path} is corrupt: {exc}") from exc
+    if any(len(k.secret) != KEY_BYTES for k in keys) or len(index_key) != KEY_BYTES:
+        raise KeyStoreError(f"key file {path} is corrupt: a key has the wrong length")
+    return Keyring(keys, index_key)
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def _new_keyring_document() -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "index_key": base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode(),
+        "data_keys": [new_data_key_entry()],
+    }
+
+
+def new_data_key_entry() -> dict[str, str]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "id": f"k{now:%Y%m%d%H%M%S}{secrets.token_hex(2)}",
+        "created": now.isoformat(),
+        "key": base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode(),
+    }
+
+
+def write_keyring_file(path: Path, document: dict[str, Any]) -> None:
+    """Write atomically: an owner-only temporary file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(document, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    if os.name != "posix":
+        return  # Windows cannot open a directory for fsync; NTFS journals the rename.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

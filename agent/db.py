@@ -1,0 +1,131 @@
+"""Open SQLite the one durable way (WAL, synchronous=FULL, secure_delete) and migrate it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from agent.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+SYNCHRONOUS_FULL = 2
+SECURE_DELETE_ON = 1
+
+
+def connect(
+    path: Path,
+    *,
+    busy_timeout_seconds: float = 5.0,
+    max_size_mb: int | None = None,
+) -> sqlite3.Connection:
+    """A connection with the pragmas every store needs, each read back and checked.
+
+    isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in transaction()), so a
+    write never upgrades a read lock mid-way and nothing commits behind our back.
+    """
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=busy_timeout_seconds,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        apply_pragmas(conn, max_size_mb=max_size_mb)
+    except sqlite3.Error as exc:
+        raise StorageError(f"open {path.name}: {exc}") from exc
+    return conn
+
+
+def apply_pragmas(conn: sqlite3.Connection, *, max_size_mb: int | None = None) -> None:
+    """WAL + synchronous=FULL (durable commit) + secure_delete=ON (deleted bytes are zeroed)."""
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if max_size_mb is not None:
+        conn.execute(f"PRAGMA max_page_count={max_pages(max_size_mb, conn)}")
+    check_pragmas(conn, journal_mode=mode)
+
+
+def check_pragmas(conn: sqlite3.Connection, *, journal_mode: str | None = None) -> None:
+    """Read the durability pragmas back: a libsqlite3 that ignores them must not run silently."""
+    mode = journal_mode or conn.execute("PRAGMA journal_mode").fetchone()[0]
+    synchronous = conn.execute("PRAGMA synchronous").fetchone()[0]
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(f"journal_mode is {mode}, expected wal")
+    if synchronous != SYNCHRONOUS_FULL:
+        raise StorageError(f"synchronous is {synchronous}, expected 2 (FULL)")
+    if secure_delete != SECURE_DELETE_ON:
+        raise StorageError(f"secure_delete is {secure_delete}, expected 1 (ON)")
+
+
+def max_pages(max_size_mb: int, conn: sqlite3.Connection) -> int:
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0] or PAGE_SIZE
+    return max(1, max_size_mb * 1024 * 1024 // int(page_size))
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (fsync'd: synchronous=FULL), ROLLBACK on any error."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StorageError(f"begin: {exc}") from exc
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(f"write: {exc}") from exc
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        # A failed COMMIT (SQLITE_FULL, I/O error) may already have rolled back.
+        log.debug("rollback after a failed transaction found nothing to undo")
+
+
+def migrate(conn: sqlite3.Connection, steps: Sequence[str]) -> int:
+    """Apply the migration steps past PRAGMA user_version, each in its own transaction."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for version, script in enumerate(steps[current:], start=current + 1):
+        with transaction(conn):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version}")
+        log.info("migrated store to version %d", version)
+    return len(steps)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def quick_check(conn: sqlite3.Connection) -> None:
+    """Raise StorageError when SQLite's quick_check finds the file damaged."""
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StorageError(f"quick_check: {exc}") from exc
+    if result != "ok":
+        raise StorageError(f"quick_check: {result}")
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Fold the WAL into the database file and truncate it to zero bytes."""
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StorageError(f"checkpoint: {exc}") from exc
+    if busy:
+        log.warning("wal checkpoint could not complete: a reader was busy")

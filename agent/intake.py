@@ -1,0 +1,400 @@
+"""Intake: check, seal and fan receipts and contacts out into the outbox, deduplicated."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from agent import models
+from agent.config import DestinationSettings, IntakeSettings
+from agent.crypto import Keyring
+from agent.errors import InvalidRequestError, NotFoundError, StorageError
+from agent.health import FAILING, OK, Health
+from agent.outbox import CLAIMED_STATUS, Batch, Outbox
+
+log = logging.getLogger(__name__)
+
+SCHEMA = [
+    """
+    CREATE TABLE receipts (
+        unique_receipt_id TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        warnings TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE receipt_revisions (
+        unique_receipt_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (unique_receipt_id, revision)
+    );
+    CREATE INDEX receipt_revisions_by_hash ON receipt_revisions (unique_receipt_id, content_hash);
+    CREATE TABLE deliveries (
+        record_key TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        queue_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        last_error_id TEXT,
+        cloud_error_id TEXT,
+        PRIMARY KEY (record_key, destination, revision)
+    );
+    CREATE TABLE outbound_contacts (
+        local_id TEXT PRIMARY KEY,
+        content_hash TEXT NOT NULL UNIQUE,
+        received_at REAL NOT NULL,
+        cloud_contact_id TEXT
+    );
+    CREATE TABLE quarantine (
+        error_id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        route TEXT NOT NULL,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sealed_body TEXT,
+        redacted_at REAL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    """,
+]
+COUNTERS = ("accepted", "duplicates", "amended", "quarantined", "totals_warnings", "contacts")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the POS is told: queued, duplicate or amended, and for which destinations."""
+
+    status: Literal["queued", "duplicate", "amended"]
+    key: str
+    revision: int
+    destinations: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    local_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    destination: str
+    revision: int
+    state: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error_id: str | None
+    cloud_error_id: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ReceiptState:
+    unique_receipt_id: str
+    revision: int
+    received_at: float
+    warnings: tuple[str, ...]
+    deliveries: tuple[Delivery, ...] = field(default=())
+
+
+class Intake:
+    """The POS-facing write path. Every write is one fsync'd transaction in the outbox file."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        keyring: Keyring,
+        destinations: Sequence[DestinationSettings],
+        settings: IntakeSettings,
+        health: Health,
+    ) -> None:
+        self._outbox = outbox
+        self._health = health
+        self._keyring = keyring
+        self._destinations = tuple(d for d in destinations if d.enabled)
+        self._settings = settings
+        outbox.migrate(SCHEMA)
+
+    # -- receipts -------------------------------------------------------------------------
+
+    def put_receipt(self, receipt: models.Receipt) -> Accepted:
+        """Queue a receipt for every destination that takes it; dedupe and amend by content."""
+        warnings = check_totals(receipt, self._settings.totals_tolerance)
+        if warnings and self._settings.strict_totals:
+            raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
+        content_hash = self._keyring.keyed_hash(msgspec.json.encode(receipt))
+        with self._writing() as batch:
+            accepted = self._put_receipt(batch, receipt, content_hash, warnings)
+            _bump(batch.conn, _counter_for(accepted.status))
+            if warnings:
+                _bump(batch.conn, "totals_warnings")
+        return accepted
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Batch]:
+        """An outbox write whose failure or success is reported on the health board."""
+        try:
+            with self._outbox.write() as batch:
+                yield batch
+        except StorageError as exc:
+            self._health.report("storage", FAILING, f"cannot persist: {exc}")
+            raise
+        storage = self._health.get("storage")
+        if storage is not None and storage.state != OK:
+            self._health.report("storage", OK, "durable writes resumed")
+
+    def _put_receipt(
+        self, batch: Batch, receipt: models.Receipt, content_hash: str, warnings: tuple[str, ...]
+    ) -> Accepted:
+        key = receipt.unique_receipt_id
+        row = batch.conn.execute(
+            "SELECT revision FROM receipts WHERE unique_receipt_id = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return self._first_revision(batch, receipt, content_hash, warnings)
+        if _known_revision(batch.conn, key, content_hash) is not None:
+            return Accepted("duplicate", key, int(row[0]), self._delivered_to(batch.conn, key))
+        return self._amend(batch, receipt, content_hash, warnings, int(row[0]) + 1)
+
+    def _first_revision(
+        self, batch: Batch, receipt: models.Receipt, content_hash: str, warnings: tuple[str, ...]
+    ) -> Accepted:
+        key, now = receipt.unique_receipt_id, time.time()
+        batch.conn.execute(
+            "INSERT INTO receipts VALUES (?, 1, ?, ?, ?)", (key, now, now, json.dumps(warnings))
+        )
+        _record_revision(batch.conn, key, 1, content_hash, now)
+        targets = self.destinations_for(receipt)
+        for destination in targets:
+            queue_id = batch.put(destination, self._receipt_item(receipt, 1))
+            _insert_delivery(batch.conn, key, destination, 1, queue_id, now)
+        return Accepted("queued", key, 1, targets, warnings)
+
+    def _amend(
+        self,
+        batch: Batch,
+        receipt: models.Receipt,
+        content_hash: str,
+        warnings: tuple[str, ...],
+        revision: int,
+    ) -> Accepted:
+        key, now = receipt.unique_receipt_id, time.time()
+        batch.conn.execute(
+            "UPDATE receipts SET revision = ?, updated_at = ?, warnings = ? "
+            "WHERE unique_receipt_id = ?",
+            (revision, now, json.dumps(warnings), key),
+        )
+        _record_revision(batch.conn, key, revision, content_hash, now)
+        earlier = self._delivered_to(batch.conn, key)
+        targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
+        item = self._receipt_item(receipt, revision)
+        for destination in targets:
+            self._amend_one(batch, key, destination, revision, item, now)
+        return Accepted("amended", key, revision, targets, warnings)
+
+    def _amend_one(
+        self,
+        batch: Batch,
+        key: str,
+        destination: str,
+        revision: int,
+        item: dict[str, Any],
+        now: float,
+    ) -> None:
+        """Replace the queued revision if it has not left; otherwise queue the new one after it."""
+        waiting = batch.conn.execute(
+            "SELECT revision, queue_id FROM deliveries WHERE record_key = ? AND destination = ? "
+            "AND state = 'queued' ORDER BY revision DESC LIMIT 1",
+            (key, destination),
+        ).fetchone()
+        if waiting is not None and batch.replace(destination, int(waiting[1]), item):
+            batch.conn.execute(
+                "UPDATE deliveries SET state = 'superseded', updated_at = ? "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (now, key, destination, int(waiting[0])),
+            )
+            _insert_delivery(batch.conn, key, destination, revision, int(waiting[1]), now)
+            return
+        queue_id = batch.put(destination, item)
+        _insert_delivery(batch.conn, key, destination, revision, queue_id, now)
+
+    def destinations_for(self, receipt: models.Receipt) -> tuple[str, ...]:
+        """The enabled destinations that take this receipt (DESIGN §3 routing)."""
+        has_contact = receipt.contact is not None
+        return tuple(
+            d.name
+            for d in self._destinations
+            if "receipts" in d.takes or (has_contact and "receipts_with_contact" in d.takes)
+        )
+
+    def _receipt_item(self, receipt: models.Receipt, revision: int) -> dict[str, Any]:
+        key = receipt.unique_receipt_id
+        body = models.to_builtins(receipt)
+        return self._sealed_item("receipt", key, revision, body, models.RECEIPT_PERSONAL_FIELDS)
+
+    def _sealed_item(
+        self, kind: str, key: str, revision: int, body: dict[str, Any], personal: Sequence[str]
+    ) -> dict[str, Any]:
+        """The queue item: business fields in clear, personal fields sealed with the record id."""
+        private = {name: body.pop(name) for name in personal if name in body}
+        sealed = None
+        if private:
+            sealed = self._keyring.seal(json.dumps(private).encode(), record_aad(kind, key))
+        return {"kind": kind, "key": key, "revision": revision, "body": body, "personal": sealed}
+
+    def _delivered_to(self, conn: sqlite3.Connection, key: str) -> tuple[str, ...]:
+        rows = conn.execute(
+            "SELECT DISTINCT destination FROM deliveries WHERE record_key = ? ORDER BY destination",
+            (key,),
+        ).fetchall()
+        return tuple(r[0] for r in rows)
+
+    # -- contacts -------------------------------------------------------------------------
+
+    def put_contact(self, contact: models.Contact) -> Accepted:
+        """Queue a contact change for the destinations that take contacts; dedupe by content."""
+        content_hash = self._keyring.keyed_hash(msgspec.json.encode(contact))
+        targets = tuple(d.name for d in self._destinations if "contacts" in d.takes)
+        with self._writing() as batch:
+            row = batch.conn.execute(
+                "SELECT local_id FROM outbound_contacts WHERE content_hash = ?", (content_hash,)
+            ).fetchone()
+            if row is not None:
+                _bump(batch.conn, "duplicates")
+                return Accepted("duplicate", row[0], 1, targets, local_id=row[0])
+            local_id = new_local_id()
+            now = time.time()
+            batch.conn.execute(
+                "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
+                (local_id, content_hash, now),
+            )
+            item = self._sealed_item(
+                "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
+            )
+            for destination in targets:
+                _insert_delivery(
+                    batch.conn, local_id, destination, 1, batch.put(destination, item), now
+                )
+            _bump(batch.conn, "contacts")
+        return Accepted("queued", local_id, 1, targets, local_id=local_id)
+
+    # -- quarantine -----------------------------------------------------------------------
+
+    def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
+        """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
+        sealed = self._keyring.seal(body, record_aad("quarantine", error_id))
+        with self._writing() as batch:
+            batch.conn.execute(
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (error_id, time.time(), route, code, reason[:500], sealed),
+            )
+            _bump(batch.conn, "quarantined")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def receipt_state(self, unique_receipt_id: str) -> ReceiptState:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT revision, received_at, warnings FROM receipts WHERE unique_receipt_id = ?",
+                (unique_receipt_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no receipt {unique_receipt_id!r} was handed to this till")
+            rows = conn.execute(
+                "SELECT destination, revision, state, attempts, next_attempt_at, last_error_id, "
+                "cloud_error_id, updated_at, queue_id FROM deliveries WHERE record_key = ? "
+                "AND state != 'superseded' ORDER BY destination, revision",
+                (unique_receipt_id,),
+            ).fetchall()
+        deliveries = tuple(self._delivery(r) for r in rows)
+        return ReceiptState(
+            unique_receipt_id, row[0], row[1], tuple(json.loads(row[2])), deliveries
+        )
+
+    def _delivery(self, row: tuple[Any, ...]) -> Delivery:
+        state = row[2]
+        if state == "queued" and self._outbox.queue_status(row[0], row[8]) == CLAIMED_STATUS:
+            state = "sending"
+        return Delivery(row[0], row[1], state, row[3], row[4], row[5], row[6], row[7])
+
+    def counters(self) -> dict[str, int]:
+        with self._outbox.read() as conn:
+            rows = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        return {name: int(rows.get(name, 0)) for name in COUNTERS}
+
+
+def check_totals(receipt: models.Receipt, tolerance: Decimal) -> tuple[str, ...]:
+    """Warnings when lines, total and payments disagree by more than the tolerance."""
+    lines = sum((line_amount(item) for item in receipt.items), Decimal(0))
+    payments = sum((p.value for p in receipt.payment_methods), Decimal(0))
+    total = receipt.total_gross_price
+    warnings = []
+    if abs(lines - total) > tolerance:
+        warnings.append(f"items add up to {lines}, totalGrossPrice is {total}")
+    if abs(payments - total) > tolerance:
+        warnings.append(f"payments add up to {payments}, totalGrossPrice is {total}")
+    return tuple(warnings)
+
+
+def line_amount(item: models.ReceiptItem) -> Decimal:
+    """A line's signed contribution: a RETURN's price is positive on the wire but refunds."""
+    if item.type == "RETURN":
+        return -abs(item.gross_paid_price)
+    return item.gross_paid_price
+
+
+def record_aad(kind: str, key: str) -> str:
+    """The associated data a sealed value is bound to: a copy moved to another record won't open."""
+    return f"{kind}:{key}"
+
+
+def new_local_id() -> str:
+    return f"loc_{secrets.token_hex(12)}"
+
+
+def _known_revision(conn: sqlite3.Connection, key: str, content_hash: str) -> int | None:
+    row = conn.execute(
+        "SELECT revision FROM receipt_revisions WHERE unique_receipt_id = ? AND content_hash = ?",
+        (key, content_hash),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _record_revision(
+    conn: sqlite3.Connection, key: str, revision: int, content_hash: str, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO receipt_revisions VALUES (?, ?, ?, ?)", (key, revision, content_hash, now)
+    )
+
+
+def _insert_delivery(
+    conn: sqlite3.Connection, key: str, destination: str, revision: int, queue_id: int, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO deliveries (record_key, destination, revision, queue_id, state, updated_at) "
+        "VALUES (?, ?, ?, ?, 'queued', ?)",
+        (key, destination, revision, queue_id, now),
+    )
+
+
+def _counter_for(status: str) -> str:
+    return {"queued": "accepted", "duplicate": "duplicates", "amended": "amended"}[status]
+
+
+def _bump(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(
+        "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        (name,),
+    )

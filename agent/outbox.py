@@ -1,0 +1,239 @@
+"""Durable per-destination queues over persist-queue, its only importer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import persistqueue
+import persistqueue.serializers.json as json_serializer
+from persistqueue.exceptions import Empty
+
+from agent import db
+from agent.errors import NotFoundError, StorageError
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "outbox.db"
+# persist-queue's status column: 0 inited, 1 ready, 2 unack (claimed), 5 acked, 9 ack_failed.
+PENDING_STATUSES = (0, 1)
+CLAIMED_STATUS = 2
+ACKED_STATUS = 5
+
+
+class _AckQueue(persistqueue.SQLiteAckQueue):
+    """persist-queue's ack queue with our durability pragmas on every connection it opens."""
+
+    max_size_mb: int | None = None
+
+    def _new_db_connection(
+        self, path: str, multithreading: bool, timeout: float
+    ) -> sqlite3.Connection:
+        conn: sqlite3.Connection = super()._new_db_connection(path, multithreading, timeout)
+        db.apply_pragmas(conn, max_size_mb=self.max_size_mb)
+        return conn
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An item taken from a destination's queue; ack, release or dead-letter it by id."""
+
+    destination: str
+    id: int
+    item: dict[str, Any]
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    destination: str
+    pending: int
+    claimed: int
+    oldest_enqueued_at: float | None
+
+
+class Batch:
+    """One open write transaction: the caller's own rows and queue items commit together."""
+
+    def __init__(self, conn: sqlite3.Connection, queues: dict[str, _AckQueue]) -> None:
+        self.conn = conn
+        self._queues = queues
+        self.added: Counter[str] = Counter()
+
+    def put(self, destination: str, item: dict[str, Any]) -> int:
+        """Insert an item into a destination's queue (persist-queue's own statement)."""
+        queue = self._queue(destination)
+        cursor = self.conn.execute(queue._sql_insert, (json_serializer.dumps(item), time.time()))
+        self.added[destination] += 1
+        return int(cursor.lastrowid or 0)
+
+    def replace(self, destination: str, queue_id: int, item: dict[str, Any]) -> bool:
+        """Rewrite a queued item that has not been claimed yet; False if it has already left."""
+        queue = self._queue(destination)
+        cursor = self.conn.execute(
+            f"UPDATE {queue._table_name} SET data = ? WHERE _id = ? AND status IN (?, ?)",
+            (json_serializer.dumps(item), queue_id, *PENDING_STATUSES),
+        )
+        return cursor.rowcount == 1
+
+    def _queue(self, destination: str) -> _AckQueue:
+        try:
+            return self._queues[destination]
+        except KeyError:
+            raise NotFoundError(f"no queue for destination {destination!r}") from None
+
+
+class Outbox:
+    """One persist-queue SQLiteAckQueue per destination, all in one database file.
+
+    Intake writes through write(): one BEGIN IMMEDIATE ... COMMIT on our own connection that
+    holds the intake ledger rows and every destination's queue item, so a receipt is in all of
+    its queues or in none (docs/decisions/0002-atomic-fan-out.md). Dispatch reads through
+    persist-queue's own get/ack/nack.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        destinations: Sequence[str],
+        *,
+        busy_timeout_seconds: float = 5.0,
+        max_size_mb: int | None = None,
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / FILE_NAME
+        self._writer = db.connect(
+            self.path, busy_timeout_seconds=busy_timeout_seconds, max_size_mb=max_size_mb
+        )
+        self._reader = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._queues = {
+            name: self._open_queue(directory, name, busy_timeout_seconds, max_size_mb)
+            for name in destinations
+        }
+
+    @staticmethod
+    def _open_queue(
+        directory: Path, name: str, busy_timeout_seconds: float, max_size_mb: int | None
+    ) -> _AckQueue:
+        queue_class = type("_SizedAckQueue", (_AckQueue,), {"max_size_mb": max_size_mb})
+        try:
+            queue: _AckQueue = queue_class(
+                str(directory),
+                name=name,
+                multithreading=True,
+                timeout=busy_timeout_seconds,
+                serializer=json_serializer,
+                db_file_name=FILE_NAME,
+                auto_resume=True,  # items claimed when we crashed go back to ready
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"open queue {name}: {exc}") from exc
+        return queue
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return tuple(self._queues)
+
+    def migrate(self, steps: Sequence[str]) -> None:
+        """Apply a caller's schema steps to this file (the ledger lives beside the queues)."""
+        with self._write_lock:
+            db.migrate(self._writer, steps)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Batch]:
+        """An fsync'd transaction: returns only after COMMIT; raises StorageError if it failed."""
+        with self._write_lock:
+            with db.transaction(self._writer) as conn:
+                batch = Batch(conn, self._queues)
+                yield batch
+            self._wake(batch)
+
+    def _wake(self, batch: Batch) -> None:
+        for destination, count in batch.added.items():
+            queue = self._queues[destination]
+            queue.total += count
+            queue.put_event.set()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads that never waits for the writer (WAL: the last commit)."""
+        with self._read_lock:
+            try:
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise StorageError(f"read: {exc}") from exc
+
+    def claim(self, destination: str, timeout_seconds: float = 1.0) -> Claimed | None:
+        """The oldest ready item of a destination, now claimed; None if none came in time."""
+        try:
+            raw = self._queues[destination].get(block=True, timeout=timeout_seconds, raw=True)
+        except Empty:
+            return None
+        except sqlite3.Error as exc:
+            raise StorageError(f"claim from {destination}: {exc}") from exc
+        return Claimed(destination, int(raw["pqid"]), raw["data"], float(raw["timestamp"]))
+
+    def ack(self, claimed: Claimed) -> None:
+        self._mark(claimed, "ack")
+
+    def release(self, claimed: Claimed) -> None:
+        """Back to ready, in its place: nothing is lost when a send is interrupted."""
+        self._mark(claimed, "nack")
+
+    def _mark(self, claimed: Claimed, how: str) -> None:
+        queue = self._queues[claimed.destination]
+        try:
+            done = getattr(queue, how)(id=claimed.id)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{how} {claimed.destination}/{claimed.id}: {exc}") from exc
+        if done is None:
+            raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed")
+
+    def depth(self, destination: str) -> QueueDepth:
+        """How many items wait (and since when) in a destination's queue."""
+        table = self._queues[destination]._table_name
+        with self.read() as conn:
+            pending, oldest = conn.execute(
+                f"SELECT COUNT(*), MIN(timestamp) FROM {table} WHERE status IN (?, ?)",
+                PENDING_STATUSES,
+            ).fetchone()
+            (claimed,) = conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
+            ).fetchone()
+        return QueueDepth(destination, int(pending), int(claimed), oldest)
+
+    def queue_status(self, destination: str, queue_id: int) -> int | None:
+        """persist-queue's status of one item, None once it has been purged."""
+        table = self._queues[destination]._table_name
+        with self.read() as conn:
+            row = conn.execute(f"SELECT status FROM {table} WHERE _id = ?", (queue_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def purge_acked(self) -> int:
+        """Delete every acked item: delivered data is not kept as history."""
+        removed = 0
+        with self._write_lock, db.transaction(self._writer) as conn:
+            for queue in self._queues.values():
+                cursor = conn.execute(
+                    f"DELETE FROM {queue._table_name} WHERE status = ?", (ACKED_STATUS,)
+                )
+                removed += cursor.rowcount
+        return removed
+
+    def close(self) -> None:
+        for queue in self._queues.values():
+            queue.close()
+        with self._write_lock:
+            self._writer.close()
+        with self._read_lock:
+            self._reader.close()

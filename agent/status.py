@@ -1,0 +1,81 @@
+"""The till's status in one answer: queues per destination, counters, components, storage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import DestinationSettings
+from agent.health import Health
+from agent.intake import Intake
+from agent.outbox import Outbox
+
+NOT_DELIVERING = "delivery to the cloud is not running in this build"
+
+
+class StatusReporter:
+    """Reads the stores and the health board; writes nothing, reaches no cloud."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        intake: Intake,
+        health: Health,
+        destinations: Sequence[DestinationSettings],
+        identity: tuple[str, str],
+        data_dir: Path,
+        limit_bytes: int,
+    ) -> None:
+        self._outbox = outbox
+        self._intake = intake
+        self._health = health
+        self._destinations = tuple(d for d in destinations if d.enabled)
+        self._identity = identity
+        self._data_dir = data_dir
+        self._limit_bytes = limit_bytes
+
+    def report(self) -> dict[str, Any]:
+        """The /v1/status answer (shape: api.schemas.StatusAnswer)."""
+        return {
+            "status": self._health.overall(),
+            "version": __version__,
+            "storeId": self._identity[0],
+            "tillId": self._identity[1],
+            "destinations": [self._destination(d) for d in self._destinations],
+            "counters": self._intake.counters(),
+            "components": [
+                {"name": c.name, "state": c.state, "detail": c.detail}
+                for c in self._health.snapshot()
+            ],
+            "storage": self._storage(),
+        }
+
+    def _destination(self, destination: DestinationSettings) -> dict[str, Any]:
+        depth = self._outbox.depth(destination.name)
+        component = self._health.get(f"destination:{destination.name}")
+        oldest = depth.oldest_enqueued_at
+        return {
+            "name": destination.name,
+            "kind": destination.kind,
+            "state": component.state if component else "unknown",
+            "detail": component.detail if component else NOT_DELIVERING,
+            "depth": depth.pending,
+            "inFlight": depth.claimed,
+            "oldestAgeSeconds": None
+            if oldest is None
+            else round(max(0.0, time.time() - oldest), 3),
+        }
+
+    def _storage(self) -> dict[str, int]:
+        used = sum(entry.stat().st_size for entry in os.scandir(self._data_dir) if entry.is_file())
+        return {
+            "dataDirBytes": used,
+            "freeBytes": shutil.disk_usage(self._data_dir).free,
+            "limitBytes": self._limit_bytes,
+        }
