@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -32,6 +33,8 @@ KIND_TAKES: dict[str, frozenset[str]] = {
 }
 TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Destination names become queue table names: keep them to plain identifiers.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -213,15 +216,19 @@ def _validate_api(api: ApiSettings) -> list[str]:
 def _validate_destination(destination: DestinationSettings) -> list[str]:
     prefix = f"destinations.{destination.name}"
     problems = []
-    if destination.kind not in KIND_TAKES:
-        kinds = ", ".join(sorted(KIND_TAKES))
+    if not NAME_PATTERN.match(destination.name):
         problems.append(
-            f"{prefix}.kind: unknown kind, expected one of {kinds} (got {destination.kind})"
+            f"{prefix}: a name is 1-32 of a-z, 0-9 and _, starting with a letter"
+            f" (got {destination.name})"
         )
+    if destination.kind not in KIND_TAKES and destination.kind != "?":
+        kinds = ", ".join(sorted(KIND_TAKES))
+        problems.append(f"{prefix}.kind: required, one of {kinds} (got {destination.kind!r})")
     parts = urlsplit(destination.base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    bad_url = parts.scheme not in ("http", "https") or not parts.netloc
+    if bad_url and destination.base_url != "?":
         problems.append(
-            f"{prefix}.base_url: an http(s) URL is required (got {destination.base_url})"
+            f"{prefix}.base_url: required, an http(s) URL (got {destination.base_url!r})"
         )
     for value in sorted(destination.takes - TAKES_VALUES):
         problems.append(
@@ -292,16 +299,16 @@ def _build_destination(
     name: str, raw: Mapping[str, Any], problems: list[str]
 ) -> DestinationSettings:
     prefix = f"destinations.{name}"
-    kind = raw.get("kind")
-    base_url = raw.get("base_url")
+    kind = raw.get("kind", "")
+    base_url = raw.get("base_url", "")
     enabled = raw.get("enabled", True)
     takes = raw.get("takes")
     if not isinstance(kind, str):
-        problems.append(f"{prefix}.kind: required, a string (got {kind!r})")
-        kind = ""
+        problems.append(f"{prefix}.kind: expected a string (got {kind!r})")
+        kind = "?"
     if not isinstance(base_url, str):
-        problems.append(f"{prefix}.base_url: required, a string (got {base_url!r})")
-        base_url = ""
+        problems.append(f"{prefix}.base_url: expected a string (got {base_url!r})")
+        base_url = "?"
     if not isinstance(enabled, bool):
         problems.append(f"{prefix}.enabled: expected true or false (got {enabled!r})")
         enabled = True

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -72,6 +71,7 @@ SCHEMA = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     """,
 ]
+T = TypeVar("T")
 COUNTERS = ("accepted", "duplicates", "amended", "quarantined", "totals_warnings", "contacts")
 
 
@@ -134,25 +134,27 @@ class Intake:
         if warnings and self._settings.strict_totals:
             raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(receipt))
-        with self._writing() as batch:
+
+        def work(batch: Batch) -> Accepted:
             accepted = self._put_receipt(batch, receipt, content_hash, warnings)
             _bump(batch.conn, _counter_for(accepted.status))
             if warnings:
                 _bump(batch.conn, "totals_warnings")
-        return accepted
+            return accepted
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Batch]:
+        return self._write(work)
+
+    def _write(self, work: Callable[[Batch], T]) -> T:
         """An outbox write whose failure or success is reported on the health board."""
         try:
-            with self._outbox.write() as batch:
-                yield batch
+            result = self._outbox.run(work)
         except StorageError as exc:
             self._health.report("storage", FAILING, f"cannot persist: {exc}")
             raise
         storage = self._health.get("storage")
         if storage is not None and storage.state != OK:
             self._health.report("storage", OK, "durable writes resumed")
+        return result
 
     def _put_receipt(
         self, batch: Batch, receipt: models.Receipt, content_hash: str, warnings: tuple[str, ...]
@@ -266,27 +268,31 @@ class Intake:
         """Queue a contact change for the destinations that take contacts; dedupe by content."""
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(contact))
         targets = tuple(d.name for d in self._destinations if "contacts" in d.takes)
-        with self._writing() as batch:
-            row = batch.conn.execute(
-                "SELECT local_id FROM outbound_contacts WHERE content_hash = ?", (content_hash,)
-            ).fetchone()
-            if row is not None:
-                _bump(batch.conn, "duplicates")
-                return Accepted("duplicate", row[0], 1, targets, local_id=row[0])
-            local_id = new_local_id()
-            now = time.time()
-            batch.conn.execute(
-                "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
-                (local_id, content_hash, now),
+        return self._write(lambda batch: self._put_contact(batch, contact, content_hash, targets))
+
+    def _put_contact(
+        self, batch: Batch, contact: models.Contact, content_hash: str, targets: tuple[str, ...]
+    ) -> Accepted:
+        row = batch.conn.execute(
+            "SELECT local_id FROM outbound_contacts WHERE content_hash = ?", (content_hash,)
+        ).fetchone()
+        if row is not None:
+            _bump(batch.conn, "duplicates")
+            return Accepted("duplicate", row[0], 1, targets, local_id=row[0])
+        local_id = new_local_id()
+        now = time.time()
+        batch.conn.execute(
+            "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
+            (local_id, content_hash, now),
+        )
+        item = self._sealed_item(
+            "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
+        )
+        for destination in targets:
+            _insert_delivery(
+                batch.conn, local_id, destination, 1, batch.put(destination, item), now
             )
-            item = self._sealed_item(
-                "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
-            )
-            for destination in targets:
-                _insert_delivery(
-                    batch.conn, local_id, destination, 1, batch.put(destination, item), now
-                )
-            _bump(batch.conn, "contacts")
+        _bump(batch.conn, "contacts")
         return Accepted("queued", local_id, 1, targets, local_id=local_id)
 
     # -- quarantine -----------------------------------------------------------------------
@@ -294,12 +300,15 @@ class Intake:
     def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
         """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
         sealed = self._keyring.seal(body, record_aad("quarantine", error_id))
-        with self._writing() as batch:
+
+        def work(batch: Batch) -> None:
             batch.conn.execute(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
                 (error_id, time.time(), route, code, reason[:500], sealed),
             )
             _bump(batch.conn, "quarantined")
+
+        self._write(work)
 
     # -- reads ----------------------------------------------------------------------------
 

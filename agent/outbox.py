@@ -8,10 +8,10 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import persistqueue
 import persistqueue.serializers.json as json_serializer
@@ -27,18 +27,21 @@ FILE_NAME = "outbox.db"
 PENDING_STATUSES = (0, 1)
 CLAIMED_STATUS = 2
 ACKED_STATUS = 5
+T = TypeVar("T")
 
 
 class _AckQueue(persistqueue.SQLiteAckQueue):
-    """persist-queue's ack queue with our durability pragmas on every connection it opens."""
+    """persist-queue's ack queue with our durability pragmas on every connection it opens.
 
-    max_size_mb: int | None = None
+    Its connections carry no size cap: the cap (max_page_count) is on the intake writer only,
+    so a full store still lets dispatch claim, ack and purge its way back to room.
+    """
 
     def _new_db_connection(
         self, path: str, multithreading: bool, timeout: float
     ) -> sqlite3.Connection:
         conn: sqlite3.Connection = super()._new_db_connection(path, multithreading, timeout)
-        db.apply_pragmas(conn, max_size_mb=self.max_size_mb)
+        db.apply_pragmas(conn)
         return conn
 
 
@@ -91,10 +94,49 @@ class Batch:
             raise NotFoundError(f"no queue for destination {destination!r}") from None
 
 
+class _Ticket(Generic[T]):
+    """One caller's piece of work in a group commit, and what became of it."""
+
+    def __init__(self, work: Callable[[Batch], T]) -> None:
+        self._work = work
+        self._batch: Batch | None = None
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.done = False
+
+    def run_in_savepoint(self, conn: sqlite3.Connection, queues: dict[str, _AckQueue]) -> None:
+        conn.execute("SAVEPOINT work")
+        batch = Batch(conn, queues)
+        try:
+            self._value = self._work(batch)
+        except Exception as exc:  # this caller's failure only: undo its writes, keep the rest
+            conn.execute("ROLLBACK TO work")
+            self._error = exc
+        else:
+            self._batch = batch
+        conn.execute("RELEASE work")
+
+    def committed(self, queues: dict[str, _AckQueue]) -> None:
+        """After COMMIT: wake each queue's waiting consumers for the items this work added."""
+        if self._batch is not None:
+            for destination, count in self._batch.added.items():
+                queues[destination].total += count
+                queues[destination].put_event.set()
+        self.done = True
+
+    def fail(self, error: BaseException) -> None:
+        self._error, self._batch, self.done = error, None, True
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._value)
+
+
 class Outbox:
     """One persist-queue SQLiteAckQueue per destination, all in one database file.
 
-    Intake writes through write(): one BEGIN IMMEDIATE ... COMMIT on our own connection that
+    Intake writes through run(): one BEGIN IMMEDIATE ... COMMIT on our own connection that
     holds the intake ledger rows and every destination's queue item, so a receipt is in all of
     its queues or in none (docs/decisions/0002-atomic-fan-out.md). Dispatch reads through
     persist-queue's own get/ack/nack.
@@ -116,18 +158,18 @@ class Outbox:
         self._reader = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._pending: list[_Ticket[Any]] = []
+        self._pending_lock = threading.Lock()
+        self._claimed: set[tuple[str, int]] = set()
+        self._claimed_lock = threading.Lock()
         self._queues = {
-            name: self._open_queue(directory, name, busy_timeout_seconds, max_size_mb)
-            for name in destinations
+            name: self._open_queue(directory, name, busy_timeout_seconds) for name in destinations
         }
 
     @staticmethod
-    def _open_queue(
-        directory: Path, name: str, busy_timeout_seconds: float, max_size_mb: int | None
-    ) -> _AckQueue:
-        queue_class = type("_SizedAckQueue", (_AckQueue,), {"max_size_mb": max_size_mb})
+    def _open_queue(directory: Path, name: str, busy_timeout_seconds: float) -> _AckQueue:
         try:
-            queue: _AckQueue = queue_class(
+            queue = _AckQueue(
                 str(directory),
                 name=name,
                 multithreading=True,
@@ -149,20 +191,38 @@ class Outbox:
         with self._write_lock:
             db.migrate(self._writer, steps)
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Batch]:
-        """An fsync'd transaction: returns only after COMMIT; raises StorageError if it failed."""
-        with self._write_lock:
-            with db.transaction(self._writer) as conn:
-                batch = Batch(conn, self._queues)
-                yield batch
-            self._wake(batch)
+    def run(self, work: Callable[[Batch], T]) -> T:
+        """Run work in a durable transaction; return its result only after the COMMIT (fsync).
 
-    def _wake(self, batch: Batch) -> None:
-        for destination, count in batch.added.items():
-            queue = self._queues[destination]
-            queue.total += count
-            queue.put_event.set()
+        Group commit: whoever holds the writer commits every piece of work that arrived while
+        the previous commit was being fsync'd, each in its own SAVEPOINT, so one failing piece
+        rolls back alone and a failed COMMIT fails them all (no 2xx without a durable write).
+        """
+        ticket = _Ticket(work)
+        with self._pending_lock:
+            self._pending.append(ticket)
+        with self._write_lock:
+            if not ticket.done:
+                self._commit_pending()
+        return ticket.result()
+
+    def _commit_pending(self) -> None:
+        with self._pending_lock:
+            tickets, self._pending = self._pending, []
+        try:
+            with db.transaction(self._writer) as conn:
+                for ticket in tickets:
+                    ticket.run_in_savepoint(conn, self._queues)
+        except StorageError as exc:
+            for ticket in tickets:
+                ticket.fail(exc)
+            return
+        except BaseException as exc:
+            for ticket in tickets:
+                ticket.fail(StorageError(f"write interrupted: {exc}"))
+            raise
+        for ticket in tickets:
+            ticket.committed(self._queues)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -181,7 +241,10 @@ class Outbox:
             return None
         except sqlite3.Error as exc:
             raise StorageError(f"claim from {destination}: {exc}") from exc
-        return Claimed(destination, int(raw["pqid"]), raw["data"], float(raw["timestamp"]))
+        claimed = Claimed(destination, int(raw["pqid"]), raw["data"], float(raw["timestamp"]))
+        with self._claimed_lock:
+            self._claimed.add((destination, claimed.id))
+        return claimed
 
     def ack(self, claimed: Claimed) -> None:
         self._mark(claimed, "ack")
@@ -191,13 +254,18 @@ class Outbox:
         self._mark(claimed, "nack")
 
     def _mark(self, claimed: Claimed, how: str) -> None:
-        queue = self._queues[claimed.destination]
+        """ack or nack an item this outbox handed out; NotFoundError for any other id."""
+        ticket = (claimed.destination, claimed.id)
+        with self._claimed_lock:
+            if ticket not in self._claimed:
+                raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed here")
+            self._claimed.discard(ticket)
         try:
-            done = getattr(queue, how)(id=claimed.id)
+            getattr(self._queues[claimed.destination], how)(id=claimed.id)
         except sqlite3.Error as exc:
+            with self._claimed_lock:
+                self._claimed.add(ticket)
             raise StorageError(f"{how} {claimed.destination}/{claimed.id}: {exc}") from exc
-        if done is None:
-            raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed")
 
     def depth(self, destination: str) -> QueueDepth:
         """How many items wait (and since when) in a destination's queue."""

@@ -26,7 +26,6 @@ class Server:
             # answers first; only a chunked body far past it meets waitress's plain 413.
             max_request_body_size=max_body_bytes * 4,
             ident="till-agent",
-            clear_untrusted_proxy_headers=True,
         )
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)
 
