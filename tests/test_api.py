@@ -1,0 +1,180 @@
+"""The local API over loopback: every bad input gets its status and the one error shape."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+import requests
+
+from tests.conftest import make_receipt
+
+
+def assert_error_shape(response: requests.Response, status: int, code: str | None = None) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "errorId", "details"}
+    assert error["errorId"].startswith("err_")
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return str(error["errorId"])
+
+
+def test_receipt_with_token_is_queued_for_both_destinations(agent_till):
+    _, till = agent_till
+    response = till.post("/v1/receipts", make_receipt())
+    assert response.status_code == 202
+    assert response.json() == {
+        "status": "queued",
+        "uniqueReceiptId": "R-0001",
+        "revision": 1,
+        "destinations": ["engage", "loaded"],
+        "warnings": [],
+    }
+
+
+def test_api_refuses_non_json_body_with_400(agent_till):
+    _, till = agent_till
+    response = till.session.post(
+        till.url + "/v1/receipts",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert_error_shape(response, 400, "not_json")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda r: r["items"][0].update(quantity=1.5), "$.items[0].quantity"),
+        (lambda r: r.pop("currency"), "$"),
+        (lambda r: r.update(createdDate="2026-11-23T10:00:00"), "$.createdDate"),
+        (lambda r: r["items"][0].update(type="GIFT"), "$.items[0].type"),
+        (lambda r: r.update(totalGrossPrice="ten"), "$.totalGrossPrice"),
+        (lambda r: r.update(items=[]), "$.items"),
+        (lambda r: r.update(unexpected=True), "$"),
+        (lambda r: r["contact"].pop("matchKeyType"), "$.contact"),
+    ],
+    ids=[
+        "float-quantity",
+        "missing",
+        "no-offset",
+        "bad-enum",
+        "money-text",
+        "no-items",
+        "unknown",
+        "half-contact",
+    ],
+)
+def test_api_answers_422_with_the_failing_path(agent_till, mutate, path):
+    _, till = agent_till
+    receipt = make_receipt()
+    mutate(receipt)
+    response = till.post("/v1/receipts", receipt)
+    assert_error_shape(response, 422)
+    assert response.json()["error"]["details"][0]["path"] == path
+
+
+def test_api_refuses_json_that_is_not_an_object_with_422(agent_till):
+    _, till = agent_till
+    assert_error_shape(till.post("/v1/receipts", [1, 2, 3]), 422)
+
+
+def test_api_refuses_missing_token_with_401(agent_till):
+    _, till = agent_till
+    response = requests.post(till.url + "/v1/receipts", json=make_receipt(), timeout=5)
+    assert_error_shape(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_api_refuses_wrong_token_with_401(agent_till):
+    _, till = agent_till
+    headers = {"Authorization": "Bearer " + "x" * 43}
+    response = requests.post(
+        till.url + "/v1/receipts", json=make_receipt(), headers=headers, timeout=5
+    )
+    assert_error_shape(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "192.168.1.20:8765", "till.local", ""])
+def test_api_refuses_foreign_host_with_403(agent_till, host):
+    _, till = agent_till
+    response = till.session.get(till.url + "/v1/status", headers={"Host": host}, timeout=5)
+    assert_error_shape(response, 403, "forbidden_host")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]:8765", "LOCALHOST:1"])
+def test_api_accepts_loopback_host_names(agent_till, host):
+    _, till = agent_till
+    response = till.session.get(till.url + "/v1/health", headers={"Host": host}, timeout=5)
+    assert response.status_code == 200
+
+
+def test_api_refuses_body_over_one_mebibyte_with_413(agent_till):
+    _, till = agent_till
+    receipt = make_receipt()
+    receipt["items"][0]["articleName"] = "x" * (1024 * 1024)
+    assert_error_shape(till.post("/v1/receipts", receipt), 413, "payload_too_large")
+
+
+def test_api_refuses_chunked_body_over_limit_with_413(agent_till):
+    _, till = agent_till
+    chunks = (b"x" * 65536 for _ in range(20))  # 1.25 MiB, no Content-Length
+    response = till.session.post(
+        till.url + "/v1/receipts",
+        data=chunks,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert_error_shape(response, 413, "payload_too_large")
+
+
+def test_api_refuses_form_body_with_415(agent_till):
+    _, till = agent_till
+    response = till.session.post(till.url + "/v1/receipts", data={"a": "b"}, timeout=5)
+    assert_error_shape(response, 415, "unsupported_media_type")
+
+
+def test_api_unknown_route_and_wrong_method(agent_till):
+    _, till = agent_till
+    assert_error_shape(till.get("/v1/nothing"), 404, "not_found")
+    response = till.session.delete(till.url + "/v1/receipts", timeout=5)
+    assert_error_shape(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "POST"
+
+
+def test_api_unknown_receipt_is_404_in_the_error_shape(agent_till):
+    _, till = agent_till
+    assert_error_shape(till.get("/v1/receipts/NOPE"), 404, "not_found")
+
+
+def test_api_error_id_is_in_the_log(agent_till, caplog):
+    _, till = agent_till
+    with caplog.at_level(logging.WARNING, logger="agent.api"):
+        error_id = assert_error_shape(till.post("/v1/receipts", {"items": "x"}), 422)
+    assert any(getattr(r, "errorId", None) == error_id for r in caplog.records)
+
+
+def test_api_health_needs_no_token_and_shows_no_data(agent_till):
+    _, till = agent_till
+    response = requests.get(till.url + "/v1/health", timeout=5)
+    assert response.status_code == 200
+    assert set(response.json()) == {"status", "version"}
+
+
+def test_api_garbage_request_line_does_not_kill_the_server(agent_till):
+    _, till = agent_till
+    host, port = till.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"\x00\xffGARBAGE\r\n\r\n")
+        sock.recv(1024)
+    assert till.get("/v1/health").status_code == 200
+
+
+def test_api_binds_loopback_only(agent_till):
+    agent, _ = agent_till
+    assert agent.server.host == "127.0.0.1"

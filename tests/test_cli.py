@@ -1,0 +1,67 @@
+"""The till-agent command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT, base_config, make_receipt, merged, write_toml
+
+
+def till_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_run_with_a_bad_config_lists_every_problem_and_exits_non_zero(tmp_path):
+    raw = merged(base_config(tmp_path), {"agent": {"till_id": ""}, "api": {"threads": -1}})
+    path = write_toml(tmp_path / "config.toml", raw)
+    result = till_agent("run", "--config", str(path))
+    assert result.returncode != 0
+    assert "agent.till_id: required" in result.stderr
+    assert "api.threads: must be positive" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_status_prints_a_table_of_the_running_agent(agent_process):
+    process = agent_process()
+    process.start()
+    from tests.conftest import Till
+
+    till = Till(process.url, process.token)
+    till.post("/v1/receipts", make_receipt())
+    till.close()
+    result = till_agent("status", "--config", str(process.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "Till till-test of store store-test: ok" in result.stdout
+    assert "engage" in result.stdout
+    assert "accepted 1" in result.stdout
+
+
+def test_status_says_clearly_when_the_agent_is_not_running(tmp_path):
+    path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 9))
+    (tmp_path / "pos-token").write_text("x" * 20, encoding="ascii")
+    result = till_agent("status", "--config", str(path))
+    assert result.returncode != 0
+    assert "does not answer" in result.stderr
+
+
+def test_sigterm_stops_the_agent_cleanly(agent_process):
+    process = agent_process()
+    process.start()
+    assert process.terminate() == 0
+    assert '"stopped"' in process.log()
+
+
+def test_second_agent_on_the_same_data_directory_refuses(agent_process, tmp_path):
+    first = agent_process()
+    first.start()
+    second = till_agent("run", "--config", str(first.config_path))
+    assert second.returncode != 0
+    assert "another till-agent is already running" in second.stderr

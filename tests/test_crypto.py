@@ -1,0 +1,73 @@
+"""The keyring: sealing binds the record id, the key file is owner-only and checked."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from agent import crypto
+from agent.errors import KeyStoreError
+
+
+def test_seal_and_open_round_trip(tmp_path):
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+    token = keyring.seal("Zyxqvörn".encode(), "contact:loc_1")
+    assert "Zyxqv" not in token
+    assert keyring.open(token, "contact:loc_1").decode() == "Zyxqvörn"
+
+
+def test_a_sealed_value_moved_to_another_record_does_not_open(tmp_path):
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+    token = keyring.seal(b"x", "receipt:R-1")
+    with pytest.raises(KeyStoreError, match="does not authenticate"):
+        keyring.open(token, "receipt:R-2")
+
+
+def test_key_file_is_owner_only_and_reloads_the_same_keys(tmp_path):
+    path = tmp_path / "keys" / "keyring.json"
+    first = crypto.load_or_create(path, may_create=True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = first.seal(b"v", "r")
+    again = crypto.load_or_create(path, may_create=False)
+    assert again.open(token, "r") == b"v"
+    assert again.keyed_hash(b"a") == first.keyed_hash(b"a")
+
+
+def test_missing_key_file_with_data_present_is_refused(tmp_path):
+    with pytest.raises(KeyStoreError, match="missing"):
+        crypto.load_or_create(tmp_path / "keyring.json", may_create=False)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{not json",
+        json.dumps({"format": 1}),
+        json.dumps({"format": 1, "index_key": "AA==", "data_keys": []}),
+    ],
+)
+def test_corrupt_key_file_gives_a_clear_error(tmp_path, content):
+    path = tmp_path / "keyring.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(KeyStoreError, match=r"key file|no data key"):
+        crypto.load_or_create(path, may_create=False)
+
+
+def test_value_sealed_with_a_destroyed_key_cannot_be_read(tmp_path):
+    keyring = crypto.load_or_create(tmp_path / "a.json", may_create=True)
+    other = crypto.load_or_create(tmp_path / "b.json", may_create=True)
+    with pytest.raises(KeyStoreError, match="does not hold"):
+        other.open(keyring.seal(b"x", "r"), "r")
+
+
+def test_agent_refuses_to_start_when_the_key_file_is_lost(start_agent):
+    agent, till = start_agent()
+    key_file = agent.settings.privacy.key_file
+    till.close()
+    agent.stop()
+    key_file.unlink()
+    with pytest.raises(KeyStoreError, match="missing"):
+        start_agent()

@@ -1,0 +1,58 @@
+"""The docs stay true: configuration.md lists every setting with its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from decimal import Decimal
+from pathlib import Path
+
+from agent import config
+from tests.conftest import ROOT
+
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+ROW = re.compile(r"^\| `([a-z_<>.]+)` \| ([^|]+) \|", re.MULTILINE)
+
+
+def documented() -> dict[str, str]:
+    return {key: default.strip() for key, default in ROW.findall(CONFIG_DOC.read_text("utf-8"))}
+
+
+def code_settings() -> dict[str, object]:
+    keys: dict[str, object] = {}
+    for section, cls in config.SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            keys[f"{section}.{field.name}"] = field.default
+    for key in config.DESTINATION_KEYS:
+        keys[f"destinations.<name>.{key}"] = None
+    return keys
+
+
+def rendered(default: object) -> str | None:
+    """How a default reads in the doc; None where the doc explains it in words."""
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str | Decimal):
+        return f'`"{default}"`' if default else "(required)"
+    if isinstance(default, int | float):
+        return f"`{default}`"
+    return None
+
+
+def test_configuration_doc_lists_every_setting_in_code_order():
+    assert list(documented()) == list(code_settings())
+
+
+def test_configuration_doc_shows_each_default():
+    doc = documented()
+    for key, default in code_settings().items():
+        expected = rendered(default)
+        if expected is not None:
+            assert doc[key] == expected, key
+
+
+def test_doc_links_resolve():
+    for path in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]:
+        for target in re.findall(r"\]\(([^)#]+)\)", path.read_text("utf-8")):
+            if not target.startswith("http"):
+                assert (path.parent / target).exists() or Path(target).exists(), (path, target)

@@ -1,0 +1,151 @@
+"""The outbox over real SQLite files: pragmas checked, atomic writes, crash resume, reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from agent import db
+from agent.errors import NotFoundError, StorageError
+from agent.outbox import Outbox
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    box = Outbox(tmp_path, ["a", "b"])
+    yield box
+    box.close()
+
+
+def test_every_connection_is_wal_synchronous_full_and_secure_delete(outbox):
+    connections = [outbox._writer, outbox._reader]
+    for queue in outbox._queues.values():
+        connections += [queue._getter, queue._putter]
+    for conn in connections:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_check_pragmas_refuses_a_connection_that_is_not_durable(tmp_path):
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    with pytest.raises(StorageError, match="synchronous is 1"):
+        db.check_pragmas(conn)
+    conn.close()
+
+
+def put(box, destination, item):
+    return box.run(lambda batch: batch.put(destination, item))
+
+
+def test_a_write_puts_into_every_queue_or_none(outbox):
+    def failing(batch):
+        batch.put("a", {"n": 1})
+        batch.put("b", {"n": 1})
+        raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        outbox.run(failing)
+    assert outbox.depth("a").pending == 0
+    assert outbox.depth("b").pending == 0
+    outbox.run(lambda batch: (batch.put("a", {"n": 2}), batch.put("b", {"n": 2})))
+    assert outbox.depth("a").pending == outbox.depth("b").pending == 1
+
+
+def test_group_commit_keeps_each_callers_outcome_apart(outbox):
+    results: dict[int, object] = {}
+
+    def writer(n: int) -> None:
+        def work(batch):
+            batch.put("a", {"n": n})
+            if n % 5 == 0:
+                raise ValueError(n)
+            return n
+
+        try:
+            results[n] = outbox.run(work)
+        except ValueError as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = {n for n, r in results.items() if isinstance(r, ValueError)}
+    assert failed == {n for n in range(40) if n % 5 == 0}
+    stored = set()
+    while (claimed := outbox.claim("a", timeout_seconds=0.05)) is not None:
+        stored.add(claimed.item["n"])
+        outbox.ack(claimed)
+    assert stored == set(range(40)) - failed
+
+
+def test_items_keep_their_order_and_content_across_reopen(tmp_path):
+    box = Outbox(tmp_path, ["a"])
+    for n in range(50):
+        put(box, "a", {"n": n, "text": "åäö ✓"})
+    box.close()
+    box = Outbox(tmp_path, ["a"])
+    seen = []
+    while (claimed := box.claim("a", timeout_seconds=0.05)) is not None:
+        seen.append(claimed.item["n"])
+        assert claimed.item["text"] == "åäö ✓"
+        box.ack(claimed)
+    box.close()
+    assert seen == list(range(50))
+
+
+def test_claimed_but_unacked_item_comes_back_after_reopen(tmp_path):
+    box = Outbox(tmp_path, ["a"])
+    put(box, "a", {"n": 1})
+    assert box.claim("a", timeout_seconds=0.1) is not None
+    assert box.depth("a").claimed == 1
+    box.close()  # as after a crash: never acked
+    box = Outbox(tmp_path, ["a"])
+    claimed = box.claim("a", timeout_seconds=0.1)
+    assert claimed is not None
+    assert claimed.item == {"n": 1}
+    box.close()
+
+
+def test_release_puts_the_item_back_first_in_line(outbox):
+    put(outbox, "a", {"n": 1})
+    put(outbox, "a", {"n": 2})
+    first = outbox.claim("a", timeout_seconds=0.1)
+    outbox.release(first)
+    assert outbox.claim("a", timeout_seconds=0.1).item == {"n": 1}
+
+
+def test_ack_of_an_unknown_id_raises(outbox):
+    from agent.outbox import Claimed
+
+    with pytest.raises(NotFoundError):
+        outbox.ack(Claimed("a", 999, {}, 0.0))
+
+
+def test_replace_only_rewrites_items_that_have_not_left(outbox):
+    queue_id = put(outbox, "a", {"n": 1})
+    assert outbox.run(lambda batch: batch.replace("a", queue_id, {"n": 2})) is True
+    claimed = outbox.claim("a", timeout_seconds=0.1)
+    assert claimed.item == {"n": 2}
+    assert outbox.run(lambda batch: batch.replace("a", queue_id, {"n": 3})) is False
+
+
+def test_purge_acked_deletes_delivered_rows(outbox):
+    put(outbox, "a", {"n": 1})
+    outbox.ack(outbox.claim("a", timeout_seconds=0.1))
+    assert outbox.purge_acked() == 1
+    with outbox.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM ack_queue_a").fetchone()[0] == 0
+
+
+def test_items_are_stored_as_json_never_pickle(outbox):
+    put(outbox, "a", {"n": 1})
+    with outbox.read() as conn:
+        (data,) = conn.execute("SELECT data FROM ack_queue_a").fetchone()
+    assert bytes(data) == b'{"n": 1}'
