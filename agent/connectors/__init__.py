@@ -1,0 +1,1 @@
+"""Cloud connectors: one module per cloud API behind two small interfaces."""

@@ -1,0 +1,5 @@
+"""`python -m installer` runs till-install."""
+
+from installer.cli import main
+
+main()

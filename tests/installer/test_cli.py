@@ -1,0 +1,24 @@
+"""till-install through click's runner."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from installer.cli import main
+
+
+def test_paths_follow_systemd_directories(monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/till-agent-t")
+    monkeypatch.setenv("CONFIGURATION_DIRECTORY", "/etc/till-agent-t")
+    result = CliRunner().invoke(main, ["paths", "--json"])
+    assert result.exit_code == 0, result.output
+    locations = json.loads(result.output)
+    assert locations["data_dir"] == "/var/lib/till-agent-t"
+    assert locations["config_file"] == "/etc/till-agent-t/config.toml"
+
+
+def test_every_command_has_help():
+    for name, command in main.commands.items():
+        assert command.help, name
