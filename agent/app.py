@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
@@ -35,7 +35,7 @@ class Agent:
     outbox: outbox.Outbox
     health: health.Health
     lock: filelock.BaseFileLock
-    closers: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def url(self) -> str:
@@ -43,7 +43,10 @@ class Agent:
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.server.port}"
 
     def stop(self) -> None:
-        """API first (refuse new work), then the stores, then the lock."""
+        """API first (refuse new work), then the stores, then the lock. Safe to call twice."""
+        if self.stopped:
+            return
+        self.stopped = True
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
         self.outbox.close()
@@ -155,3 +158,16 @@ def run(settings: config.Settings, stop: threading.Event) -> None:
         stop.wait()
     finally:
         agent.stop()
+
+
+def undelivered(settings: config.Settings) -> dict[str, int]:
+    """Items not yet delivered, per destination queue in the data directory (agent stopped)."""
+    data_dir = settings.agent.data_dir
+    if not (data_dir / outbox.FILE_NAME).exists():
+        return {}
+    names = outbox.queue_names(data_dir)
+    box = outbox.Outbox(data_dir, names, busy_timeout_seconds=settings.storage.busy_timeout_seconds)
+    try:
+        return {name: box.depth(name).pending + box.depth(name).claimed for name in names}
+    finally:
+        box.close()

@@ -133,6 +133,18 @@ class _Ticket(Generic[T]):
         return cast(T, self._value)
 
 
+def queue_names(directory: Path) -> list[str]:
+    """Every destination that has a queue in the outbox file, enabled or not."""
+    conn = db.connect(directory / FILE_NAME)
+    try:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ack_queue_%'"
+        ).fetchall()
+    finally:
+        conn.close()
+    return sorted(row[0].removeprefix("ack_queue_") for row in rows)
+
+
 class Outbox:
     """One persist-queue SQLiteAckQueue per destination, all in one database file.
 

@@ -149,3 +149,15 @@ def test_items_are_stored_as_json_never_pickle(outbox):
     with outbox.read() as conn:
         (data,) = conn.execute("SELECT data FROM ack_queue_a").fetchone()
     assert bytes(data) == b'{"n": 1}'
+
+
+def test_undelivered_counts_every_queue_even_disabled_ones(start_agent):
+    from agent import app
+
+    agent, till = start_agent()
+    from tests.conftest import make_receipt
+
+    till.post("/v1/receipts", make_receipt())
+    till.close()
+    agent.stop()
+    assert app.undelivered(agent.settings) == {"engage": 1, "loaded": 1}
