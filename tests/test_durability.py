@@ -76,3 +76,14 @@ def test_store_recovers_by_itself_when_space_comes_back(start_agent):
     agent.outbox.purge_acked()
     assert till.post("/v1/receipts", make_receipt("R-small", lines=1)).status_code == 202
     assert requests_health(till) == 200
+
+
+def test_stop_is_prompt_with_an_idle_keep_alive_connection_open(start_agent):
+    import time
+
+    agent, till = start_agent()
+    assert till.get("/v1/health").status_code == 200  # the session keeps its connection open
+    started = time.monotonic()
+    agent.stop()
+    assert time.monotonic() - started < 2.0
+    assert not agent.server._thread.is_alive()
