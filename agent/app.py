@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from agent.api.routes import Services
 from agent.api.server import Server
 from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
+from agent.privacy import Privacy
+from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 
 log = logging.getLogger(__name__)
@@ -27,12 +31,15 @@ LOCK_FILE = "till-agent.lock"
 
 @dataclass
 class Agent:
-    """A running agent: its stores, its API server, and what stop() must close."""
+    """A running agent: its stores, its threads, and what stop() must close."""
 
     settings: config.Settings
     token: str
     server: Server
+    scheduler: Scheduler
     outbox: outbox.Outbox
+    intake: Intake
+    privacy: Privacy
     health: health.Health
     lock: filelock.BaseFileLock
     stopped: bool = False
@@ -49,6 +56,7 @@ class Agent:
         self.stopped = True
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
+        self.scheduler.stop(self.settings.api.stop_timeout_seconds)
         self.outbox.close()
         self.lock.release()
         log.info("stopped")
@@ -67,30 +75,62 @@ def start(settings: config.Settings) -> Agent:
 
 
 def _start_locked(settings: config.Settings, lock: filelock.BaseFileLock) -> Agent:
+    keyring, box = open_stores(settings)
+    board = health.Health()
+    intake = Intake(
+        box,
+        keyring,
+        settings.enabled_destinations,
+        settings.intake,
+        board,
+        settings.agent.default_region,
+    )
+    board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
+    privacy = Privacy(box, keyring, settings)
+    scheduler = Scheduler(
+        [Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge)], board
+    )
+    scheduler.start()
+    token = read_or_create_token(settings.api.token_file)
+    server = _server(settings, _services(settings, box, intake, board, privacy), token)
+    server.start()
+    return Agent(settings, token, server, scheduler, box, intake, privacy, board, lock)
+
+
+def open_stores(settings: config.Settings) -> tuple[crypto.Keyring, outbox.Outbox]:
+    """The keyring (made on first start only) and the outbox, with every queue in the file."""
     data_dir = settings.agent.data_dir
     has_data = (data_dir / outbox.FILE_NAME).exists()
     keyring = crypto.load_or_create(settings.privacy.key_file, may_create=not has_data)
-    destinations = settings.enabled_destinations
     box = outbox.Outbox(
         data_dir,
-        [d.name for d in destinations],
+        [d.name for d in settings.enabled_destinations],
         busy_timeout_seconds=settings.storage.busy_timeout_seconds,
         max_size_mb=settings.storage.max_size_mb,
     )
-    board = health.Health()
-    intake = Intake(box, keyring, destinations, settings.intake, board)
-    board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
-    server = _server(
-        settings,
-        _services(settings, box, intake, board),
-        token := read_or_create_token(settings.api.token_file),
-    )
-    server.start()
-    return Agent(settings, token, server, box, board, lock)
+    return keyring, box
+
+
+@contextlib.contextmanager
+def maintenance(settings: config.Settings) -> Iterator[Privacy]:
+    """Purge and erasure with the agent stopped: the lock, the stores, nothing served."""
+    lock = acquire_lock(settings.agent.data_dir)
+    try:
+        keyring, box = open_stores(settings)
+        try:
+            yield Privacy(box, keyring, settings)
+        finally:
+            box.close()
+    finally:
+        lock.release()
 
 
 def _services(
-    settings: config.Settings, box: outbox.Outbox, intake: Intake, board: health.Health
+    settings: config.Settings,
+    box: outbox.Outbox,
+    intake: Intake,
+    board: health.Health,
+    privacy: Privacy,
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -102,7 +142,7 @@ def _services(
         limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
     )
     openapi = msgspec.json.encode(schemas.openapi_document())
-    return Services(intake=intake, status=reporter, health=board, openapi=openapi)
+    return Services(intake=intake, status=reporter, health=board, privacy=privacy, openapi=openapi)
 
 
 def _server(settings: config.Settings, services: Services, token: str) -> Server:

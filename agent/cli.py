@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import click
 import requests
 
 from agent import __version__, app, config, logs
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, AlreadyRunningError, ConfigError
+from agent.privacy import ForgetReport, Privacy, PurgeReport
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -37,7 +39,11 @@ def main() -> None:
 def run(config_file: str | None) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT."""
     settings = load_settings(config_file)
-    logs.setup(settings.agent.log_level)
+    logs.setup(
+        settings.agent.log_level,
+        log_dir=settings.agent.log_dir,
+        retention_days=settings.privacy.log_retention_days,
+    )
     serve_until_signalled(settings)
 
 
@@ -61,6 +67,61 @@ def demo() -> None:
         settings = demo_settings(Path(directory))
         logs.setup("WARNING")
         serve_until_signalled(settings, announce=True)
+
+
+@main.command()
+@CONFIG_OPTION
+def purge(config_file: str | None) -> None:
+    """Run the retention purge now (the running agent's, or on the stores if it is stopped)."""
+    settings = load_settings(config_file)
+    report = on_stores_or_agent(settings, "/v1/privacy/purge", {}, lambda p: p.purge())
+    click.echo(json.dumps(report, indent=2))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--email", default=None, help="The person's email address.")
+@click.option("--mobile-phone", default=None, help="The person's mobile phone number.")
+def forget(config_file: str | None, email: str | None, mobile_phone: str | None) -> None:
+    """Erase one person from every local store (queue, quarantine, ledger, cache)."""
+    if not email and not mobile_phone:
+        raise click.UsageError("give --email, --mobile-phone or both")
+    settings = load_settings(config_file)
+    body = {"email": email, "mobilePhone": mobile_phone}
+    report = on_stores_or_agent(
+        settings,
+        "/v1/privacy/forget",
+        {k: v for k, v in body.items() if v},
+        lambda p: p.forget(email=email, mobile_phone=mobile_phone),
+    )
+    click.echo(json.dumps(report, indent=2))
+
+
+def on_stores_or_agent(
+    settings: config.Settings,
+    path: str,
+    body: dict[str, str],
+    action: Callable[[Privacy], PurgeReport | ForgetReport],
+) -> dict[str, Any]:
+    """Run a privacy action on the stores directly, or ask the running agent to run it."""
+    try:
+        with app.maintenance(settings) as privacy:
+            report: dict[str, Any] = dataclasses.asdict(action(privacy))
+            return report
+    except AlreadyRunningError:
+        return call_agent(settings, path, body)
+
+
+def call_agent(settings: config.Settings, path: str, body: dict[str, str]) -> dict[str, Any]:
+    url = agent_url(settings) + path
+    try:
+        response = requests.post(url, json=body, headers=auth_header(settings), timeout=120)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
+    if response.status_code != 200:
+        raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 @main.command()
@@ -127,12 +188,20 @@ def demo_settings(directory: Path) -> config.Settings:
     return config.from_mapping(raw, {})
 
 
-def fetch_status(settings: config.Settings) -> dict[str, Any]:
+def agent_url(settings: config.Settings) -> str:
     host, port = config.parse_listen(settings.api.listen)
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def auth_header(settings: config.Settings) -> dict[str, str]:
     token = settings.api.token_file.read_text(encoding="ascii").strip()
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/status"
+    return {"Authorization": f"Bearer {token}"}
+
+
+def fetch_status(settings: config.Settings) -> dict[str, Any]:
+    url = agent_url(settings) + "/v1/status"
     try:
-        response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        response = requests.get(url, headers=auth_header(settings), timeout=5)
     except requests.RequestException as exc:
         raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
     if response.status_code != 200:

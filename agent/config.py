@@ -47,6 +47,7 @@ class AgentSettings:
     data_dir: Path = Path()  # default: the OS data directory (agent.paths)
     log_dir: Path = Path()  # default: the OS log directory (agent.paths)
     log_level: str = "INFO"
+    default_region: str = "SE"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class PrivacySettings:
     dead_letter_retention_days: int = 30
     ledger_retention_days: int = 90
     contact_ttl_days: int = 30
+    log_retention_days: int = 14
+    key_rotation_days: int = 30
+    purge_interval_minutes: int = 60
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,16 @@ class Settings:
     storage: StorageSettings = StorageSettings()
     privacy: PrivacySettings = PrivacySettings()
     destinations: tuple[DestinationSettings, ...] = ()
+
+    @property
+    def longest_retention_days(self) -> int:
+        """No sealed value may need a key older than this; older keys are destroyed."""
+        privacy = self.privacy
+        return max(
+            privacy.quarantine_retention_days,
+            privacy.dead_letter_retention_days,
+            privacy.contact_ttl_days,
+        )
 
     @property
     def enabled_destinations(self) -> tuple[DestinationSettings, ...]:
@@ -182,6 +196,9 @@ def validate(settings: Settings) -> list[str]:
         "dead_letter_retention_days",
         "ledger_retention_days",
         "contact_ttl_days",
+        "log_retention_days",
+        "key_rotation_days",
+        "purge_interval_minutes",
     ):
         problems += _positive(f"privacy.{name}", getattr(settings.privacy, name))
     for destination in settings.destinations:
@@ -194,6 +211,8 @@ def _validate_agent(agent: AgentSettings) -> list[str]:
     for key in ("store_id", "till_id"):
         if not getattr(agent, key).strip():
             problems.append(f"agent.{key}: required (got '')")
+    if not re.fullmatch(r"[A-Z]{2}", agent.default_region):
+        problems.append(f"agent.default_region: two capital letters (got {agent.default_region})")
     if agent.log_level.upper() not in LOG_LEVELS:
         problems.append(f"agent.log_level: one of {', '.join(LOG_LEVELS)} (got {agent.log_level})")
     return problems

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class Keyring:
     def __init__(self, data_keys: list[DataKey], index_key: bytes) -> None:
         if not data_keys:
             raise KeyStoreError("the keyring holds no data key")
+        self._lock = threading.Lock()
         self._keys = {k.key_id: k for k in data_keys}
         self._active = data_keys[-1]
         self._index_key = index_key
@@ -48,6 +50,28 @@ class Keyring:
     @property
     def active_key_id(self) -> str:
         return self._active.key_id
+
+    @property
+    def active_created(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self._active.created)
+
+    def data_keys(self) -> list[DataKey]:
+        """Oldest first; the last one seals."""
+        with self._lock:
+            return sorted(self._keys.values(), key=lambda k: k.created)
+
+    def add(self, key: DataKey) -> None:
+        """A new data key that seals from now on (the older ones still open)."""
+        with self._lock:
+            self._keys[key.key_id] = key
+            self._active = key
+
+    def remove(self, key_id: str) -> None:
+        """Forget a data key: whatever it sealed can no longer be opened, here or in any copy."""
+        with self._lock:
+            if key_id == self._active.key_id:
+                raise KeyStoreError("the active data key cannot be destroyed")
+            self._keys.pop(key_id, None)
 
     def seal(self, plaintext: bytes, record_id: str) -> str:
         """Encrypt with the active key; record_id is bound in as associated data."""
@@ -59,7 +83,8 @@ class Keyring:
     def open(self, token: str, record_id: str) -> bytes:
         """Decrypt a sealed value; KeyStoreError if its key is gone or it does not authenticate."""
         prefix, key_id, body = _split_token(token)
-        key = self._keys.get(key_id)
+        with self._lock:
+            key = self._keys.get(key_id)
         if prefix != SEAL_PREFIX or key is None:
             raise KeyStoreError(f"sealed with key {key_id!r}, which this keyring does not hold")
         raw = base64.urlsafe_b64decode(body)
@@ -70,9 +95,23 @@ class Keyring:
         except InvalidTag as exc:
             raise KeyStoreError(f"sealed value for {record_id} does not authenticate") from exc
 
+    @property
+    def index_key(self) -> bytes:
+        return self._index_key
+
     def keyed_hash(self, data: bytes) -> str:
         """HMAC-SHA256 under the index key: a blind index or a content hash, never reversible."""
         return hmac.new(self._index_key, data, hashlib.sha256).hexdigest()
+
+
+def record_aad(kind: str, key: str) -> str:
+    """The associated data a sealed value is bound to: a copy moved to another record won't open."""
+    return f"{kind}:{key}"
+
+
+def key_id_of(token: str) -> str:
+    """Which data key sealed a value."""
+    return _split_token(token)[1]
 
 
 def _split_token(token: str) -> tuple[str, str, str]:
@@ -131,13 +170,33 @@ def _new_keyring_document() -> dict[str, Any]:
     }
 
 
-def new_data_key_entry() -> dict[str, str]:
-    now = dt.datetime.now(dt.UTC)
+def new_data_key_entry(now: dt.datetime | None = None) -> dict[str, str]:
+    now = now or dt.datetime.now(dt.UTC)
     return {
         "id": f"k{now:%Y%m%d%H%M%S}{secrets.token_hex(2)}",
         "created": now.isoformat(),
         "key": base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode(),
     }
+
+
+def new_data_key(now: dt.datetime) -> DataKey:
+    entry = new_data_key_entry(now)
+    return DataKey(entry["id"], entry["created"], _b64(entry["key"]))
+
+
+def save(path: Path, keyring: Keyring) -> None:
+    """Write the keyring's current keys to its file (atomically, owner-only)."""
+    write_keyring_file(
+        path,
+        {
+            "format": FORMAT,
+            "index_key": base64.b64encode(keyring.index_key).decode(),
+            "data_keys": [
+                {"id": k.key_id, "created": k.created, "key": base64.b64encode(k.secret).decode()}
+                for k in keyring.data_keys()
+            ],
+        },
+    )
 
 
 def write_keyring_file(path: Path, document: dict[str, Any]) -> None:

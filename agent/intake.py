@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import sqlite3
 import time
@@ -14,11 +15,12 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from agent import models
+from agent import crypto, models
 from agent.config import DestinationSettings, IntakeSettings
 from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.health import FAILING, OK, Health
+from agent.matchkeys import subject_keys
 from agent.outbox import CLAIMED_STATUS, Batch, Outbox
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,15 @@ SCHEMA = [
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     """,
+    """
+    CREATE TABLE subjects (
+        subject TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        PRIMARY KEY (subject, kind, record_key)
+    );
+    CREATE INDEX subjects_by_record ON subjects (kind, record_key)
+    """,
 ]
 T = TypeVar("T")
 COUNTERS = ("accepted", "duplicates", "amended", "quarantined", "totals_warnings", "contacts")
@@ -118,7 +129,9 @@ class Intake:
         destinations: Sequence[DestinationSettings],
         settings: IntakeSettings,
         health: Health,
+        default_region: str = "SE",
     ) -> None:
+        self._region = default_region
         self._outbox = outbox
         self._health = health
         self._keyring = keyring
@@ -177,6 +190,7 @@ class Intake:
             "INSERT INTO receipts VALUES (?, 1, ?, ?, ?)", (key, now, now, json.dumps(warnings))
         )
         _record_revision(batch.conn, key, 1, content_hash, now)
+        self._record_subjects(batch.conn, "receipt", key, receipt_subject_fields(receipt))
         targets = self.destinations_for(receipt)
         for destination in targets:
             queue_id = batch.put(destination, self._receipt_item(receipt, 1))
@@ -198,6 +212,7 @@ class Intake:
             (revision, now, json.dumps(warnings), key),
         )
         _record_revision(batch.conn, key, revision, content_hash, now)
+        self._record_subjects(batch.conn, "receipt", key, receipt_subject_fields(receipt))
         earlier = self._delivered_to(batch.conn, key)
         targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
         item = self._receipt_item(receipt, revision)
@@ -231,6 +246,21 @@ class Intake:
         queue_id = batch.put(destination, item)
         _insert_delivery(batch.conn, key, destination, revision, queue_id, now)
 
+    def _record_subjects(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        key: str,
+        fields: tuple[str | None, str | None],
+    ) -> None:
+        """Keyed hashes of the person's email and phone, so `forget` can find the record."""
+        email, phone = fields
+        for subject in subject_keys(email=email, mobile_phone=phone, default_region=self._region):
+            conn.execute(
+                "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?)",
+                (self._keyring.keyed_hash(subject.encode()), kind, key),
+            )
+
     def destinations_for(self, receipt: models.Receipt) -> tuple[str, ...]:
         """The enabled destinations that take this receipt (DESIGN §3 routing)."""
         has_contact = receipt.contact is not None
@@ -252,7 +282,7 @@ class Intake:
         private = {name: body.pop(name) for name in personal if name in body}
         sealed = None
         if private:
-            sealed = self._keyring.seal(json.dumps(private).encode(), record_aad(kind, key))
+            sealed = self._keyring.seal(json.dumps(private).encode(), crypto.record_aad(kind, key))
         return {"kind": kind, "key": key, "revision": revision, "body": body, "personal": sealed}
 
     def _delivered_to(self, conn: sqlite3.Connection, key: str) -> tuple[str, ...]:
@@ -285,6 +315,9 @@ class Intake:
             "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
             (local_id, content_hash, now),
         )
+        self._record_subjects(
+            batch.conn, "contact", local_id, (contact.email, contact.mobile_phone)
+        )
         item = self._sealed_item(
             "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
         )
@@ -295,17 +328,32 @@ class Intake:
         _bump(batch.conn, "contacts")
         return Accepted("queued", local_id, 1, targets, local_id=local_id)
 
+    # -- delivery outcomes ----------------------------------------------------------------
+
+    def record_delivery(self, destination: str, key: str, revision: int, state: str) -> None:
+        """Record what became of one revision at one destination (delivery calls this)."""
+
+        def work(batch: Batch) -> None:
+            batch.conn.execute(
+                "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1 "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (state, time.time(), key, destination, revision),
+            )
+
+        self._write(work)
+
     # -- quarantine -----------------------------------------------------------------------
 
     def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
         """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
-        sealed = self._keyring.seal(body, record_aad("quarantine", error_id))
+        sealed = self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
 
         def work(batch: Batch) -> None:
             batch.conn.execute(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (error_id, time.time(), route, code, reason[:500], sealed),
+                (error_id, time.time(), route, code, safe_reason(reason), sealed),
             )
+            self._record_subjects(batch.conn, "quarantine", error_id, body_subject_fields(body))
             _bump(batch.conn, "quarantined")
 
         self._write(work)
@@ -356,16 +404,52 @@ def check_totals(receipt: models.Receipt, tolerance: Decimal) -> tuple[str, ...]
     return tuple(warnings)
 
 
+def safe_reason(reason: str) -> str:
+    """A validation message without the values it quotes (a value may be personal data)."""
+    return _QUOTED.sub("[value]", reason)[:500]
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def receipt_subject_fields(receipt: models.Receipt) -> tuple[str | None, str | None]:
+    """(email, phone) of the receipt's buyer when the match key is one of those."""
+    contact = receipt.contact
+    if contact is None or contact.match_key is None:
+        return None, None
+    if contact.match_key_type == "Email":
+        return contact.match_key, None
+    if contact.match_key_type == "MobilePhone":
+        return None, contact.match_key
+    return None, None
+
+
+def body_subject_fields(body: bytes) -> tuple[str | None, str | None]:
+    """Best effort on a refused body: its email and phone wherever a receipt or contact has them."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    email, phone = _text(parsed.get("email")), _text(parsed.get("mobilePhone"))
+    contact = parsed.get("contact")
+    if isinstance(contact, dict):
+        key = _text(contact.get("matchKey"))
+        email = email or (key if key and "@" in key else None)
+        phone = phone or (key if key and "@" not in key else None)
+    return email, phone
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def line_amount(item: models.ReceiptItem) -> Decimal:
     """A line's signed contribution: a RETURN's price is positive on the wire but refunds."""
     if item.type == "RETURN":
         return -abs(item.gross_paid_price)
     return item.gross_paid_price
-
-
-def record_aad(kind: str, key: str) -> str:
-    """The associated data a sealed value is bound to: a copy moved to another record won't open."""
-    return f"{kind}:{key}"
 
 
 def new_local_id() -> str:

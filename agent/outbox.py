@@ -87,6 +87,36 @@ class Batch:
         )
         return cursor.rowcount == 1
 
+    def pending_items(self, destination: str) -> list[tuple[int, dict[str, Any]]]:
+        """Every item of a destination that has not been claimed yet, oldest first."""
+        queue = self._queue(destination)
+        rows = self.conn.execute(
+            f"SELECT _id, data FROM {queue._table_name} WHERE status IN (?, ?) ORDER BY _id",
+            PENDING_STATUSES,
+        ).fetchall()
+        return [(int(row[0]), json_serializer.loads(bytes(row[1]))) for row in rows]
+
+    def remove(self, destination: str, queue_id: int) -> bool:
+        """Delete an item that has not been claimed yet; False if it has already left."""
+        queue = self._queue(destination)
+        cursor = self.conn.execute(
+            f"DELETE FROM {queue._table_name} WHERE _id = ? AND status IN (?, ?)",
+            (queue_id, *PENDING_STATUSES),
+        )
+        return cursor.rowcount == 1
+
+    def count_matching(self, pattern: str) -> int:
+        """Rows of every queue, in any status, whose stored JSON is LIKE the pattern."""
+        return sum(
+            int(
+                self.conn.execute(
+                    f"SELECT COUNT(*) FROM {queue._table_name} WHERE CAST(data AS TEXT) LIKE ?",
+                    (pattern,),
+                ).fetchone()[0]
+            )
+            for queue in self._queues.values()
+        )
+
     def _queue(self, destination: str) -> _AckQueue:
         try:
             return self._queues[destination]
@@ -135,6 +165,8 @@ class _Ticket(Generic[T]):
 
 def queue_names(directory: Path) -> list[str]:
     """Every destination that has a queue in the outbox file, enabled or not."""
+    if not (directory / FILE_NAME).exists():
+        return []
     conn = db.connect(directory / FILE_NAME)
     try:
         rows = conn.execute(
@@ -174,8 +206,11 @@ class Outbox:
         self._pending_lock = threading.Lock()
         self._claimed: set[tuple[str, int]] = set()
         self._claimed_lock = threading.Lock()
+        # Every queue in the file is opened, also those of destinations no longer enabled:
+        # intake puts only into enabled ones, but purge and erasure must reach all of them.
+        names = dict.fromkeys([*destinations, *queue_names(directory)])
         self._queues = {
-            name: self._open_queue(directory, name, busy_timeout_seconds) for name in destinations
+            name: self._open_queue(directory, name, busy_timeout_seconds) for name in names
         }
 
     @staticmethod
@@ -309,6 +344,35 @@ class Outbox:
                 )
                 removed += cursor.rowcount
         return removed
+
+    def claimed_count(self, destination: str, key: str) -> int:
+        """Items of one record that a sender holds right now (claimed, not yet acked)."""
+        table = self._queues[destination]._table_name
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT data FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
+            ).fetchall()
+        return sum(1 for (data,) in rows if json_serializer.loads(bytes(data)).get("key") == key)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the file and truncate it: deleted bytes leave the -wal too."""
+        with self._write_lock:
+            db.checkpoint(self._writer)
+
+    def page_counts(self) -> tuple[int, int]:
+        """(free pages, all pages) of the outbox file."""
+        with self.read() as conn:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        return free, pages
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (needs up to twice its size on disk)."""
+        with self._write_lock:
+            try:
+                self._writer.execute("VACUUM")
+            except sqlite3.Error as exc:
+                raise StorageError(f"vacuum: {exc}") from exc
 
     def close(self) -> None:
         for queue in self._queues.values():

@@ -25,6 +25,10 @@ class HttpError(AgentError):
         self.headers = headers or {}
 
 
+class BadRequestError(HttpError):
+    status, code = 400, "bad_request"
+
+
 class NotJsonError(HttpError):
     status, code = 400, "not_json"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -12,11 +13,12 @@ import msgspec
 
 from agent import __version__, models
 from agent.api import schemas
-from agent.api.errors import NotJsonError
+from agent.api.errors import BadRequestError, NotJsonError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
+from agent.privacy import Privacy
 from agent.status import StatusReporter
 
 
@@ -27,6 +29,7 @@ class Services:
     intake: Intake
     status: StatusReporter
     health: Health
+    privacy: Privacy
     openapi: bytes
 
 
@@ -82,6 +85,18 @@ def get_openapi(request: Request, services: Services) -> Response:
     return Response(200, services.openapi)
 
 
+def post_purge(request: Request, services: Services) -> Response:
+    return Response.json(dataclasses.asdict(services.privacy.purge()))
+
+
+def post_forget(request: Request, services: Services) -> Response:
+    subject = decode_private(request, schemas.ForgetRequest)
+    if not subject.email and not subject.mobile_phone:
+        raise BadRequestError("email or mobilePhone is required")
+    report = services.privacy.forget(email=subject.email, mobile_phone=subject.mobile_phone)
+    return Response.json(dataclasses.asdict(report))
+
+
 ROUTES = (
     Route("POST", "/v1/receipts", post_receipt),
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
@@ -89,6 +104,8 @@ ROUTES = (
     Route("GET", "/v1/health", get_health, needs_token=False),
     Route("GET", "/v1/status", get_status),
     Route("GET", "/v1/openapi.json", get_openapi),
+    Route("POST", "/v1/privacy/purge", post_purge),
+    Route("POST", "/v1/privacy/forget", post_forget),
 )
 
 Shape = TypeVar("Shape", bound=msgspec.Struct)
@@ -107,6 +124,14 @@ def decode(request: Request, shape: type[Shape]) -> Shape:
         ) from exc
     except msgspec.DecodeError as exc:
         raise NotJsonError(f"the body is not JSON: {exc}") from exc
+
+
+def decode_private(request: Request, shape: type[Shape]) -> Shape:
+    """Like decode, but a failure is a plain 400: a body naming a person is never quarantined."""
+    try:
+        return decode(request, shape)
+    except InvalidRequestError as exc:
+        raise BadRequestError(f"{exc} at {exc.path}") from None
 
 
 def receipt_accepted(accepted: Accepted) -> schemas.ReceiptAccepted:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -84,6 +84,32 @@ class StatusAnswer(_Out):
     storage: StorageStatus
 
 
+class ForgetRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Who to forget: an email address, a mobile phone number, or both."""
+
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=255)] | None = None
+    mobile_phone: Annotated[str, msgspec.Meta(min_length=3, max_length=64)] | None = None
+
+
+class PurgeAnswer(_Out):
+    delivered_deleted: int
+    quarantine_redacted: int
+    ledger_deleted: int
+    resealed: int
+    key_rotated: bool
+    keys_destroyed: list[str]
+    vacuumed: bool
+    clock_jump_seconds: float
+
+
+class ForgetAnswer(_Out):
+    records: int
+    queued_items_stripped: int
+    queued_items_removed: int
+    quarantine_deleted: int
+    in_flight: int
+
+
 class ErrorDetail(_Out):
     path: str
     message: str
@@ -120,6 +146,9 @@ SHAPES = (
     ReceiptStatus,
     HealthAnswer,
     StatusAnswer,
+    ForgetRequest,
+    PurgeAnswer,
+    ForgetAnswer,
     ErrorBody,
 )
 
@@ -217,6 +246,21 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "Queues, destinations, counters, storage",
                 "responses": _answers({"200": ("Status", "StatusAnswer")}, common),
+            }
+        },
+        "/v1/privacy/purge": {
+            "post": {
+                "summary": "Run the retention purge now (counts only)",
+                "responses": _answers({"200": ("Done", "PurgeAnswer")}, common),
+            }
+        },
+        "/v1/privacy/forget": {
+            "post": {
+                "summary": "Erase a person from every local store",
+                "requestBody": {"required": True, **_ref("ForgetRequest")},
+                "responses": _answers(
+                    {"200": ("Done", "ForgetAnswer")}, ("400", "413", "415", *common)
+                ),
             }
         },
         "/v1/openapi.json": {

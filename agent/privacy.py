@@ -1,0 +1,300 @@
+"""Retention and erasure: purge what outlived its retention, forget a person, rotate the keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import config, crypto
+from agent.matchkeys import subject_keys
+from agent.outbox import Batch, Outbox
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+FINAL_STATES = ("delivered", "superseded", "dead_lettered", "forgotten")
+# A wall clock that runs ahead of the monotonic clock by more than this between two purges
+# has jumped: retention is then measured by the monotonic clock, so no mass purge follows.
+CLOCK_JUMP_SECONDS = 3600.0
+
+
+@dataclass
+class PurgeReport:
+    """What one purge run did: counts only, never values."""
+
+    delivered_deleted: int = 0
+    quarantine_redacted: int = 0
+    ledger_deleted: int = 0
+    resealed: int = 0
+    key_rotated: bool = False
+    keys_destroyed: list[str] = field(default_factory=list)
+    vacuumed: bool = False
+    clock_jump_seconds: float = 0.0
+
+
+@dataclass
+class ForgetReport:
+    """What erasing one person touched."""
+
+    records: int = 0
+    queued_items_stripped: int = 0
+    queued_items_removed: int = 0
+    quarantine_deleted: int = 0
+    in_flight: int = 0
+
+
+class Privacy:
+    """Runs the purge and erasure over the outbox file and the keyring.
+
+    The ledger tables are intake's (agent/intake.py SCHEMA); this module only deletes from and
+    redacts them, by the retention settings.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        keyring: crypto.Keyring,
+        settings: config.Settings,
+        *,
+        now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._outbox = outbox
+        self._keyring = keyring
+        self._settings = settings
+        self._now = now
+        self._monotonic = monotonic
+        self._last_run: tuple[float, float] | None = None
+
+    @property
+    def keyring(self) -> crypto.Keyring:
+        return self._keyring
+
+    # -- the timed purge -----------------------------------------------------------------
+
+    def purge(self) -> PurgeReport:
+        """Everything past its retention goes; then the WAL is truncated (and maybe VACUUM)."""
+        report = PurgeReport()
+        now = self._trusted_now(report)
+        privacy = self._settings.privacy
+        report.delivered_deleted = self._outbox.purge_acked()
+        report.quarantine_redacted = self._outbox.run(
+            lambda b: redact_quarantine(b.conn, now - privacy.quarantine_retention_days * DAY, now)
+        )
+        report.ledger_deleted = self._outbox.run(
+            lambda b: purge_ledger(b.conn, now - privacy.ledger_retention_days * DAY)
+        )
+        self._rotate_keys(now, report)
+        self._outbox.checkpoint()
+        report.vacuumed = self._vacuum_if_room()
+        log.info("purge done", extra={"report": report.__dict__})
+        return report
+
+    def _trusted_now(self, report: PurgeReport) -> float:
+        """The wall clock, unless it jumped ahead since the last run in this process."""
+        wall, mono = self._now(), self._monotonic()
+        if self._last_run is not None:
+            last_wall, last_mono = self._last_run
+            expected = last_wall + (mono - last_mono)
+            if wall - expected > CLOCK_JUMP_SECONDS:
+                report.clock_jump_seconds = wall - expected
+                log.warning("wall clock jumped ahead; retention uses the monotonic clock")
+                wall = expected
+        self._last_run = (wall, mono)
+        return wall
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _rotate_keys(self, now: float, report: PurgeReport) -> None:
+        """New data key when the active one is due; destroy keys past the longest retention."""
+        moment = dt.datetime.fromtimestamp(now, dt.UTC)
+        age_days = (moment - self._keyring.active_created).total_seconds() / DAY
+        if age_days >= self._settings.privacy.key_rotation_days:
+            self._keyring.add(crypto.new_data_key(moment))
+            report.key_rotated = True
+        expiry = moment - dt.timedelta(days=self._settings.longest_retention_days)
+        old = [
+            k.key_id
+            for k in self._keyring.data_keys()
+            if k.key_id != self._keyring.active_key_id
+            and dt.datetime.fromisoformat(k.created) <= expiry
+        ]
+        for key_id in old:
+            self._destroy_when_unused(key_id, report)
+        if report.key_rotated or report.keys_destroyed:
+            crypto.save(self._settings.privacy.key_file, self._keyring)
+
+    def _destroy_when_unused(self, key_id: str, report: PurgeReport) -> None:
+        """Re-seal what the key still seals, then destroy it; an item in flight postpones it."""
+
+        def reseal_and_count(batch: Batch) -> int:
+            report.resealed += self._reseal(batch, key_id)
+            return sealed_count(batch, key_id)
+
+        if self._outbox.run(reseal_and_count) == 0:
+            self._keyring.remove(key_id)
+            report.keys_destroyed.append(key_id)
+
+    def _reseal(self, batch: Batch, key_id: str) -> int:
+        """Re-seal, under the active key, every live value still sealed with key_id."""
+        count = 0
+        for destination in self._outbox.destinations:
+            for queue_id, item in batch.pending_items(destination):
+                token = item.get("personal")
+                if token and crypto.key_id_of(token) == key_id:
+                    aad = crypto.record_aad(item["kind"], item["key"])
+                    item["personal"] = self._keyring.seal(self._keyring.open(token, aad), aad)
+                    count += batch.replace(destination, queue_id, item)
+        rows = batch.conn.execute(
+            "SELECT error_id, sealed_body FROM quarantine WHERE sealed_body LIKE ?",
+            (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
+        ).fetchall()
+        for error_id, token in rows:
+            aad = crypto.record_aad("quarantine", error_id)
+            fresh = self._keyring.seal(self._keyring.open(token, aad), aad)
+            batch.conn.execute(
+                "UPDATE quarantine SET sealed_body = ? WHERE error_id = ?", (fresh, error_id)
+            )
+            count += 1
+        return count
+
+    # -- erasure on request --------------------------------------------------------------
+
+    def forget(self, *, email: str | None = None, mobile_phone: str | None = None) -> ForgetReport:
+        """Remove a person from every local store; queued receipts go on without them."""
+        region = self._settings.agent.default_region
+        subjects = [
+            self._keyring.keyed_hash(s.encode())
+            for s in subject_keys(email=email, mobile_phone=mobile_phone, default_region=region)
+        ]
+        report = self._outbox.run(lambda b: self._forget(b, subjects))
+        self._outbox.purge_acked()  # delivered copies still on disk go now, not at the next purge
+        self._outbox.checkpoint()
+        log.info("forgot a person", extra={"report": report.__dict__})
+        return report
+
+    def _forget(self, batch: Batch, subjects: list[str]) -> ForgetReport:
+        report = ForgetReport()
+        if not subjects:
+            return report
+        marks = ",".join("?" * len(subjects))
+        records = batch.conn.execute(
+            f"SELECT DISTINCT kind, record_key FROM subjects WHERE subject IN ({marks})", subjects
+        ).fetchall()
+        report.records = len(records)
+        for kind, key in records:
+            if kind == "quarantine":
+                report.quarantine_deleted += batch.conn.execute(
+                    "DELETE FROM quarantine WHERE error_id = ?", (key,)
+                ).rowcount
+            else:
+                self._forget_queued(batch, kind, key, report)
+            batch.conn.execute(
+                "DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key)
+            )
+        return report
+
+    def _forget_queued(self, batch: Batch, kind: str, key: str, report: ForgetReport) -> None:
+        """A receipt leaves without its buyer; a contact registration is withdrawn."""
+        for destination in self._outbox.destinations:
+            for queue_id, item in batch.pending_items(destination):
+                if item.get("key") != key or item.get("kind") != kind:
+                    continue
+                if kind == "receipt":
+                    item["personal"], item["forgotten"] = None, True
+                    report.queued_items_stripped += batch.replace(destination, queue_id, item)
+                elif batch.remove(destination, queue_id):
+                    report.queued_items_removed += 1
+                    mark_forgotten(batch.conn, key, destination)
+            report.in_flight += self._outbox.claimed_count(destination, key)
+
+    # -- storage upkeep ------------------------------------------------------------------
+
+    def _vacuum_if_room(self) -> bool:
+        """VACUUM only when a quarter of the file is free pages and the disk has twice its size."""
+        path: Path = self._outbox.path
+        size = path.stat().st_size
+        if shutil.disk_usage(path.parent).free < 2 * size:
+            return False
+        free_pages, pages = self._outbox.page_counts()
+        if pages == 0 or free_pages * 4 < pages:
+            return False
+        self._outbox.vacuum()
+        return True
+
+
+def redact_quarantine(conn: sqlite3.Connection, cutoff: float, now: float) -> int:
+    """Refused bodies past retention lose their content; the record of the refusal stays."""
+    conn.execute(
+        "DELETE FROM subjects WHERE kind = 'quarantine' AND record_key IN "
+        "(SELECT error_id FROM quarantine WHERE received_at < ? AND sealed_body IS NOT NULL)",
+        (cutoff,),
+    )
+    cursor = conn.execute(
+        "UPDATE quarantine SET sealed_body = NULL, redacted_at = ? "
+        "WHERE received_at < ? AND sealed_body IS NOT NULL",
+        (now, cutoff),
+    )
+    return cursor.rowcount
+
+
+def purge_ledger(conn: sqlite3.Connection, cutoff: float) -> int:
+    """Forget receipts and contacts older than the ledger retention once every delivery is final."""
+    finals = ",".join("?" * len(FINAL_STATES))
+    open_records = f"SELECT record_key FROM deliveries WHERE state NOT IN ({finals})"
+    receipts = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT unique_receipt_id FROM receipts WHERE updated_at < ? "
+            f"AND unique_receipt_id NOT IN ({open_records})",
+            (cutoff, *FINAL_STATES),
+        ).fetchall()
+    ]
+    contacts = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT local_id FROM outbound_contacts WHERE received_at < ? "
+            f"AND local_id NOT IN ({open_records})",
+            (cutoff, *FINAL_STATES),
+        ).fetchall()
+    ]
+    for key in receipts:
+        _delete_record(conn, "receipt", key)
+    for key in contacts:
+        _delete_record(conn, "contact", key)
+    return len(receipts) + len(contacts)
+
+
+def _delete_record(conn: sqlite3.Connection, kind: str, key: str) -> None:
+    if kind == "receipt":
+        conn.execute("DELETE FROM receipts WHERE unique_receipt_id = ?", (key,))
+        conn.execute("DELETE FROM receipt_revisions WHERE unique_receipt_id = ?", (key,))
+    else:
+        conn.execute("DELETE FROM outbound_contacts WHERE local_id = ?", (key,))
+    conn.execute("DELETE FROM deliveries WHERE record_key = ?", (key,))
+    conn.execute("DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key))
+
+
+def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None:
+    conn.execute(
+        "UPDATE deliveries SET state = 'forgotten', updated_at = ? "
+        "WHERE record_key = ? AND destination = ? AND state = 'queued'",
+        (time.time(), key, destination),
+    )
+
+
+def sealed_count(batch: Batch, key_id: str) -> int:
+    """How many stored values (queue items, quarantine) are still sealed with key_id."""
+    pattern = f"%{crypto.SEAL_PREFIX}.{key_id}.%"
+    count = int(
+        batch.conn.execute(
+            "SELECT COUNT(*) FROM quarantine WHERE sealed_body LIKE ?", (pattern,)
+        ).fetchone()[0]
+    )
+    return count + batch.count_matching(pattern)
