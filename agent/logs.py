@@ -1,19 +1,40 @@
-"""Structured JSON logging: one object per line, our error ids as fields, never a request body."""
+"""Structured JSON logs: one object per line, redacted, to stderr and to daily files kept N days."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import re
 import sys
+import threading
+from pathlib import Path
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else was passed with extra= and becomes a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+REDACTED = "[redacted]"
+# What personal data and secrets look like in free text. The code never logs them on purpose;
+# this is the net under that rule (an exception message quoting a body, a library's debug line).
+_PATTERNS = [
+    re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"),  # email addresses
+    # phone-number-like runs of digits, not inside an id (S042-T03-000123) or a decimal number
+    re.compile(r"(?<![\w.-])\+?\d[\d ()-]{6,}\d(?![\w-]|\.\d)"),
+    re.compile(r"(?i)(bearer|apikey|api[_-]?key|secret|token|password)([\"':= ]+)[^\s\"',}]+"),
+]
+LOG_FILE_PREFIX = "till-agent-"
+
+
+def redact(text: str) -> str:
+    """The text with anything shaped like an email, a phone number or a secret replaced."""
+    text = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    for pattern in _PATTERNS[:2]:
+        text = pattern.sub(REDACTED, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
-    """time, level, logger, message, the extra= fields, and the exception type if any."""
+    """time, level, logger, message, the extra= fields, the exception — all redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -25,17 +46,85 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
-def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send every log record as JSON to the stream (stderr by default)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+class DailyFileHandler(logging.Handler):
+    """till-agent-YYYY-MM-DD.log, one file per UTC day; files older than retention are deleted.
+
+    No file is ever renamed, so it works on Windows where an open file cannot be renamed.
+    """
+
+    def __init__(self, directory: Path, retention_days: int) -> None:
+        super().__init__()
+        self._directory = directory
+        self._retention_days = retention_days
+        self._day: dt.date | None = None
+        self._stream: TextIO | None = None
+        self._io_lock = threading.Lock()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            with self._io_lock:
+                self._stream_for(dt.datetime.fromtimestamp(record.created, dt.UTC).date())
+                assert self._stream is not None
+                self._stream.write(line + "\n")
+                self._stream.flush()
+        except Exception:  # logging must never take the agent down
+            self.handleError(record)
+
+    def _stream_for(self, day: dt.date) -> None:
+        if day == self._day and self._stream is not None:
+            return
+        if self._stream is not None:
+            self._stream.close()
+        self._day = day
+        self._stream = (self._directory / f"{LOG_FILE_PREFIX}{day.isoformat()}.log").open(
+            "a", encoding="utf-8"
+        )
+        self.remove_expired(day)
+
+    def remove_expired(self, today: dt.date) -> list[Path]:
+        """Delete the day files older than the retention; returns what it deleted."""
+        removed = []
+        for path in self._directory.glob(f"{LOG_FILE_PREFIX}*.log"):
+            try:
+                day = dt.date.fromisoformat(path.stem.removeprefix(LOG_FILE_PREFIX))
+            except ValueError:
+                continue
+            if (today - day).days > self._retention_days:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def close(self) -> None:
+        with self._io_lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        super().close()
+
+
+def setup(
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    *,
+    log_dir: Path | None = None,
+    retention_days: int = 14,
+) -> None:
+    """JSON lines to stderr (the journal or the service's console) and, given a directory, files."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if log_dir is not None:
+        handlers.append(DailyFileHandler(log_dir, retention_days))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
-    root.addHandler(handler)
+        existing.close()
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
     root.setLevel(level.upper())
     # waitress logs each client disconnect at INFO; keep its warnings only.
     logging.getLogger("waitress").setLevel(logging.WARNING)

@@ -1,0 +1,71 @@
+"""Logs: JSON lines, redaction of anything personal or secret, daily files kept N days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+
+import pytest
+
+from agent import logs
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("send failed for zz.someone@example.com", "zz.someone@example.com"),
+        ("lookup +46 70 000 91 73 timed out", "70 000 91 73"),
+        ("headers {'apikey': 'sandbox-engage-key'}", "sandbox-engage-key"),
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        ('{"client_secret": "s3cr3t-value"}', "s3cr3t-value"),
+    ],
+)
+def test_redaction_removes_personal_values_and_secrets(text, leak):
+    assert leak not in logs.redact(text)
+
+
+def test_redaction_keeps_ids_and_error_ids():
+    text = "receipt S042-T03-000123 dead-lettered: errorId err_5f0c2b7a9e13d4c8 at 1795412322.683"
+    assert logs.redact(text) == text
+
+
+def test_json_lines_carry_extra_fields_and_are_redacted():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.logs.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("refused %s", "zz.x@example.com", extra={"errorId": "err_1"})
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert entry["errorId"] == "err_1"
+    assert "example.com" not in stream.getvalue()
+
+
+def test_daily_files_past_retention_are_deleted(tmp_path):
+    old = tmp_path / "till-agent-2026-10-01.log"
+    kept = tmp_path / "till-agent-2026-11-20.log"
+    old.write_text("old\n", encoding="utf-8")
+    kept.write_text("kept\n", encoding="utf-8")
+    handler = logs.DailyFileHandler(tmp_path, retention_days=14)
+    try:
+        assert handler.remove_expired(dt.date(2026, 11, 23)) == [old]
+    finally:
+        handler.close()
+    assert kept.exists()
+
+
+def test_daily_file_handler_writes_the_days_file(tmp_path):
+    handler = logs.DailyFileHandler(tmp_path, retention_days=14)
+    handler.setFormatter(logs.JsonFormatter())
+    record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "name": "t"})
+    handler.emit(record)
+    handler.close()
+    day = dt.datetime.fromtimestamp(record.created, dt.UTC).date()
+    written = (tmp_path / f"till-agent-{day.isoformat()}.log").read_text(encoding="utf-8")
+    assert json.loads(written)["message"] == "hello"
