@@ -65,3 +65,27 @@ def test_second_agent_on_the_same_data_directory_refuses(agent_process, tmp_path
     second = till_agent("run", "--config", str(first.config_path))
     assert second.returncode != 0
     assert "another till-agent is already running" in second.stderr
+
+
+def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_process):
+    process = agent_process()
+    process.start()
+    from tests.conftest import Till
+
+    till = Till(process.url, process.token)
+    receipt = make_receipt("R-STOPPED")
+    receipt["contact"] = {"matchKey": "zz.stopped.3141@example.invalid", "matchKeyType": "Email"}
+    till.post("/v1/receipts", receipt)
+    till.close()
+    assert process.terminate() == 0
+    config = str(process.config_path)
+    result = till_agent("forget", "--config", config, "--email", "zz.stopped.3141@example.invalid")
+    assert result.returncode == 0, result.stderr
+    assert '"queued_items_stripped": 2' in result.stdout
+    assert till_agent("purge", "--config", config).returncode == 0
+
+
+def test_forget_needs_a_key():
+    result = till_agent("forget")
+    assert result.returncode == 2
+    assert "--email" in result.stderr

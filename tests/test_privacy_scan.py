@@ -90,3 +90,28 @@ def test_no_personal_value_after_a_clean_stop_either(start_agent):
 def test_the_scan_would_find_a_plaintext_value(tmp_path):
     (tmp_path / "leak.db-wal").write_bytes(b"\x00" + PLANTED["phone"].encode("utf-16-le"))
     assert scan(tmp_path) == [(str(tmp_path / "leak.db-wal"), "phone")]
+
+
+def test_no_personal_value_in_the_logs_of_a_real_agent(agent_process, tmp_path):
+    """`till-agent run` with file logging, every path incl. refusals, forget and purge."""
+    from tests.conftest import Till
+    from tests.test_cli import till_agent
+
+    process = agent_process({"agent": {"log_level": "DEBUG"}})
+    process.start()
+    till = Till(process.url, process.token)
+    plant_everything(till)
+    bad = make_receipt("R-ENUM")
+    bad["items"][0]["type"] = PLANTED["email"]  # a value echoed by the validator's message
+    assert till.post("/v1/receipts", bad).status_code == 422
+    till.close()
+    forgot = till_agent("forget", "--config", str(process.config_path), "--email", PLANTED["email"])
+    assert forgot.returncode == 0, forgot.stderr
+    assert till_agent("purge", "--config", str(process.config_path)).returncode == 0
+    assert process.terminate() == 0
+    log_dir = tmp_path / "logs"
+    assert list(log_dir.glob("till-agent-*.log")), "the agent wrote no log file"
+    assert scan(log_dir) == []
+    assert scan(tmp_path / "data") == []
+    stderr = (tmp_path / "agent-stderr.log").read_bytes()
+    assert [n for n, v in PLANTED.items() if any(f in stderr for f in encodings(v))] == []
