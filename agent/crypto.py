@@ -99,6 +99,10 @@ class Keyring:
     def index_key(self) -> bytes:
         return self._index_key
 
+    def fingerprint(self, value: str) -> str:
+        """A short keyed hash of a match key for logs: one person, one mark, nothing readable."""
+        return "fp_" + self.keyed_hash(value.encode())[:12]
+
     def keyed_hash(self, data: bytes) -> str:
         """HMAC-SHA256 under the index key: a blind index or a content hash, never reversible."""
         return hmac.new(self._index_key, data, hashlib.sha256).hexdigest()

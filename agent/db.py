@@ -42,7 +42,12 @@ def connect(
 
 
 def apply_pragmas(conn: sqlite3.Connection, *, max_size_mb: int | None = None) -> None:
-    """WAL + synchronous=FULL (durable commit) + secure_delete=ON (deleted bytes are zeroed)."""
+    """WAL + synchronous=FULL (durable commit) + secure_delete=ON (deleted bytes are zeroed).
+
+    auto_vacuum=INCREMENTAL takes effect only on a new file, before its first table: free pages
+    can then be handed back in small steps instead of a VACUUM that blocks every writer.
+    """
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA secure_delete=ON")

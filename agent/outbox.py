@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -28,6 +29,9 @@ PENDING_STATUSES = (0, 1)
 CLAIMED_STATUS = 2
 ACKED_STATUS = 5
 T = TypeVar("T")
+PURGE_CHUNK_ROWS = 2000
+PURGE_PAUSE_SECONDS = 0.002
+SHRINK_PAGES_PER_STEP = 1000
 
 
 class _AckQueue(persistqueue.SQLiteAckQueue):
@@ -175,6 +179,14 @@ def queue_names(directory: Path) -> list[str]:
     finally:
         conn.close()
     return sorted(row[0].removeprefix("ack_queue_") for row in rows)
+
+
+def _delete_acked(table: str, limit: int, batch: Batch) -> int:
+    cursor = batch.conn.execute(
+        f"DELETE FROM {table} WHERE _id IN (SELECT _id FROM {table} WHERE status = ? LIMIT ?)",
+        (ACKED_STATUS, limit),
+    )
+    return cursor.rowcount
 
 
 class Outbox:
@@ -334,15 +346,21 @@ class Outbox:
             row = conn.execute(f"SELECT status FROM {table} WHERE _id = ?", (queue_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def purge_acked(self) -> int:
-        """Delete every acked item: delivered data is not kept as history."""
+    def purge_acked(self, chunk_rows: int = PURGE_CHUNK_ROWS) -> int:
+        """Delete every acked item: delivered data is not kept as history.
+
+        In chunks, each its own short transaction, so intake never waits behind a long delete.
+        """
         removed = 0
-        with self._write_lock, db.transaction(self._writer) as conn:
-            for queue in self._queues.values():
-                cursor = conn.execute(
-                    f"DELETE FROM {queue._table_name} WHERE status = ?", (ACKED_STATUS,)
-                )
-                removed += cursor.rowcount
+        for queue in self._queues.values():
+            while True:
+                deleted = self.run(functools.partial(_delete_acked, queue._table_name, chunk_rows))
+                removed += deleted
+                if deleted < chunk_rows:
+                    break
+                # Python's locks are not fair and the GIL favours the running thread: pause so
+                # a waiting intake write gets in between two chunks (P6 in TARGETS.md).
+                time.sleep(PURGE_PAUSE_SECONDS)
         return removed
 
     def claimed_count(self, destination: str, key: str) -> int:
@@ -366,13 +384,26 @@ class Outbox:
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         return free, pages
 
-    def vacuum(self) -> None:
-        """Rewrite the file without its free pages (needs up to twice its size on disk)."""
-        with self._write_lock:
-            try:
-                self._writer.execute("VACUUM")
-            except sqlite3.Error as exc:
-                raise StorageError(f"vacuum: {exc}") from exc
+    def shrink(self, pages_per_step: int = SHRINK_PAGES_PER_STEP) -> int:
+        """Hand free pages back to the file system in small steps; returns how many.
+
+        incremental_vacuum moves pages inside the file, so unlike VACUUM it needs no free disk
+        space and holds the writer only for one step at a time.
+        """
+        released = 0
+        while (free := self.page_counts()[0]) > 0:
+            with self._write_lock:
+                try:
+                    # executescript: the module's execute() runs this pragma one page only.
+                    self._writer.executescript(f"PRAGMA incremental_vacuum({pages_per_step});")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"incremental vacuum: {exc}") from exc
+            now_free = self.page_counts()[0]
+            if now_free >= free:
+                break  # a file made without auto_vacuum: nothing to hand back this way
+            released += free - now_free
+            time.sleep(PURGE_PAUSE_SECONDS)
+        return released
 
     def close(self) -> None:
         for queue in self._queues.values():

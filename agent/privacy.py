@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agent import config, crypto
 from agent.matchkeys import subject_keys
@@ -34,7 +32,7 @@ class PurgeReport:
     resealed: int = 0
     key_rotated: bool = False
     keys_destroyed: list[str] = field(default_factory=list)
-    vacuumed: bool = False
+    pages_released: int = 0
     clock_jump_seconds: float = 0.0
 
 
@@ -91,8 +89,8 @@ class Privacy:
             lambda b: purge_ledger(b.conn, now - privacy.ledger_retention_days * DAY)
         )
         self._rotate_keys(now, report)
+        report.pages_released = self._outbox.shrink()
         self._outbox.checkpoint()
-        report.vacuumed = self._vacuum_if_room()
         log.info("purge done", extra={"report": report.__dict__})
         return report
 
@@ -213,20 +211,6 @@ class Privacy:
                     report.queued_items_removed += 1
                     mark_forgotten(batch.conn, key, destination)
             report.in_flight += self._outbox.claimed_count(destination, key)
-
-    # -- storage upkeep ------------------------------------------------------------------
-
-    def _vacuum_if_room(self) -> bool:
-        """VACUUM only when a quarter of the file is free pages and the disk has twice its size."""
-        path: Path = self._outbox.path
-        size = path.stat().st_size
-        if shutil.disk_usage(path.parent).free < 2 * size:
-            return False
-        free_pages, pages = self._outbox.page_counts()
-        if pages == 0 or free_pages * 4 < pages:
-            return False
-        self._outbox.vacuum()
-        return True
 
 
 def redact_quarantine(conn: sqlite3.Connection, cutoff: float, now: float) -> int:

@@ -71,3 +71,13 @@ def test_agent_refuses_to_start_when_the_key_file_is_lost(start_agent):
     key_file.unlink()
     with pytest.raises(KeyStoreError, match="missing"):
         start_agent()
+
+
+def test_fingerprint_is_short_stable_and_keyed(tmp_path):
+    first = crypto.load_or_create(tmp_path / "a.json", may_create=True)
+    other = crypto.load_or_create(tmp_path / "b.json", may_create=True)
+    value = "+46700009173"
+    assert first.fingerprint(value) == first.fingerprint(value)
+    assert first.fingerprint(value) != other.fingerprint(value)
+    assert len(first.fingerprint(value)) == 15
+    assert "9173" not in first.fingerprint(value)

@@ -161,3 +161,25 @@ def test_undelivered_counts_every_queue_even_disabled_ones(start_agent):
     till.close()
     agent.stop()
     assert app.undelivered(agent.settings) == {"engage": 1, "loaded": 1}
+
+
+def test_purge_acked_works_in_chunks_and_leaves_pending_items(outbox):
+    for n in range(25):
+        put(outbox, "a", {"n": n})
+    for _ in range(20):
+        outbox.ack(outbox.claim("a", timeout_seconds=0.1))
+    assert outbox.purge_acked(chunk_rows=7) == 20
+    assert outbox.depth("a").pending == 5
+
+
+def test_shrink_hands_free_pages_back_after_a_purge(outbox):
+    outbox.run(lambda b: [b.put("a", {"blob": "x" * 3000, "n": n}) for n in range(300)])
+    for _ in range(300):
+        outbox.ack(outbox.claim("a", timeout_seconds=0.1))
+    outbox.purge_acked()
+    outbox.checkpoint()
+    before = outbox.path.stat().st_size
+    assert outbox.shrink(pages_per_step=50) > 200
+    outbox.checkpoint()
+    assert outbox.path.stat().st_size < before / 2
+    assert outbox.page_counts()[0] == 0

@@ -98,7 +98,7 @@ class PurgeAnswer(_Out):
     resealed: int
     key_rotated: bool
     keys_destroyed: list[str]
-    vacuumed: bool
+    pages_released: int
     clock_jump_seconds: float
 
 
