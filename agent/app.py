@@ -62,20 +62,28 @@ class Agent:
         log.info("stopped")
 
 
-def start(settings: config.Settings) -> Agent:
-    """Open the stores, then the API last; raises before serving anything if a part fails."""
+def start(settings: config.Settings, *, key_protector: crypto.KeyProtector | None = None) -> Agent:
+    """Open the stores, then the API last; raises before serving anything if a part fails.
+
+    key_protector wraps the key file with an OS secret store (DPAPI, given by the Windows
+    service); without one the key file is an owner-only file.
+    """
     data_dir = settings.agent.data_dir
     _make_private_dir(data_dir)
     lock = acquire_lock(data_dir)
     try:
-        return _start_locked(settings, lock)
+        return _start_locked(settings, lock, key_protector)
     except BaseException:
         lock.release()
         raise
 
 
-def _start_locked(settings: config.Settings, lock: filelock.BaseFileLock) -> Agent:
-    keyring, box = open_stores(settings)
+def _start_locked(
+    settings: config.Settings,
+    lock: filelock.BaseFileLock,
+    key_protector: crypto.KeyProtector | None,
+) -> Agent:
+    keyring, box = open_stores(settings, key_protector)
     board = health.Health()
     intake = Intake(
         box,
@@ -97,11 +105,15 @@ def _start_locked(settings: config.Settings, lock: filelock.BaseFileLock) -> Age
     return Agent(settings, token, server, scheduler, box, intake, privacy, board, lock)
 
 
-def open_stores(settings: config.Settings) -> tuple[crypto.Keyring, outbox.Outbox]:
+def open_stores(
+    settings: config.Settings, key_protector: crypto.KeyProtector | None = None
+) -> tuple[crypto.Keyring, outbox.Outbox]:
     """The keyring (made on first start only) and the outbox, with every queue in the file."""
     data_dir = settings.agent.data_dir
     has_data = (data_dir / outbox.FILE_NAME).exists()
-    keyring = crypto.load_or_create(settings.privacy.key_file, may_create=not has_data)
+    keyring = crypto.load_or_create(
+        settings.privacy.key_file, may_create=not has_data, protector=key_protector
+    )
     box = outbox.Outbox(
         data_dir,
         [d.name for d in settings.enabled_destinations],

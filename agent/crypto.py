@@ -14,7 +14,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +29,16 @@ NONCE_BYTES = 12
 KEY_BYTES = 32
 
 
+class KeyProtector(Protocol):
+    """Wraps the key file's bytes with an OS secret store (DPAPI on Windows: service/windows.py)."""
+
+    name: str
+
+    def protect(self, data: bytes) -> bytes: ...
+
+    def unprotect(self, data: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class DataKey:
     key_id: str
@@ -39,9 +49,15 @@ class DataKey:
 class Keyring:
     """Data keys (the newest seals, any may open) and the separate key for keyed hashes."""
 
-    def __init__(self, data_keys: list[DataKey], index_key: bytes) -> None:
+    def __init__(
+        self,
+        data_keys: list[DataKey],
+        index_key: bytes,
+        protector: KeyProtector | None = None,
+    ) -> None:
         if not data_keys:
             raise KeyStoreError("the keyring holds no data key")
+        self.protector = protector
         self._lock = threading.Lock()
         self._keys = {k.key_id: k for k in data_keys}
         self._active = data_keys[-1]
@@ -125,7 +141,9 @@ def _split_token(token: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def load_or_create(path: Path, *, may_create: bool) -> Keyring:
+def load_or_create(
+    path: Path, *, may_create: bool, protector: KeyProtector | None = None
+) -> Keyring:
     """Load the key file; create it (owner-only) when may_create and it does not exist yet."""
     if not path.exists():
         if not may_create:
@@ -133,9 +151,9 @@ def load_or_create(path: Path, *, may_create: bool) -> Keyring:
                 f"key file {path} is missing but the data directory holds sealed data; "
                 "restore the key file or erase the data directory"
             )
-        write_keyring_file(path, _new_keyring_document())
+        write_keyring_file(path, _wrap(_new_keyring_document(), protector))
         log.info("created key file %s", path)
-    return _parse(path, _read(path))
+    return _parse(path, _unwrap(path, _read(path), protector), protector)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -148,7 +166,35 @@ def _read(path: Path) -> dict[str, Any]:
     return document
 
 
-def _parse(path: Path, document: dict[str, Any]) -> Keyring:
+def _wrap(document: dict[str, Any], protector: KeyProtector | None) -> dict[str, Any]:
+    """The document as written: plain (owner-only file) or its bytes wrapped by the protector."""
+    if protector is None:
+        return document
+    blob = protector.protect(json.dumps(document).encode())
+    return {
+        "format": FORMAT,
+        "protected_by": protector.name,
+        "blob": base64.b64encode(blob).decode(),
+    }
+
+
+def _unwrap(path: Path, document: dict[str, Any], protector: KeyProtector | None) -> dict[str, Any]:
+    wrapped_by = document.get("protected_by")
+    if wrapped_by is None:
+        return document
+    if protector is None or protector.name != wrapped_by:
+        raise KeyStoreError(
+            f"key file {path} is protected by {wrapped_by}: run the agent as the account "
+            "that created it"
+        )
+    try:
+        inner: dict[str, Any] = json.loads(protector.unprotect(_b64(document["blob"])))
+    except (KeyError, ValueError, binascii.Error, OSError) as exc:
+        raise KeyStoreError(f"key file {path} cannot be unprotected: {exc}") from exc
+    return inner
+
+
+def _parse(path: Path, document: dict[str, Any], protector: KeyProtector | None) -> Keyring:
     try:
         keys = [
             DataKey(k["id"], k["created"], _b64(k["key"]))
@@ -159,7 +205,7 @@ def _parse(path: Path, document: dict[str, Any]) -> Keyring:
         raise KeyStoreError(f"key file {path} is corrupt: {exc}") from exc
     if any(len(k.secret) != KEY_BYTES for k in keys) or len(index_key) != KEY_BYTES:
         raise KeyStoreError(f"key file {path} is corrupt: a key has the wrong length")
-    return Keyring(keys, index_key)
+    return Keyring(keys, index_key, protector)
 
 
 def _b64(text: str) -> bytes:
@@ -190,17 +236,15 @@ def new_data_key(now: dt.datetime) -> DataKey:
 
 def save(path: Path, keyring: Keyring) -> None:
     """Write the keyring's current keys to its file (atomically, owner-only)."""
-    write_keyring_file(
-        path,
-        {
-            "format": FORMAT,
-            "index_key": base64.b64encode(keyring.index_key).decode(),
-            "data_keys": [
-                {"id": k.key_id, "created": k.created, "key": base64.b64encode(k.secret).decode()}
-                for k in keyring.data_keys()
-            ],
-        },
-    )
+    document = {
+        "format": FORMAT,
+        "index_key": base64.b64encode(keyring.index_key).decode(),
+        "data_keys": [
+            {"id": k.key_id, "created": k.created, "key": base64.b64encode(k.secret).decode()}
+            for k in keyring.data_keys()
+        ],
+    }
+    write_keyring_file(path, _wrap(document, keyring.protector))
 
 
 def write_keyring_file(path: Path, document: dict[str, Any]) -> None:

@@ -81,3 +81,34 @@ def test_fingerprint_is_short_stable_and_keyed(tmp_path):
     assert first.fingerprint(value) != other.fingerprint(value)
     assert len(first.fingerprint(value)) == 15
     assert "9173" not in first.fingerprint(value)
+
+
+class XorProtector:
+    """A stand-in for DPAPI at the OS boundary: reversible, and visibly not the plain file."""
+
+    name = "xor-test"
+
+    def protect(self, data: bytes) -> bytes:
+        return bytes(b ^ 0x5A for b in data)
+
+    def unprotect(self, data: bytes) -> bytes:
+        return bytes(b ^ 0x5A for b in data)
+
+
+def test_a_protected_key_file_holds_no_key_in_the_clear(tmp_path):
+    path = tmp_path / "keyring.json"
+    keyring = crypto.load_or_create(path, may_create=True, protector=XorProtector())
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert set(document) == {"format", "protected_by", "blob"}
+    token = keyring.seal(b"v", "r")
+    keyring.add(crypto.new_data_key(keyring.active_created))
+    crypto.save(path, keyring)  # a rotation keeps the protection
+    again = crypto.load_or_create(path, may_create=False, protector=XorProtector())
+    assert again.open(token, "r") == b"v"
+
+
+def test_a_protected_key_file_without_its_protector_is_refused_clearly(tmp_path):
+    path = tmp_path / "keyring.json"
+    crypto.load_or_create(path, may_create=True, protector=XorProtector())
+    with pytest.raises(KeyStoreError, match="protected by xor-test"):
+        crypto.load_or_create(path, may_create=False)
