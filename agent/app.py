@@ -20,6 +20,7 @@ from agent.api.routes import Services
 from agent.api.server import Server
 from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
+from agent.ledger import Ledger
 from agent.privacy import Privacy
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
@@ -39,6 +40,7 @@ class Agent:
     scheduler: Scheduler
     outbox: outbox.Outbox
     intake: Intake
+    ledger: Ledger
     privacy: Privacy
     health: health.Health
     lock: filelock.BaseFileLock
@@ -102,7 +104,8 @@ def _start_locked(
     token = read_or_create_token(settings.api.token_file)
     server = _server(settings, _services(settings, box, intake, board, privacy), token)
     server.start()
-    return Agent(settings, token, server, scheduler, box, intake, privacy, board, lock)
+    ledger = Ledger(box, keyring)
+    return Agent(settings, token, server, scheduler, box, intake, ledger, privacy, board, lock)
 
 
 def open_stores(

@@ -81,9 +81,37 @@ SCHEMA = [
     );
     CREATE INDEX subjects_by_record ON subjects (kind, record_key)
     """,
+    """
+    ALTER TABLE deliveries ADD COLUMN first_failed_at REAL;
+    ALTER TABLE deliveries ADD COLUMN last_error TEXT;
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        item TEXT NOT NULL,
+        status INTEGER,
+        reason TEXT NOT NULL,
+        error_id TEXT NOT NULL,
+        cloud_error_id TEXT,
+        body_excerpt TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        redacted_at REAL,
+        notified_at REAL
+    )
+    """,
 ]
 T = TypeVar("T")
-COUNTERS = ("accepted", "duplicates", "amended", "quarantined", "totals_warnings", "contacts")
+COUNTERS = (
+    "accepted",
+    "duplicates",
+    "amended",
+    "quarantined",
+    "totals_warnings",
+    "contacts",
+    "dead_letters",
+)
 
 
 @dataclass(frozen=True)
@@ -327,20 +355,6 @@ class Intake:
             )
         _bump(batch.conn, "contacts")
         return Accepted("queued", local_id, 1, targets, local_id=local_id)
-
-    # -- delivery outcomes ----------------------------------------------------------------
-
-    def record_delivery(self, destination: str, key: str, revision: int, state: str) -> None:
-        """Record what became of one revision at one destination (delivery calls this)."""
-
-        def work(batch: Batch) -> None:
-            batch.conn.execute(
-                "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1 "
-                "WHERE record_key = ? AND destination = ? AND revision = ?",
-                (state, time.time(), key, destination, revision),
-            )
-
-        self._write(work)
 
     # -- quarantine -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ FILE_NAME = "outbox.db"
 PENDING_STATUSES = (0, 1)
 CLAIMED_STATUS = 2
 ACKED_STATUS = 5
+PARKED_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the table
 T = TypeVar("T")
 PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
@@ -325,6 +326,45 @@ class Outbox:
             with self._claimed_lock:
                 self._claimed.add(ticket)
             raise StorageError(f"{how} {claimed.destination}/{claimed.id}: {exc}") from exc
+
+    def park(self, claimed: Claimed) -> None:
+        """Set an item aside (persist-queue's ack_failed) so the items behind it can flow."""
+        self._mark(claimed, "ack_failed")
+
+    def unpark(self, destination: str, queue_id: int) -> None:
+        """Back to ready: it keeps its place (the lowest id goes first), so order holds."""
+        try:
+            self._queues[destination].nack(id=queue_id)
+        except sqlite3.Error as exc:
+            raise StorageError(f"unpark {destination}/{queue_id}: {exc}") from exc
+
+    def parked(self, destination: str) -> list[tuple[int, dict[str, Any]]]:
+        """The items of a destination that are set aside, oldest first."""
+        table = self._queues[destination]._table_name
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id", (PARKED_STATUS,)
+            ).fetchall()
+        return [(int(row[0]), json_serializer.loads(bytes(row[1]))) for row in rows]
+
+    def settle(self, claimed: Claimed, work: Callable[[Batch], T]) -> T:
+        """Run work and delete the claimed item in one transaction (a move to another table)."""
+        ticket = (claimed.destination, claimed.id)
+        with self._claimed_lock:
+            if ticket not in self._claimed:
+                raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed here")
+        table = self._queues[claimed.destination]._table_name
+
+        def move(batch: Batch) -> T:
+            result = work(batch)  # the destination first: a crash between can duplicate only
+            batch.conn.execute(f"DELETE FROM {table} WHERE _id = ?", (claimed.id,))
+            return result
+
+        result = self.run(move)
+        with self._claimed_lock:
+            self._claimed.discard(ticket)
+        self._queues[claimed.destination]._unack_cache.pop(claimed.id, None)
+        return result
 
     def depth(self, destination: str) -> QueueDepth:
         """How many items wait (and since when) in a destination's queue."""

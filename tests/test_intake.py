@@ -192,6 +192,7 @@ def test_status_counts_every_outcome(agent_till):
         "quarantined": 1,
         "totals_warnings": 0,
         "contacts": 0,
+        "dead_letters": 0,
     }
     loaded = next(d for d in status["destinations"] if d["name"] == "loaded")
     assert loaded["depth"] == 1

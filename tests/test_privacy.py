@@ -47,7 +47,7 @@ def deliver_all_but(agent, keep_key: str) -> None:
             if item["key"] == keep_key:
                 held.append(claimed)
                 continue
-            agent.intake.record_delivery(destination, item["key"], item["revision"], "delivered")
+            agent.ledger.record_delivery(destination, item["key"], item["revision"], "delivered")
             agent.outbox.ack(claimed)
     for claimed in held:
         agent.outbox.release(claimed)

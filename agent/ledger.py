@@ -1,0 +1,181 @@
+"""The delivery ledger: what became of each queued item — delivered, retrying, dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from agent import crypto, models
+from agent.crypto import Keyring
+from agent.outbox import Batch, Claimed, Outbox
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, in words and ids only (never a body with personal data)."""
+
+    reason: str
+    error_id: str
+    status: int | None = None
+    cloud_error_id: str | None = None
+    body_excerpt: str = ""
+    next_attempt_at: float | None = None
+
+
+class Ledger:
+    """Delivery's view of the ledger tables (their schema is intake's: agent/intake.py SCHEMA)."""
+
+    def __init__(self, outbox: Outbox, keyring: Keyring) -> None:
+        self._outbox = outbox
+        self._keyring = keyring
+
+    def _write(self, work: Callable[[Batch], T]) -> T:
+        return self._outbox.run(work)
+
+    def message_for(self, item: dict[str, Any]) -> models.OutboundMessage:
+        """A queue item opened again: business fields and personal fields, decoded and checked."""
+        body = dict(item["body"])
+        if item.get("personal"):
+            aad = crypto.record_aad(item["kind"], item["key"])
+            body.update(json.loads(self._keyring.open(item["personal"], aad)))
+        if item["kind"] == "receipt":
+            receipt = msgspec.convert(body, models.Receipt, strict=False)
+            return models.OutboundMessage(
+                kind="receipt",
+                idempotency_key=item["key"],
+                revision=item["revision"],
+                receipt=receipt,
+            )
+        contact = msgspec.convert(body, models.Contact, strict=False)
+        return models.OutboundMessage(
+            kind="contact",
+            idempotency_key=item["key"],
+            revision=item["revision"],
+            contact=contact,
+            local_id=item["key"],
+        )
+
+    def record_delivery(self, destination: str, key: str, revision: int, state: str) -> None:
+        """Record what became of one revision at one destination (delivery calls this)."""
+
+        def work(batch: Batch) -> None:
+            batch.conn.execute(
+                "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1 "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (state, time.time(), key, destination, revision),
+            )
+
+        self._write(work)
+
+    def record_failure(self, destination: str, item: dict[str, Any], failure: Failure) -> int:
+        """One more failed attempt of an item; returns its attempt count so far."""
+
+        def work(batch: Batch) -> int:
+            now = time.time()
+            batch.conn.execute(
+                "UPDATE deliveries SET state = 'retrying', updated_at = ?, "
+                "attempts = attempts + 1, next_attempt_at = ?, last_error_id = ?, "
+                "cloud_error_id = ?, last_error = ?, "
+                "first_failed_at = COALESCE(first_failed_at, ?) "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (
+                    now,
+                    failure.next_attempt_at,
+                    failure.error_id,
+                    failure.cloud_error_id,
+                    failure.reason[:300],
+                    now,
+                    item["key"],
+                    destination,
+                    item["revision"],
+                ),
+            )
+            row = batch.conn.execute(
+                "SELECT attempts FROM deliveries WHERE record_key = ? AND destination = ? "
+                "AND revision = ?",
+                (item["key"], destination, item["revision"]),
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return self._write(work)
+
+    def forgive(self, destination: str, item: dict[str, Any]) -> None:
+        """An outage, not the item, was to blame: its attempts start again from zero."""
+
+        def work(batch: Batch) -> None:
+            batch.conn.execute(
+                "UPDATE deliveries SET attempts = 0, first_failed_at = NULL, state = 'queued' "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (item["key"], destination, item["revision"]),
+            )
+
+        self._write(work)
+
+    def first_failed_at(self, destination: str, item: dict[str, Any]) -> float | None:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT first_failed_at FROM deliveries WHERE record_key = ? AND destination = ? "
+                "AND revision = ?",
+                (item["key"], destination, item["revision"]),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def dead_letter(self, claimed: Claimed, failure: Failure) -> int:
+        """Move a claimed item to the dead letters, with why; returns the dead letter's id."""
+        item = claimed.item
+
+        def work(batch: Batch) -> int:
+            now = time.time()
+            cursor = batch.conn.execute(
+                "INSERT INTO dead_letters (destination, kind, record_key, revision, item, status, "
+                "reason, error_id, cloud_error_id, body_excerpt, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    claimed.destination,
+                    item["kind"],
+                    item["key"],
+                    item["revision"],
+                    json.dumps(item),
+                    failure.status,
+                    failure.reason[:300],
+                    failure.error_id,
+                    failure.cloud_error_id,
+                    failure.body_excerpt[:500],
+                    now,
+                ),
+            )
+            batch.conn.execute(
+                "UPDATE deliveries SET state = 'dead_lettered', updated_at = ?, last_error_id = ?, "
+                "cloud_error_id = ?, last_error = ? "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (
+                    now,
+                    failure.error_id,
+                    failure.cloud_error_id,
+                    failure.reason[:300],
+                    item["key"],
+                    claimed.destination,
+                    item["revision"],
+                ),
+            )
+            _bump(batch.conn, "dead_letters")
+            return int(cursor.lastrowid or 0)
+
+        return self._outbox.settle(claimed, work)
+
+
+def _bump(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(
+        "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        (name,),
+    )
