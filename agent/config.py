@@ -79,6 +79,18 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """[delivery]: how items are sent, retried, set aside and given up on."""
+
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    set_aside_after_attempts: int = 3
+    max_attempts: int = 10
+    max_age_hours: float = 168.0
+    auth_probe_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     """[privacy]: how long personal data may stay, and the key file that seals it."""
 
@@ -112,6 +124,7 @@ class Settings:
     api: ApiSettings = ApiSettings()
     intake: IntakeSettings = IntakeSettings()
     storage: StorageSettings = StorageSettings()
+    delivery: DeliverySettings = DeliverySettings()
     privacy: PrivacySettings = PrivacySettings()
     destinations: tuple[DestinationSettings, ...] = ()
 
@@ -135,6 +148,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "intake": IntakeSettings,
     "storage": StorageSettings,
+    "delivery": DeliverySettings,
     "privacy": PrivacySettings,
 }
 DESTINATION_KEYS = ("kind", "base_url", "enabled", "takes")
@@ -191,6 +205,10 @@ def validate(settings: Settings) -> list[str]:
     problems += _positive("storage.max_size_mb", settings.storage.max_size_mb)
     problems += _positive("storage.busy_timeout_seconds", settings.storage.busy_timeout_seconds)
     problems += _positive("storage.retry_after_seconds", settings.storage.retry_after_seconds)
+    for name in ("backoff_max_seconds", "set_aside_after_attempts", "max_attempts"):
+        problems += _positive(f"delivery.{name}", getattr(settings.delivery, name))
+    for name in ("backoff_initial_seconds", "max_age_hours", "auth_probe_seconds"):
+        problems += _positive(f"delivery.{name}", getattr(settings.delivery, name), allow_zero=True)
     for name in (
         "quarantine_retention_days",
         "dead_letter_retention_days",

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+
+
+def new_error_id() -> str:
+    """An id for one failure, given to whoever sees it and written in the log line for it."""
+    return f"err_{secrets.token_hex(8)}"
+
 
 class AgentError(Exception):
     """Base for every error this agent raises on purpose."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from agent.errors import (
@@ -11,7 +10,10 @@ from agent.errors import (
     KeyStoreError,
     NotFoundError,
     StorageError,
+    new_error_id,
 )
+
+__all__ = ["new_error_id"]
 
 
 class HttpError(AgentError):
@@ -64,10 +66,6 @@ STATUS_FOR: dict[type[AgentError], tuple[int, str]] = {
     KeyStoreError: (503, "storage_unavailable"),
 }
 INTERNAL = (500, "internal_error")
-
-
-def new_error_id() -> str:
-    return f"err_{secrets.token_hex(8)}"
 
 
 def status_and_code(exc: BaseException) -> tuple[int, str]:

@@ -1,0 +1,304 @@
+"""One send loop per destination: claim, send, then ack, retry, set aside or dead-letter."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from agent import health, models
+from agent.config import DeliverySettings
+from agent.errors import (
+    AuthError,
+    CloudError,
+    KeyStoreError,
+    RejectedError,
+    ThrottledError,
+    new_error_id,
+)
+from agent.ledger import Failure, Ledger
+from agent.outbox import Claimed, Outbox
+from agent.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE, THROTTLED, HALTED = "online", "offline", "throttled", "halted"
+HEALTH_FOR = {
+    ONLINE: health.OK,
+    OFFLINE: health.DEGRADED,
+    THROTTLED: health.DEGRADED,
+    HALTED: health.FAILING,
+}
+
+
+class Sender(Protocol):
+    """What dispatch needs of a connector (agent/connectors/base.py defines the full contract)."""
+
+    name: str
+
+    def send(self, message: models.OutboundMessage) -> object: ...
+
+
+@dataclass
+class _Parked:
+    queue_id: int
+    due: float  # monotonic
+
+
+@dataclass
+class DestinationState:
+    """What a destination is doing, for /v1/status: written by its worker only."""
+
+    state: str = ONLINE
+    detail: str = "no send yet"
+    last_success_at: float | None = None  # wall clock, for display
+    consecutive_failures: int = 0
+    paused_until: float = 0.0  # monotonic
+    sent: int = 0
+    failed: int = 0
+    parked: dict[int, _Parked] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Delivers one destination's queue in order; one destination never holds another back."""
+
+    def __init__(
+        self,
+        destination: str,
+        sender: Sender,
+        outbox: Outbox,
+        ledger: Ledger,
+        board: health.Health,
+        settings: DeliverySettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.destination = destination
+        self._sender = sender
+        self._outbox = outbox
+        self._ledger = ledger
+        self._health = board
+        self._settings = settings
+        self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._probing: int | None = None  # the queue id set aside to tell poison from outage
+        self.state = DestinationState()
+        self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._restore_parked()
+        self._report(ONLINE, "started")
+        self._thread.start()
+
+    def stop(self, timeout_seconds: float) -> None:
+        """Stop after the send in flight (its item is acked or released, never dropped)."""
+        self._stop.set()
+        self._thread.join(timeout_seconds)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step(claim_timeout_seconds=0.5)
+            except Exception:  # a worker loop's top: report, wait, go on
+                log.exception("dispatch to %s failed", self.destination)
+                self._report(OFFLINE, "internal error; see the log")
+                self._stop.wait(1.0)
+
+    def step(self, claim_timeout_seconds: float = 0.0) -> bool:
+        """One pass: wait out a pause, release what is due, deliver one item. True if it sent."""
+        wait = self.state.paused_until - self._monotonic()
+        if wait > 0:
+            self._stop.wait(min(wait, 1.0))
+            return False
+        self._unpark_due()
+        claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
+        if claimed is None:
+            self._probing = None  # nothing behind the set-aside item to tell us more
+            return False
+        self._deliver(claimed)
+        return True
+
+    # -- one item ------------------------------------------------------------------------
+
+    def _deliver(self, claimed: Claimed) -> None:
+        try:
+            message = self._ledger.message_for(claimed.item)
+        except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
+            self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
+            return
+        try:
+            self._sender.send(message)
+        except ThrottledError as exc:
+            self._on_throttled(claimed, exc)
+        except AuthError as exc:
+            self._on_auth(claimed, exc)
+        except RejectedError as exc:
+            self._dead_letter(claimed, failure_of(exc, new_error_id()))
+        except CloudError as exc:  # RetryableError and anything else the cloud did
+            self._on_retryable(claimed, failure_of(exc, new_error_id()))
+        else:
+            self._on_success(claimed)
+
+    def _on_success(self, claimed: Claimed) -> None:
+        item = claimed.item
+        # The ledger first, then the ack: a crash between resends with the same key.
+        self._ledger.record_delivery(self.destination, item["key"], item["revision"], "delivered")
+        self._outbox.ack(claimed)
+        if self._probing is not None:
+            log.warning("an item of %s fails alone; it is set aside", self.destination)
+            self._probing = None
+        st = self.state
+        st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
+        self._report(ONLINE, "delivering")
+
+    def _on_throttled(self, claimed: Claimed, exc: ThrottledError) -> None:
+        """429: the whole destination waits Retry-After; the item keeps its place."""
+        self._outbox.release(claimed)
+        self._pause(exc.retry_after_seconds)
+        self._report(THROTTLED, f"cloud asked to wait {exc.retry_after_seconds:.0f}s")
+
+    def _on_auth(self, claimed: Claimed, exc: AuthError) -> None:
+        """401/403: no item can succeed; keep the queue, alert, re-probe slowly."""
+        self._outbox.release(claimed)
+        self._pause(self._settings.auth_probe_seconds)
+        log.error(
+            "credentials refused by %s",
+            self.destination,
+            extra={"status": exc.status, "cloudErrorId": exc.cloud_error_id},
+        )
+        self._report(HALTED, f"credentials refused ({exc.status}); queue kept")
+
+    def _on_retryable(self, claimed: Claimed, failure: Failure) -> None:
+        st = self.state
+        st.failed += 1
+        st.consecutive_failures += 1
+        delay = self._backoff.delay(st.consecutive_failures, self._rng)
+        if self._probing is not None:
+            self._outage(claimed, delay)  # the next item failed too: the cloud, not the item
+            return
+        attempts = self._ledger.record_failure(
+            self.destination, claimed.item, _later(failure, delay)
+        )
+        if attempts < self._settings.set_aside_after_attempts:
+            self._outbox.release(claimed)
+            self._pause(delay)
+            self._report(OFFLINE, f"{failure.reason}; retrying in {delay:.0f}s")
+        elif self._given_up(claimed, attempts):
+            self._dead_letter(claimed, failure)
+        else:
+            self._set_aside(claimed, attempts)
+
+    def _outage(self, claimed: Claimed, delay: float) -> None:
+        """Put every set-aside item back in its place, uncharged, and back off."""
+        self._outbox.release(claimed)
+        for queue_id in list(self.state.parked):
+            self._unpark(queue_id, forgive=True)
+        self._probing = None
+        self._pause(delay)
+        self._report(OFFLINE, f"cloud unreachable; retrying in {delay:.0f}s")
+
+    def _set_aside(self, claimed: Claimed, attempts: int) -> None:
+        """This item failed again: park it with its own next attempt; try the next one now."""
+        due = self._monotonic() + self._backoff.delay(attempts, self._rng)
+        self._outbox.park(claimed)
+        self.state.parked[claimed.id] = _Parked(claimed.id, due)
+        self._probing = claimed.id
+
+    def _given_up(self, claimed: Claimed, attempts: int) -> bool:
+        if attempts >= self._settings.max_attempts:
+            return True
+        first = self._ledger.first_failed_at(self.destination, claimed.item)
+        age_hours = 0.0 if first is None else (time.time() - first) / 3600
+        return age_hours >= self._settings.max_age_hours
+
+    def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
+        dead_letter_id = self._ledger.dead_letter(claimed, failure)
+        self.state.parked.pop(claimed.id, None)
+        log.warning(
+            "dead-lettered an item of %s",
+            self.destination,
+            extra={
+                "deadLetterId": dead_letter_id,
+                "errorId": failure.error_id,
+                "cloudErrorId": failure.cloud_error_id,
+                "status": failure.status,
+            },
+        )
+
+    # -- set-aside items -----------------------------------------------------------------
+
+    def _unpark_due(self) -> None:
+        now = self._monotonic()
+        for queue_id, parked in list(self.state.parked.items()):
+            if parked.due <= now:
+                self._unpark(queue_id, forgive=False)
+
+    def _unpark(self, queue_id: int, *, forgive: bool) -> None:
+        self.state.parked.pop(queue_id, None)
+        if self._probing == queue_id:
+            self._probing = None
+        if forgive:
+            for parked_id, item in self._outbox.parked(self.destination):
+                if parked_id == queue_id:
+                    self._ledger.forgive(self.destination, item)
+        self._outbox.unpark(self.destination, queue_id)
+
+    def _restore_parked(self) -> None:
+        """After a restart, items set aside before go back in line (their counts are kept)."""
+        for queue_id, _ in self._outbox.parked(self.destination):
+            self._outbox.unpark(self.destination, queue_id)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """This destination's state for /v1/status (read from another thread: copies only)."""
+        st = self.state
+        return {
+            "state": st.state,
+            "detail": st.detail,
+            "lastSuccessAt": st.last_success_at,
+            "sent": st.sent,
+            "failed": st.failed,
+            "setAside": len(st.parked),
+            "pausedSeconds": round(max(0.0, st.paused_until - self._monotonic()), 1),
+        }
+
+    def _pause(self, seconds: float) -> None:
+        self.state.paused_until = self._monotonic() + max(0.0, seconds)
+
+    def _report(self, state: str, detail: str) -> None:
+        self.state.state, self.state.detail = state, detail
+        self._health.report(f"destination:{self.destination}", HEALTH_FOR[state], detail)
+
+
+def failure_of(exc: CloudError, error_id: str) -> Failure:
+    """Our record of a cloud error: ids, status, a short reason; never the request body."""
+    return Failure(
+        reason=f"{type(exc).__name__}: {exc}"[:300],
+        error_id=error_id,
+        status=exc.status,
+        cloud_error_id=exc.cloud_error_id,
+        body_excerpt=exc.body_excerpt,
+    )
+
+
+def _later(failure: Failure, delay: float) -> Failure:
+    return Failure(
+        failure.reason,
+        failure.error_id,
+        failure.status,
+        failure.cloud_error_id,
+        failure.body_excerpt,
+        next_attempt_at=time.time() + delay,
+    )

@@ -1,0 +1,174 @@
+"""Dispatch's outcome table, set-aside and outage logic, against a scripted sender.
+
+End to end over HTTP against the sandbox cloud: tests/test_delivery.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.config import DeliverySettings
+from agent.dispatch import Dispatcher
+from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
+from tests.conftest import make_receipt
+from tests.fakes.senders import Clock, ScriptedSender, raising
+
+SETTINGS = DeliverySettings(
+    backoff_initial_seconds=1.0,
+    backoff_max_seconds=60.0,
+    set_aside_after_attempts=3,
+    max_attempts=6,
+    auth_probe_seconds=300.0,
+)
+
+
+@pytest.fixture
+def rig(start_agent):
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    sender = ScriptedSender()
+    clock = Clock()
+    dispatcher = Dispatcher(
+        "loaded",
+        sender,
+        agent.outbox,
+        agent.ledger,
+        agent.health,
+        SETTINGS,
+        monotonic=clock,
+        rng=random.Random(0),
+    )
+    return agent, till, sender, clock, dispatcher
+
+
+def post(till, *ids):
+    for receipt_id in ids:
+        assert till.post("/v1/receipts", make_receipt(receipt_id)).status_code == 202
+
+
+def drain(dispatcher, clock, steps=50):
+    """Run the worker's steps, jumping the clock over every pause."""
+    for _ in range(steps):
+        clock.now = max(clock.now, dispatcher.state.paused_until) + 0.001
+        if not dispatcher.step():
+            dues = [parked.due for parked in dispatcher.state.parked.values()]
+            if dues:
+                clock.now = max(clock.now, min(dues)) + 0.001
+
+
+def state_of(till, receipt_id):
+    return till.get(f"/v1/receipts/{receipt_id}").json()["destinations"][0]
+
+
+def test_items_are_delivered_in_order_and_marked_delivered(rig):
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2", "R-3")
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-1", "R-2", "R-3"]
+    assert state_of(till, "R-2")["state"] == "delivered"
+    assert agent.outbox.depth("loaded").pending == 0
+
+
+def test_transient_failure_backs_off_and_retries_the_same_item(rig):
+    _, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2")
+    sender.rules["R-1"] = raising(RetryableError("503", connector="x", status=503))
+    dispatcher.step()
+    assert dispatcher.state.state == "offline"
+    assert dispatcher.state.paused_until > clock.now
+    assert state_of(till, "R-1")["state"] == "retrying"
+    assert state_of(till, "R-1")["nextAttemptAt"] is not None
+    del sender.rules["R-1"]
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-1", "R-2"]
+
+
+def test_throttled_pauses_the_whole_destination_for_retry_after(rig):
+    _, till, sender, clock, dispatcher = rig
+    post(till, "R-1")
+    sender.default = raising(ThrottledError("429", connector="x", retry_after_seconds=42.0))
+    dispatcher.step()
+    assert dispatcher.state.state == "throttled"
+    assert dispatcher.state.paused_until == pytest.approx(clock.now + 42.0)
+    assert state_of(till, "R-1")["state"] == "queued"  # not charged to the item
+
+
+def test_auth_failure_halts_and_keeps_the_queue(rig):
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2")
+    sender.default = raising(AuthError("401", connector="x", status=401))
+    dispatcher.step()
+    assert dispatcher.state.state == "halted"
+    assert agent.health.get("destination:loaded").state == "failing"
+    assert agent.outbox.depth("loaded").pending == 2
+    assert dispatcher.state.paused_until == pytest.approx(clock.now + 300.0)
+    sender.default = None
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-1", "R-2"]
+
+
+def test_rejected_item_is_dead_lettered_with_the_cloud_error_id_and_the_rest_flow(rig):
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2")
+    sender.rules["R-1"] = raising(
+        RejectedError(
+            "400", connector="x", status=400, cloud_error_id="cloud-77", body_excerpt="bad sku"
+        )
+    )
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-2"]
+    state = state_of(till, "R-1")
+    assert state["state"] == "dead_lettered"
+    assert state["cloudErrorId"] == "cloud-77"
+    with agent.outbox.read() as conn:
+        row = conn.execute(
+            "SELECT status, cloud_error_id, body_excerpt FROM dead_letters"
+        ).fetchone()
+    assert tuple(row) == (400, "cloud-77", "bad sku")
+    assert till.get("/v1/status").json()["counters"]["dead_letters"] == 1
+
+
+def test_a_poison_item_is_set_aside_and_never_blocks_the_items_behind_it(rig):
+    _, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2", "R-3")
+    sender.rules["R-1"] = raising(RetryableError("500", connector="x", status=500))
+    drain(dispatcher, clock, steps=12)
+    assert sender.sent[:2] == ["R-2", "R-3"]
+    drain(dispatcher, clock, steps=60)
+    assert state_of(till, "R-1")["state"] == "dead_lettered"  # after max_attempts on its own
+    assert sender.attempts.count("R-1") == SETTINGS.max_attempts
+
+
+def test_an_outage_keeps_order_and_does_not_use_up_retries(rig):
+    _, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2", "R-3")
+    sender.default = raising(RetryableError("refused", connector="x"))
+    drain(dispatcher, clock, steps=40)  # far more failures than max_attempts
+    assert sender.sent == []
+    assert state_of(till, "R-1")["state"] != "dead_lettered"
+    sender.default = None
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-1", "R-2", "R-3"]
+
+
+def test_an_item_that_cannot_be_read_back_is_dead_lettered(rig):
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1", "R-2")
+    claimed = agent.outbox.claim("loaded", timeout_seconds=1)
+    agent.outbox.release(claimed)
+    broken = dict(claimed.item, body={"not": "a receipt"})
+    assert agent.outbox.run(lambda b: b.replace("loaded", claimed.id, broken))
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-2"]
+    assert state_of(till, "R-1")["state"] == "dead_lettered"
+
+
+def test_restart_puts_set_aside_items_back_in_line(rig):
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1")
+    claimed = agent.outbox.claim("loaded", timeout_seconds=1)
+    agent.outbox.park(claimed)
+    assert agent.outbox.depth("loaded").pending == 0
+    dispatcher._restore_parked()
+    assert agent.outbox.depth("loaded").pending == 1
