@@ -165,7 +165,7 @@ def test_an_item_that_cannot_be_read_back_is_dead_lettered(rig):
 
 
 def test_restart_puts_set_aside_items_back_in_line(rig):
-    agent, till, sender, clock, dispatcher = rig
+    agent, till, _, _, dispatcher = rig
     post(till, "R-1")
     claimed = agent.outbox.claim("loaded", timeout_seconds=1)
     agent.outbox.park(claimed)

@@ -1,4 +1,4 @@
-"""A scripted stand-in for a connector, for dispatch's unit tests (end-to-end runs use the sandbox)."""
+"""A scripted stand-in for a connector, for dispatch unit tests (end to end uses the sandbox)."""
 
 from __future__ import annotations
 

@@ -29,11 +29,11 @@ def prefill_delivered(data_dir, destinations: list[str]) -> None:
                     batch.put(d, {**item, "key": f"R-{n}"})
 
             box.run(fill)
-        box.run(
-            lambda b, d=destination: b.conn.execute(
-                f"UPDATE ack_queue_{d} SET status = ?", (ACKED_STATUS,)
-            )
-        )
+
+        def mark_acked(batch, d=destination):
+            batch.conn.execute(f"UPDATE ack_queue_{d} SET status = ?", (ACKED_STATUS,))
+
+        box.run(mark_acked)
     box.close()
 
 
