@@ -20,7 +20,7 @@ from agent.api.routes import Services
 from agent.api.server import Server
 from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
-from agent.ledger import Ledger
+from agent.ledger import DeadLetters, Ledger
 from agent.privacy import Privacy
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
@@ -126,14 +126,22 @@ def open_stores(
     return keyring, box
 
 
+@dataclass(frozen=True)
+class Maintenance:
+    """What a command may do on the stores while the agent is stopped."""
+
+    privacy: Privacy
+    dead_letters: DeadLetters
+
+
 @contextlib.contextmanager
-def maintenance(settings: config.Settings) -> Iterator[Privacy]:
-    """Purge and erasure with the agent stopped: the lock, the stores, nothing served."""
+def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
+    """The stores with the agent stopped: the lock held, nothing served, nothing sent."""
     lock = acquire_lock(settings.agent.data_dir)
     try:
         keyring, box = open_stores(settings)
         try:
-            yield Privacy(box, keyring, settings)
+            yield Maintenance(Privacy(box, keyring, settings), DeadLetters(box))
         finally:
             box.close()
     finally:
@@ -157,7 +165,14 @@ def _services(
         limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
     )
     openapi = msgspec.json.encode(schemas.openapi_document())
-    return Services(intake=intake, status=reporter, health=board, privacy=privacy, openapi=openapi)
+    return Services(
+        intake=intake,
+        status=reporter,
+        health=board,
+        privacy=privacy,
+        dead_letters=DeadLetters(box),
+        openapi=openapi,
+    )
 
 
 def _server(settings: config.Settings, services: Services, token: str) -> Server:

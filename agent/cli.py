@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,7 @@ import click
 import requests
 
 from agent import __version__, app, config, logs
-from agent.errors import AgentError, AlreadyRunningError, ConfigError
-from agent.privacy import ForgetReport, Privacy, PurgeReport
+from agent.errors import AgentError, AlreadyRunningError, ConfigError, NotFoundError
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -74,7 +73,9 @@ def demo() -> None:
 def purge(config_file: str | None) -> None:
     """Run the retention purge now (the running agent's, or on the stores if it is stopped)."""
     settings = load_settings(config_file)
-    report = on_stores_or_agent(settings, "/v1/privacy/purge", {}, lambda p: p.purge())
+    report = on_stores_or_agent(
+        settings, ("POST", "/v1/privacy/purge", {}), lambda m: asdict(m.privacy.purge())
+    )
     click.echo(json.dumps(report, indent=2))
 
 
@@ -90,38 +91,117 @@ def forget(config_file: str | None, email: str | None, mobile_phone: str | None)
     body = {"email": email, "mobilePhone": mobile_phone}
     report = on_stores_or_agent(
         settings,
-        "/v1/privacy/forget",
-        {k: v for k, v in body.items() if v},
-        lambda p: p.forget(email=email, mobile_phone=mobile_phone),
+        ("POST", "/v1/privacy/forget", {k: v for k, v in body.items() if v}),
+        lambda m: asdict(m.privacy.forget(email=email, mobile_phone=mobile_phone)),
     )
     click.echo(json.dumps(report, indent=2))
 
 
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Items a cloud refused for good: list, show, retry (re-queue) or purge them."""
+
+
+@dead_letters.command("list")
+@CONFIG_OPTION
+def dead_letters_list(config_file: str | None) -> None:
+    """One line per dead letter: id, destination, record, status, reason, error ids."""
+    settings = load_settings(config_file)
+    letters = on_stores_or_agent(
+        settings,
+        ("GET", "/v1/dead-letters", None),
+        lambda m: [wire(d) for d in m.dead_letters.list()],
+    )
+    for d in letters:
+        click.echo(
+            f"{d['id']:>5}  {d['destination']:<12} {d['kind']:<8} {d['recordKey']:<28} "
+            f"{d['status'] or '-':>4}  {d['errorId']}  {d['cloudErrorId'] or '-'}  {d['reason']}"
+        )
+    if not letters:
+        click.echo("no dead letters")
+
+
+@dead_letters.command("show")
+@CONFIG_OPTION
+@click.argument("dead_letter_id", type=int)
+def dead_letters_show(config_file: str | None, dead_letter_id: int) -> None:
+    """Everything kept about one dead letter (never its personal fields)."""
+    settings = load_settings(config_file)
+    letter = on_stores_or_agent(
+        settings,
+        ("GET", f"/v1/dead-letters/{dead_letter_id}", None),
+        lambda m: wire(m.dead_letters.get(dead_letter_id)),
+    )
+    click.echo(json.dumps(letter, indent=2))
+
+
+@dead_letters.command("retry")
+@CONFIG_OPTION
+@click.argument("dead_letter_id", type=int)
+def dead_letters_retry(config_file: str | None, dead_letter_id: int) -> None:
+    """Put a dead letter back at the end of its destination's queue."""
+    settings = load_settings(config_file)
+    on_stores_or_agent(
+        settings,
+        ("POST", f"/v1/dead-letters/{dead_letter_id}/retry", {}),
+        lambda m: m.dead_letters.retry(dead_letter_id),
+    )
+    click.echo(f"dead letter {dead_letter_id} queued again")
+
+
+@dead_letters.command("purge")
+@CONFIG_OPTION
+@click.argument("dead_letter_id", type=int)
+def dead_letters_purge(config_file: str | None, dead_letter_id: int) -> None:
+    """Delete a dead letter for good."""
+    settings = load_settings(config_file)
+    on_stores_or_agent(
+        settings,
+        ("DELETE", f"/v1/dead-letters/{dead_letter_id}", None),
+        lambda m: m.dead_letters.purge(dead_letter_id),
+    )
+    click.echo(f"dead letter {dead_letter_id} deleted")
+
+
+def wire(value: Any) -> dict[str, Any]:
+    """A dataclass as the API shows it (camelCase keys)."""
+    return {_camel(k): v for k, v in asdict(value).items()}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+ApiCall = tuple[str, str, dict[str, str] | None]
+
+
 def on_stores_or_agent(
-    settings: config.Settings,
-    path: str,
-    body: dict[str, str],
-    action: Callable[[Privacy], PurgeReport | ForgetReport],
-) -> dict[str, Any]:
-    """Run a privacy action on the stores directly, or ask the running agent to run it."""
+    settings: config.Settings, call: ApiCall, action: Callable[[app.Maintenance], Any]
+) -> Any:
+    """Run an action on the stores directly, or ask the running agent (which holds them)."""
     try:
-        with app.maintenance(settings) as privacy:
-            report: dict[str, Any] = dataclasses.asdict(action(privacy))
-            return report
+        with app.maintenance(settings) as stores:
+            return action(stores)
     except AlreadyRunningError:
-        return call_agent(settings, path, body)
+        return call_agent(settings, *call)
+    except NotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
-def call_agent(settings: config.Settings, path: str, body: dict[str, str]) -> dict[str, Any]:
+def call_agent(
+    settings: config.Settings, method: str, path: str, body: dict[str, str] | None
+) -> Any:
     url = agent_url(settings) + path
     try:
-        response = requests.post(url, json=body, headers=auth_header(settings), timeout=120)
+        response = requests.request(
+            method, url, json=body, headers=auth_header(settings), timeout=120
+        )
     except requests.RequestException as exc:
         raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
-    if response.status_code != 200:
+    if response.status_code >= 300:
         raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
-    answer: dict[str, Any] = response.json()
-    return answer
+    return response.json()
 
 
 @main.command()

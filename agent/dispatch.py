@@ -23,6 +23,7 @@ from agent.errors import (
     new_error_id,
 )
 from agent.ledger import Failure, Ledger
+from agent.logs import redact
 from agent.outbox import Claimed, Outbox
 from agent.retry import Backoff
 
@@ -289,7 +290,7 @@ def failure_of(exc: CloudError, error_id: str) -> Failure:
         error_id=error_id,
         status=exc.status,
         cloud_error_id=exc.cloud_error_id,
-        body_excerpt=exc.body_excerpt,
+        body_excerpt=redact(exc.body_excerpt),
     )
 
 

@@ -14,6 +14,7 @@ import msgspec
 
 from agent import crypto, models
 from agent.crypto import Keyring
+from agent.errors import NotFoundError
 from agent.outbox import Batch, Claimed, Outbox
 
 log = logging.getLogger(__name__)
@@ -179,3 +180,91 @@ def _bump(conn: sqlite3.Connection, name: str) -> None:
         "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
         (name,),
     )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as shown to a technician: ids, reasons, never the personal fields."""
+
+    id: int
+    destination: str
+    kind: str
+    record_key: str
+    revision: int
+    status: int | None
+    reason: str
+    error_id: str
+    cloud_error_id: str | None
+    body_excerpt: str
+    created_at: float
+    redacted: bool
+
+
+DEAD_LETTER_COLUMNS = (
+    "id, destination, kind, record_key, revision, status, reason, error_id, cloud_error_id, "
+    "body_excerpt, created_at, redacted_at IS NOT NULL"
+)
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    values = list(row)
+    values[-1] = bool(values[-1])
+    return DeadLetter(*values)
+
+
+class DeadLetters:
+    """List, inspect, re-queue and purge dead letters (the CLI and the API call these)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def list(self, destination: str | None = None) -> list[DeadLetter]:
+        where, args = ("WHERE destination = ?", (destination,)) if destination else ("", ())
+        with self._outbox.read() as conn:
+            rows = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id", args
+            ).fetchall()
+        return [_dead_letter(row) for row in rows]
+
+    def get(self, dead_letter_id: int) -> DeadLetter:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no dead letter {dead_letter_id}")
+        return _dead_letter(row)
+
+    def retry(self, dead_letter_id: int) -> None:
+        """Back into its destination's queue (written before the dead letter is deleted)."""
+
+        def work(batch: Batch) -> None:
+            row = batch.conn.execute(
+                "SELECT destination, item FROM dead_letters WHERE id = ?",
+                (dead_letter_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no dead letter {dead_letter_id}")
+            destination, text = row
+            item = json.loads(text)
+            queue_id = batch.put(destination, item)
+            batch.conn.execute(
+                "UPDATE deliveries SET state = 'queued', attempts = 0, first_failed_at = NULL, "
+                "queue_id = ?, updated_at = ? "
+                "WHERE record_key = ? AND destination = ? AND revision = ?",
+                (queue_id, time.time(), item["key"], destination, item["revision"]),
+            )
+            batch.conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+
+        self._outbox.run(work)
+
+    def purge(self, dead_letter_id: int) -> None:
+        """Delete a dead letter for good (its delivery state stays dead_lettered)."""
+
+        def work(batch: Batch) -> int:
+            return batch.conn.execute(
+                "DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            ).rowcount
+
+        if self._outbox.run(work) == 0:
+            raise NotFoundError(f"no dead letter {dead_letter_id}")

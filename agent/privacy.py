@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sqlite3
 import time
@@ -28,6 +29,7 @@ class PurgeReport:
 
     delivered_deleted: int = 0
     quarantine_redacted: int = 0
+    dead_letters_redacted: int = 0
     ledger_deleted: int = 0
     resealed: int = 0
     key_rotated: bool = False
@@ -44,6 +46,7 @@ class ForgetReport:
     queued_items_stripped: int = 0
     queued_items_removed: int = 0
     quarantine_deleted: int = 0
+    dead_letters_redacted: int = 0
     in_flight: int = 0
 
 
@@ -84,6 +87,11 @@ class Privacy:
         report.delivered_deleted = self._outbox.purge_acked()
         report.quarantine_redacted = self._outbox.run(
             lambda b: redact_quarantine(b.conn, now - privacy.quarantine_retention_days * DAY, now)
+        )
+        report.dead_letters_redacted = self._outbox.run(
+            lambda b: redact_dead_letters(
+                b.conn, now - privacy.dead_letter_retention_days * DAY, now
+            )
         )
         report.ledger_deleted = self._outbox.run(
             lambda b: purge_ledger(b.conn, now - privacy.ledger_retention_days * DAY)
@@ -149,6 +157,7 @@ class Privacy:
                     aad = crypto.record_aad(item["kind"], item["key"])
                     item["personal"] = self._keyring.seal(self._keyring.open(token, aad), aad)
                     count += batch.replace(destination, queue_id, item)
+        count += self._reseal_dead_letters(batch, key_id)
         rows = batch.conn.execute(
             "SELECT error_id, sealed_body FROM quarantine WHERE sealed_body LIKE ?",
             (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
@@ -161,6 +170,20 @@ class Privacy:
             )
             count += 1
         return count
+
+    def _reseal_dead_letters(self, batch: Batch, key_id: str) -> int:
+        rows = batch.conn.execute(
+            "SELECT id, item FROM dead_letters WHERE item LIKE ?",
+            (f"%{crypto.SEAL_PREFIX}.{key_id}.%",),
+        ).fetchall()
+        for dead_letter_id, text in rows:
+            item = json.loads(text)
+            aad = crypto.record_aad(item["kind"], item["key"])
+            item["personal"] = self._keyring.seal(self._keyring.open(item["personal"], aad), aad)
+            batch.conn.execute(
+                "UPDATE dead_letters SET item = ? WHERE id = ?", (json.dumps(item), dead_letter_id)
+            )
+        return len(rows)
 
     # -- erasure on request --------------------------------------------------------------
 
@@ -193,6 +216,9 @@ class Privacy:
                 ).rowcount
             else:
                 self._forget_queued(batch, kind, key, report)
+                report.dead_letters_redacted += strip_dead_letters(
+                    batch.conn, "record_key = ?", (key,), time.time()
+                )
             batch.conn.execute(
                 "DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key)
             )
@@ -226,6 +252,27 @@ def redact_quarantine(conn: sqlite3.Connection, cutoff: float, now: float) -> in
         (now, cutoff),
     )
     return cursor.rowcount
+
+
+def redact_dead_letters(conn: sqlite3.Connection, cutoff: float, now: float) -> int:
+    """Dead letters past retention lose their personal fields; what happened stays."""
+    return strip_dead_letters(conn, "created_at < ?", (cutoff,), now)
+
+
+def strip_dead_letters(
+    conn: sqlite3.Connection, where: str, args: tuple[object, ...], now: float
+) -> int:
+    rows = conn.execute(
+        f"SELECT id, item FROM dead_letters WHERE redacted_at IS NULL AND {where}", args
+    ).fetchall()
+    for dead_letter_id, text in rows:
+        item = json.loads(text)
+        item["personal"], item["forgotten"] = None, True
+        conn.execute(
+            "UPDATE dead_letters SET item = ?, redacted_at = ? WHERE id = ?",
+            (json.dumps(item), now, dead_letter_id),
+        )
+    return len(rows)
 
 
 def purge_ledger(conn: sqlite3.Connection, cutoff: float) -> int:
@@ -276,9 +323,11 @@ def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None
 def sealed_count(batch: Batch, key_id: str) -> int:
     """How many stored values (queue items, quarantine) are still sealed with key_id."""
     pattern = f"%{crypto.SEAL_PREFIX}.{key_id}.%"
-    count = int(
-        batch.conn.execute(
-            "SELECT COUNT(*) FROM quarantine WHERE sealed_body LIKE ?", (pattern,)
-        ).fetchone()[0]
-    )
+    count = 0
+    for table, column in (("quarantine", "sealed_body"), ("dead_letters", "item")):
+        count += int(
+            batch.conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE {column} LIKE ?", (pattern,)
+            ).fetchone()[0]
+        )
     return count + batch.count_matching(pattern)

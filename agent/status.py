@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ from agent.health import Health
 from agent.intake import Intake
 from agent.outbox import Outbox
 
-NOT_DELIVERING = "delivery to the cloud is not running in this build"
+NOT_DELIVERING = "no sender for this destination is running"
+
+
+def iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 class StatusReporter:
@@ -31,7 +36,9 @@ class StatusReporter:
         identity: tuple[str, str],
         data_dir: Path,
         limit_bytes: int,
+        workers: Callable[[str], Mapping[str, Any] | None] = lambda name: None,
     ) -> None:
+        self._workers = workers
         self._outbox = outbox
         self._intake = intake
         self._health = health
@@ -58,18 +65,24 @@ class StatusReporter:
 
     def _destination(self, destination: DestinationSettings) -> dict[str, Any]:
         depth = self._outbox.depth(destination.name)
-        component = self._health.get(f"destination:{destination.name}")
         oldest = depth.oldest_enqueued_at
+        worker = self._workers(destination.name)
+        last_success = worker.get("lastSuccessAt") if worker else None
         return {
             "name": destination.name,
             "kind": destination.kind,
-            "state": component.state if component else "unknown",
-            "detail": component.detail if component else NOT_DELIVERING,
+            "state": worker["state"] if worker else "not delivering",
+            "detail": worker["detail"] if worker else NOT_DELIVERING,
             "depth": depth.pending,
             "inFlight": depth.claimed,
+            "setAside": worker["setAside"] if worker else 0,
             "oldestAgeSeconds": None
             if oldest is None
             else round(max(0.0, time.time() - oldest), 3),
+            "lastSuccessAt": iso(last_success) if isinstance(last_success, float) else None,
+            "sent": worker["sent"] if worker else 0,
+            "failed": worker["failed"] if worker else 0,
+            "pausedSeconds": worker["pausedSeconds"] if worker else 0.0,
         }
 
     def _storage(self) -> dict[str, int]:

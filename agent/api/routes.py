@@ -13,11 +13,12 @@ import msgspec
 
 from agent import __version__, models
 from agent.api import schemas
-from agent.api.errors import BadRequestError, NotJsonError
+from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
+from agent.ledger import DeadLetter, DeadLetters
 from agent.privacy import Privacy
 from agent.status import StatusReporter
 
@@ -30,6 +31,7 @@ class Services:
     status: StatusReporter
     health: Health
     privacy: Privacy
+    dead_letters: DeadLetters
     openapi: bytes
 
 
@@ -97,6 +99,48 @@ def post_forget(request: Request, services: Services) -> Response:
     return Response.json(dataclasses.asdict(report))
 
 
+def list_dead_letters(request: Request, services: Services) -> Response:
+    return Response.json([dead_letter_view(d) for d in services.dead_letters.list()])
+
+
+def get_dead_letter(request: Request, services: Services) -> Response:
+    return Response.json(dead_letter_view(services.dead_letters.get(dead_letter_id(request))))
+
+
+def retry_dead_letter(request: Request, services: Services) -> Response:
+    services.dead_letters.retry(dead_letter_id(request))
+    return Response.json({"status": "queued"}, status=202)
+
+
+def delete_dead_letter(request: Request, services: Services) -> Response:
+    services.dead_letters.purge(dead_letter_id(request))
+    return Response.json({"status": "deleted"})
+
+
+def dead_letter_id(request: Request) -> int:
+    text = request.params["id"]
+    if not text.isdigit():
+        raise RouteNotFoundError(f"no dead letter {text!r}")
+    return int(text)
+
+
+def dead_letter_view(letter: DeadLetter) -> schemas.DeadLetterView:
+    return schemas.DeadLetterView(
+        letter.id,
+        letter.destination,
+        letter.kind,
+        letter.record_key,
+        letter.revision,
+        letter.status,
+        letter.reason,
+        letter.error_id,
+        letter.cloud_error_id,
+        letter.body_excerpt,
+        iso(letter.created_at) or "",
+        letter.redacted,
+    )
+
+
 ROUTES = (
     Route("POST", "/v1/receipts", post_receipt),
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
@@ -106,6 +150,10 @@ ROUTES = (
     Route("GET", "/v1/openapi.json", get_openapi),
     Route("POST", "/v1/privacy/purge", post_purge),
     Route("POST", "/v1/privacy/forget", post_forget),
+    Route("GET", "/v1/dead-letters", list_dead_letters),
+    Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
+    Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),
+    Route("DELETE", "/v1/dead-letters/{id}", delete_dead_letter),
 )
 
 Shape = TypeVar("Shape", bound=msgspec.Struct)

@@ -58,7 +58,12 @@ class DestinationStatus(_Out):
     detail: str
     depth: int
     in_flight: int
+    set_aside: int
     oldest_age_seconds: float | None
+    last_success_at: str | None
+    sent: int
+    failed: int
+    paused_seconds: float
 
 
 class ComponentStatus(_Out):
@@ -94,6 +99,7 @@ class ForgetRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 class PurgeAnswer(_Out):
     delivered_deleted: int
     quarantine_redacted: int
+    dead_letters_redacted: int
     ledger_deleted: int
     resealed: int
     key_rotated: bool
@@ -107,7 +113,23 @@ class ForgetAnswer(_Out):
     queued_items_stripped: int
     queued_items_removed: int
     quarantine_deleted: int
+    dead_letters_redacted: int
     in_flight: int
+
+
+class DeadLetterView(_Out):
+    id: int
+    destination: str
+    kind: str
+    record_key: str
+    revision: int
+    status: int | None
+    reason: str
+    error_id: str
+    cloud_error_id: str | None
+    body_excerpt: str
+    created_at: str
+    redacted: bool
 
 
 class ErrorDetail(_Out):
@@ -149,6 +171,7 @@ SHAPES = (
     ForgetRequest,
     PurgeAnswer,
     ForgetAnswer,
+    DeadLetterView,
     ErrorBody,
 )
 
@@ -262,6 +285,53 @@ def _paths() -> dict[str, Any]:
                     {"200": ("Done", "ForgetAnswer")}, ("400", "413", "415", *common)
                 ),
             }
+        },
+        "/v1/dead-letters": {
+            "get": {
+                "summary": "Every dead letter (ids, reasons, cloud error ids; no personal data)",
+                "responses": {
+                    "200": {
+                        "description": "The dead letters",
+                        "content": {
+                            JSON_TYPE: {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/DeadLetterView"},
+                                }
+                            }
+                        },
+                    },
+                    **_answers({}, common),
+                },
+            }
+        },
+        "/v1/dead-letters/{id}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "One dead letter",
+                "responses": _answers({"200": ("Found", "DeadLetterView")}, ("404", *common)),
+            },
+            "delete": {
+                "summary": "Delete a dead letter for good",
+                "responses": {
+                    "200": {"description": "Deleted"},
+                    **_answers({}, ("404", *common)),
+                },
+            },
+        },
+        "/v1/dead-letters/{id}/retry": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Put a dead letter back in its destination's queue",
+                "responses": {
+                    "202": {"description": "Queued again"},
+                    **_answers({}, ("404", *common)),
+                },
+            },
         },
         "/v1/openapi.json": {
             "get": {

@@ -1,0 +1,123 @@
+"""Dead letters: kept sealed, listed without personal data, re-queued, purged, redacted."""
+
+from __future__ import annotations
+
+import json
+
+from agent.errors import RejectedError
+from agent.privacy import Privacy
+from tests.conftest import make_receipt
+from tests.test_cli import till_agent
+from tests.test_dispatch import SETTINGS, drain
+from tests.test_privacy import FakeClocks
+from tests.test_privacy_scan import PLANTED, scan
+
+
+def rejected_rig(start_agent, overrides=None):
+    import random
+
+    from agent.dispatch import Dispatcher
+    from tests.fakes.senders import Clock, ScriptedSender, raising
+
+    agent, till = start_agent(overrides or {"destinations": {"engage": {"enabled": False}}})
+    sender = ScriptedSender()
+    clock = Clock()
+    dispatcher = Dispatcher(
+        "loaded",
+        sender,
+        agent.outbox,
+        agent.ledger,
+        agent.health,
+        SETTINGS,
+        monotonic=clock,
+        rng=random.Random(0),
+    )
+    receipt = make_receipt("R-DEAD")
+    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
+    assert till.post("/v1/receipts", receipt).status_code == 202
+    sender.rules["R-DEAD"] = raising(
+        RejectedError(
+            "400",
+            connector="x",
+            status=400,
+            cloud_error_id="e-1",
+            body_excerpt=f"invalid email {PLANTED['email']}",
+        )
+    )
+    drain(dispatcher, clock)
+    return agent, till, sender, clock, dispatcher
+
+
+def test_dead_letters_are_listed_without_personal_data(start_agent):
+    agent, till, *_ = rejected_rig(start_agent)
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert letter["recordKey"] == "R-DEAD"
+    assert letter["status"] == 400
+    assert letter["cloudErrorId"] == "e-1"
+    assert PLANTED["email"] not in json.dumps(letter)  # the cloud's body echoed it: redacted
+    assert till.get(f"/v1/dead-letters/{letter['id']}").json() == letter
+    assert scan(agent.settings.agent.data_dir) == []
+
+
+def test_a_retried_dead_letter_is_delivered(start_agent):
+    _, till, sender, clock, dispatcher = rejected_rig(start_agent)
+    (letter,) = till.get("/v1/dead-letters").json()
+    del sender.rules["R-DEAD"]
+    assert till.post(f"/v1/dead-letters/{letter['id']}/retry", {}).status_code == 202
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-DEAD"]
+    assert till.get("/v1/dead-letters").json() == []
+    assert till.get("/v1/receipts/R-DEAD").json()["destinations"][0]["state"] == "delivered"
+
+
+def test_a_purged_dead_letter_is_gone(start_agent):
+    _, till, *_ = rejected_rig(start_agent)
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert till.session.delete(f"{till.url}/v1/dead-letters/{letter['id']}", timeout=5).ok
+    assert till.get("/v1/dead-letters").json() == []
+    assert till.get(f"/v1/dead-letters/{letter['id']}").status_code == 404
+
+
+def test_dead_letters_lose_personal_fields_after_their_retention(start_agent):
+    agent, till, *_ = rejected_rig(start_agent)
+    clocks = FakeClocks(start=__import__("time").time())
+    privacy = Privacy(
+        agent.outbox,
+        agent.privacy.keyring,
+        agent.settings,
+        now=lambda: clocks.wall,
+        monotonic=lambda: clocks.mono,
+    )
+    assert privacy.purge().dead_letters_redacted == 0
+    clocks.advance_days(31)
+    assert privacy.purge().dead_letters_redacted == 1
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert letter["redacted"] is True
+    with agent.outbox.read() as conn:
+        (item,) = conn.execute("SELECT item FROM dead_letters").fetchone()
+    assert json.loads(item)["personal"] is None
+
+
+def test_forget_strips_a_dead_letter(start_agent):
+    agent, till, *_ = rejected_rig(start_agent)
+    assert agent.privacy.forget(email=PLANTED["email"]).dead_letters_redacted == 1
+
+
+def test_dead_letter_commands_work_on_a_stopped_agent(start_agent, tmp_path):
+    from tests.conftest import base_config, write_toml
+
+    agent, till, *_ = rejected_rig(start_agent)
+    till.close()
+    agent.stop()
+    config = write_toml(tmp_path / "config.toml", base_config(tmp_path))
+    listed = till_agent("dead-letters", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert "R-DEAD" in listed.stdout
+    assert "e-1" in listed.stdout
+    letter_id = listed.stdout.split()[0]
+    shown = till_agent("dead-letters", "show", letter_id, "--config", str(config))
+    assert json.loads(shown.stdout)["recordKey"] == "R-DEAD"
+    assert till_agent("dead-letters", "retry", letter_id, "--config", str(config)).returncode == 0
+    missing = till_agent("dead-letters", "show", letter_id, "--config", str(config))
+    assert missing.returncode != 0
+    assert "no dead letter" in missing.stderr
