@@ -99,7 +99,7 @@ def test_dead_letters_lose_personal_fields_after_their_retention(start_agent):
 
 
 def test_forget_strips_a_dead_letter(start_agent):
-    agent, till, *_ = rejected_rig(start_agent)
+    agent, _, *_ = rejected_rig(start_agent)
     assert agent.privacy.forget(email=PLANTED["email"]).dead_letters_redacted == 1
 
 
