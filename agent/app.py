@@ -19,6 +19,7 @@ from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
 from agent.errors import AlreadyRunningError, StorageError
+from agent.alerts import Alerts
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Ledger
 from agent.privacy import Privacy
@@ -97,8 +98,15 @@ def _start_locked(
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
     privacy = Privacy(box, keyring, settings)
+    alerts = Alerts(
+        settings.alerts, DeadLetters(box), board, (settings.agent.store_id, settings.agent.till_id)
+    )
     scheduler = Scheduler(
-        [Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge)], board
+        [
+            Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
+            Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
+        ],
+        board,
     )
     scheduler.start()
     token = read_or_create_token(settings.api.token_file)

@@ -110,7 +110,7 @@ def dead_letters_list(config_file: str | None) -> None:
     letters = on_stores_or_agent(
         settings,
         ("GET", "/v1/dead-letters", None),
-        lambda m: [wire(d) for d in m.dead_letters.list()],
+        lambda m: [wire(d) for d in m.dead_letters.all()],
     )
     for d in letters:
         click.echo(

@@ -91,6 +91,20 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class AlertsSettings:
+    """[alerts]: where dead letters and halted destinations are reported, as a digest."""
+
+    digest_minutes: int = 15
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_from: str = ""
+    smtp_to: tuple[str, ...] = ()
+    webhook_url: str = ""
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     """[privacy]: how long personal data may stay, and the key file that seals it."""
 
@@ -125,6 +139,7 @@ class Settings:
     intake: IntakeSettings = IntakeSettings()
     storage: StorageSettings = StorageSettings()
     delivery: DeliverySettings = DeliverySettings()
+    alerts: AlertsSettings = AlertsSettings()
     privacy: PrivacySettings = PrivacySettings()
     destinations: tuple[DestinationSettings, ...] = ()
 
@@ -149,6 +164,7 @@ SECTIONS: dict[str, type] = {
     "intake": IntakeSettings,
     "storage": StorageSettings,
     "delivery": DeliverySettings,
+    "alerts": AlertsSettings,
     "privacy": PrivacySettings,
 }
 DESTINATION_KEYS = ("kind", "base_url", "enabled", "takes")
@@ -219,8 +235,18 @@ def validate(settings: Settings) -> list[str]:
         "purge_interval_minutes",
     ):
         problems += _positive(f"privacy.{name}", getattr(settings.privacy, name))
+    problems += _validate_alerts(settings.alerts)
     for destination in settings.destinations:
         problems += _validate_destination(destination)
+    return problems
+
+
+def _validate_alerts(alerts: AlertsSettings) -> list[str]:
+    problems = _positive("alerts.digest_minutes", alerts.digest_minutes)
+    if alerts.smtp_host and not (alerts.smtp_from and alerts.smtp_to):
+        problems.append("alerts.smtp_host: smtp_from and smtp_to are needed too (got none)")
+    if alerts.webhook_url and urlsplit(alerts.webhook_url).scheme not in ("http", "https"):
+        problems.append(f"alerts.webhook_url: an http(s) URL (got {alerts.webhook_url!r})")
     return problems
 
 
@@ -388,6 +414,9 @@ def _convert(value: object, hint: object) -> object:
         return Path(value) if isinstance(value, str) and value else _INVALID
     if hint is Decimal:
         return _to_decimal(value)
+    if hint == tuple[str, ...]:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return tuple(value) if ok else _INVALID  # type: ignore[arg-type]
     return _INVALID
 
 
@@ -402,7 +431,7 @@ def _to_decimal(value: object) -> object:
 
 def _type_name(hint: object) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    names |= {Path: "a path", Decimal: "a decimal number"}
+    names |= {Path: "a path", Decimal: "a decimal number", tuple[str, ...]: "a list of strings"}
     return names.get(hint, str(hint))  # type: ignore[call-overload,no-any-return]
 
 

@@ -218,7 +218,7 @@ class DeadLetters:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
 
-    def list(self, destination: str | None = None) -> list[DeadLetter]:
+    def all(self, destination: str | None = None) -> list[DeadLetter]:
         where, args = ("WHERE destination = ?", (destination,)) if destination else ("", ())
         with self._outbox.read() as conn:
             rows = conn.execute(
@@ -255,6 +255,23 @@ class DeadLetters:
                 (queue_id, time.time(), item["key"], destination, item["revision"]),
             )
             batch.conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+
+        self._outbox.run(work)
+
+    def unnotified(self) -> list[DeadLetter]:
+        """Dead letters no digest has reported yet."""
+        with self._outbox.read() as conn:
+            rows = conn.execute(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE notified_at IS NULL "
+                "ORDER BY id"
+            ).fetchall()
+        return [_dead_letter(row) for row in rows]
+
+    def mark_notified(self, ids: list[int], at: float) -> None:
+        def work(batch: Batch) -> None:
+            batch.conn.executemany(
+                "UPDATE dead_letters SET notified_at = ? WHERE id = ?", [(at, i) for i in ids]
+            )
 
         self._outbox.run(work)
 

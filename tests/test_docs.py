@@ -11,6 +11,7 @@ from agent import config
 from tests.conftest import ROOT
 
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
+REQUIRED = {"agent.store_id", "agent.till_id"}
 ROW = re.compile(r"^\| `([a-z_<>.]+)` \| ([^|]+) \|", re.MULTILINE)
 
 
@@ -33,7 +34,9 @@ def rendered(default: object) -> str | None:
     if isinstance(default, bool):
         return f"`{str(default).lower()}`"
     if isinstance(default, str | Decimal):
-        return f'`"{default}"`' if default else "(required)"
+        return f'`"{default}"`' if default else "(none)"
+    if default == ():
+        return "`[]`"
     if isinstance(default, int | float):
         return f"`{default}`"
     return None
@@ -47,6 +50,8 @@ def test_configuration_doc_shows_each_default():
     doc = documented()
     for key, default in code_settings().items():
         expected = rendered(default)
+        if expected == "(none)" and key in REQUIRED:
+            expected = "(required)"
         if expected is not None:
             assert doc[key] == expected, key
 

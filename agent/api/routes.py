@@ -100,7 +100,7 @@ def post_forget(request: Request, services: Services) -> Response:
 
 
 def list_dead_letters(request: Request, services: Services) -> Response:
-    return Response.json([dead_letter_view(d) for d in services.dead_letters.list()])
+    return Response.json([dead_letter_view(d) for d in services.dead_letters.all()])
 
 
 def get_dead_letter(request: Request, services: Services) -> Response:
