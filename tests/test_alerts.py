@@ -38,7 +38,7 @@ def smtp():
 
 @pytest.fixture
 def hook():
-    received: list[dict] = []
+    received: list[dict[str, object]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
