@@ -15,11 +15,11 @@ import filelock
 import msgspec
 
 from agent import api, config, crypto, health, outbox
+from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
 from agent.errors import AlreadyRunningError, StorageError
-from agent.alerts import Alerts
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Ledger
 from agent.privacy import Privacy

@@ -127,6 +127,9 @@ class DestinationSettings:
     base_url: str
     enabled: bool = True
     takes: frozenset[str] = frozenset()
+    requests_per_second: float = 0.0  # 0: the kind's default (KIND_REQUESTS_PER_SECOND)
+    daily_call_budget: int = 0  # 0: none
+    monthly_call_budget: int = 0  # 0: none
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -167,7 +170,18 @@ SECTIONS: dict[str, type] = {
     "alerts": AlertsSettings,
     "privacy": PrivacySettings,
 }
-DESTINATION_KEYS = ("kind", "base_url", "enabled", "takes")
+DESTINATION_KEYS = (
+    "kind",
+    "base_url",
+    "enabled",
+    "takes",
+    "requests_per_second",
+    "daily_call_budget",
+    "monthly_call_budget",
+)
+# Below each vendor's published limit: Voyado asks for < 50/s per key; Lightspeed allows
+# 300 x registers + 50 per 5 minutes; Loaded publishes none.
+KIND_REQUESTS_PER_SECOND = {"engage": 40.0, "loaded": 10.0, "webhook": 10.0, "lightspeed": 1.0}
 
 
 def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
@@ -382,14 +396,39 @@ def _build_destination(
         takes = None
     default_takes = KIND_TAKES.get(kind, frozenset())
     options = {k: v for k, v in raw.items() if k not in DESTINATION_KEYS}
+    limits = _destination_limits(prefix, kind, raw, problems)
     return DestinationSettings(
         name=name,
         kind=kind,
         base_url=base_url,
         enabled=enabled,
         takes=frozenset(takes) if takes is not None else default_takes,
+        requests_per_second=limits[0],
+        daily_call_budget=int(limits[1]),
+        monthly_call_budget=int(limits[2]),
         options=types.MappingProxyType(options),
     )
+
+
+def _destination_limits(
+    prefix: str, kind: str, raw: Mapping[str, Any], problems: list[str]
+) -> tuple[float, float, float]:
+    """(requests/s, daily calls, monthly calls), each checked; the rate defaults by kind."""
+    values = []
+    for key, default in (
+        ("requests_per_second", KIND_REQUESTS_PER_SECOND.get(kind, 10.0)),
+        ("daily_call_budget", 0),
+        ("monthly_call_budget", 0),
+    ):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            problems.append(f"{prefix}.{key}: a number, zero or more (got {value!r})")
+            value = default
+        values.append(float(value))
+    if values[0] == 0:
+        problems.append(f"{prefix}.requests_per_second: must be positive (got 0)")
+        values[0] = 1.0
+    return values[0], values[1], values[2]
 
 
 class _Invalid:

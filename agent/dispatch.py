@@ -25,11 +25,13 @@ from agent.errors import (
 from agent.ledger import Failure, Ledger
 from agent.logs import redact
 from agent.outbox import Claimed, Outbox
+from agent.ratelimit import RateBudget
 from agent.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, THROTTLED, HALTED = "online", "offline", "throttled", "halted"
+BUDGET_PAUSE_SECONDS = 5.0  # waits this long or longer release the item and pause instead
 HEALTH_FOR = {
     ONLINE: health.OK,
     OFFLINE: health.DEGRADED,
@@ -80,8 +82,10 @@ class Dispatcher:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self.destination = destination
+        self._budget = budget
         self._sender = sender
         self._outbox = outbox
         self._ledger = ledger
@@ -138,8 +142,10 @@ class Dispatcher:
         except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
             self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
             return
+        if not self._within_budget(claimed):
+            return
         try:
-            self._sender.send(message)
+            result = self._sender.send(message)
         except ThrottledError as exc:
             self._on_throttled(claimed, exc)
         except AuthError as exc:
@@ -150,6 +156,28 @@ class Dispatcher:
             self._on_retryable(claimed, failure_of(exc, new_error_id()))
         else:
             self._on_success(claimed)
+            self._honour_rate_limit_headers(result)
+
+    def _within_budget(self, claimed: Claimed) -> bool:
+        """Wait (holding the item) for the request rate; a used-up budget pauses the destination."""
+        while self._budget is not None:
+            verdict = self._budget.acquire()
+            if verdict.allowed:
+                return True
+            if verdict.wait_seconds >= BUDGET_PAUSE_SECONDS or self._stop.is_set():
+                self._outbox.release(claimed)
+                self._pause(verdict.wait_seconds)
+                self._report(THROTTLED, verdict.reason)
+                return False
+            self._stop.wait(verdict.wait_seconds)
+        return True
+
+    def _honour_rate_limit_headers(self, result: object) -> None:
+        """X-RateLimit-Remaining 0: wait for the window to reset before the next call."""
+        remaining = getattr(result, "rate_limit_remaining", None)
+        if isinstance(remaining, int) and remaining <= 0:
+            reset = getattr(result, "rate_limit_reset_seconds", None)
+            self._pause(float(reset) if isinstance(reset, int | float) else 1.0)
 
     def _on_success(self, claimed: Claimed) -> None:
         item = claimed.item

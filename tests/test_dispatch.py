@@ -172,3 +172,64 @@ def test_restart_puts_set_aside_items_back_in_line(rig):
     assert agent.outbox.depth("loaded").pending == 0
     dispatcher._restore_parked()
     assert agent.outbox.depth("loaded").pending == 1
+
+
+def test_the_request_rate_is_never_exceeded(start_agent):
+    import time
+
+    from agent.ratelimit import RateBudget
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    sender = ScriptedSender()
+    stamps: list[float] = []
+    sender.default = lambda message: stamps.append(time.monotonic())
+    dispatcher = Dispatcher(
+        "loaded",
+        sender,
+        agent.outbox,
+        agent.ledger,
+        agent.health,
+        SETTINGS,
+        budget=RateBudget("loaded", requests_per_second=20),
+    )
+    post(till, *[f"R-{n}" for n in range(30)])
+    while dispatcher.step():
+        pass
+    assert len(stamps) == 30
+    in_any_second = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
+    assert in_any_second <= 20
+
+
+def test_a_used_up_daily_budget_pauses_the_destination(start_agent, tmp_path):
+    from agent.ratelimit import RateBudget
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    sender = ScriptedSender()
+    budget = RateBudget(
+        "loaded", requests_per_second=100, daily_calls=2, budget_file=tmp_path / "b.sqlite"
+    )
+    dispatcher = Dispatcher(
+        "loaded", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, budget=budget
+    )
+    post(till, "R-1", "R-2", "R-3")
+    for _ in range(3):
+        dispatcher.step()
+    assert sender.sent == ["R-1", "R-2"]
+    assert dispatcher.state.state == "throttled"
+    assert dispatcher.state.detail == "call budget used up"
+    assert agent.outbox.depth("loaded").pending == 1
+
+
+def test_rate_limit_remaining_zero_pauses_until_the_reset(rig):
+    _, till, sender, clock, dispatcher = rig
+
+    class Result:
+        rate_limit_remaining = 0
+        rate_limit_reset_seconds = 30
+
+    sender.default = None
+    original = sender.send
+    sender.send = lambda message: (original(message), Result())[1]
+    post(till, "R-1", "R-2")
+    dispatcher.step()
+    assert dispatcher.state.paused_until == pytest.approx(clock.now + 30)
