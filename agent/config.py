@@ -31,6 +31,14 @@ KIND_TAKES: dict[str, frozenset[str]] = {
     "webhook": frozenset({"receipts", "contacts"}),
     "lightspeed": frozenset(),
 }
+# How a destination takes a changed receipt: "replace" (it upserts by id: send the new revision)
+# or "difference" (append-only, like Voyado's receipts: send what changed as a new receipt).
+KIND_AMENDS: dict[str, str] = {
+    "engage": "difference",
+    "loaded": "replace",
+    "webhook": "replace",
+    "lightspeed": "replace",
+}
 TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Destination names become queue table names: keep them to plain identifiers.

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from agent import health, models
+from agent import amend, health, models
 from agent.config import DeliverySettings
 from agent.errors import (
     AuthError,
@@ -83,9 +83,11 @@ class Dispatcher:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         budget: RateBudget | None = None,
+        amends: str = "replace",
     ) -> None:
         self.destination = destination
         self._budget = budget
+        self._amends = amends
         self._sender = sender
         self._outbox = outbox
         self._ledger = ledger
@@ -142,6 +144,12 @@ class Dispatcher:
         except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
             self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
             return
+        if self._amends == "difference":
+            amended = self._as_difference(claimed.item, message)
+            if amended is None:
+                self._on_success(claimed)  # nothing this cloud counts has changed
+                return
+            message = amended
         if not self._within_budget(claimed):
             return
         try:
@@ -157,6 +165,27 @@ class Dispatcher:
         else:
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
+
+    def _as_difference(
+        self, item: dict[str, object], message: models.OutboundMessage
+    ) -> models.OutboundMessage | None:
+        """For an append-only cloud: a later revision goes as the difference to the last one."""
+        revision = int(str(item["revision"]))
+        if message.receipt is None or revision == 1:
+            return message
+        earlier = self._ledger.delivered_before(self.destination, str(item["key"]), revision)
+        if earlier is None:
+            return message  # the cloud never got an earlier revision: send this one whole
+        delivered = msgspec.convert(earlier, models.Receipt, strict=False)
+        diff = amend.difference(delivered, message.receipt, revision)
+        if diff is None:
+            return None
+        contact = message.receipt.contact
+        return msgspec.structs.replace(
+            message,
+            idempotency_key=diff.unique_receipt_id,
+            receipt=msgspec.structs.replace(diff, contact=contact),
+        )
 
     def _within_budget(self, claimed: Claimed) -> bool:
         """Wait (holding the item) for the request rate; a used-up budget pauses the destination."""
@@ -182,7 +211,9 @@ class Dispatcher:
     def _on_success(self, claimed: Claimed) -> None:
         item = claimed.item
         # The ledger first, then the ack: a crash between resends with the same key.
-        self._ledger.record_delivery(self.destination, item["key"], item["revision"], "delivered")
+        self._ledger.record_delivery(
+            self.destination, item["key"], item["revision"], "delivered", body=item.get("body")
+        )
         self._outbox.ack(claimed)
         if self._probing is not None:
             log.warning("an item of %s fails alone; it is set aside", self.destination)

@@ -101,6 +101,9 @@ SCHEMA = [
         notified_at REAL
     )
     """,
+    """
+    ALTER TABLE deliveries ADD COLUMN delivered_body TEXT
+    """,
 ]
 T = TypeVar("T")
 COUNTERS = (

@@ -66,17 +66,46 @@ class Ledger:
             local_id=item["key"],
         )
 
-    def record_delivery(self, destination: str, key: str, revision: int, state: str) -> None:
-        """Record what became of one revision at one destination (delivery calls this)."""
+    def record_delivery(
+        self,
+        destination: str,
+        key: str,
+        revision: int,
+        state: str,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """Record what became of one revision at one destination (delivery calls this).
+
+        body: the business fields as delivered (never the personal ones), kept so a later
+        amendment can be sent to an append-only cloud as a difference.
+        """
 
         def work(batch: Batch) -> None:
             batch.conn.execute(
-                "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1 "
-                "WHERE record_key = ? AND destination = ? AND revision = ?",
-                (state, time.time(), key, destination, revision),
+                "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1, "
+                "delivered_body = ? WHERE record_key = ? AND destination = ? AND revision = ?",
+                (
+                    state,
+                    time.time(),
+                    None if body is None else json.dumps(body),
+                    key,
+                    destination,
+                    revision,
+                ),
             )
 
         self._write(work)
+
+    def delivered_before(self, destination: str, key: str, revision: int) -> dict[str, Any] | None:
+        """The business fields of the latest earlier revision this destination received."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT delivered_body FROM deliveries WHERE record_key = ? AND destination = ? "
+                "AND revision < ? AND state = 'delivered' AND delivered_body IS NOT NULL "
+                "ORDER BY revision DESC LIMIT 1",
+                (key, destination, revision),
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def record_failure(self, destination: str, item: dict[str, Any], failure: Failure) -> int:
         """One more failed attempt of an item; returns its attempt count so far."""

@@ -233,3 +233,56 @@ def test_rate_limit_remaining_zero_pauses_until_the_reset(rig):
     post(till, "R-1", "R-2")
     dispatcher.step()
     assert dispatcher.state.paused_until == pytest.approx(clock.now + 30)
+
+
+class RecordingSender(ScriptedSender):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages = []
+
+    def send(self, message):
+        self.messages.append(message)
+        super().send(message)
+
+
+def test_an_append_only_cloud_gets_an_amendment_as_a_difference_receipt(start_agent):
+    agent, till = start_agent()
+    sender = RecordingSender()
+    dispatcher = Dispatcher(
+        "engage", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, amends="difference"
+    )
+    post(till, "R-1")
+    dispatcher.step()
+    assert till.post("/v1/receipts", make_receipt("R-1", lines=3)).json()["status"] == "amended"
+    dispatcher.step()
+    assert sender.sent == ["R-1", "R-1~r2"]
+    difference = sender.messages[1].receipt
+    assert [(i.type, i.sku) for i in difference.items] == [("PURCHASE", "SKU-2")]
+    assert difference.contact == sender.messages[0].receipt.contact  # same buyer
+    assert till.get("/v1/receipts/R-1").json()["destinations"][0]["state"] == "delivered"
+
+
+def test_a_replacing_cloud_gets_the_whole_new_revision_under_the_same_id(start_agent):
+    agent, till = start_agent()
+    sender = RecordingSender()
+    dispatcher = Dispatcher("loaded", sender, agent.outbox, agent.ledger, agent.health, SETTINGS)
+    post(till, "R-1")
+    dispatcher.step()
+    till.post("/v1/receipts", make_receipt("R-1", lines=3))
+    dispatcher.step()
+    assert sender.sent == ["R-1", "R-1"]
+    assert sender.messages[1].revision == 2
+    assert len(sender.messages[1].receipt.items) == 3
+
+
+def test_an_amendment_replaced_before_it_left_goes_whole(start_agent):
+    agent, till = start_agent()
+    sender = RecordingSender()
+    dispatcher = Dispatcher(
+        "engage", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, amends="difference"
+    )
+    post(till, "R-1")
+    till.post("/v1/receipts", make_receipt("R-1", lines=3))
+    dispatcher.step()
+    assert sender.sent == ["R-1"]
+    assert len(sender.messages[0].receipt.items) == 3

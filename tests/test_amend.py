@@ -1,0 +1,62 @@
+"""Difference receipts: added to what the cloud holds, they make its totals the latest revision."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from agent import amend, models
+from agent.intake import line_amount
+from tests.conftest import make_receipt
+
+
+def receipt(body: dict) -> models.Receipt:
+    return msgspec.convert(body, models.Receipt, strict=False)
+
+
+def cloud_total(*receipts: models.Receipt) -> Decimal:
+    return sum((line_amount(i) for r in receipts for i in r.items), Decimal(0))
+
+
+def test_an_added_line_is_sent_as_a_purchase_of_that_line():
+    first, second = receipt(make_receipt(lines=2)), receipt(make_receipt(lines=3))
+    diff = amend.difference(first, second, revision=2)
+    assert diff is not None
+    assert diff.unique_receipt_id == "R-0001~r2"
+    assert diff.original_receipt_id == "R-0001"
+    assert [(i.type, i.sku, i.quantity) for i in diff.items] == [("PURCHASE", "SKU-2", 1)]
+    assert diff.total_gross_price == Decimal("10.00")
+    assert cloud_total(first, diff) == cloud_total(second)
+
+
+def test_a_removed_line_is_sent_as_a_return():
+    first, second = receipt(make_receipt(lines=3)), receipt(make_receipt(lines=2))
+    diff = amend.difference(first, second, revision=2)
+    assert [(i.type, i.quantity, i.gross_paid_price) for i in diff.items] == [
+        ("RETURN", -1, Decimal("10.00"))
+    ]
+    assert cloud_total(first, diff) == cloud_total(second)
+    assert diff.total_gross_price == Decimal("-10.00")
+
+
+def test_a_price_change_alone_is_an_adjustment_line():
+    body = make_receipt(lines=1)
+    cheaper = make_receipt(lines=1)
+    cheaper["items"][0]["grossPaidPrice"] = "7.50"
+    cheaper["totalGrossPrice"] = "7.50"
+    cheaper["paymentMethods"] = [{"type": "card", "value": "7.50"}]
+    first, second = receipt(body), receipt(cheaper)
+    diff = amend.difference(first, second, revision=2)
+    assert [(i.type, i.quantity, i.gross_paid_price) for i in diff.items] == [
+        ("ADJUSTMENT", 0, Decimal("-2.50"))
+    ]
+    assert [(p.type, p.value) for p in diff.payment_methods] == [("card", Decimal("-2.50"))]
+    assert cloud_total(first, diff) == cloud_total(second)
+
+
+def test_no_difference_in_what_a_cloud_counts_means_nothing_to_send():
+    first = receipt(make_receipt(lines=2))
+    renamed = make_receipt(lines=2)
+    renamed["receiptNumber"] = "other"
+    assert amend.difference(first, receipt(renamed), revision=2) is None
