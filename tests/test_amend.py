@@ -11,8 +11,14 @@ from agent.intake import line_amount
 from tests.conftest import make_receipt
 
 
-def receipt(body: dict) -> models.Receipt:
+def receipt(body: dict[str, object]) -> models.Receipt:
     return msgspec.convert(body, models.Receipt, strict=False)
+
+
+def diff_of(first: models.Receipt, second: models.Receipt) -> models.Receipt:
+    diff = amend.difference(first, second, revision=2)
+    assert diff is not None
+    return diff
 
 
 def cloud_total(*receipts: models.Receipt) -> Decimal:
@@ -21,8 +27,7 @@ def cloud_total(*receipts: models.Receipt) -> Decimal:
 
 def test_an_added_line_is_sent_as_a_purchase_of_that_line():
     first, second = receipt(make_receipt(lines=2)), receipt(make_receipt(lines=3))
-    diff = amend.difference(first, second, revision=2)
-    assert diff is not None
+    diff = diff_of(first, second)
     assert diff.unique_receipt_id == "R-0001~r2"
     assert diff.original_receipt_id == "R-0001"
     assert [(i.type, i.sku, i.quantity) for i in diff.items] == [("PURCHASE", "SKU-2", 1)]
@@ -32,7 +37,7 @@ def test_an_added_line_is_sent_as_a_purchase_of_that_line():
 
 def test_a_removed_line_is_sent_as_a_return():
     first, second = receipt(make_receipt(lines=3)), receipt(make_receipt(lines=2))
-    diff = amend.difference(first, second, revision=2)
+    diff = diff_of(first, second)
     assert [(i.type, i.quantity, i.gross_paid_price) for i in diff.items] == [
         ("RETURN", -1, Decimal("10.00"))
     ]
@@ -47,7 +52,7 @@ def test_a_price_change_alone_is_an_adjustment_line():
     cheaper["totalGrossPrice"] = "7.50"
     cheaper["paymentMethods"] = [{"type": "card", "value": "7.50"}]
     first, second = receipt(body), receipt(cheaper)
-    diff = amend.difference(first, second, revision=2)
+    diff = diff_of(first, second)
     assert [(i.type, i.quantity, i.gross_paid_price) for i in diff.items] == [
         ("ADJUSTMENT", 0, Decimal("-2.50"))
     ]

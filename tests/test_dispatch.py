@@ -238,7 +238,7 @@ def test_rate_limit_remaining_zero_pauses_until_the_reset(rig):
 class RecordingSender(ScriptedSender):
     def __init__(self) -> None:
         super().__init__()
-        self.messages = []
+        self.messages: list = []
 
     def send(self, message):
         self.messages.append(message)
