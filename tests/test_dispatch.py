@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from agent import models
 from agent.config import DeliverySettings
 from agent.dispatch import Dispatcher
 from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
@@ -238,7 +239,7 @@ def test_rate_limit_remaining_zero_pauses_until_the_reset(rig):
 class RecordingSender(ScriptedSender):
     def __init__(self) -> None:
         super().__init__()
-        self.messages: list = []
+        self.messages: list[models.OutboundMessage] = []
 
     def send(self, message):
         self.messages.append(message)
