@@ -6,10 +6,10 @@ End to end over HTTP against the sandbox cloud: tests/test_delivery.py.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
-from agent import models
 from agent.config import DeliverySettings
 from agent.dispatch import Dispatcher
 from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
@@ -239,7 +239,7 @@ def test_rate_limit_remaining_zero_pauses_until_the_reset(rig):
 class RecordingSender(ScriptedSender):
     def __init__(self) -> None:
         super().__init__()
-        self.messages: list[models.OutboundMessage] = []
+        self.messages: list[Any] = []
 
     def send(self, message):
         self.messages.append(message)
