@@ -19,6 +19,7 @@ from agent.errors import (
     CloudError,
     KeyStoreError,
     RejectedError,
+    RetryableError,
     ThrottledError,
     new_error_id,
 )
@@ -31,6 +32,7 @@ from agent.retry import Backoff
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, THROTTLED, HALTED = "online", "offline", "throttled", "halted"
+MULTIPLE_MATCHES = 409
 BUDGET_PAUSE_SECONDS = 5.0  # waits this long or longer release the item and pause instead
 HEALTH_FOR = {
     ONLINE: health.OK,
@@ -46,6 +48,14 @@ class Sender(Protocol):
     name: str
 
     def send(self, message: models.OutboundMessage) -> object: ...
+
+
+class ContactResolver(Protocol):
+    """A cloud that keeps contacts: find one by a secondary key, or create one (Engage)."""
+
+    def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None: ...
+
+    def create_contact(self, contact: models.Contact) -> str: ...
 
 
 @dataclass
@@ -84,7 +94,9 @@ class Dispatcher:
         rng: random.Random | None = None,
         budget: RateBudget | None = None,
         amends: str = "replace",
+        resolver: ContactResolver | None = None,
     ) -> None:
+        self._resolver = resolver
         self.destination = destination
         self._budget = budget
         self._amends = amends
@@ -153,6 +165,7 @@ class Dispatcher:
         if not self._within_budget(claimed):
             return
         try:
+            message = self._resolved(message)
             result = self._sender.send(message)
         except ThrottledError as exc:
             self._on_throttled(claimed, exc)
@@ -163,8 +176,47 @@ class Dispatcher:
         except CloudError as exc:  # RetryableError and anything else the cloud did
             self._on_retryable(claimed, failure_of(exc, new_error_id()))
         else:
+            self._remember_cloud_contact(claimed.item, result)
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
+
+    def _resolved(self, message: models.OutboundMessage) -> models.OutboundMessage:
+        """The intelligent buffer: a receipt's buyer is found (or created) in the cloud first."""
+        receipt = message.receipt
+        if self._resolver is None or receipt is None or receipt.contact is None:
+            return message
+        contact = receipt.contact
+        if contact.local_id is not None:
+            cloud_id = self._ledger.cloud_contact_id(contact.local_id)
+            if cloud_id is None:  # the member registered here has not reached the cloud yet
+                raise RetryableError(
+                    "waiting for the member registered at this till", connector=self.destination
+                )
+            return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+        email, phone = buyer_keys(contact)
+        if email is None and phone is None:
+            return message  # a member number, card id ...: the cloud resolves those itself
+        # The vendor's advice: look before creating, on every attempt, so a retried create
+        # never makes a duplicate.
+        try:
+            cloud_id = self._resolver.find_contact_id(email=email, mobile_phone=phone)
+        except RejectedError as exc:
+            if exc.status == MULTIPLE_MATCHES:
+                return message  # several contacts share the key: let the cloud choose, as-is
+            raise
+        if cloud_id is None:
+            cloud_id = self._resolver.create_contact(
+                models.Contact(
+                    email=email, mobile_phone=phone, store_external_id=receipt.store_external_id
+                )
+            )
+        return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+
+    def _remember_cloud_contact(self, item: dict[str, object], result: object) -> None:
+        """A member registered here now has a cloud id: later receipts refer to it by that."""
+        cloud_id = getattr(result, "cloud_id", None)
+        if item.get("kind") == "contact" and isinstance(cloud_id, str):
+            self._ledger.record_cloud_contact(str(item["key"]), cloud_id)
 
     def _as_difference(
         self, item: dict[str, object], message: models.OutboundMessage
@@ -340,6 +392,15 @@ class Dispatcher:
     def _report(self, state: str, detail: str) -> None:
         self.state.state, self.state.detail = state, detail
         self._health.report(f"destination:{self.destination}", HEALTH_FOR[state], detail)
+
+
+def buyer_keys(contact: models.ReceiptContact) -> tuple[str | None, str | None]:
+    """(email, mobile phone) when the receipt names its buyer by one of those."""
+    if contact.match_key_type == "Email":
+        return contact.match_key, None
+    if contact.match_key_type == "MobilePhone":
+        return None, contact.match_key
+    return None, None
 
 
 def failure_of(exc: CloudError, error_id: str) -> Failure:

@@ -96,6 +96,24 @@ class Ledger:
 
         self._write(work)
 
+    def record_cloud_contact(self, local_id: str, cloud_id: str) -> None:
+        """The cloud's id of a member registered at this till (persisted: receipts wait for it)."""
+
+        def work(batch: Batch) -> None:
+            batch.conn.execute(
+                "UPDATE outbound_contacts SET cloud_contact_id = ? WHERE local_id = ?",
+                (cloud_id, local_id),
+            )
+
+        self._write(work)
+
+    def cloud_contact_id(self, local_id: str) -> str | None:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT cloud_contact_id FROM outbound_contacts WHERE local_id = ?", (local_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def delivered_before(self, destination: str, key: str, revision: int) -> dict[str, Any] | None:
         """The business fields of the latest earlier revision this destination received."""
         with self._outbox.read() as conn:

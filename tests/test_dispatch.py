@@ -287,3 +287,68 @@ def test_an_amendment_replaced_before_it_left_goes_whole(start_agent):
     dispatcher.step()
     assert sender.sent == ["R-1"]
     assert len(sender.messages[0].receipt.items) == 3
+
+
+def engage_rig(start_agent):
+    from tests.fakes.senders import DirectoryResolver
+
+    agent, till = start_agent()
+    sender = RecordingSender()
+    resolver = DirectoryResolver()
+    dispatcher = Dispatcher(
+        "engage",
+        sender,
+        agent.outbox,
+        agent.ledger,
+        agent.health,
+        SETTINGS,
+        amends="difference",
+        resolver=resolver,
+    )
+    return agent, till, sender, resolver, dispatcher
+
+
+def test_a_buyer_known_to_the_cloud_is_tagged_by_its_cloud_id(start_agent):
+    _, till, sender, resolver, dispatcher = engage_rig(start_agent)
+    resolver.by_key["+46700000001"] = "cloud-known"
+    post(till, "R-1")
+    dispatcher.step()
+    assert sender.messages[0].cloud_contact_id == "cloud-known"
+    assert resolver.created == []
+
+
+def test_an_unknown_buyer_is_created_first_then_the_receipt_sent(start_agent):
+    _, till, sender, resolver, dispatcher = engage_rig(start_agent)
+    post(till, "R-1", "R-2")
+    dispatcher.step()
+    dispatcher.step()
+    assert [c.mobile_phone for c in resolver.created] == ["+46700000001"]  # once, not twice
+    assert [m.cloud_contact_id for m in sender.messages] == ["cloud-1", "cloud-1"]
+
+
+def test_a_member_registered_offline_is_created_before_the_receipt_that_refers_to_it(start_agent):
+    from tests.fakes.senders import IdResult
+
+    _, till, sender, _, dispatcher = engage_rig(start_agent)
+    local_id = till.post("/v1/contacts", {"email": "new.member@example.com"}).json()["localId"]
+    receipt = make_receipt("R-1")
+    receipt["contact"] = {"localId": local_id}
+    post_body = till.post("/v1/receipts", receipt)
+    assert post_body.status_code == 202
+    sender.default = lambda message: None
+    original = sender.send
+    sender.send = lambda message: (original(message), IdResult("cloud-77"))[1]
+    dispatcher.step()
+    dispatcher.step()
+    assert sender.sent == [local_id, "R-1"]
+    assert sender.messages[1].cloud_contact_id == "cloud-77"
+
+
+def test_a_receipt_waits_for_its_member_to_reach_the_cloud(start_agent):
+    _, till, sender, _, dispatcher = engage_rig(start_agent)
+    receipt = make_receipt("R-1")
+    receipt["contact"] = {"localId": "loc_not_yet"}
+    till.post("/v1/receipts", receipt)
+    dispatcher.step()
+    assert sender.sent == []
+    assert till.get("/v1/receipts/R-1").json()["destinations"][0]["state"] == "retrying"

@@ -43,3 +43,29 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class DirectoryResolver:
+    """A contact directory like a CRM's: find by email or phone, create with a new id."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, str] = {}
+        self.created: list[models.Contact] = []
+        self.lookups = 0
+
+    def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
+        self.lookups += 1
+        return self.by_key.get(email or mobile_phone or "")
+
+    def create_contact(self, contact: models.Contact) -> str:
+        cloud_id = f"cloud-{len(self.created) + 1}"
+        self.created.append(contact)
+        self.by_key[contact.email or contact.mobile_phone or ""] = cloud_id
+        return cloud_id
+
+
+class IdResult:
+    """What a connector answers to a contact create: the cloud's id."""
+
+    def __init__(self, cloud_id: str) -> None:
+        self.cloud_id = cloud_id
