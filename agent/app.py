@@ -19,9 +19,11 @@ from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
+from agent.contacts import ContactCache
 from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Ledger
+from agent.lookup import Lookup
 from agent.privacy import Privacy
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
@@ -43,6 +45,8 @@ class Agent:
     intake: Intake
     ledger: Ledger
     privacy: Privacy
+    contacts: ContactCache
+    lookup: Lookup
     health: health.Health
     lock: filelock.BaseFileLock
     stopped: bool = False
@@ -60,6 +64,8 @@ class Agent:
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
         self.scheduler.stop(self.settings.api.stop_timeout_seconds)
+        self.lookup.close()
+        self.contacts.close()
         self.outbox.close()
         self.lock.release()
         log.info("stopped")
@@ -97,7 +103,9 @@ def _start_locked(
         settings.agent.default_region,
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
-    privacy = Privacy(box, keyring, settings)
+    cache = open_cache(settings, keyring)
+    privacy = Privacy(box, keyring, settings, stores=[cache])
+    lookup = Lookup(cache, intake)
     alerts = Alerts(
         settings.alerts, DeadLetters(box), board, (settings.agent.store_id, settings.agent.till_id)
     )
@@ -110,10 +118,33 @@ def _start_locked(
     )
     scheduler.start()
     token = read_or_create_token(settings.api.token_file)
-    server = _server(settings, _services(settings, box, intake, board, privacy), token)
+    server = _server(settings, _services(settings, box, intake, board, privacy, lookup), token)
     server.start()
     ledger = Ledger(box, keyring)
-    return Agent(settings, token, server, scheduler, box, intake, ledger, privacy, board, lock)
+    return Agent(
+        settings=settings,
+        token=token,
+        server=server,
+        scheduler=scheduler,
+        outbox=box,
+        intake=intake,
+        ledger=ledger,
+        privacy=privacy,
+        contacts=cache,
+        lookup=lookup,
+        health=board,
+        lock=lock,
+    )
+
+
+def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCache:
+    return ContactCache(
+        settings.agent.data_dir,
+        keyring,
+        default_region=settings.agent.default_region,
+        ttl_days=settings.privacy.contact_ttl_days,
+        busy_timeout_seconds=settings.storage.busy_timeout_seconds,
+    )
 
 
 def open_stores(
@@ -148,9 +179,11 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
     lock = acquire_lock(settings.agent.data_dir)
     try:
         keyring, box = open_stores(settings)
+        cache = open_cache(settings, keyring)
         try:
-            yield Maintenance(Privacy(box, keyring, settings), DeadLetters(box))
+            yield Maintenance(Privacy(box, keyring, settings, stores=[cache]), DeadLetters(box))
         finally:
+            cache.close()
             box.close()
     finally:
         lock.release()
@@ -162,6 +195,7 @@ def _services(
     intake: Intake,
     board: health.Health,
     privacy: Privacy,
+    lookup: Lookup,
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -179,6 +213,7 @@ def _services(
         health=board,
         privacy=privacy,
         dead_letters=DeadLetters(box),
+        lookup=lookup,
         openapi=openapi,
     )
 

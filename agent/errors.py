@@ -43,6 +43,10 @@ class NotFoundError(AgentError):
     """The local store has no such record."""
 
 
+class AmbiguousError(AgentError):
+    """A lookup key matches several records."""
+
+
 class AlreadyRunningError(AgentError):
     """Another agent holds the data directory."""
 

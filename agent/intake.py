@@ -402,6 +402,24 @@ class Intake:
             state = "sending"
         return Delivery(row[0], row[1], state, row[3], row[4], row[5], row[6], row[7])
 
+    def pending_contacts(self, kind: str, value: str) -> list[tuple[str, str | None]]:
+        """(local id, cloud id or None) of members registered here under this email or phone."""
+        keys = subject_keys(
+            email=value if kind == "email" else None,
+            mobile_phone=value if kind == "phone" else None,
+            default_region=self._region,
+        )
+        if not keys:
+            return []
+        with self._outbox.read() as conn:
+            rows = conn.execute(
+                "SELECT o.local_id, o.cloud_contact_id FROM subjects s "
+                "JOIN outbound_contacts o ON o.local_id = s.record_key "
+                "WHERE s.kind = 'contact' AND s.subject = ? ORDER BY o.received_at",
+                (self._keyring.keyed_hash(keys[0].encode()),),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
     def counters(self) -> dict[str, int]:
         with self._outbox.read() as conn:
             rows = dict(conn.execute("SELECT name, value FROM counters").fetchall())

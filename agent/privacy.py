@@ -7,8 +7,9 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent import config, crypto
 from agent.matchkeys import subject_keys
@@ -23,6 +24,18 @@ FINAL_STATES = ("delivered", "superseded", "dead_lettered", "forgotten")
 CLOCK_JUMP_SECONDS = 3600.0
 
 
+class SealedStore(Protocol):
+    """Another store of sealed personal data (the contact cache): purge it, erase from it."""
+
+    def purge_expired(self, now: float) -> int: ...
+
+    def forget_person(self, *, email: str | None, mobile_phone: str | None) -> int: ...
+
+    def sealed_count(self, key_id: str) -> int: ...
+
+    def checkpoint(self) -> None: ...
+
+
 @dataclass
 class PurgeReport:
     """What one purge run did: counts only, never values."""
@@ -30,6 +43,7 @@ class PurgeReport:
     delivered_deleted: int = 0
     quarantine_redacted: int = 0
     dead_letters_redacted: int = 0
+    cached_contacts_expired: int = 0
     ledger_deleted: int = 0
     resealed: int = 0
     key_rotated: bool = False
@@ -47,6 +61,7 @@ class ForgetReport:
     queued_items_removed: int = 0
     quarantine_deleted: int = 0
     dead_letters_redacted: int = 0
+    cached_contacts_removed: int = 0
     in_flight: int = 0
 
 
@@ -65,7 +80,9 @@ class Privacy:
         *,
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        stores: Sequence[SealedStore] = (),
     ) -> None:
+        self._stores = tuple(stores)
         self._outbox = outbox
         self._keyring = keyring
         self._settings = settings
@@ -96,9 +113,12 @@ class Privacy:
         report.ledger_deleted = self._outbox.run(
             lambda b: purge_ledger(b.conn, now - privacy.ledger_retention_days * DAY)
         )
+        report.cached_contacts_expired = sum(s.purge_expired(now) for s in self._stores)
         self._rotate_keys(now, report)
         report.pages_released = self._outbox.shrink()
         self._outbox.checkpoint()
+        for store in self._stores:
+            store.checkpoint()
         log.info("purge done", extra={"report": report.__dict__})
         return report
 
@@ -143,7 +163,9 @@ class Privacy:
             report.resealed += self._reseal(batch, key_id)
             return sealed_count(batch, key_id)
 
-        if self._outbox.run(reseal_and_count) == 0:
+        still_sealed = self._outbox.run(reseal_and_count)
+        still_sealed += sum(s.sealed_count(key_id) for s in self._stores)
+        if still_sealed == 0:
             self._keyring.remove(key_id)
             report.keys_destroyed.append(key_id)
 
@@ -195,6 +217,11 @@ class Privacy:
             for s in subject_keys(email=email, mobile_phone=mobile_phone, default_region=region)
         ]
         report = self._outbox.run(lambda b: self._forget(b, subjects))
+        report.cached_contacts_removed = sum(
+            s.forget_person(email=email, mobile_phone=mobile_phone) for s in self._stores
+        )
+        for store in self._stores:
+            store.checkpoint()
         self._outbox.purge_acked()  # delivered copies still on disk go now, not at the next purge
         self._outbox.checkpoint()
         log.info("forgot a person", extra={"report": report.__dict__})

@@ -6,6 +6,7 @@ from typing import Any
 
 from agent.errors import (
     AgentError,
+    AmbiguousError,
     InvalidRequestError,
     KeyStoreError,
     NotFoundError,
@@ -62,6 +63,7 @@ class UnsupportedMediaTypeError(HttpError):
 STATUS_FOR: dict[type[AgentError], tuple[int, str]] = {
     InvalidRequestError: (422, "invalid_request"),
     NotFoundError: (404, "not_found"),
+    AmbiguousError: (409, "ambiguous"),
     StorageError: (503, "storage_unavailable"),  # the POS goes on selling and retries later
     KeyStoreError: (503, "storage_unavailable"),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -19,6 +20,7 @@ from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
 from agent.ledger import DeadLetter, DeadLetters
+from agent.lookup import KINDS, Lookup
 from agent.privacy import Privacy
 from agent.status import StatusReporter
 
@@ -32,6 +34,7 @@ class Services:
     health: Health
     privacy: Privacy
     dead_letters: DeadLetters
+    lookup: Lookup
     openapi: bytes
 
 
@@ -99,6 +102,22 @@ def post_forget(request: Request, services: Services) -> Response:
     return Response.json(dataclasses.asdict(report))
 
 
+def lookup_contact(request: Request, services: Services) -> Response:
+    kind, value = lookup_key(request)
+    found = services.lookup.find(kind, value)
+    age = None if found.age_seconds is None else round(found.age_seconds, 1)
+    return Response.json({"source": found.source, "ageSeconds": age, "contact": found.contact})
+
+
+def lookup_key(request: Request) -> tuple[str, str]:
+    """Exactly one of mobilePhone, email, memberNumber, non-empty."""
+    query = urllib.parse.parse_qs(str(request.environ.get("QUERY_STRING", "")))
+    given = [(KINDS[name], values[-1]) for name, values in query.items() if name in KINDS]
+    if len(given) != 1 or not given[0][1].strip() or set(query) - set(KINDS):
+        raise BadRequestError("give exactly one of mobilePhone, email or memberNumber")
+    return given[0]
+
+
 def list_dead_letters(request: Request, services: Services) -> Response:
     return Response.json([dead_letter_view(d) for d in services.dead_letters.all()])
 
@@ -145,6 +164,7 @@ ROUTES = (
     Route("POST", "/v1/receipts", post_receipt),
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
     Route("POST", "/v1/contacts", post_contact),
+    Route("GET", "/v1/contacts/lookup", lookup_contact),
     Route("GET", "/v1/health", get_health, needs_token=False),
     Route("GET", "/v1/status", get_status),
     Route("GET", "/v1/openapi.json", get_openapi),

@@ -100,6 +100,7 @@ class PurgeAnswer(_Out):
     delivered_deleted: int
     quarantine_redacted: int
     dead_letters_redacted: int
+    cached_contacts_expired: int
     ledger_deleted: int
     resealed: int
     key_rotated: bool
@@ -114,7 +115,24 @@ class ForgetAnswer(_Out):
     queued_items_removed: int
     quarantine_deleted: int
     dead_letters_redacted: int
+    cached_contacts_removed: int
     in_flight: int
+
+
+class LookedUpContact(_Out):
+    contact_id: str | None = None
+    local_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    mobile_phone: str | None = None
+    member_number: str | None = None
+
+
+class LookupAnswer(_Out):
+    source: Literal["cache", "cloud", "pending"]
+    age_seconds: float | None
+    contact: LookedUpContact
 
 
 class DeadLetterView(_Out):
@@ -154,6 +172,7 @@ ERROR_STATUSES = {
     "403": "Host is not a loopback name",
     "404": "No such route or record",
     "405": "Method not allowed on this route",
+    "409": "The key matches several members",
     "413": "Body over the size limit",
     "415": "Content-Type is not JSON",
     "422": "Failed validation; the body is quarantined",
@@ -172,6 +191,7 @@ SHAPES = (
     PurgeAnswer,
     ForgetAnswer,
     DeadLetterView,
+    LookupAnswer,
     ErrorBody,
 )
 
@@ -252,6 +272,18 @@ def _paths() -> dict[str, Any]:
                         "200": ("The identical change was already queued", "ContactAccepted"),
                     },
                     body_errors,
+                ),
+            }
+        },
+        "/v1/contacts/lookup": {
+            "get": {
+                "summary": "Find a member: the cache, members registered here, then the cloud",
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for name in ("mobilePhone", "email", "memberNumber")
+                ],
+                "responses": _answers(
+                    {"200": ("Found", "LookupAnswer")}, ("400", "404", "409", *common)
                 ),
             }
         },

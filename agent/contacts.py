@@ -1,0 +1,288 @@
+"""The local contact cache: sealed contacts found by blind indexes of their phone, email, number."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from agent import crypto, db, models
+from agent.errors import StorageError
+from agent.matchkeys import normalise_email, normalise_phone
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "contacts.db"
+SCHEMA = [
+    """
+    CREATE TABLE contacts (
+        contact_id TEXT PRIMARY KEY,
+        sealed TEXT NOT NULL,
+        verified_at REAL NOT NULL
+    );
+    CREATE INDEX contacts_by_verified ON contacts (verified_at);
+    CREATE TABLE lookup_keys (
+        blind TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        PRIMARY KEY (blind, contact_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX lookup_keys_by_contact ON lookup_keys (contact_id);
+    CREATE TABLE sync_cursors (
+        source TEXT PRIMARY KEY,
+        cursor TEXT,
+        synced_at REAL NOT NULL
+    )
+    """,
+]
+KEY_KINDS = ("email", "phone", "member")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CachedContact:
+    """A contact as the cache answers: its fields, and when the cloud last vouched for it."""
+
+    contact: models.SourceContact
+    verified_at: float
+
+
+class ContactCache:
+    """One SQLite file; personal fields sealed with the contact id bound in; keys blind."""
+
+    def __init__(
+        self,
+        directory: Path,
+        keyring: crypto.Keyring,
+        *,
+        default_region: str,
+        ttl_days: float = 30.0,
+        busy_timeout_seconds: float = 5.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = directory / FILE_NAME
+        self._keyring = keyring
+        self._region = default_region
+        self._ttl_seconds = ttl_days * 86400.0
+        self._now = now
+        self._conn = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
+        self._lock = threading.Lock()
+        with self._lock:
+            db.migrate(self._conn, SCHEMA)
+        # Lookups read on their own connection: a sync writing a page never holds up a sale.
+        self._reader = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
+        self._read_lock = threading.Lock()
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def blind(self, kind: str, value: str) -> str | None:
+        """The blind index of a normalised key, or None when the value is not a valid key."""
+        normalised = self.normalise(kind, value)
+        if normalised is None:
+            return None
+        return self._keyring.keyed_hash(f"{kind}:{normalised}".encode())
+
+    def normalise(self, kind: str, value: str) -> str | None:
+        if kind == "phone":
+            return normalise_phone(value, self._region)
+        if kind == "email":
+            return normalise_email(value)
+        return value.strip() or None
+
+    def _blinds(self, contact: models.SourceContact) -> set[str]:
+        pairs = (
+            ("email", contact.email),
+            ("phone", contact.mobile_phone),
+            ("member", contact.member_number),
+        )
+        return {b for kind, value in pairs if value and (b := self.blind(kind, value))}
+
+    # -- writes --------------------------------------------------------------------------
+
+    def apply_page(self, source: str, page: models.ContactPage) -> None:
+        """A page of changes and the cursor after it, in one transaction: never one alone."""
+        now = self._now()
+        rows = [(c, self._seal(c)) for c in page.contacts if not c.deleted]
+        gone = [c.contact_id for c in page.contacts if c.deleted]
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._delete(conn, gone + [c.contact_id for c, _ in rows])
+            conn.executemany(
+                "INSERT INTO contacts VALUES (?, ?, ?)",
+                [(c.contact_id, sealed, now) for c, sealed in rows],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO lookup_keys VALUES (?, ?)",
+                [(b, c.contact_id) for c, _ in rows for b in self._blinds(c)],
+            )
+            conn.execute(
+                "INSERT INTO sync_cursors VALUES (?, ?, ?) ON CONFLICT (source) "
+                "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
+                (source, page.cursor, now),
+            )
+
+        self._write(work)
+
+    def put(self, contact: models.SourceContact) -> None:
+        """One contact, verified now (a live lookup's answer, a ghost-sweep re-fetch)."""
+        self.apply_page_without_cursor([contact])
+
+    def apply_page_without_cursor(self, contacts: list[models.SourceContact]) -> None:
+        now = self._now()
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._delete(conn, [c.contact_id for c in contacts])
+            for contact in contacts:
+                if contact.deleted:
+                    continue
+                conn.execute(
+                    "INSERT INTO contacts VALUES (?, ?, ?)",
+                    (contact.contact_id, self._seal(contact), now),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO lookup_keys VALUES (?, ?)",
+                    [(b, contact.contact_id) for b in self._blinds(contact)],
+                )
+
+        self._write(work)
+
+    def delete(self, contact_ids: list[str]) -> int:
+        return self._write(lambda conn: self._delete(conn, contact_ids))
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, contact_ids: list[str]) -> int:
+        pairs = [(i,) for i in contact_ids]
+        conn.executemany("DELETE FROM lookup_keys WHERE contact_id = ?", pairs)
+        before = conn.total_changes
+        conn.executemany("DELETE FROM contacts WHERE contact_id = ?", pairs)
+        return conn.total_changes - before
+
+    def purge_unverified(self, older_than: float) -> int:
+        """Remove contacts the cloud has not vouched for since older_than (the contact TTL)."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT contact_id FROM contacts WHERE verified_at < ?", (older_than,)
+                )
+            ]
+            return self._delete(conn, ids)
+
+        return self._write(work)
+
+    def forget(self, kind: str, value: str) -> int:
+        """Remove every contact a key points at (erasure on request)."""
+        return self.delete([c.contact.contact_id for c in self.find(kind, value)])
+
+    # -- privacy (agent.privacy.SealedStore) ---------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        return self.purge_unverified(now - self._ttl_seconds)
+
+    def forget_person(self, *, email: str | None, mobile_phone: str | None) -> int:
+        removed = 0
+        for kind, value in (("email", email), ("phone", mobile_phone)):
+            if value:
+                removed += self.forget(kind, value)
+        return removed
+
+    def sealed_count(self, key_id: str) -> int:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM contacts WHERE sealed LIKE ?",
+                (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
+            ).fetchone()
+        return int(row[0])
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def find(self, kind: str, value: str) -> list[CachedContact]:
+        """Every cached contact with this key (two or more: the key is ambiguous)."""
+        blind = self.blind(kind, value)
+        if blind is None:
+            return []
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT c.contact_id, c.sealed, c.verified_at FROM lookup_keys k "
+                "JOIN contacts c ON c.contact_id = k.contact_id WHERE k.blind = ?",
+                (blind,),
+            ).fetchall()
+        return [CachedContact(self._open(row[0], row[1]), row[2]) for row in rows]
+
+    def least_recently_verified(self, count: int) -> list[str]:
+        """The ids the ghost sweep re-fetches next."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT contact_id FROM contacts ORDER BY verified_at LIMIT ?", (count,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def cursor(self, source: str) -> str | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT cursor FROM sync_cursors WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Size and freshness for the status page."""
+        with self._reading() as conn:
+            count, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(verified_at) FROM contacts"
+            ).fetchone()
+            synced = conn.execute("SELECT MAX(synced_at) FROM sync_cursors").fetchone()[0]
+        return {"contacts": int(count), "oldestVerifiedAt": oldest, "lastSyncAt": synced}
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _seal(self, contact: models.SourceContact) -> str:
+        fields = {
+            "firstName": contact.first_name,
+            "lastName": contact.last_name,
+            "email": contact.email,
+            "mobilePhone": contact.mobile_phone,
+            "memberNumber": contact.member_number,
+        }
+        return self._keyring.seal(
+            json.dumps(fields).encode(), crypto.record_aad("cache", contact.contact_id)
+        )
+
+    def _open(self, contact_id: str, sealed: str) -> models.SourceContact:
+        fields = json.loads(self._keyring.open(sealed, crypto.record_aad("cache", contact_id)))
+        return models.SourceContact(
+            contact_id=contact_id,
+            first_name=fields["firstName"],
+            last_name=fields["lastName"],
+            email=fields["email"],
+            mobile_phone=fields["mobilePhone"],
+            member_number=fields["memberNumber"],
+        )
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock, db.transaction(self._conn) as conn:
+            return work(conn)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            try:
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise StorageError(f"contact cache: {exc}") from exc
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            db.checkpoint(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+        with self._read_lock:
+            self._reader.close()
