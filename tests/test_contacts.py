@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent import crypto
@@ -12,7 +14,7 @@ from tests.test_privacy_scan import scan
 
 
 def contact(n: int, **fields) -> SourceContact:
-    values = {
+    values: dict[str, Any] = {
         "first_name": f"Testfirst{n}",
         "last_name": "Zyxqvörn",
         "email": f"zz.member.{n}@example.invalid",
