@@ -1,0 +1,96 @@
+"""Contact sync against a scripted source: resumable, never skips a page, sweeps ghosts."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import crypto
+from agent.contacts import ContactCache
+from agent.health import Health
+from agent.models import ContactPage, SourceContact
+from agent.sync import ContactSync
+
+
+class PagedSource:
+    """A version-cursor feed like Lightspeed's: contacts after a cursor, `limit` at a time."""
+
+    name = "paged"
+
+    def __init__(self, contacts: list[SourceContact]) -> None:
+        self.contacts = contacts
+        self.calls: list[str | None] = []
+        self.fail_at_call: int | None = None
+
+    def fetch_contact_changes(self, cursor: str | None, limit: int) -> ContactPage:
+        self.calls.append(cursor)
+        if self.fail_at_call is not None and len(self.calls) == self.fail_at_call:
+            raise ConnectionError("the link dropped")
+        start = int(cursor or 0)
+        chunk = self.contacts[start : start + limit]
+        end = start + len(chunk)
+        return ContactPage(contacts=chunk, cursor=str(end), has_more=end < len(self.contacts))
+
+
+def people(count: int) -> list[SourceContact]:
+    return [
+        SourceContact(contact_id=f"c-{n}", member_number=f"M-{n}", mobile_phone=f"+4670001{n:04d}")
+        for n in range(count)
+    ]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+    store = ContactCache(tmp_path, keyring, default_region="SE")
+    yield store
+    store.close()
+
+
+def test_the_initial_download_walks_every_page(cache):
+    source = PagedSource(people(45))
+    seen: list[int] = []
+    report = ContactSync(source, cache, Health(), page_size=10).run_once(progress=seen.append)
+    assert report.pages == 5
+    assert sum(seen) == 45
+    assert cache.stats()["contacts"] == 45
+    assert cache.cursor("paged") == "45"
+
+
+def test_a_crash_mid_sync_resumes_from_the_last_applied_page(cache):
+    source = PagedSource(people(45))
+    source.fail_at_call = 3
+    with pytest.raises(ConnectionError):
+        ContactSync(source, cache, Health(), page_size=10).run_once()
+    assert cache.cursor("paged") == "20"
+    source.fail_at_call = None
+    ContactSync(source, cache, Health(), page_size=10).run_once()
+    assert source.calls[3:] == ["20", "30", "40"]  # resumed, nothing skipped
+    assert cache.stats()["contacts"] == 45
+
+
+def test_the_next_sync_asks_only_for_what_changed(cache):
+    source = PagedSource(people(10))
+    sync = ContactSync(source, cache, Health(), page_size=10)
+    sync.run_once()
+    source.contacts.append(SourceContact(contact_id="c-3", deleted=True))
+    sync.run_once()
+    assert source.calls[-1] == "10"
+    assert cache.find("member", "M-3") == []
+
+
+def test_the_ghost_sweep_removes_what_the_feed_missed(cache):
+    source = PagedSource(people(5))
+    alive = {"c-1", "c-2", "c-3", "c-4"}
+
+    def fetch_one(contact_id: str) -> SourceContact | None:
+        return (
+            SourceContact(contact_id=contact_id, member_number="M-x")
+            if contact_id in alive
+            else None
+        )
+
+    sync = ContactSync(source, cache, Health(), page_size=10, ghost_batch=5, fetch_one=fetch_one)
+    report = sync.run_once()
+    assert report.ghosts_checked == 5
+    assert report.ghosts_removed == 1
+    assert cache.find("member", "M-0") == []
