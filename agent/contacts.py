@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -12,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+import msgspec
 
 from agent import crypto, db, models
 from agent.errors import StorageError
@@ -23,17 +24,18 @@ FILE_NAME = "contacts.db"
 SCHEMA = [
     """
     CREATE TABLE contacts (
-        contact_id TEXT PRIMARY KEY,
-        sealed TEXT NOT NULL,
-        verified_at REAL NOT NULL
+        id INTEGER PRIMARY KEY,
+        contact_id TEXT NOT NULL UNIQUE,
+        sealed BLOB NOT NULL,
+        verified_at REAL NOT NULL,
+        email_key BLOB,
+        phone_key BLOB,
+        member_key BLOB
     );
+    CREATE INDEX contacts_by_email ON contacts (email_key) WHERE email_key IS NOT NULL;
+    CREATE INDEX contacts_by_phone ON contacts (phone_key) WHERE phone_key IS NOT NULL;
+    CREATE INDEX contacts_by_member ON contacts (member_key) WHERE member_key IS NOT NULL;
     CREATE INDEX contacts_by_verified ON contacts (verified_at);
-    CREATE TABLE lookup_keys (
-        blind TEXT NOT NULL,
-        contact_id TEXT NOT NULL,
-        PRIMARY KEY (blind, contact_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX lookup_keys_by_contact ON lookup_keys (contact_id);
     CREATE TABLE sync_cursors (
         source TEXT PRIMARY KEY,
         cursor TEXT,
@@ -41,7 +43,13 @@ SCHEMA = [
     )
     """,
 ]
-KEY_KINDS = ("email", "phone", "member")
+KEY_COLUMNS = {"email": "email_key", "phone": "phone_key", "member": "member_key"}
+UPSERT = (
+    "INSERT INTO contacts (contact_id, sealed, verified_at, email_key, phone_key, member_key) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (contact_id) DO UPDATE SET sealed = excluded.sealed, "
+    "verified_at = excluded.verified_at, email_key = excluded.email_key, "
+    "phone_key = excluded.phone_key, member_key = excluded.member_key"
+)
 T = TypeVar("T")
 
 
@@ -81,12 +89,12 @@ class ContactCache:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def blind(self, kind: str, value: str) -> str | None:
+    def blind(self, kind: str, value: str | None) -> bytes | None:
         """The blind index of a normalised key, or None when the value is not a valid key."""
-        normalised = self.normalise(kind, value)
+        normalised = self.normalise(kind, value) if value else None
         if normalised is None:
             return None
-        return self._keyring.keyed_hash(f"{kind}:{normalised}".encode())
+        return self._keyring.blind(f"{kind}:{normalised}".encode())
 
     def normalise(self, kind: str, value: str) -> str | None:
         if kind == "phone":
@@ -95,32 +103,27 @@ class ContactCache:
             return normalise_email(value)
         return value.strip() or None
 
-    def _blinds(self, contact: models.SourceContact) -> set[str]:
-        pairs = (
-            ("email", contact.email),
-            ("phone", contact.mobile_phone),
-            ("member", contact.member_number),
+    def _row(self, contact: models.SourceContact, now: float) -> tuple[object, ...]:
+        return (
+            contact.contact_id,
+            self._seal(contact),
+            now,
+            self.blind("email", contact.email),
+            self.blind("phone", contact.mobile_phone),
+            self.blind("member", contact.member_number),
         )
-        return {b for kind, value in pairs if value and (b := self.blind(kind, value))}
 
     # -- writes --------------------------------------------------------------------------
 
     def apply_page(self, source: str, page: models.ContactPage) -> None:
         """A page of changes and the cursor after it, in one transaction: never one alone."""
         now = self._now()
-        rows = [(c, self._seal(c)) for c in page.contacts if not c.deleted]
+        rows = [self._row(c, now) for c in page.contacts if not c.deleted]
         gone = [c.contact_id for c in page.contacts if c.deleted]
 
         def work(conn: sqlite3.Connection) -> None:
-            self._delete(conn, gone + [c.contact_id for c, _ in rows])
-            conn.executemany(
-                "INSERT INTO contacts VALUES (?, ?, ?)",
-                [(c.contact_id, sealed, now) for c, sealed in rows],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO lookup_keys VALUES (?, ?)",
-                [(b, c.contact_id) for c, _ in rows for b in self._blinds(c)],
-            )
+            self._delete(conn, gone)
+            conn.executemany(UPSERT, rows)
             conn.execute(
                 "INSERT INTO sync_cursors VALUES (?, ?, ?) ON CONFLICT (source) "
                 "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
@@ -131,36 +134,16 @@ class ContactCache:
 
     def put(self, contact: models.SourceContact) -> None:
         """One contact, verified now (a live lookup's answer, a ghost-sweep re-fetch)."""
-        self.apply_page_without_cursor([contact])
-
-    def apply_page_without_cursor(self, contacts: list[models.SourceContact]) -> None:
-        now = self._now()
-
-        def work(conn: sqlite3.Connection) -> None:
-            self._delete(conn, [c.contact_id for c in contacts])
-            for contact in contacts:
-                if contact.deleted:
-                    continue
-                conn.execute(
-                    "INSERT INTO contacts VALUES (?, ?, ?)",
-                    (contact.contact_id, self._seal(contact), now),
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO lookup_keys VALUES (?, ?)",
-                    [(b, contact.contact_id) for b in self._blinds(contact)],
-                )
-
-        self._write(work)
+        row = self._row(contact, self._now())
+        self._write(lambda conn: conn.execute(UPSERT, row))
 
     def delete(self, contact_ids: list[str]) -> int:
         return self._write(lambda conn: self._delete(conn, contact_ids))
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, contact_ids: list[str]) -> int:
-        pairs = [(i,) for i in contact_ids]
-        conn.executemany("DELETE FROM lookup_keys WHERE contact_id = ?", pairs)
         before = conn.total_changes
-        conn.executemany("DELETE FROM contacts WHERE contact_id = ?", pairs)
+        conn.executemany("DELETE FROM contacts WHERE contact_id = ?", [(i,) for i in contact_ids])
         return conn.total_changes - before
 
     def purge_unverified(self, older_than: float) -> int:
@@ -194,10 +177,11 @@ class ContactCache:
         return removed
 
     def sealed_count(self, key_id: str) -> int:
+        marker = key_id.encode()
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT COUNT(*) FROM contacts WHERE sealed LIKE ?",
-                (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
+                "SELECT COUNT(*) FROM contacts WHERE substr(sealed, 2, ?) = ?",
+                (len(marker), marker),
             ).fetchone()
         return int(row[0])
 
@@ -208,10 +192,10 @@ class ContactCache:
         blind = self.blind(kind, value)
         if blind is None:
             return []
+        column = KEY_COLUMNS[kind]
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT c.contact_id, c.sealed, c.verified_at FROM lookup_keys k "
-                "JOIN contacts c ON c.contact_id = k.contact_id WHERE k.blind = ?",
+                f"SELECT contact_id, sealed, verified_at FROM contacts WHERE {column} = ?",
                 (blind,),
             ).fetchall()
         return [CachedContact(self._open(row[0], row[1]), row[2]) for row in rows]
@@ -242,27 +226,29 @@ class ContactCache:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _seal(self, contact: models.SourceContact) -> str:
-        fields = {
-            "firstName": contact.first_name,
-            "lastName": contact.last_name,
-            "email": contact.email,
-            "mobilePhone": contact.mobile_phone,
-            "memberNumber": contact.member_number,
-        }
-        return self._keyring.seal(
-            json.dumps(fields).encode(), crypto.record_aad("cache", contact.contact_id)
-        )
+    def _seal(self, contact: models.SourceContact) -> bytes:
+        fields = [
+            contact.first_name,
+            contact.last_name,
+            contact.email,
+            contact.mobile_phone,
+            contact.member_number,
+        ]
+        aad = crypto.record_aad("cache", contact.contact_id)
+        return self._keyring.seal_bytes(msgspec.json.encode(fields), aad)
 
-    def _open(self, contact_id: str, sealed: str) -> models.SourceContact:
-        fields = json.loads(self._keyring.open(sealed, crypto.record_aad("cache", contact_id)))
+    def _open(self, contact_id: str, sealed: bytes) -> models.SourceContact:
+        aad = crypto.record_aad("cache", contact_id)
+        first, last, email, phone, member = msgspec.json.decode(
+            self._keyring.open_bytes(sealed, aad)
+        )
         return models.SourceContact(
             contact_id=contact_id,
-            first_name=fields["firstName"],
-            last_name=fields["lastName"],
-            email=fields["email"],
-            mobile_phone=fields["mobilePhone"],
-            member_number=fields["memberNumber"],
+            first_name=first,
+            last_name=last,
+            email=email,
+            mobile_phone=phone,
+            member_number=member,
         )
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:

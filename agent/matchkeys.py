@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import email_validator
 import phonenumbers
+
+# Plain addresses (ASCII dot-atom local part, letters-only top-level domain) take a fast path;
+# everything else goes through email-validator. tests/test_matchkeys.py checks that both agree.
+_PLAIN_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
 
 
 def normalise_phone(value: str, default_region: str) -> str | None:
@@ -19,11 +28,24 @@ def normalise_phone(value: str, default_region: str) -> str | None:
 
 def normalise_email(value: str) -> str | None:
     """email-validator's normalised form (no DNS lookup), lower-cased; None when invalid."""
+    if _is_plain(value):
+        return value.lower()
     try:
         checked = email_validator.validate_email(value, check_deliverability=False)
     except email_validator.EmailNotValidError:
         return None
     return checked.normalized.lower()
+
+
+def _is_plain(value: str) -> bool:
+    if len(value) > 254 or not _PLAIN_EMAIL.match(value):
+        return False
+    local, _, domain = value.rpartition("@")
+    domain = domain.lower()
+    if len(local) > 64 or any(label[2:4] == "--" for label in domain.split(".")):
+        return False  # "ab--" labels are IDNA's (xn--): the validator decides
+    special = email_validator.SPECIAL_USE_DOMAIN_NAMES
+    return not any(domain == s or domain.endswith("." + s) for s in special)
 
 
 def subject_keys(*, email: str | None, mobile_phone: str | None, default_region: str) -> list[str]:

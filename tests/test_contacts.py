@@ -69,7 +69,9 @@ def test_an_update_replaces_the_old_keys(cache):
 
 def test_a_page_that_fails_leaves_neither_its_rows_nor_its_cursor(cache):
     cache.apply_page("s", ContactPage(contacts=[contact(1)], cursor="1", has_more=True))
-    broken = ContactPage(contacts=[contact(2), contact(2)], cursor="2", has_more=False)
+    # A row the database refuses (an id that is NULL) makes the whole page fail.
+    bad = SourceContact(contact_id=None)  # type: ignore[arg-type]
+    broken = ContactPage(contacts=[contact(2), bad], cursor="2", has_more=False)
     with pytest.raises(StorageError):
         cache.apply_page("s", broken)
     assert cache.cursor("s") == "1"

@@ -1,0 +1,51 @@
+"""Match keys: the fast paths agree with email-validator and phonenumbers."""
+
+from __future__ import annotations
+
+import email_validator
+import phonenumbers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import matchkeys
+
+LOCAL = st.text(alphabet="abcXYZ019._+-!#'", min_size=1, max_size=20)
+LABEL = st.text(alphabet="abcdeXYZ019-", min_size=1, max_size=12)
+TLD = st.sampled_from(["com", "SE", "co", "invalid", "local", "test", "museum", "x"])
+
+
+def validator_form(value: str) -> str | None:
+    try:
+        checked = email_validator.validate_email(value, check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    return checked.normalized.lower()
+
+
+@settings(max_examples=400, deadline=None)
+@given(local=LOCAL, labels=st.lists(LABEL, min_size=1, max_size=3), tld=TLD)
+def test_fast_email_path_agrees_with_email_validator(local, labels, tld):
+    address = f"{local}@{'.'.join(labels)}.{tld}"
+    assert matchkeys.normalise_email(address) == validator_form(address)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    country=st.sampled_from(["46", "44", "1", "358", "47"]),
+    rest=st.text("0123456789", min_size=6, max_size=12),
+)
+def test_an_e164_number_phonenumbers_accepts_is_kept_as_it_is(country, rest):
+    value = f"+{country}{rest}"
+    try:
+        parsed = phonenumbers.parse(value, "SE")
+    except phonenumbers.NumberParseException:
+        return
+    if phonenumbers.is_possible_number(parsed):
+        expected = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        assert matchkeys.normalise_phone(value, "SE") == expected
+
+
+def test_local_formats_become_e164_with_the_default_region():
+    assert matchkeys.normalise_phone("070-000 00 01", "SE") == "+46700000001"
+    assert matchkeys.normalise_phone("07700 900123", "GB") == "+447700900123"
+    assert matchkeys.normalise_phone("not a number", "SE") is None
