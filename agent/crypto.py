@@ -119,7 +119,7 @@ class Keyring:
 
     def blind(self, data: bytes) -> bytes:
         """A 128-bit blind index: enough to find a row, and it opens nothing."""
-        return hmac.new(self._index_key, data, hashlib.sha256).digest()[:16]
+        return hmac.digest(self._index_key, data, "sha256")[:16]
 
     def open(self, token: str, record_id: str) -> bytes:
         """Decrypt a sealed value; KeyStoreError if its key is gone or it does not authenticate."""

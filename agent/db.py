@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
 SYNCHRONOUS_FULL = 2
+SYNCHRONOUS_NORMAL = 1
 SECURE_DELETE_ON = 1
 
 
@@ -22,6 +23,7 @@ def connect(
     *,
     busy_timeout_seconds: float = 5.0,
     max_size_mb: int | None = None,
+    durable: bool = True,
 ) -> sqlite3.Connection:
     """A connection with the pragmas every store needs, each read back and checked.
 
@@ -35,13 +37,15 @@ def connect(
             isolation_level=None,
             check_same_thread=False,
         )
-        apply_pragmas(conn, max_size_mb=max_size_mb)
+        apply_pragmas(conn, max_size_mb=max_size_mb, durable=durable)
     except sqlite3.Error as exc:
         raise StorageError(f"open {path.name}: {exc}") from exc
     return conn
 
 
-def apply_pragmas(conn: sqlite3.Connection, *, max_size_mb: int | None = None) -> None:
+def apply_pragmas(
+    conn: sqlite3.Connection, *, max_size_mb: int | None = None, durable: bool = True
+) -> None:
     """WAL + synchronous=FULL (durable commit) + secure_delete=ON (deleted bytes are zeroed).
 
     auto_vacuum=INCREMENTAL takes effect only on a new file, before its first table: free pages
@@ -49,23 +53,28 @@ def apply_pragmas(conn: sqlite3.Connection, *, max_size_mb: int | None = None) -
     """
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    conn.execute("PRAGMA synchronous=FULL")
+    # durable=False only for a replica that can be fetched again (the contact cache): WAL with
+    # synchronous=NORMAL stays consistent, but a power cut may undo its last few commits.
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA foreign_keys=ON")
     if max_size_mb is not None:
         conn.execute(f"PRAGMA max_page_count={max_pages(max_size_mb, conn)}")
-    check_pragmas(conn, journal_mode=mode)
+    check_pragmas(conn, journal_mode=mode, durable=durable)
 
 
-def check_pragmas(conn: sqlite3.Connection, *, journal_mode: str | None = None) -> None:
+def check_pragmas(
+    conn: sqlite3.Connection, *, journal_mode: str | None = None, durable: bool = True
+) -> None:
     """Read the durability pragmas back: a libsqlite3 that ignores them must not run silently."""
     mode = journal_mode or conn.execute("PRAGMA journal_mode").fetchone()[0]
     synchronous = conn.execute("PRAGMA synchronous").fetchone()[0]
     secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StorageError(f"journal_mode is {mode}, expected wal")
-    if synchronous != SYNCHRONOUS_FULL:
-        raise StorageError(f"synchronous is {synchronous}, expected 2 (FULL)")
+    expected = SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
+    if synchronous != expected:
+        raise StorageError(f"synchronous is {synchronous}, expected {expected}")
     if secure_delete != SECURE_DELETE_ON:
         raise StorageError(f"secure_delete is {secure_delete}, expected 1 (ON)")
 

@@ -15,8 +15,17 @@ _PLAIN_EMAIL = re.compile(
 )
 
 
+_DIGITS_WITH_PLUS = re.compile(r"^\+\d{4,17}$")
+_UNDECIDED = object()
+_SPECIAL_USE = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
 def normalise_phone(value: str, default_region: str) -> str | None:
     """E.164 ('+46701234567'), or None when it is not a possible phone number."""
+    if _DIGITS_WITH_PLUS.match(value):
+        fast = _e164_fast(value[1:])
+        if fast is not _UNDECIDED:
+            return fast  # type: ignore[return-value]
     try:
         number = phonenumbers.parse(value, default_region)
     except phonenumbers.NumberParseException:
@@ -37,6 +46,29 @@ def normalise_email(value: str) -> str | None:
     return checked.normalized.lower()
 
 
+def _e164_fast(digits: str) -> str | object | None:
+    """'+' and digits only: the checks phonenumbers.parse makes, without its general parser.
+
+    Undecided (anything a national prefix could hide in, no known country code) goes to the
+    full parser; tests/test_matchkeys.py checks both give the same answers.
+    """
+    if digits[0] == "0":
+        return _UNDECIDED  # no country code starts with 0
+    for length in (1, 2, 3):
+        code = int(digits[:length])
+        if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            continue
+        national = digits[length:]
+        region = phonenumbers.region_code_for_country_code(code)
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        prefix = meta.national_prefix_for_parsing if meta is not None else None
+        if not national or national[0] == "0" or (prefix and re.match(prefix, national)):
+            return _UNDECIDED
+        number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+        return f"+{digits}" if phonenumbers.is_possible_number(number) else None
+    return _UNDECIDED
+
+
 def _is_plain(value: str) -> bool:
     if len(value) > 254 or not _PLAIN_EMAIL.match(value):
         return False
@@ -44,8 +76,7 @@ def _is_plain(value: str) -> bool:
     domain = domain.lower()
     if len(local) > 64 or any(label[2:4] == "--" for label in domain.split(".")):
         return False  # "ab--" labels are IDNA's (xn--): the validator decides
-    special = email_validator.SPECIAL_USE_DOMAIN_NAMES
-    return not any(domain == s or domain.endswith("." + s) for s in special)
+    return domain.rpartition(".")[2] not in _SPECIAL_USE  # all special-use names are one label
 
 
 def subject_keys(*, email: str | None, mobile_phone: str | None, default_region: str) -> list[str]:

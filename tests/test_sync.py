@@ -60,11 +60,23 @@ def test_a_crash_mid_sync_resumes_from_the_last_applied_page(cache):
     source = PagedSource(people(45))
     source.fail_at_call = 3
     with pytest.raises(ConnectionError):
-        ContactSync(source, cache, Health(), page_size=10).run_once()
+        ContactSync(source, cache, Health(), page_size=10, batch_contacts=10).run_once()
     assert cache.cursor("paged") == "20"
     source.fail_at_call = None
-    ContactSync(source, cache, Health(), page_size=10).run_once()
+    ContactSync(source, cache, Health(), page_size=10, batch_contacts=10).run_once()
     assert source.calls[3:] == ["20", "30", "40"]  # resumed, nothing skipped
+    assert cache.stats()["contacts"] == 45
+
+
+def test_pages_applied_together_share_one_cursor_and_a_crash_replays_them(cache):
+    source = PagedSource(people(45))
+    source.fail_at_call = 3
+    with pytest.raises(ConnectionError):
+        ContactSync(source, cache, Health(), page_size=10, batch_contacts=30).run_once()
+    assert cache.cursor("paged") is None  # the first two pages waited for the third
+    source.fail_at_call = None
+    ContactSync(source, cache, Health(), page_size=10, batch_contacts=30).run_once()
+    assert source.calls[3:] == [None, "10", "20", "30", "40"]
     assert cache.stats()["contacts"] == 45
 
 
