@@ -51,7 +51,7 @@ UPSERT = (
     "phone_key = excluded.phone_key, member_key = excluded.member_key"
 )
 T = TypeVar("T")
-WRITE_CACHE_KIB = 32 * 1024
+WRITE_CACHE_KIB = 64 * 1024
 WAL_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at most between checkpoints
 
 

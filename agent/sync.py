@@ -42,7 +42,7 @@ class ContactSync:
         board: health.Health,
         *,
         page_size: int = 200,
-        batch_contacts: int = 2000,
+        batch_contacts: int = 4000,
         ghost_batch: int = 10,
         fetch_one: FetchOne | None = None,
     ) -> None:
