@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,12 @@ from pathlib import Path
 import filelock
 import msgspec
 
-from agent import api, config, crypto, health, outbox
+from agent import api, config, crypto, db, health, outbox
 from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
+from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
@@ -92,8 +94,9 @@ def _start_locked(
     lock: filelock.BaseFileLock,
     key_protector: crypto.KeyProtector | None,
 ) -> Agent:
-    keyring, box = open_stores(settings, key_protector)
     board = health.Health()
+    quarantine_damaged_stores(settings.agent.data_dir, board)
+    keyring, box = open_stores(settings, key_protector)
     intake = Intake(
         box,
         keyring,
@@ -147,12 +150,36 @@ def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCac
     )
 
 
+def quarantine_damaged_stores(data_dir: Path, board: health.Health) -> list[Path]:
+    """quick_check every store; a damaged one is moved aside and the agent starts afresh.
+
+    Health stays red until a technician has looked: the moved file may hold receipts that
+    had not left yet (salvage them with sqlite3's .recover).
+    """
+    moved = []
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for name in (outbox.FILE_NAME, CACHE_FILE_NAME):
+        problem = db.check_file(data_dir / name)
+        if problem is None:
+            continue
+        target = db.move_aside(data_dir / name, stamp)
+        log.error("store %s was damaged (%s); moved to %s", name, problem, target.name)
+        board.report(f"store:{name}", health.FAILING, f"damaged, moved aside to {target.name}")
+        moved.append(target)
+    kept = sorted(p.name for p in data_dir.glob("*.corrupt-*") if p not in moved)
+    if kept and not moved:
+        board.report("store:salvage", health.DEGRADED, f"damaged stores kept: {', '.join(kept)}")
+    return moved
+
+
 def open_stores(
     settings: config.Settings, key_protector: crypto.KeyProtector | None = None
 ) -> tuple[crypto.Keyring, outbox.Outbox]:
     """The keyring (made on first start only) and the outbox, with every queue in the file."""
     data_dir = settings.agent.data_dir
-    has_data = (data_dir / outbox.FILE_NAME).exists()
+    has_data = (data_dir / outbox.FILE_NAME).exists() or any(
+        data_dir.glob(f"{outbox.FILE_NAME}.corrupt-*")
+    )
     keyring = crypto.load_or_create(
         settings.privacy.key_file, may_create=not has_data, protector=key_protector
     )

@@ -135,6 +135,32 @@ def quick_check(conn: sqlite3.Connection) -> None:
         raise StorageError(f"quick_check: {result}")
 
 
+def check_file(path: Path) -> str | None:
+    """None if the database file (and its WAL) reads back whole; else what is wrong with it."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None if result == "ok" else str(result)
+
+
+def move_aside(path: Path, stamp: str) -> Path:
+    """Rename a damaged database and its -wal/-shm out of the way (kept for salvage)."""
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            side.rename(Path(f"{target}{suffix}"))
+    path.rename(target)
+    return target
+
+
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Fold the WAL into the database file and truncate it to zero bytes."""
     try:
