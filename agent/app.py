@@ -26,6 +26,7 @@ from agent.errors import AlreadyRunningError, StorageError
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Ledger
 from agent.lookup import Lookup
+from agent.metrics import Metrics
 from agent.privacy import Privacy
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
@@ -49,6 +50,7 @@ class Agent:
     privacy: Privacy
     contacts: ContactCache
     lookup: Lookup
+    metrics: Metrics
     health: health.Health
     lock: filelock.BaseFileLock
     stopped: bool = False
@@ -95,8 +97,10 @@ def _start_locked(
     key_protector: crypto.KeyProtector | None,
 ) -> Agent:
     board = health.Health()
+    metrics = Metrics()
     quarantine_damaged_stores(settings.agent.data_dir, board)
     keyring, box = open_stores(settings, key_protector)
+    box.observe_commit = metrics.commit_seconds.observe
     intake = Intake(
         box,
         keyring,
@@ -107,7 +111,7 @@ def _start_locked(
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
     cache = open_cache(settings, keyring)
-    privacy = Privacy(box, keyring, settings, stores=[cache])
+    privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
     lookup = Lookup(cache, intake)
     alerts = Alerts(
         settings.alerts, DeadLetters(box), board, (settings.agent.store_id, settings.agent.till_id)
@@ -121,7 +125,8 @@ def _start_locked(
     )
     scheduler.start()
     token = read_or_create_token(settings.api.token_file)
-    server = _server(settings, _services(settings, box, intake, board, privacy, lookup), token)
+    services = _services(settings, box, intake, board, privacy, lookup, metrics)
+    server = _server(settings, services, token)
     server.start()
     ledger = Ledger(box, keyring)
     return Agent(
@@ -135,6 +140,7 @@ def _start_locked(
         privacy=privacy,
         contacts=cache,
         lookup=lookup,
+        metrics=metrics,
         health=board,
         lock=lock,
     )
@@ -223,6 +229,7 @@ def _services(
     board: health.Health,
     privacy: Privacy,
     lookup: Lookup,
+    metrics: Metrics,
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -232,7 +239,9 @@ def _services(
         identity=(settings.agent.store_id, settings.agent.till_id),
         data_dir=settings.agent.data_dir,
         limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
+        cache=lookup.cache,
     )
+    metrics.add_status(reporter.report)
     openapi = msgspec.json.encode(schemas.openapi_document())
     return Services(
         intake=intake,
@@ -241,6 +250,7 @@ def _services(
         privacy=privacy,
         dead_letters=DeadLetters(box),
         lookup=lookup,
+        metrics=metrics,
         openapi=openapi,
     )
 

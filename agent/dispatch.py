@@ -25,6 +25,7 @@ from agent.errors import (
 )
 from agent.ledger import Failure, Ledger
 from agent.logs import redact
+from agent.metrics import Metrics
 from agent.outbox import Claimed, Outbox
 from agent.ratelimit import RateBudget
 from agent.retry import Backoff
@@ -95,8 +96,10 @@ class Dispatcher:
         budget: RateBudget | None = None,
         amends: str = "replace",
         resolver: ContactResolver | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._resolver = resolver
+        self._metrics = metrics
         self.destination = destination
         self._budget = budget
         self._amends = amends
@@ -260,7 +263,12 @@ class Dispatcher:
             reset = getattr(result, "rate_limit_reset_seconds", None)
             self._pause(float(reset) if isinstance(reset, int | float) else 1.0)
 
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.sends.labels(self.destination, outcome).inc()
+
     def _on_success(self, claimed: Claimed) -> None:
+        self._count("delivered")
         item = claimed.item
         # The ledger first, then the ack: a crash between resends with the same key.
         self._ledger.record_delivery(
@@ -276,12 +284,16 @@ class Dispatcher:
 
     def _on_throttled(self, claimed: Claimed, exc: ThrottledError) -> None:
         """429: the whole destination waits Retry-After; the item keeps its place."""
+        self._count("throttled")
+        if self._metrics is not None:
+            self._metrics.throttled.labels(self.destination).inc()
         self._outbox.release(claimed)
         self._pause(exc.retry_after_seconds)
         self._report(THROTTLED, f"cloud asked to wait {exc.retry_after_seconds:.0f}s")
 
     def _on_auth(self, claimed: Claimed, exc: AuthError) -> None:
         """401/403: no item can succeed; keep the queue, alert, re-probe slowly."""
+        self._count("auth")
         self._outbox.release(claimed)
         self._pause(self._settings.auth_probe_seconds)
         log.error(
@@ -292,6 +304,9 @@ class Dispatcher:
         self._report(HALTED, f"credentials refused ({exc.status}); queue kept")
 
     def _on_retryable(self, claimed: Claimed, failure: Failure) -> None:
+        self._count("retry")
+        if self._metrics is not None:
+            self._metrics.retries.labels(self.destination).inc()
         st = self.state
         st.failed += 1
         st.consecutive_failures += 1
@@ -336,6 +351,9 @@ class Dispatcher:
 
     def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
         dead_letter_id = self._ledger.dead_letter(claimed, failure)
+        if self._metrics is not None:
+            reason = "rejected" if failure.status else "unsendable"
+            self._metrics.dead_letters.labels(self.destination, reason).inc()
         self.state.parked.pop(claimed.id, None)
         log.warning(
             "dead-lettered an item of %s",

@@ -43,6 +43,7 @@ class Lookup:
         live_timeout_seconds: float = LIVE_TIMEOUT_SECONDS,
     ) -> None:
         self._cache = cache
+        self.cache = cache
         self._intake = intake
         self._live = live
         self._timeout = live_timeout_seconds

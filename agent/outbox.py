@@ -215,6 +215,7 @@ class Outbox:
         self._reader = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self.observe_commit: Callable[[float], object] = lambda seconds: None
         self._pending: list[_Ticket[Any]] = []
         self._pending_lock = threading.Lock()
         self._claimed: set[tuple[str, int]] = set()
@@ -269,6 +270,7 @@ class Outbox:
     def _commit_pending(self) -> None:
         with self._pending_lock:
             tickets, self._pending = self._pending, []
+        started = time.perf_counter()
         try:
             with db.transaction(self._writer) as conn:
                 for ticket in tickets:
@@ -281,6 +283,7 @@ class Outbox:
             for ticket in tickets:
                 ticket.fail(StorageError(f"write interrupted: {exc}"))
             raise
+        self.observe_commit(time.perf_counter() - started)
         for ticket in tickets:
             ticket.committed(self._queues)
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from agent import config, crypto
 from agent.matchkeys import subject_keys
+from agent.metrics import Metrics
 from agent.outbox import Batch, Outbox
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class Privacy:
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         stores: Sequence[SealedStore] = (),
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._stores = tuple(stores)
         self._outbox = outbox
         self._keyring = keyring
@@ -119,6 +122,8 @@ class Privacy:
         self._outbox.checkpoint()
         for store in self._stores:
             store.checkpoint()
+        if self._metrics is not None:
+            self._metrics.purge_runs.inc()
         log.info("purge done", extra={"report": report.__dict__})
         return report
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config import DestinationSettings
+from agent.contacts import ContactCache
 from agent.health import Health
 from agent.intake import Intake
 from agent.outbox import Outbox
@@ -37,8 +38,10 @@ class StatusReporter:
         data_dir: Path,
         limit_bytes: int,
         workers: Callable[[str], Mapping[str, Any] | None] = lambda name: None,
+        cache: ContactCache | None = None,
     ) -> None:
         self._workers = workers
+        self._cache = cache
         self._outbox = outbox
         self._intake = intake
         self._health = health
@@ -61,6 +64,18 @@ class StatusReporter:
                 for c in self._health.snapshot()
             ],
             "storage": self._storage(),
+            "contacts": self._contacts(),
+        }
+
+    def _contacts(self) -> dict[str, Any]:
+        if self._cache is None:
+            return {"contacts": 0, "lastSyncAt": None, "syncLagSeconds": None}
+        stats = self._cache.stats()
+        synced = stats["lastSyncAt"]
+        return {
+            "contacts": stats["contacts"],
+            "lastSyncAt": iso(float(synced)) if synced is not None else None,
+            "syncLagSeconds": round(time.time() - float(synced), 1) if synced is not None else None,
         }
 
     def _destination(self, destination: DestinationSettings) -> dict[str, Any]:

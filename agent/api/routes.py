@@ -21,6 +21,8 @@ from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
 from agent.ledger import DeadLetter, DeadLetters
 from agent.lookup import KINDS, Lookup
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.metrics import Metrics
 from agent.privacy import Privacy
 from agent.status import StatusReporter
 
@@ -35,6 +37,7 @@ class Services:
     privacy: Privacy
     dead_letters: DeadLetters
     lookup: Lookup
+    metrics: Metrics
     openapi: bytes
 
 
@@ -102,6 +105,10 @@ def post_forget(request: Request, services: Services) -> Response:
     return Response.json(dataclasses.asdict(report))
 
 
+def get_metrics(request: Request, services: Services) -> Response:
+    return Response(200, services.metrics.render(), METRICS_CONTENT_TYPE)
+
+
 def lookup_contact(request: Request, services: Services) -> Response:
     kind, value = lookup_key(request)
     found = services.lookup.find(kind, value)
@@ -166,6 +173,7 @@ ROUTES = (
     Route("POST", "/v1/contacts", post_contact),
     Route("GET", "/v1/contacts/lookup", lookup_contact),
     Route("GET", "/v1/health", get_health, needs_token=False),
+    Route("GET", "/metrics", get_metrics, needs_token=False),
     Route("GET", "/v1/status", get_status),
     Route("GET", "/v1/openapi.json", get_openapi),
     Route("POST", "/v1/privacy/purge", post_purge),

@@ -78,6 +78,12 @@ class StorageStatus(_Out):
     limit_bytes: int
 
 
+class CacheStatus(_Out):
+    contacts: int
+    last_sync_at: str | None
+    sync_lag_seconds: float | None
+
+
 class StatusAnswer(_Out):
     status: Literal["ok", "degraded", "failing"]
     version: str
@@ -87,6 +93,7 @@ class StatusAnswer(_Out):
     counters: dict[str, int]
     components: list[ComponentStatus]
     storage: StorageStatus
+    contacts: CacheStatus
 
 
 class ForgetRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -364,6 +371,18 @@ def _paths() -> dict[str, Any]:
                     **_answers({}, ("404", *common)),
                 },
             },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (no token, no personal data)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
         },
         "/v1/openapi.json": {
             "get": {
