@@ -77,6 +77,9 @@ class Response:
             ("Content-Length", str(len(self.body))),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
+            # The status page loads nothing from anywhere; nothing may frame it.
+            ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+            ("X-Frame-Options", "DENY"),
         ]
         return base + list(self.headers.items())
 

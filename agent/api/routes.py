@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from agent import __version__, models
-from agent.api import schemas
+from agent.api import page, schemas
 from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
@@ -105,6 +105,11 @@ def post_forget(request: Request, services: Services) -> Response:
     return Response.json(dataclasses.asdict(report))
 
 
+def get_page(request: Request, services: Services) -> Response:
+    dead_letters = len(services.dead_letters.all())
+    return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
+
+
 def get_metrics(request: Request, services: Services) -> Response:
     return Response(200, services.metrics.render(), METRICS_CONTENT_TYPE)
 
@@ -174,6 +179,7 @@ ROUTES = (
     Route("GET", "/v1/contacts/lookup", lookup_contact),
     Route("GET", "/v1/health", get_health, needs_token=False),
     Route("GET", "/metrics", get_metrics, needs_token=False),
+    Route("GET", "/", get_page, needs_token=False),
     Route("GET", "/v1/status", get_status),
     Route("GET", "/v1/openapi.json", get_openapi),
     Route("POST", "/v1/privacy/purge", post_purge),

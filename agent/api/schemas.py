@@ -372,6 +372,13 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/": {
+            "get": {
+                "summary": "The technician's status page (HTML; no token, no personal data)",
+                "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (no token, no personal data)",

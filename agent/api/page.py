@@ -1,0 +1,99 @@
+"""The technician's status page: one small self-refreshing HTML page, no scripts, no assets."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+REFRESH_SECONDS = 5
+CONTENT_TYPE = "text/html; charset=utf-8"
+STYLE = """
+body{font:15px/1.35 system-ui,sans-serif;margin:0;padding:.6rem;background:#f6f6f4;color:#222}
+h1{font-size:1.15rem;margin:.2rem 0 .6rem}h2{font-size:1rem;margin:1rem 0 .3rem}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{text-align:left;padding:.3rem .45rem;border-bottom:1px solid #ddd;vertical-align:top}
+th{font-weight:600;background:#eee}.num{text-align:right}
+.state{font-weight:700;border-radius:.3rem;padding:.05rem .4rem;color:#fff}
+.ok,.online{background:#2e7d32}.degraded,.offline,.throttled{background:#b26a00}
+.failing,.halted{background:#c62828}.muted{color:#666}
+"""
+
+
+def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
+    """The page for one /v1/status answer (everything on it is ids, counts and states)."""
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        f"<title>Till {_e(status['tillId'])}: {_e(status['status'])}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Till {_e(status['tillId'])} · store {_e(status['storeId'])} "
+        f"{_badge(status['status'])}</h1>",
+        _destinations(status["destinations"]),
+        _summary(status, dead_letters),
+        _components(status["components"]),
+        f'<p class="muted">Till Agent {_e(status["version"])} · refreshes every '
+        f"{REFRESH_SECONDS} s</p></body></html>",
+    ]
+    return "".join(parts).encode()
+
+
+def _destinations(destinations: list[Mapping[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(d['name'])}<br><span class=muted>{_e(d['kind'])}</span></td>"
+        f"<td>{_badge(d['state'])}<br><span class=muted>{_e(d['detail'])}</span></td>"
+        f"<td class=num>{d['depth']}</td><td class=num>{_age(d['oldestAgeSeconds'])}</td>"
+        f"<td>{_e(d['lastSuccessAt'] or '-')}</td><td class=num>{d['setAside']}</td></tr>"
+        for d in destinations
+    )
+    head = (
+        "<tr><th>Destination</th><th>State</th><th class=num>Queued</th>"
+        "<th class=num>Oldest</th><th>Last success</th><th class=num>Set aside</th></tr>"
+    )
+    return f"<h2>Delivery</h2><table>{head}{rows}</table>"
+
+
+def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
+    storage, cache, counters = status["storage"], status["contacts"], status["counters"]
+    rows = [
+        ("Dead letters", f"{dead_letters} (till-agent dead-letters list)"),
+        ("Contact cache", f"{cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"),
+        (
+            "Disk",
+            f"{storage['dataDirBytes'] / 1e6:.1f} MB of {storage['limitBytes'] / 1e6:.0f} MB "
+            f"allowed, {storage['freeBytes'] / 1e9:.1f} GB free",
+        ),
+        ("Since install", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items())),
+    ]
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<h2>Till</h2><table>{body}</table>"
+
+
+def _components(components: list[Mapping[str, Any]]) -> str:
+    problems = [c for c in components if c["state"] != "ok"]
+    if not problems:
+        return "<h2>Problems</h2><p>None.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(c['name'])}</td><td>{_badge(c['state'])}</td><td>{_e(c['detail'])}</td></tr>"
+        for c in problems
+    )
+    return f"<h2>Problems</h2><table>{rows}</table>"
+
+
+def _badge(state: str) -> str:
+    return f'<span class="state {_e(state.split()[0])}">{_e(state)}</span>'
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
