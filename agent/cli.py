@@ -15,7 +15,7 @@ from typing import Any
 import click
 import requests
 
-from agent import __version__, app, config, logs
+from agent import __version__, app, config, logs, support
 from agent.errors import AgentError, AlreadyRunningError, ConfigError, NotFoundError
 
 CONFIG_OPTION = click.option(
@@ -202,6 +202,25 @@ def call_agent(
     if response.status_code >= 300:
         raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
     return response.json()
+
+
+@main.command("support-bundle")
+@CONFIG_OPTION
+@click.option(
+    "--output", type=click.Path(file_okay=False), default=".", help="Directory for the zip."
+)
+def support_bundle(config_file: str | None, output: str) -> None:
+    """A zip for support: config (no secrets), status, recent logs, versions, store checks."""
+    environ = config.environment()
+    path = config.config_path(config_file, environ)
+    settings = load_settings(config_file)
+    try:
+        status_answer: dict[str, Any] | None = fetch_status(settings)
+    except click.ClickException:
+        status_answer = None  # the agent is stopped: the bundle says so
+    target = Path(output) / support.bundle_name(settings)
+    support.write_bundle(settings, path, status_answer, target)
+    click.echo(f"wrote {target}")
 
 
 @main.command()
