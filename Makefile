@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help demo test check lint format typecheck layers unit test-long bench clean
+.PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser
 
 help:
 	@echo "make demo   - run the agent (and, once delivery lands, the sandbox cloud) in the foreground"
@@ -37,7 +37,14 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+# The status page is tested in Debian's Chromium; install it where we can (root, apt), else the
+# browser test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "chromium not installed: the browser test will skip"; }
+
+unit: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test-long: $(STAMP)

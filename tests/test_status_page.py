@@ -43,3 +43,50 @@ def test_problems_are_listed(agent_till):
     agent.health.report("destination:loaded", "failing", "credentials refused (401)")
     page = requests.get(till.url + "/", timeout=5).text
     assert "credentials refused (401)" in page
+
+
+def test_every_state_badge_has_a_colour(agent_till):
+    _, till = agent_till
+    page = requests.get(till.url + "/", timeout=5).text
+    for css in re.findall(r'class="state ([a-z]+)"', page):
+        assert f".{css}" in page or f",.{css}" in page, css
+
+
+def test_the_page_in_a_real_headless_browser(agent_till, tmp_path):
+    """Rendered by Debian's Chromium; the screenshot is kept in build/ as a test artefact."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from tests.conftest import ROOT
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it with apt-get where it can)")
+    _, till = agent_till
+    till.post("/v1/receipts", make_receipt())
+    shot = ROOT / "build" / "status-page.png"
+    shot.parent.mkdir(exist_ok=True)
+    shot.unlink(missing_ok=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--window-size=800,600",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", till.url + "/"], capture_output=True, text=True, timeout=60
+    )
+    assert "Till till-test" in dom.stdout
+    assert "engage" in dom.stdout
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", till.url + "/"], capture_output=True, timeout=60
+    )
+    assert shot.stat().st_size > 10_000

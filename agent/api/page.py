@@ -16,7 +16,7 @@ th,td{text-align:left;padding:.3rem .45rem;border-bottom:1px solid #ddd;vertical
 th{font-weight:600;background:#eee}.num{text-align:right}
 .state{font-weight:700;border-radius:.3rem;padding:.05rem .4rem;color:#fff}
 .ok,.online{background:#2e7d32}.degraded,.offline,.throttled{background:#b26a00}
-.failing,.halted{background:#c62828}.muted{color:#666}
+.failing,.halted{background:#c62828}.other{background:#666}.muted{color:#666}
 """
 
 
@@ -81,8 +81,12 @@ def _components(components: list[Mapping[str, Any]]) -> str:
     return f"<h2>Problems</h2><table>{rows}</table>"
 
 
+KNOWN_STATES = {"ok", "online", "degraded", "offline", "throttled", "failing", "halted"}
+
+
 def _badge(state: str) -> str:
-    return f'<span class="state {_e(state.split()[0])}">{_e(state)}</span>'
+    css = state if state in KNOWN_STATES else "other"
+    return f'<span class="state {css}">{_e(state)}</span>'
 
 
 def _age(seconds: float | None) -> str:
