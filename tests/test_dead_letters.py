@@ -7,31 +7,18 @@ import json
 from agent.errors import RejectedError
 from agent.privacy import Privacy
 from tests.conftest import make_receipt
+from tests.fakes.senders import Clock, ScriptedSender, raising
 from tests.test_cli import till_agent
-from tests.test_dispatch import SETTINGS, drain
+from tests.test_dispatch import dispatcher_for, drain
 from tests.test_privacy import FakeClocks
 from tests.test_privacy_scan import PLANTED, scan
 
 
 def rejected_rig(start_agent, overrides=None):
-    import random
-
-    from agent.dispatch import Dispatcher
-    from tests.fakes.senders import Clock, ScriptedSender, raising
-
     agent, till = start_agent(overrides or {"destinations": {"engage": {"enabled": False}}})
     sender = ScriptedSender()
     clock = Clock()
-    dispatcher = Dispatcher(
-        "loaded",
-        sender,
-        agent.outbox,
-        agent.ledger,
-        agent.health,
-        SETTINGS,
-        monotonic=clock,
-        rng=random.Random(0),
-    )
+    dispatcher = dispatcher_for(agent, sender, monotonic=clock)
     receipt = make_receipt("R-DEAD")
     receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
     assert till.post("/v1/receipts", receipt).status_code == 202

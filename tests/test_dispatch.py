@@ -25,22 +25,20 @@ SETTINGS = DeliverySettings(
 )
 
 
+def dispatcher_for(agent, sender, destination="loaded", **kwargs) -> Dispatcher:
+    """A worker on a running agent's own stores, with the test's sender and options."""
+    kwargs.setdefault("rng", random.Random(0))
+    return Dispatcher(
+        destination, sender, agent.outbox, agent.ledger, agent.health, SETTINGS, **kwargs
+    )
+
+
 @pytest.fixture
 def rig(start_agent):
     agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
     sender = ScriptedSender()
     clock = Clock()
-    dispatcher = Dispatcher(
-        "loaded",
-        sender,
-        agent.outbox,
-        agent.ledger,
-        agent.health,
-        SETTINGS,
-        monotonic=clock,
-        rng=random.Random(0),
-    )
-    return agent, till, sender, clock, dispatcher
+    return agent, till, sender, clock, dispatcher_for(agent, sender, monotonic=clock)
 
 
 def post(till, *ids):
@@ -184,15 +182,7 @@ def test_the_request_rate_is_never_exceeded(start_agent):
     sender = ScriptedSender()
     stamps: list[float] = []
     sender.default = lambda message: stamps.append(time.monotonic())
-    dispatcher = Dispatcher(
-        "loaded",
-        sender,
-        agent.outbox,
-        agent.ledger,
-        agent.health,
-        SETTINGS,
-        budget=RateBudget("loaded", requests_per_second=20),
-    )
+    dispatcher = dispatcher_for(agent, sender, budget=RateBudget("loaded", requests_per_second=20))
     post(till, *[f"R-{n}" for n in range(30)])
     while dispatcher.step():
         pass
@@ -209,9 +199,7 @@ def test_a_used_up_daily_budget_pauses_the_destination(start_agent, tmp_path):
     budget = RateBudget(
         "loaded", requests_per_second=100, daily_calls=2, budget_file=tmp_path / "b.sqlite"
     )
-    dispatcher = Dispatcher(
-        "loaded", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, budget=budget
-    )
+    dispatcher = dispatcher_for(agent, sender, budget=budget)
     post(till, "R-1", "R-2", "R-3")
     for _ in range(3):
         dispatcher.step()
@@ -249,9 +237,7 @@ class RecordingSender(ScriptedSender):
 def test_an_append_only_cloud_gets_an_amendment_as_a_difference_receipt(start_agent):
     agent, till = start_agent()
     sender = RecordingSender()
-    dispatcher = Dispatcher(
-        "engage", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, amends="difference"
-    )
+    dispatcher = dispatcher_for(agent, sender, "engage", amends="difference")
     post(till, "R-1")
     dispatcher.step()
     assert till.post("/v1/receipts", make_receipt("R-1", lines=3)).json()["status"] == "amended"
@@ -266,7 +252,7 @@ def test_an_append_only_cloud_gets_an_amendment_as_a_difference_receipt(start_ag
 def test_a_replacing_cloud_gets_the_whole_new_revision_under_the_same_id(start_agent):
     agent, till = start_agent()
     sender = RecordingSender()
-    dispatcher = Dispatcher("loaded", sender, agent.outbox, agent.ledger, agent.health, SETTINGS)
+    dispatcher = dispatcher_for(agent, sender)
     post(till, "R-1")
     dispatcher.step()
     till.post("/v1/receipts", make_receipt("R-1", lines=3))
@@ -279,9 +265,7 @@ def test_a_replacing_cloud_gets_the_whole_new_revision_under_the_same_id(start_a
 def test_an_amendment_replaced_before_it_left_goes_whole(start_agent):
     agent, till = start_agent()
     sender = RecordingSender()
-    dispatcher = Dispatcher(
-        "engage", sender, agent.outbox, agent.ledger, agent.health, SETTINGS, amends="difference"
-    )
+    dispatcher = dispatcher_for(agent, sender, "engage", amends="difference")
     post(till, "R-1")
     till.post("/v1/receipts", make_receipt("R-1", lines=3))
     dispatcher.step()
@@ -295,16 +279,7 @@ def engage_rig(start_agent):
     agent, till = start_agent()
     sender = RecordingSender()
     resolver = DirectoryResolver()
-    dispatcher = Dispatcher(
-        "engage",
-        sender,
-        agent.outbox,
-        agent.ledger,
-        agent.health,
-        SETTINGS,
-        amends="difference",
-        resolver=resolver,
-    )
+    dispatcher = dispatcher_for(agent, sender, "engage", amends="difference", resolver=resolver)
     return agent, till, sender, resolver, dispatcher
 
 

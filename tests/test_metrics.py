@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import random
-
 import requests
 
-from agent.dispatch import Dispatcher
 from agent.errors import RejectedError
 from tests.conftest import make_receipt
 from tests.fakes.senders import ScriptedSender, raising
-from tests.test_dispatch import SETTINGS
+from tests.test_dispatch import dispatcher_for
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -28,16 +25,7 @@ def test_metrics_show_queues_commits_sends_and_dead_letters(agent_till):
         till.post("/v1/receipts", make_receipt(f"R-{n}"))
     sender = ScriptedSender()
     sender.rules["R-0"] = raising(RejectedError("400", connector="x", status=400))
-    dispatcher = Dispatcher(
-        "loaded",
-        sender,
-        agent.outbox,
-        agent.ledger,
-        agent.health,
-        SETTINGS,
-        rng=random.Random(0),
-        metrics=agent.metrics,
-    )
+    dispatcher = dispatcher_for(agent, sender, metrics=agent.metrics)
     dispatcher.step()
     dispatcher.step()
     response = requests.get(till.url + "/metrics", timeout=5)  # no token: scrapers have none
