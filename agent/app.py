@@ -22,7 +22,7 @@ from agent.api.routes import Services
 from agent.api.server import Server
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
-from agent.errors import AlreadyRunningError, StorageError
+from agent.errors import AlreadyRunningError, ConfigError, StorageError
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Ledger
 from agent.lookup import Lookup
@@ -101,6 +101,28 @@ def _start_locked(
     quarantine_damaged_stores(settings.agent.data_dir, board)
     keyring, box = open_stores(settings, key_protector)
     box.observe_commit = metrics.commit_seconds.observe
+    cache: ContactCache | None = None
+    try:
+        cache = open_cache(settings, keyring)
+        return _start_services(settings, lock, board, metrics, keyring, box, cache)
+    except BaseException:
+        # Nothing is running yet (the port is bound before any thread starts): close the files.
+        if cache is not None:
+            cache.close()
+        box.close()
+        raise
+
+
+def _start_services(
+    settings: config.Settings,
+    lock: filelock.BaseFileLock,
+    board: health.Health,
+    metrics: Metrics,
+    keyring: crypto.Keyring,
+    box: outbox.Outbox,
+    cache: ContactCache,
+) -> Agent:
+    """Build the workers and the API on open stores; bind the port, then start threads."""
     intake = Intake(
         box,
         keyring,
@@ -110,25 +132,14 @@ def _start_locked(
         settings.agent.default_region,
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
-    cache = open_cache(settings, keyring)
     privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
     lookup = Lookup(cache, intake)
-    alerts = Alerts(
-        settings.alerts, DeadLetters(box), board, (settings.agent.store_id, settings.agent.till_id)
-    )
-    scheduler = Scheduler(
-        [
-            Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
-            Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
-        ],
-        board,
-    )
-    scheduler.start()
     token = read_or_create_token(settings.api.token_file)
     services = _services(settings, box, intake, board, privacy, lookup, metrics)
-    server = _server(settings, services, token)
+    server = _server(settings, services, token)  # binds now: a taken port fails here
+    scheduler = _scheduler(settings, box, board, privacy)
+    scheduler.start()
     server.start()
-    ledger = Ledger(box, keyring)
     return Agent(
         settings=settings,
         token=token,
@@ -136,13 +147,27 @@ def _start_locked(
         scheduler=scheduler,
         outbox=box,
         intake=intake,
-        ledger=ledger,
+        ledger=Ledger(box, keyring),
         privacy=privacy,
         contacts=cache,
         lookup=lookup,
         metrics=metrics,
         health=board,
         lock=lock,
+    )
+
+
+def _scheduler(
+    settings: config.Settings, box: outbox.Outbox, board: health.Health, privacy: Privacy
+) -> Scheduler:
+    identity = (settings.agent.store_id, settings.agent.till_id)
+    alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
+    return Scheduler(
+        [
+            Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
+            Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
+        ],
+        board,
     )
 
 
@@ -263,9 +288,17 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
         max_body_bytes=settings.api.max_body_bytes,
         retry_after_seconds=settings.storage.retry_after_seconds,
     )
-    return Server(
-        app, host, port, threads=settings.api.threads, max_body_bytes=settings.api.max_body_bytes
-    )
+    try:
+        return Server(
+            app,
+            host,
+            port,
+            threads=settings.api.threads,
+            max_body_bytes=settings.api.max_body_bytes,
+        )
+    except OSError as exc:
+        problem = f"cannot listen on {settings.api.listen}: {exc.strerror or exc}"
+        raise ConfigError([f"api.listen: {problem}"]) from exc
 
 
 def acquire_lock(data_dir: Path) -> filelock.BaseFileLock:

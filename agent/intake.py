@@ -263,7 +263,7 @@ class Intake:
         """Replace the queued revision if it has not left; otherwise queue the new one after it."""
         waiting = batch.conn.execute(
             "SELECT revision, queue_id FROM deliveries WHERE record_key = ? AND destination = ? "
-            "AND state = 'queued' ORDER BY revision DESC LIMIT 1",
+            "AND state IN ('queued', 'retrying') ORDER BY revision DESC LIMIT 1",
             (key, destination),
         ).fetchone()
         if waiting is not None and batch.replace(destination, int(waiting[1]), item):

@@ -89,3 +89,19 @@ def test_forget_needs_a_key():
     result = till_agent("forget")
     assert result.returncode == 2
     assert "--email" in result.stderr
+
+
+def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(agent_process, tmp_path):
+    import socket
+
+    from tests.conftest import base_config, write_toml
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        path = write_toml(tmp_path / "taken.toml", base_config(tmp_path, port))
+        result = till_agent("run", "--config", str(path))
+    assert result.returncode != 0
+    assert "api.listen: cannot listen on" in result.stderr
+    assert "Traceback" not in result.stderr
