@@ -10,6 +10,7 @@ help:
 	@echo "make demo   - run the agent (and, once delivery lands, the sandbox cloud) in the foreground"
 	@echo "make test   - every check: format, lint, types, import layers, tests"
 	@echo "make bench  - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
+	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,7 +49,7 @@ unit: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test-long: $(STAMP)
-	$(BIN)/pytest -q -m slow
+	FUZZ_EXAMPLES=800 $(BIN)/pytest -q -m "not perf"
 
 bench: $(STAMP)
 	$(BIN)/pytest -q -m perf -p no:randomly tests/perf -s

@@ -253,6 +253,12 @@ DEAD_LETTER_COLUMNS = (
 )
 
 
+def _check_id(dead_letter_id: int) -> None:
+    """An id SQLite cannot even hold names no dead letter."""
+    if not 0 < dead_letter_id < 2**63:
+        raise NotFoundError(f"no dead letter {dead_letter_id}")
+
+
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     values = list(row)
     values[-1] = bool(values[-1])
@@ -274,6 +280,7 @@ class DeadLetters:
         return [_dead_letter(row) for row in rows]
 
     def get(self, dead_letter_id: int) -> DeadLetter:
+        _check_id(dead_letter_id)
         with self._outbox.read() as conn:
             row = conn.execute(
                 f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
@@ -284,6 +291,7 @@ class DeadLetters:
 
     def retry(self, dead_letter_id: int) -> None:
         """Back into its destination's queue (written before the dead letter is deleted)."""
+        _check_id(dead_letter_id)
 
         def work(batch: Batch) -> None:
             row = batch.conn.execute(
@@ -324,6 +332,7 @@ class DeadLetters:
 
     def purge(self, dead_letter_id: int) -> None:
         """Delete a dead letter for good (its delivery state stays dead_lettered)."""
+        _check_id(dead_letter_id)
 
         def work(batch: Batch) -> int:
             return batch.conn.execute(

@@ -108,3 +108,11 @@ def test_dead_letter_commands_work_on_a_stopped_agent(start_agent, tmp_path):
     missing = till_agent("dead-letters", "show", letter_id, "--config", str(config))
     assert missing.returncode != 0
     assert "no dead letter" in missing.stderr
+
+
+def test_an_id_too_large_for_sqlite_is_simply_not_found(agent_till):
+    _, till = agent_till
+    huge = "9" * 30
+    assert till.get(f"/v1/dead-letters/{huge}").status_code == 404
+    assert till.post(f"/v1/dead-letters/{huge}/retry", {}).status_code == 404
+    assert till.session.delete(f"{till.url}/v1/dead-letters/{huge}", timeout=5).status_code == 404
