@@ -217,6 +217,13 @@ class ContactCache:
             ).fetchall()
         return [CachedContact(self._open(row[0], row[1]), row[2]) for row in rows]
 
+    def get(self, contact_id: str) -> models.SourceContact | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT contact_id, sealed FROM contacts WHERE contact_id = ?", (contact_id,)
+            ).fetchone()
+        return None if row is None else self._open(row[0], row[1])
+
     def least_recently_verified(self, count: int) -> list[str]:
         """The ids the ghost sweep re-fetches next."""
         with self._reading() as conn:

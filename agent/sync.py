@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,7 +45,9 @@ class ContactSync:
         batch_contacts: int = 4000,
         ghost_batch: int = 10,
         fetch_one: FetchOne | None = None,
+        on_deleted: Callable[[models.SourceContact], object] | None = None,
     ) -> None:
+        self._on_deleted = on_deleted
         self._source = source
         self._cache = cache
         self._health = board
@@ -82,9 +84,23 @@ class ContactSync:
         self, pages: list[models.ContactPage], progress: Callable[[int], object] | None
     ) -> None:
         """A few pages in one transaction with the last cursor: fewer, larger commits (P4)."""
+        self._forget_deleted(c for page in pages for c in page.contacts if c.deleted)
         self._cache.apply_pages(self._source.name, pages)
         if progress is not None:
             progress(sum(len(p.contacts) for p in pages))
+
+    def _forget_deleted(self, deleted: Iterable[models.SourceContact]) -> None:
+        """Deleted in the cloud: forgotten everywhere here, queued receipts included.
+
+        The deletion carries only an id; the cache still knows the person's email and phone,
+        so they are looked up before the cache row goes.
+        """
+        if self._on_deleted is None:
+            return
+        for gone in deleted:
+            known = self._cache.get(gone.contact_id)
+            if known is not None and (known.email or known.mobile_phone):
+                self._on_deleted(known)
 
     def _sweep_ghosts(self, report: SyncReport) -> None:
         """Re-fetch the least recently verified few: catches what a delta feed missed."""

@@ -106,3 +106,27 @@ def test_the_ghost_sweep_removes_what_the_feed_missed(cache):
     assert report.ghosts_checked == 5
     assert report.ghosts_removed == 1
     assert cache.find("member", "M-0") == []
+
+
+def test_a_deletion_in_the_cloud_forgets_the_person_everywhere_here(start_agent):
+    from tests.conftest import make_receipt
+
+    agent, till = start_agent()
+    person = SourceContact(contact_id="c-9", email="zz.gone.55@example.com", member_number="M-9")
+    source = PagedSource([person])
+    sync = ContactSync(
+        source,
+        agent.contacts,
+        agent.health,
+        on_deleted=lambda c: agent.privacy.forget(email=c.email, mobile_phone=c.mobile_phone),
+    )
+    sync.run_once()
+    receipt = make_receipt("R-GONE")
+    receipt["contact"] = {"matchKey": "zz.gone.55@example.com", "matchKeyType": "Email"}
+    till.post("/v1/receipts", receipt)
+    source.contacts.append(SourceContact(contact_id="c-9", deleted=True))
+    sync.run_once()
+    assert agent.contacts.find("member", "M-9") == []
+    for destination in ("engage", "loaded"):
+        items = agent.outbox.run(lambda b, d=destination: b.pending_items(d))
+        assert [item["personal"] for _, item in items] == [None]  # the receipt goes on, anonymous
