@@ -348,7 +348,7 @@ def undelivered(settings: config.Settings) -> dict[str, int]:
     data_dir = settings.agent.data_dir
     if not (data_dir / outbox.FILE_NAME).exists():
         return {}
-    names = outbox.queue_names(data_dir)
+    names = [n for n in outbox.queue_names(data_dir) if not n.endswith(outbox.BULK)]
     box = outbox.Outbox(data_dir, names, busy_timeout_seconds=settings.storage.busy_timeout_seconds)
     try:
         return {name: box.depth(name).pending + box.depth(name).claimed for name in names}

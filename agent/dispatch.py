@@ -59,9 +59,12 @@ class ContactResolver(Protocol):
     def create_contact(self, contact: models.Contact) -> str: ...
 
 
+Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
+
+
 @dataclass
 class _Parked:
-    queue_id: int
+    ticket: Ticket
     due: float  # monotonic
 
 
@@ -76,7 +79,7 @@ class DestinationState:
     paused_until: float = 0.0  # monotonic
     sent: int = 0
     failed: int = 0
-    parked: dict[int, _Parked] = field(default_factory=dict)
+    parked: dict[Ticket, _Parked] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -112,7 +115,7 @@ class Dispatcher:
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         self._stop = threading.Event()
-        self._probing: int | None = None  # the queue id set aside to tell poison from outage
+        self._probing: Ticket | None = None  # the item set aside to tell poison from outage
         self.state = DestinationState()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
@@ -329,8 +332,8 @@ class Dispatcher:
     def _outage(self, claimed: Claimed, delay: float) -> None:
         """Put every set-aside item back in its place, uncharged, and back off."""
         self._outbox.release(claimed)
-        for queue_id in list(self.state.parked):
-            self._unpark(queue_id, forgive=True)
+        for ticket in list(self.state.parked):
+            self._unpark(ticket, forgive=True)
         self._probing = None
         self._pause(delay)
         self._report(OFFLINE, f"cloud unreachable; retrying in {delay:.0f}s")
@@ -338,9 +341,10 @@ class Dispatcher:
     def _set_aside(self, claimed: Claimed, attempts: int) -> None:
         """This item failed again: park it with its own next attempt; try the next one now."""
         due = self._monotonic() + self._backoff.delay(attempts, self._rng)
+        ticket = (claimed.lane_queue, claimed.id)
         self._outbox.park(claimed)
-        self.state.parked[claimed.id] = _Parked(claimed.id, due)
-        self._probing = claimed.id
+        self.state.parked[ticket] = _Parked(ticket, due)
+        self._probing = ticket
 
     def _given_up(self, claimed: Claimed, attempts: int) -> bool:
         if attempts >= self._settings.max_attempts:
@@ -354,7 +358,7 @@ class Dispatcher:
         if self._metrics is not None:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
-        self.state.parked.pop(claimed.id, None)
+        self.state.parked.pop((claimed.lane_queue, claimed.id), None)
         log.warning(
             "dead-lettered an item of %s",
             self.destination,
@@ -370,24 +374,24 @@ class Dispatcher:
 
     def _unpark_due(self) -> None:
         now = self._monotonic()
-        for queue_id, parked in list(self.state.parked.items()):
+        for ticket, parked in list(self.state.parked.items()):
             if parked.due <= now:
-                self._unpark(queue_id, forgive=False)
+                self._unpark(ticket, forgive=False)
 
-    def _unpark(self, queue_id: int, *, forgive: bool) -> None:
-        self.state.parked.pop(queue_id, None)
-        if self._probing == queue_id:
+    def _unpark(self, ticket: Ticket, *, forgive: bool) -> None:
+        self.state.parked.pop(ticket, None)
+        if self._probing == ticket:
             self._probing = None
         if forgive:
-            for parked_id, item in self._outbox.parked(self.destination):
-                if parked_id == queue_id:
+            for queue, queue_id, item in self._outbox.parked(self.destination):
+                if (queue, queue_id) == ticket:
                     self._ledger.forgive(self.destination, item)
-        self._outbox.unpark(self.destination, queue_id)
+        self._outbox.unpark(*ticket)
 
     def _restore_parked(self) -> None:
         """After a restart, items set aside before go back in line (their counts are kept)."""
-        for queue_id, _ in self._outbox.parked(self.destination):
-            self._outbox.unpark(self.destination, queue_id)
+        for queue, queue_id, _ in self._outbox.parked(self.destination):
+            self._outbox.unpark(queue, queue_id)
 
     # -- state ---------------------------------------------------------------------------
 

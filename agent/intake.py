@@ -21,7 +21,7 @@ from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.health import FAILING, OK, Health
 from agent.matchkeys import subject_keys
-from agent.outbox import CLAIMED_STATUS, Batch, Outbox
+from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ SCHEMA = [
     """
     ALTER TABLE deliveries ADD COLUMN delivered_body TEXT
     """,
+    """
+    ALTER TABLE deliveries ADD COLUMN queue TEXT
+    """,
 ]
 T = TypeVar("T")
 COUNTERS = (
@@ -172,15 +175,20 @@ class Intake:
 
     # -- receipts -------------------------------------------------------------------------
 
-    def put_receipt(self, receipt: models.Receipt) -> Accepted:
-        """Queue a receipt for every destination that takes it; dedupe and amend by content."""
+    def put_receipt(self, receipt: models.Receipt, *, low_priority: bool = False) -> Accepted:
+        """Queue a receipt for every destination that takes it; dedupe and amend by content.
+
+        low_priority: into each destination's low-priority lane (history backfill), which is
+        delivered only while no live sale waits.
+        """
+        lane = BULK if low_priority else ""
         warnings = check_totals(receipt, self._settings.totals_tolerance)
         if warnings and self._settings.strict_totals:
             raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(receipt))
 
         def work(batch: Batch) -> Accepted:
-            accepted = self._put_receipt(batch, receipt, content_hash, warnings)
+            accepted = self._put_receipt(batch, receipt, content_hash, warnings, lane)
             _bump(batch.conn, _counter_for(accepted.status))
             if warnings:
                 _bump(batch.conn, "totals_warnings")
@@ -201,20 +209,30 @@ class Intake:
         return result
 
     def _put_receipt(
-        self, batch: Batch, receipt: models.Receipt, content_hash: str, warnings: tuple[str, ...]
+        self,
+        batch: Batch,
+        receipt: models.Receipt,
+        content_hash: str,
+        warnings: tuple[str, ...],
+        lane: str,
     ) -> Accepted:
         key = receipt.unique_receipt_id
         row = batch.conn.execute(
             "SELECT revision FROM receipts WHERE unique_receipt_id = ?", (key,)
         ).fetchone()
         if row is None:
-            return self._first_revision(batch, receipt, content_hash, warnings)
+            return self._first_revision(batch, receipt, content_hash, warnings, lane)
         if _known_revision(batch.conn, key, content_hash) is not None:
             return Accepted("duplicate", key, int(row[0]), self._delivered_to(batch.conn, key))
-        return self._amend(batch, receipt, content_hash, warnings, int(row[0]) + 1)
+        return self._amend(batch, receipt, content_hash, warnings, int(row[0]) + 1, lane)
 
     def _first_revision(
-        self, batch: Batch, receipt: models.Receipt, content_hash: str, warnings: tuple[str, ...]
+        self,
+        batch: Batch,
+        receipt: models.Receipt,
+        content_hash: str,
+        warnings: tuple[str, ...],
+        lane: str,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
         batch.conn.execute(
@@ -224,8 +242,8 @@ class Intake:
         self._record_subjects(batch.conn, "receipt", key, receipt_subject_fields(receipt))
         targets = self.destinations_for(receipt)
         for destination in targets:
-            queue_id = batch.put(destination, self._receipt_item(receipt, 1))
-            _insert_delivery(batch.conn, key, destination, 1, queue_id, now)
+            queue_id = batch.put(destination + lane, self._receipt_item(receipt, 1))
+            _insert_delivery(batch.conn, key, destination, 1, queue_id, now, destination + lane)
         return Accepted("queued", key, 1, targets, warnings)
 
     def _amend(
@@ -235,6 +253,7 @@ class Intake:
         content_hash: str,
         warnings: tuple[str, ...],
         revision: int,
+        lane: str,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
         batch.conn.execute(
@@ -248,34 +267,38 @@ class Intake:
         targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
         item = self._receipt_item(receipt, revision)
         for destination in targets:
-            self._amend_one(batch, key, destination, revision, item, now)
+            self._amend_one(batch, key, destination + lane, revision, item, now)
         return Accepted("amended", key, revision, targets, warnings)
 
     def _amend_one(
         self,
         batch: Batch,
         key: str,
-        destination: str,
+        queue: str,
         revision: int,
         item: dict[str, Any],
         now: float,
     ) -> None:
         """Replace the queued revision if it has not left; otherwise queue the new one after it."""
+        destination = queue.removesuffix(BULK)
         waiting = batch.conn.execute(
-            "SELECT revision, queue_id FROM deliveries WHERE record_key = ? AND destination = ? "
-            "AND state IN ('queued', 'retrying') ORDER BY revision DESC LIMIT 1",
+            "SELECT revision, queue_id, COALESCE(queue, destination) FROM deliveries "
+            "WHERE record_key = ? AND destination = ? AND state IN ('queued', 'retrying') "
+            "ORDER BY revision DESC LIMIT 1",
             (key, destination),
         ).fetchone()
-        if waiting is not None and batch.replace(destination, int(waiting[1]), item):
+        if waiting is not None and batch.replace(waiting[2], int(waiting[1]), item):
             batch.conn.execute(
                 "UPDATE deliveries SET state = 'superseded', updated_at = ? "
                 "WHERE record_key = ? AND destination = ? AND revision = ?",
                 (now, key, destination, int(waiting[0])),
             )
-            _insert_delivery(batch.conn, key, destination, revision, int(waiting[1]), now)
+            _insert_delivery(
+                batch.conn, key, destination, revision, int(waiting[1]), now, waiting[2]
+            )
             return
-        queue_id = batch.put(destination, item)
-        _insert_delivery(batch.conn, key, destination, revision, queue_id, now)
+        queue_id = batch.put(queue, item)
+        _insert_delivery(batch.conn, key, destination, revision, queue_id, now, queue)
 
     def _record_subjects(
         self,
@@ -387,7 +410,8 @@ class Intake:
                 raise NotFoundError(f"no receipt {unique_receipt_id!r} was handed to this till")
             rows = conn.execute(
                 "SELECT destination, revision, state, attempts, next_attempt_at, last_error_id, "
-                "cloud_error_id, updated_at, queue_id FROM deliveries WHERE record_key = ? "
+                "cloud_error_id, updated_at, queue_id, COALESCE(queue, destination) "
+                "FROM deliveries WHERE record_key = ? "
                 "AND state != 'superseded' ORDER BY destination, revision",
                 (unique_receipt_id,),
             ).fetchall()
@@ -398,7 +422,7 @@ class Intake:
 
     def _delivery(self, row: tuple[Any, ...]) -> Delivery:
         state = row[2]
-        if state == "queued" and self._outbox.queue_status(row[0], row[8]) == CLAIMED_STATUS:
+        if state == "queued" and self._outbox.queue_status(row[9], row[8]) == CLAIMED_STATUS:
             state = "sending"
         return Delivery(row[0], row[1], state, row[3], row[4], row[5], row[6], row[7])
 
@@ -508,12 +532,19 @@ def _record_revision(
 
 
 def _insert_delivery(
-    conn: sqlite3.Connection, key: str, destination: str, revision: int, queue_id: int, now: float
+    conn: sqlite3.Connection,
+    key: str,
+    destination: str,
+    revision: int,
+    queue_id: int,
+    now: float,
+    queue: str | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO deliveries (record_key, destination, revision, queue_id, state, updated_at) "
-        "VALUES (?, ?, ?, ?, 'queued', ?)",
-        (key, destination, revision, queue_id, now),
+        "INSERT INTO deliveries "
+        "(record_key, destination, revision, queue_id, state, updated_at, queue) "
+        "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+        (key, destination, revision, queue_id, now, queue or destination),
     )
 
 

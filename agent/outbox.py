@@ -30,6 +30,7 @@ CLAIMED_STATUS = 2
 ACKED_STATUS = 5
 PARKED_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the table
 T = TypeVar("T")
+BULK = "__bulk"  # the low-priority lane of a destination: backfill and replay
 PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
 SHRINK_PAGES_PER_STEP = 1000
@@ -58,6 +59,11 @@ class Claimed:
     id: int
     item: dict[str, Any]
     enqueued_at: float
+    queue: str = ""  # the queue it came from: the destination's, or its low-priority lane
+
+    @property
+    def lane_queue(self) -> str:
+        return self.queue or self.destination
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class QueueDepth:
     pending: int
     claimed: int
     oldest_enqueued_at: float | None
+    bulk: int = 0  # of pending: how many wait in the low-priority lane
 
 
 class Batch:
@@ -222,7 +229,8 @@ class Outbox:
         self._claimed_lock = threading.Lock()
         # Every queue in the file is opened, also those of destinations no longer enabled:
         # intake puts only into enabled ones, but purge and erasure must reach all of them.
-        names = dict.fromkeys([*destinations, *queue_names(directory)])
+        lanes = [name + BULK for name in destinations]
+        names = dict.fromkeys([*destinations, *lanes, *queue_names(directory)])
         self._queues = {
             name: self._open_queue(directory, name, busy_timeout_seconds) for name in names
         }
@@ -245,7 +253,8 @@ class Outbox:
 
     @property
     def destinations(self) -> tuple[str, ...]:
-        return tuple(self._queues)
+        """The destinations with a queue in the file (their low-priority lanes left out)."""
+        return tuple(q for q in self._queues if not q.endswith(BULK))
 
     def migrate(self, steps: Sequence[str]) -> None:
         """Apply a caller's schema steps to this file (the ledger lives beside the queues)."""
@@ -297,17 +306,34 @@ class Outbox:
                 raise StorageError(f"read: {exc}") from exc
 
     def claim(self, destination: str, timeout_seconds: float = 1.0) -> Claimed | None:
-        """The oldest ready item of a destination, now claimed; None if none came in time."""
+        """The oldest ready item of a destination, now claimed; None if none came in time.
+
+        Live sales first: the low-priority lane (backfill, replay) is served only when the
+        live queue is empty, so history never makes a sale wait.
+        """
+        raw = self._get(destination, block=False)
+        queue = destination
+        if raw is None and destination + BULK in self._queues:
+            raw, queue = self._get(destination + BULK, block=False), destination + BULK
+        if raw is None:
+            raw, queue = self._get(destination, block=True, timeout=timeout_seconds), destination
+        if raw is None:
+            return None
+        claimed = Claimed(
+            destination, int(raw["pqid"]), raw["data"], float(raw["timestamp"]), queue
+        )
+        with self._claimed_lock:
+            self._claimed.add((queue, claimed.id))
+        return claimed
+
+    def _get(self, queue: str, *, block: bool, timeout: float = 0.0) -> dict[str, Any] | None:
         try:
-            raw = self._queues[destination].get(block=True, timeout=timeout_seconds, raw=True)
+            raw: dict[str, Any] = self._queues[queue].get(block=block, timeout=timeout, raw=True)
         except Empty:
             return None
         except sqlite3.Error as exc:
-            raise StorageError(f"claim from {destination}: {exc}") from exc
-        claimed = Claimed(destination, int(raw["pqid"]), raw["data"], float(raw["timestamp"]))
-        with self._claimed_lock:
-            self._claimed.add((destination, claimed.id))
-        return claimed
+            raise StorageError(f"claim from {queue}: {exc}") from exc
+        return raw
 
     def ack(self, claimed: Claimed) -> None:
         self._mark(claimed, "ack")
@@ -318,45 +344,58 @@ class Outbox:
 
     def _mark(self, claimed: Claimed, how: str) -> None:
         """ack or nack an item this outbox handed out; NotFoundError for any other id."""
-        ticket = (claimed.destination, claimed.id)
+        ticket = (claimed.lane_queue, claimed.id)
         with self._claimed_lock:
             if ticket not in self._claimed:
-                raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed here")
+                raise NotFoundError(f"{claimed.lane_queue}/{claimed.id} was not claimed here")
             self._claimed.discard(ticket)
         try:
-            getattr(self._queues[claimed.destination], how)(id=claimed.id)
+            getattr(self._queues[claimed.lane_queue], how)(id=claimed.id)
         except sqlite3.Error as exc:
             with self._claimed_lock:
                 self._claimed.add(ticket)
-            raise StorageError(f"{how} {claimed.destination}/{claimed.id}: {exc}") from exc
+            raise StorageError(f"{how} {claimed.lane_queue}/{claimed.id}: {exc}") from exc
 
     def park(self, claimed: Claimed) -> None:
         """Set an item aside (persist-queue's ack_failed) so the items behind it can flow."""
         self._mark(claimed, "ack_failed")
 
-    def unpark(self, destination: str, queue_id: int) -> None:
+    def unpark(self, queue: str, queue_id: int) -> None:
         """Back to ready: it keeps its place (the lowest id goes first), so order holds."""
         try:
-            self._queues[destination].nack(id=queue_id)
+            self._queues[queue].nack(id=queue_id)
         except sqlite3.Error as exc:
-            raise StorageError(f"unpark {destination}/{queue_id}: {exc}") from exc
+            raise StorageError(f"unpark {queue}/{queue_id}: {exc}") from exc
 
-    def parked(self, destination: str) -> list[tuple[int, dict[str, Any]]]:
-        """The items of a destination that are set aside, oldest first."""
-        table = self._queues[destination]._table_name
-        with self.read() as conn:
-            rows = conn.execute(
-                f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id", (PARKED_STATUS,)
-            ).fetchall()
-        return [(int(row[0]), json_serializer.loads(bytes(row[1]))) for row in rows]
+    def parked(self, destination: str) -> list[tuple[str, int, dict[str, Any]]]:
+        """(queue, id, item) of a destination's set-aside items, both lanes, oldest first."""
+        found = []
+        for queue in self.lanes(destination):
+            table = self._queues[queue]._table_name
+            with self.read() as conn:
+                rows = conn.execute(
+                    f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id",
+                    (PARKED_STATUS,),
+                ).fetchall()
+            found += [(queue, int(r[0]), json_serializer.loads(bytes(r[1]))) for r in rows]
+        return found
+
+    def lanes(self, destination: str) -> list[str]:
+        """The queues of a destination: its own, and its low-priority lane."""
+        return [q for q in (destination, destination + BULK) if q in self._queues]
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every queue in the file, lanes included."""
+        return tuple(self._queues)
 
     def settle(self, claimed: Claimed, work: Callable[[Batch], T]) -> T:
         """Run work and delete the claimed item in one transaction (a move to another table)."""
-        ticket = (claimed.destination, claimed.id)
+        ticket = (claimed.lane_queue, claimed.id)
         with self._claimed_lock:
             if ticket not in self._claimed:
-                raise NotFoundError(f"{claimed.destination}/{claimed.id} was not claimed here")
-        table = self._queues[claimed.destination]._table_name
+                raise NotFoundError(f"{claimed.lane_queue}/{claimed.id} was not claimed here")
+        table = self._queues[claimed.lane_queue]._table_name
 
         def move(batch: Batch) -> T:
             result = work(batch)  # the destination first: a crash between can duplicate only
@@ -366,21 +405,26 @@ class Outbox:
         result = self.run(move)
         with self._claimed_lock:
             self._claimed.discard(ticket)
-        self._queues[claimed.destination]._unack_cache.pop(claimed.id, None)
+        self._queues[claimed.lane_queue]._unack_cache.pop(claimed.id, None)
         return result
 
     def depth(self, destination: str) -> QueueDepth:
-        """How many items wait (and since when) in a destination's queue."""
-        table = self._queues[destination]._table_name
-        with self.read() as conn:
-            pending, oldest = conn.execute(
-                f"SELECT COUNT(*), MIN(timestamp) FROM {table} WHERE status IN (?, ?)",
-                PENDING_STATUSES,
-            ).fetchone()
-            (claimed,) = conn.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
-            ).fetchone()
-        return QueueDepth(destination, int(pending), int(claimed), oldest)
+        """How many items wait (and since when) in a destination's queues, both lanes."""
+        pending, claimed, bulk, oldest_seen = 0, 0, 0, []
+        for queue in self.lanes(destination):
+            table = self._queues[queue]._table_name
+            with self.read() as conn:
+                count, oldest = conn.execute(
+                    f"SELECT COUNT(*), MIN(timestamp) FROM {table} WHERE status IN (?, ?)",
+                    PENDING_STATUSES,
+                ).fetchone()
+                (taken,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
+                ).fetchone()
+            pending, claimed = pending + int(count), claimed + int(taken)
+            bulk += int(count) if queue.endswith(BULK) else 0
+            oldest_seen += [oldest] if oldest is not None else []
+        return QueueDepth(destination, pending, claimed, min(oldest_seen, default=None), bulk)
 
     def queue_status(self, destination: str, queue_id: int) -> int | None:
         """persist-queue's status of one item, None once it has been purged."""

@@ -14,7 +14,7 @@ from typing import Protocol
 from agent import config, crypto
 from agent.matchkeys import subject_keys
 from agent.metrics import Metrics
-from agent.outbox import Batch, Outbox
+from agent.outbox import BULK, Batch, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,13 @@ class Privacy:
     def _reseal(self, batch: Batch, key_id: str) -> int:
         """Re-seal, under the active key, every live value still sealed with key_id."""
         count = 0
-        for destination in self._outbox.destinations:
-            for queue_id, item in batch.pending_items(destination):
+        for queue in self._outbox.queues:
+            for queue_id, item in batch.pending_items(queue):
                 token = item.get("personal")
                 if token and crypto.key_id_of(token) == key_id:
                     aad = crypto.record_aad(item["kind"], item["key"])
                     item["personal"] = self._keyring.seal(self._keyring.open(token, aad), aad)
-                    count += batch.replace(destination, queue_id, item)
+                    count += batch.replace(queue, queue_id, item)
         count += self._reseal_dead_letters(batch, key_id)
         rows = batch.conn.execute(
             "SELECT error_id, sealed_body FROM quarantine WHERE sealed_body LIKE ?",
@@ -258,17 +258,17 @@ class Privacy:
 
     def _forget_queued(self, batch: Batch, kind: str, key: str, report: ForgetReport) -> None:
         """A receipt leaves without its buyer; a contact registration is withdrawn."""
-        for destination in self._outbox.destinations:
-            for queue_id, item in batch.pending_items(destination):
+        for queue in self._outbox.queues:
+            for queue_id, item in batch.pending_items(queue):
                 if item.get("key") != key or item.get("kind") != kind:
                     continue
                 if kind == "receipt":
                     item["personal"], item["forgotten"] = None, True
-                    report.queued_items_stripped += batch.replace(destination, queue_id, item)
-                elif batch.remove(destination, queue_id):
+                    report.queued_items_stripped += batch.replace(queue, queue_id, item)
+                elif batch.remove(queue, queue_id):
                     report.queued_items_removed += 1
-                    mark_forgotten(batch.conn, key, destination)
-            report.in_flight += self._outbox.claimed_count(destination, key)
+                    mark_forgotten(batch.conn, key, queue.removesuffix(BULK))
+            report.in_flight += self._outbox.claimed_count(queue, key)
 
 
 def redact_quarantine(conn: sqlite3.Connection, cutoff: float, now: float) -> int:

@@ -327,3 +327,23 @@ def test_a_receipt_waits_for_its_member_to_reach_the_cloud(start_agent):
     dispatcher.step()
     assert sender.sent == []
     assert till.get("/v1/receipts/R-1").json()["destinations"][0]["state"] == "retrying"
+
+
+def test_live_sales_go_before_the_low_priority_lane(start_agent):
+    import msgspec
+
+    from agent import models
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    for n in range(3):
+        history = msgspec.convert(make_receipt(f"OLD-{n}"), models.Receipt, strict=False)
+        agent.intake.put_receipt(history, low_priority=True)
+    post(till, "LIVE-1")
+    sender = ScriptedSender()
+    dispatcher = dispatcher_for(agent, sender)
+    assert agent.outbox.depth("loaded").bulk == 3
+    for _ in range(4):
+        dispatcher.step()
+    assert sender.sent == ["LIVE-1", "OLD-0", "OLD-1", "OLD-2"]
+    state = till.get("/v1/receipts/OLD-1").json()["destinations"][0]["state"]
+    assert state == "delivered"

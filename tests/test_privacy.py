@@ -66,8 +66,8 @@ def privacy_with_clocks(agent, clocks: FakeClocks) -> Privacy:
 def queued_personal(agent, key: str) -> list[str]:
     """The sealed personal part of every queued item of one record."""
     found = []
-    for destination in agent.outbox.destinations:
-        for _, item in agent.outbox.run(lambda b, d=destination: b.pending_items(d)):
+    for queue in agent.outbox.queues:
+        for _, item in agent.outbox.run(lambda b, d=queue: b.pending_items(d)):
             if item["key"] == key:
                 found.append(item["personal"])
     return found
