@@ -229,6 +229,7 @@ class Maintenance:
 
     privacy: Privacy
     dead_letters: DeadLetters
+    intake: Intake
 
 
 @contextlib.contextmanager
@@ -239,7 +240,16 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
         keyring, box = open_stores(settings)
         cache = open_cache(settings, keyring)
         try:
-            yield Maintenance(Privacy(box, keyring, settings, stores=[cache]), DeadLetters(box))
+            intake = Intake(
+                box,
+                keyring,
+                settings.enabled_destinations,
+                settings.intake,
+                health.Health(),
+                settings.agent.default_region,
+            )
+            privacy = Privacy(box, keyring, settings, stores=[cache])
+            yield Maintenance(privacy, DeadLetters(box), intake)
         finally:
             cache.close()
             box.close()

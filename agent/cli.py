@@ -14,9 +14,16 @@ from typing import Any
 
 import click
 import requests
+from tqdm import tqdm
 
-from agent import __version__, app, config, logs, support
-from agent.errors import AgentError, AlreadyRunningError, ConfigError, NotFoundError
+from agent import __version__, app, backfill, config, logs, support
+from agent.errors import (
+    AgentError,
+    AlreadyRunningError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+)
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -202,6 +209,50 @@ def call_agent(
     if response.status_code >= 300:
         raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
     return response.json()
+
+
+@main.command("import")
+@CONFIG_OPTION
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def import_history(config_file: str | None, file: str) -> None:
+    """Load a site's history (JSONL or CSV of receipts) in the low-priority lane; re-runnable."""
+    settings = load_settings(config_file)
+    path = Path(file)
+    with tqdm(total=backfill.count_receipts(path), unit="receipt") as bar:
+        try:
+            with app.maintenance(settings) as stores:
+                summary = backfill.run_import(path, local_submitter(stores), bar.update)
+        except AlreadyRunningError:
+            summary = backfill.run_import(path, api_submitter(settings), bar.update)
+    click.echo(
+        f"accepted {summary.accepted}, duplicates {summary.duplicates}, "
+        f"amended {summary.amended}, invalid {summary.invalid}"
+    )
+    for line in summary.invalid_lines:
+        click.echo(f"  {line}")
+
+
+def local_submitter(stores: app.Maintenance) -> backfill.Submit:
+    def submit(body: dict[str, Any]) -> str:
+        return stores.intake.put_receipt(backfill.check(body), low_priority=True).status
+
+    return submit
+
+
+def api_submitter(settings: config.Settings) -> backfill.Submit:
+    session = requests.Session()
+    session.headers.update(auth_header(settings))
+    url = agent_url(settings) + "/v1/receipts?lane=low"
+
+    def submit(body: dict[str, Any]) -> str:
+        response = session.post(url, json=body, timeout=30)
+        if response.status_code == 422:
+            raise InvalidRequestError(response.json()["error"]["message"], code="invalid_body")
+        if response.status_code >= 300:
+            raise click.ClickException(f"{url} answered {response.status_code}")
+        return str(response.json()["status"])
+
+    return submit
 
 
 @main.command("support-bundle")

@@ -59,7 +59,8 @@ class Route:
 def post_receipt(request: Request, services: Services) -> Response:
     receipt = decode(request, models.Receipt)
     models.check_receipt(receipt)
-    accepted = services.intake.put_receipt(receipt)
+    low = urllib.parse.parse_qs(str(request.environ.get("QUERY_STRING", ""))).get("lane") == ["low"]
+    accepted = services.intake.put_receipt(receipt, low_priority=low)
     return Response.json(receipt_accepted(accepted), status=_accepted_status(accepted))
 
 
