@@ -1,0 +1,341 @@
+"""The connector contract: two Protocols, the one HTTP status table, and the settings helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from agent.config import DestinationSettings
+from agent.errors import (
+    AuthError,
+    CloudError,
+    ConfigError,
+    RejectedError,
+    RetryableError,
+    ThrottledError,
+)
+from agent.models import ContactPage, OutboundMessage
+
+log = logging.getLogger(__name__)
+
+ReadSecret = Callable[[str], str]
+EXCERPT_CHARS = 500
+DEFAULT_THROTTLE_SECONDS = 60.0
+RETRYABLE_STATUSES = frozenset({408, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 403})
+# Keys a cloud's JSON error body names its error by, most specific first.
+ERROR_ID_KEYS = ("errorId", "error_id", "errorCode", "code", "name", "error")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the cloud said that dispatch needs: its rate-limit headers and the id it gave."""
+
+    status: int | None = None
+    cloud_id: str | None = None
+    rate_limit_remaining: int | None = None
+    rate_limit_reset_seconds: float | None = None
+
+
+class Sender(Protocol):
+    """A cloud that takes messages from the till."""
+
+    name: str
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """Deliver one message; raises RetryableError, ThrottledError, AuthError, RejectedError."""
+        ...
+
+    def probe(self) -> None:
+        """One cheap authenticated call; raises AuthError or RetryableError."""
+        ...
+
+
+class ContactSource(Protocol):
+    """A cloud that reports contact changes after a cursor."""
+
+    name: str
+
+    def fetch_contact_changes(self, cursor: str | None, limit: int) -> ContactPage:
+        """The next page after cursor (None: from the start); raises CloudError subclasses."""
+        ...
+
+
+Connector: TypeAlias = Sender | ContactSource
+
+
+# --- the HTTP session -------------------------------------------------------------------
+
+
+class TimeoutSession(requests.Session):
+    """A Session whose every request has a timeout, and whose adapters never retry."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        super().__init__()
+        self.timeout_seconds = timeout_seconds
+        for prefix in ("http://", "https://"):
+            self.mount(prefix, HTTPAdapter(max_retries=0))
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout_seconds)
+        if kwargs["timeout"] is None:
+            kwargs["timeout"] = self.timeout_seconds
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_session(user_agent: str, timeout_seconds: float = 30.0) -> TimeoutSession:
+    """The one Session: timeouts always, no retries, a User-Agent, ids-only response logging."""
+    session = TimeoutSession(timeout_seconds)
+    session.headers["User-Agent"] = user_agent
+    session.hooks["response"].append(_log_response)
+    return session
+
+
+def _log_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Method, path (never the query: it can hold an email or phone) and status; no bodies."""
+    log.debug(
+        "cloud %s %s -> %s in %.0f ms",
+        response.request.method,
+        urlsplit(str(response.request.url)).path,
+        response.status_code,
+        response.elapsed.total_seconds() * 1000,
+    )
+
+
+# --- errors -----------------------------------------------------------------------------
+
+_CONFIG_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.URLRequired,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+)
+# Everything else requests (or urllib3 underneath) can raise is a failed exchange: network,
+# timeout, TLS, proxy, redirects, a broken or undecodable body. Retrying never loses data.
+_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.RequestException,
+    requests.exceptions.RequestsWarning,
+    urllib3.exceptions.HTTPError,
+)
+
+
+@contextmanager
+def translate_http_errors(connector: str) -> Iterator[None]:
+    """Map requests' exceptions to ours, at this one point: bad URLs to ConfigError, else retry."""
+    try:
+        yield
+    except CloudError:
+        raise
+    except _CONFIG_ERRORS as exc:
+        raise ConfigError([f"destinations.{connector}.base_url: {type(exc).__name__}"]) from exc
+    except _RETRYABLE_ERRORS as exc:
+        raise RetryableError(
+            f"{connector}: {type(exc).__name__} talking to the cloud", connector=connector
+        ) from exc
+
+
+_REDACTIONS = (
+    (
+        re.compile(
+            r"(?i)\"[^\"]*(token|secret|key|password|authorization)[^\"]*\"\s*:\s*\"[^\"]*\""
+        ),
+        '"[redacted]":"[redacted]"',
+    ),
+    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "[email]"),
+    (re.compile(r"\+?\d[\d ()-]{5,}\d"), "[number]"),
+)
+
+
+def excerpt(text: str) -> str:
+    """The body as it may be kept: secrets, emails and long numbers redacted, ≤ 500 chars."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text[:EXCERPT_CHARS]
+
+
+def cloud_error_id(text: str) -> str | None:
+    """The cloud's own id or name for the error, from a JSON body (Loaded errorId, Voyado name)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    for candidate in (body, body.get("error") if isinstance(body, dict) else None):
+        if not isinstance(candidate, dict):
+            continue
+        for key in ERROR_ID_KEYS:
+            value = candidate.get(key)
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+                return str(value)[:100]
+    return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP-date, by urllib3's parser); None if absent."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(Retry().parse_retry_after(value)))
+    except urllib3.exceptions.InvalidHeader:
+        return None
+
+
+def raise_for_response(response: requests.Response, *, connector: str) -> None:
+    """The one status table (DESIGN §3): return on 2xx, else raise the class the status means."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    text = response.text
+    details: dict[str, Any] = {
+        "connector": connector,
+        "status": status,
+        "cloud_error_id": cloud_error_id(text),
+        "body_excerpt": excerpt(text),
+    }
+    message = f"{connector}: HTTP {status}"
+    wait = retry_after_seconds(response.headers.get("Retry-After"))
+    if status == 429 or (status == 503 and wait is not None):
+        seconds = DEFAULT_THROTTLE_SECONDS if wait is None else wait
+        raise ThrottledError(message, retry_after_seconds=seconds, **details)
+    if status in AUTH_STATUSES:
+        raise AuthError(message, **details)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        raise RetryableError(message, **details)
+    if 400 <= status < 500:
+        raise RejectedError(message, **details)
+    raise RetryableError(message, **details)  # 1xx/3xx that requests did not follow
+
+
+def json_body(response: requests.Response, *, connector: str) -> Any:
+    """A 2xx reply's JSON; a malformed one is the cloud's fault of the moment: RetryableError."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise RetryableError(
+            f"{connector}: malformed JSON in a {response.status_code} reply",
+            connector=connector,
+            status=response.status_code,
+            body_excerpt=excerpt(response.text),
+        ) from exc
+
+
+def call(
+    http: requests.Session, method: str, url: str, *, connector: str, **kwargs: Any
+) -> requests.Response:
+    """One request, errors translated and the status table applied; the response is closed."""
+    with translate_http_errors(connector), http.request(method, url, **kwargs) as response:
+        response.content  # noqa: B018 - read it all inside the translation, then close
+        raise_for_response(response, connector=connector)
+        return response
+
+
+def rate_limit(response: requests.Response) -> tuple[int | None, float | None]:
+    """(X-RateLimit-Remaining, seconds until X-RateLimit-Reset) when the cloud sends them."""
+    remaining = response.headers.get("X-RateLimit-Remaining", "")
+    reset = response.headers.get("X-RateLimit-Reset", "")
+    left = int(remaining) if remaining.strip().isdigit() else None
+    try:
+        seconds: float | None = float(reset) if reset else None
+    except ValueError:
+        seconds = retry_after_seconds(reset)
+    return left, seconds
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+class Options:
+    """Reads a destination's connector keys, profile applied, collecting every problem."""
+
+    def __init__(self, destination: DestinationSettings, read_secret: ReadSecret) -> None:
+        self.prefix = f"destinations.{destination.name}"
+        self.problems: list[str] = []
+        self._read_secret = read_secret
+        raw = dict(destination.options)
+        profiles = raw.pop("profiles", {})
+        self.profile = raw.pop("profile", "")
+        self.values, self.base_url = raw, destination.base_url
+        self._apply_profile(profiles)
+        self._used: set[str] = set()
+
+    def _apply_profile(self, profiles: object) -> None:
+        if not isinstance(profiles, Mapping):
+            self.problems.append(f"{self.prefix}.profiles: must be a table (got {profiles!r})")
+            return
+        if not self.profile:
+            return
+        chosen = profiles.get(self.profile)
+        if not isinstance(chosen, Mapping):
+            known = ", ".join(sorted(profiles)) or "none"
+            self.problems.append(
+                f"{self.prefix}.profile: no [profiles.{self.profile}] table (known: {known})"
+            )
+            return
+        self.values.update(chosen)
+        self.base_url = str(chosen.get("base_url", self.base_url))
+        self.values.pop("base_url", None)
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], expected: str) -> Any:
+        self._used.add(key)
+        value = self.values.get(key, default)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            self.problems.append(f"{self.prefix}.{key}: expected {expected} (got {value!r})")
+            return default
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        return str(self._get(key, default, (str,), "a string"))
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key, default)
+        if value not in allowed:
+            self.problems.append(f"{self.prefix}.{key}: one of {allowed} (got {value!r})")
+            return default
+        return value
+
+    def number(self, key: str, default: float, *, low: float = 0.0, high: float = 1e12) -> float:
+        value = float(self._get(key, default, (int, float), "a number"))
+        if not low <= value <= high:
+            self.problems.append(f"{self.prefix}.{key}: between {low} and {high} (got {value})")
+            return default
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, default, (bool,), "true or false"))
+
+    def secret(self, key: str, default_name: str) -> str:
+        """The secret named by `key` (never the secret itself), read from the credential store."""
+        name = self.text(key, default_name)
+        try:
+            value = self._read_secret(name)
+        except (ConfigError, OSError, KeyError, ValueError) as exc:
+            self.problems.append(f"{self.prefix}.{key}: secret {name!r} unreadable ({exc})")
+            return ""
+        if not value:
+            self.problems.append(f"{self.prefix}.{key}: secret {name!r} is empty")
+        return value.strip()
+
+    def finish(self) -> None:
+        """Unknown keys are problems too; raise ConfigError with all of them."""
+        for key in sorted(set(self.values) - self._used):
+            self.problems.append(f"{self.prefix}.{key}: unknown key")
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def join(base_url: str, path: str) -> str:
+    """base_url (with or without a trailing slash, maybe with a path prefix) + '/api/...'."""
+    return base_url.rstrip("/") + "/" + path.lstrip("/")

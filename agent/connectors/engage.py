@@ -1,0 +1,467 @@
+"""Voyado Engage: receipts, contacts, lookup, bulk writes and the contact changes feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import phonenumbers
+import requests
+
+from agent import __version__
+from agent.config import DestinationSettings
+from agent.connectors.base import (
+    ContactSource,
+    Options,
+    ReadSecret,
+    Sender,
+    SendResult,
+    call,
+    join,
+    json_body,
+    rate_limit,
+)
+from agent.errors import RejectedError, RetryableError
+from agent.models import (
+    Contact,
+    ContactPage,
+    OutboundMessage,
+    Receipt,
+    SourceContact,
+    to_builtins,
+)
+
+log = logging.getLogger(__name__)
+
+BULK_MAX = 4000
+CHANGE_TYPES = ("Created", "Updated", "Deleted")
+MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
+CONTACT_HEADER_KEYS = ("source", "storeExternalId", "createAsUnapproved")
+MIN_WINDOW_SECONDS = 60.0
+WINDOWS_PER_CALL = 200  # empty windows skipped in one fetch before handing back a page
+
+
+@dataclass(frozen=True)
+class EngageSettings:
+    """One Engage tenant: where, which API version, how phones go out, how the feed walks."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    api_version: str = "v2"
+    phone_format: str = "e164"  # "e164": +46701234567; "digits": 46701234567
+    default_region: str = "SE"
+    contact_type: str = "Member"
+    source: str = "TillAgent"
+    user_agent: str = f"TillAgent/{__version__}"
+    changes_start: str = "2000-01-01T00:00:00+00:00"
+    changes_window_hours: float = 24.0
+    changes_overlap_seconds: float = 300.0
+    changes_utc_offset_minutes: int = 0
+    bulk_max: int = BULK_MAX
+    avoid_triggering_export: bool = False
+
+
+def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> EngageSettings:
+    """EngageSettings from [destinations.<name>] (profile applied); ConfigError lists problems."""
+    opts = Options(destination, read_secret)
+    settings = EngageSettings(
+        name=destination.name,
+        base_url=opts.base_url,
+        api_key=opts.secret("api_key_secret", "engage-api-key"),
+        api_version=opts.choice("api_version", "v2", ("v2", "v3")),
+        phone_format=opts.choice("phone_format", "e164", ("e164", "digits")),
+        default_region=opts.text("default_region", "SE"),
+        contact_type=opts.text("contact_type", "Member"),
+        source=opts.text("source", "TillAgent"),
+        user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
+        changes_start=opts.text("changes_start", "2000-01-01T00:00:00+00:00"),
+        changes_window_hours=opts.number("changes_window_hours", 24.0, low=0.02, high=8760),
+        changes_overlap_seconds=opts.number("changes_overlap_seconds", 300.0, high=86400),
+        changes_utc_offset_minutes=int(
+            opts.number("changes_utc_offset_minutes", 0, low=-900, high=900)
+        ),
+        bulk_max=int(opts.number("bulk_max", BULK_MAX, low=1, high=BULK_MAX)),
+        avoid_triggering_export=opts.flag("avoid_triggering_export", False),
+    )
+    _check_start(settings.changes_start, opts)
+    opts.finish()
+    return settings
+
+
+def _check_start(value: str, opts: Options) -> None:
+    try:
+        if dt.datetime.fromisoformat(value).tzinfo is None:
+            raise ValueError("no offset")
+    except ValueError:
+        opts.problems.append(f"{opts.prefix}.changes_start: ISO 8601 with offset (got {value!r})")
+
+
+class EngageConnector:
+    """Maps our receipts and contacts to Engage's API and back; classifies every answer."""
+
+    def __init__(
+        self,
+        settings: EngageSettings,
+        http: requests.Session,
+        now: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self._http = http
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
+        self._headers = {
+            "apikey": settings.api_key,
+            "User-Agent": settings.user_agent,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return join(self.settings.base_url, f"/api/{self.settings.api_version}/{path}")
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = self._headers | kwargs.pop("headers", {})
+        return call(
+            self._http, method, self._url(path), connector=self.name, headers=headers, **kwargs
+        )
+
+    def _result(self, response: requests.Response, cloud_id: str | None = None) -> SendResult:
+        remaining, reset = rate_limit(response)
+        return SendResult(response.status_code, cloud_id, remaining, reset)
+
+    # --- Sender -------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """GET contacts/count: cheap, cached by Engage, and needs a valid key."""
+        self._call("GET", "contacts/count")
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """A receipt to POST receipts; a contact created (looked up first) or updated."""
+        if message.kind == "receipt" and message.receipt is not None:
+            body = self.receipt_payload(message.receipt, message.cloud_contact_id)
+            return self._result(self._call("POST", "receipts", json=body))
+        if message.kind == "contact" and message.contact is not None:
+            return self._send_contact(message.contact)
+        raise RejectedError(
+            f"{self.name}: nothing to send in a {message.kind}", connector=self.name
+        )
+
+    def _send_contact(self, contact: Contact) -> SendResult:
+        """Voyado's retry advice: check with a GET before a create, so a retry never duplicates."""
+        cloud_id = contact.contact_id or self.find_contact_id(
+            email=contact.email, mobile_phone=contact.mobile_phone
+        )
+        if cloud_id is not None:
+            response = self._call(
+                "POST", f"contacts/{cloud_id}", json=self.contact_payload(contact)
+            )
+            return self._result(response, cloud_id)
+        response = self._create(contact)
+        return self._result(response, self._id_of(response))
+
+    # --- contacts -----------------------------------------------------------------------
+
+    def create_contact(self, contact: Contact) -> str:
+        """POST contacts; the new (or, when a key already exists, the existing) contact's id."""
+        return self._id_of(self._create(contact))
+
+    def _create(self, contact: Contact) -> requests.Response:
+        extras = {
+            "source": self.settings.source,
+            "storeExternalId": contact.store_external_id or "",
+        }
+        extras = {k: v for k, v in extras.items() if v}
+        if self.settings.api_version == "v2":  # v2 reads these as headers, v3 from the query
+            return self._call(
+                "POST", "contacts", json=self.contact_payload(contact), headers=extras
+            )
+        return self._call("POST", "contacts", json=self.contact_payload(contact), params=extras)
+
+    def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
+        """GET contacts/id by email or phone: the id, None on 404; 409 (several) RejectedError."""
+        params = {"email": email or None, "mobilePhone": self.phone_out(mobile_phone)}
+        params = {k: v for k, v in params.items() if v}
+        if not params:
+            return None
+        try:
+            response = self._call("GET", "contacts/id", params=params)
+        except RejectedError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._id_of(response)
+
+    def fetch_contact(self, contact_id: str) -> SourceContact | None:
+        """GET contacts/{id} as a SourceContact; None when Engage no longer has it (404)."""
+        try:
+            response = self._call("GET", f"contacts/{contact_id}")
+        except RejectedError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self.source_contact(json_body(response, connector=self.name), contact_id)
+
+    def bulk_write(self, contacts: Sequence[Contact], *, update: bool = False) -> list[str]:
+        """POST (create) or PATCH (update) contacts/bulk in batches of ≤ bulk_max; batch ids."""
+        params: dict[str, str] = {"contactType": self.settings.contact_type}
+        if update:
+            params["avoidTriggeringExport"] = str(self.settings.avoid_triggering_export).lower()
+        size = self.settings.bulk_max
+        batches = []
+        for start in range(0, len(contacts), size):
+            body = [self.contact_payload(c) for c in contacts[start : start + size]]
+            response = self._call(
+                "PATCH" if update else "POST", "contacts/bulk", json=body, params=params
+            )
+            batches.append(self._id_of(response))
+        return batches
+
+    def bulk_status(self, batch_id: str) -> dict[str, Any]:
+        """GET contacts/bulk/status?batchId=: Engage's report on one batch, as it sends it."""
+        response = self._call("GET", "contacts/bulk/status", params={"batchId": batch_id})
+        body = json_body(response, connector=self.name)
+        return body if isinstance(body, dict) else {"status": body}
+
+    def _id_of(self, response: requests.Response) -> str:
+        """An id from a reply that is a JSON string, an object with id/batchId, or plain text."""
+        try:
+            body = json.loads(response.text)
+        except ValueError:
+            body = response.text.strip()
+        if isinstance(body, dict):
+            body = body.get("id") or body.get("batchId") or body.get("contactId")
+        if isinstance(body, str) and body and len(body) <= 255 and "<" not in body:
+            return body
+        raise RetryableError(
+            f"{self.name}: no id in a {response.status_code} reply",
+            connector=self.name,
+            status=response.status_code,
+        )
+
+    # --- mapping ------------------------------------------------------------------------
+
+    def phone_out(self, phone: str | None) -> str | None:
+        """A phone as Engage should get it: E.164 (+46…) or the same digits without '+'."""
+        if not phone:
+            return None
+        e164 = to_e164(phone, self.settings.default_region, connector=self.name)
+        return e164 if self.settings.phone_format == "e164" else e164.lstrip("+")
+
+    def receipt_payload(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, Any]:
+        """Our receipt in Engage's shape: money as numbers, order links as extraData."""
+        body: dict[str, Any] = _numbers(to_builtins(receipt))
+        body.pop("contact", None)
+        extra = [
+            {"name": name, "value": value}
+            for name, value in (
+                ("orderId", body.pop("orderId", None)),
+                ("originalReceiptId", body.pop("originalReceiptId", None)),
+            )
+            if value
+        ]
+        if extra:
+            body["extraData"] = extra
+        body["contact"] = self._receipt_contact(receipt, cloud_contact_id)
+        return body
+
+    def _receipt_contact(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, str]:
+        if cloud_contact_id:
+            return {"matchKey": cloud_contact_id, "matchKeyType": "ContactId"}
+        contact = receipt.contact
+        if contact is None or contact.match_key is None or contact.match_key_type is None:
+            raise RetryableError(  # a member registered at this till, not yet in Engage
+                f"{self.name}: receipt {receipt.unique_receipt_id} has no resolved contact",
+                connector=self.name,
+            )
+        key = contact.match_key
+        if contact.match_key_type == "MobilePhone":
+            key = self.phone_out(key) or key
+        return {
+            "matchKey": key,
+            "matchKeyType": contact.match_key_type,
+            "contactType": self.settings.contact_type,
+        }
+
+    def contact_payload(self, contact: Contact) -> dict[str, Any]:
+        """Our contact in Engage's shape: empty fields left out (Engage would blank them)."""
+        body = to_builtins(contact)
+        for key in ("contactId", "storeExternalId"):
+            body.pop(key, None)
+        if contact.mobile_phone:
+            body["mobilePhone"] = self.phone_out(contact.mobile_phone)
+        prefs = {k: body.pop(k) for k in ("acceptsEmail", "acceptsSms") if k in body}
+        if prefs:
+            body["preferences"] = prefs
+        body.setdefault("contactType", self.settings.contact_type)
+        return body
+
+    def source_contact(self, body: Any, contact_id: str) -> SourceContact:
+        """Engage's contact (flat, or with an `attributes` object) as our SourceContact."""
+        if not isinstance(body, dict):
+            raise RetryableError(f"{self.name}: contact reply not an object", connector=self.name)
+        nested = body.get("attributes")
+        attrs: dict[str, Any] = nested if isinstance(nested, dict) else body
+
+        def text(key: str) -> str | None:
+            value = attrs.get(key)
+            return str(value) if value not in (None, "") else None
+
+        return SourceContact(
+            contact_id=str(body.get("id") or contact_id),
+            first_name=text("firstName"),
+            last_name=text("lastName"),
+            email=text("email"),
+            mobile_phone=text("mobilePhone"),
+            member_number=text("memberNumber"),
+        )
+
+    # --- ContactSource: the changes feed ------------------------------------------------
+
+    def fetch_contact_changes(self, cursor: str | None, limit: int) -> ContactPage:
+        """Walk time windows from the cursor; each page is ≤ limit ids of one window, fetched."""
+        feed = _Feed.decode(cursor, self.settings, self._now())
+        for _ in range(WINDOWS_PER_CALL):
+            changes = self._window_changes(feed)
+            page = changes[feed.offset : feed.offset + limit]
+            if page or feed.at_now:
+                break
+            feed = feed.advanced(self.settings)
+        contacts = [self._changed(contact_id, deleted) for contact_id, deleted in page]
+        if feed.offset + limit < len(changes):
+            nxt, more = feed.paged(feed.offset + limit), True
+        else:
+            nxt, more = feed.advanced(self.settings), not feed.at_now
+        return ContactPage(contacts=contacts, cursor=nxt.encode(), has_more=more)
+
+    def _changed(self, contact_id: str, deleted: bool) -> SourceContact:
+        if deleted:
+            return SourceContact(contact_id=contact_id, deleted=True)
+        fresh = self.fetch_contact(contact_id)
+        return fresh or SourceContact(contact_id=contact_id, deleted=True)
+
+    def _window_changes(self, feed: _Feed) -> list[tuple[str, bool]]:
+        """Every id changed in the window; the window narrows while Engage's cap answers 400."""
+        while True:
+            try:
+                return self._changes_in(feed)
+            except RejectedError as exc:
+                if exc.status != 400 or feed.window_seconds <= MIN_WINDOW_SECONDS:
+                    raise
+                feed.narrow()
+                log.info("%s: changes window narrowed to %.0f s", self.name, feed.window_seconds)
+
+    def _changes_in(self, feed: _Feed) -> list[tuple[str, bool]]:
+        found: dict[str, bool] = {}
+        for change_type in CHANGE_TYPES:
+            params = {
+                "changeType": change_type,
+                "fromDate": self._engage_time(feed.start),
+                "toDate": self._engage_time(feed.end),
+            }
+            response = self._call("GET", "contacts/changes", params=params)
+            ids = json_body(response, connector=self.name)
+            if not isinstance(ids, list):
+                raise RetryableError(f"{self.name}: changes not a list", connector=self.name)
+            for contact_id in ids:
+                found[str(contact_id)] = change_type == "Deleted" or found.get(
+                    str(contact_id), False
+                )
+        return sorted(found.items())
+
+    def _engage_time(self, instant: dt.datetime) -> str:
+        offset = dt.timezone(dt.timedelta(minutes=self.settings.changes_utc_offset_minutes))
+        return instant.astimezone(offset).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@dataclass
+class _Feed:
+    """Where the changes feed stands: a window [start, end), an offset in it, its width."""
+
+    start: dt.datetime
+    window_seconds: float
+    now: dt.datetime
+    offset: int = 0
+
+    @property
+    def end(self) -> dt.datetime:
+        return min(self.start + dt.timedelta(seconds=self.window_seconds), self.now)
+
+    @property
+    def at_now(self) -> bool:
+        return self.end >= self.now
+
+    def narrow(self) -> None:
+        self.window_seconds = max(MIN_WINDOW_SECONDS, self.window_seconds / 2)
+        self.offset = 0
+
+    def paged(self, offset: int) -> _Feed:
+        return _Feed(self.start, self.window_seconds, self.now, offset)
+
+    def advanced(self, settings: EngageSettings) -> _Feed:
+        """The next window starts `overlap` before this one ended; its width grows back."""
+        overlap = dt.timedelta(seconds=settings.changes_overlap_seconds)
+        start = max(self.start, self.end - overlap) if self.at_now else self.end - overlap
+        if start <= self.start and not self.at_now:
+            start = self.end  # a window narrower than the overlap must still move on
+        width = min(self.window_seconds * 2, settings.changes_window_hours * 3600)
+        return _Feed(start, width, self.now)
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"start": self.start.isoformat(), "window": self.window_seconds, "offset": self.offset}
+        )
+
+    @classmethod
+    def decode(cls, cursor: str | None, settings: EngageSettings, now: dt.datetime) -> _Feed:
+        width = settings.changes_window_hours * 3600
+        if not cursor:
+            return cls(dt.datetime.fromisoformat(settings.changes_start), width, now)
+        try:
+            state = json.loads(cursor)
+            start = dt.datetime.fromisoformat(state["start"])
+            return cls(start, float(state["window"]), now, int(state["offset"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("engage: unreadable changes cursor, starting from changes_start")
+            return cls(dt.datetime.fromisoformat(settings.changes_start), width, now)
+
+
+def to_e164(phone: str, region: str, *, connector: str = "engage") -> str:
+    """A phone number in E.164 with its plus; RejectedError when it is no number at all."""
+    try:
+        number = phonenumbers.parse(phone, region)
+    except phonenumbers.NumberParseException as exc:
+        raise RejectedError(f"not a phone number ({exc.error_type})", connector=connector) from exc
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _numbers(value: Any, key: str = "") -> Any:
+    """Money fields back to JSON numbers (to_builtins writes decimals as strings)."""
+    if isinstance(value, dict):
+        return {k: _numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v, key) for v in value]
+    if key in MONEY_KEYS and isinstance(value, str):
+        return float(Decimal(value))
+    return value
+
+
+def create(
+    settings: EngageSettings,
+    http: requests.Session,
+    now: Callable[[], dt.datetime] | None = None,
+) -> EngageConnector:
+    """The connector for one Engage destination."""
+    return EngageConnector(settings, http, now)
+
+
+# mypy proves the class keeps both contracts here (litestream's `var _ X = (*Y)(nil)`).
+_AS_SENDER: type[Sender] = EngageConnector
+_AS_SOURCE: type[ContactSource] = EngageConnector
