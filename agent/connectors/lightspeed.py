@@ -1,0 +1,144 @@
+"""Lightspeed X-Series: customers as a contact source, walked by the global version cursor."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from agent import __version__
+from agent.config import DestinationSettings
+from agent.connectors.base import (
+    ContactSource,
+    Options,
+    ReadSecret,
+    call,
+    join,
+    json_body,
+    rate_limit,
+)
+from agent.errors import RejectedError, RetryableError
+from agent.models import ContactPage, SourceContact
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class LightspeedSettings:
+    """One retailer: where, its token, and how big a page may be."""
+
+    name: str
+    base_url: str
+    token: str = field(repr=False)
+    page_size: int = MAX_PAGE_SIZE
+    phone_field: str = "mobile"  # falls back to "phone" when empty
+    user_agent: str = f"TillAgent/{__version__}"
+
+
+def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> LightspeedSettings:
+    """LightspeedSettings from [destinations.<name>] (profile applied); ConfigError if wrong."""
+    opts = Options(destination, read_secret)
+    settings = LightspeedSettings(
+        name=destination.name,
+        base_url=opts.base_url,
+        token=opts.secret("token_secret", "lightspeed-token"),
+        page_size=int(opts.number("page_size", MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)),
+        phone_field=opts.choice("phone_field", "mobile", ("mobile", "phone")),
+        user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
+    )
+    opts.finish()
+    return settings
+
+
+@dataclass(frozen=True)
+class SourcePage:
+    """A page with the rate-limit headers that came with it."""
+
+    page: ContactPage
+    rate_limit_remaining: int | None
+    rate_limit_reset_seconds: float | None
+
+
+class LightspeedConnector:
+    """GET /api/2.0/customers?after=<version>: deleted_at is a deletion; version.max the cursor."""
+
+    def __init__(self, settings: LightspeedSettings, http: requests.Session) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self._http = http
+        self.last_rate_limit: tuple[int | None, float | None] = (None, None)
+
+    def probe(self) -> None:
+        """One customer: proves the token."""
+        self._get({"page_size": "1"})
+
+    def fetch_contact_changes(self, cursor: str | None, limit: int) -> ContactPage:
+        """Customers changed after cursor (a version); has_more until version.max is null."""
+        return self.fetch_page(cursor, limit).page
+
+    def fetch_page(self, cursor: str | None, limit: int) -> SourcePage:
+        """fetch_contact_changes with X-RateLimit-Remaining, for a caller that paces itself."""
+        after = cursor or "0"
+        if not after.isdigit():
+            raise RejectedError(f"{self.name}: cursor is not a version", connector=self.name)
+        size = max(1, min(limit, self.settings.page_size))
+        response = self._get({"after": after, "page_size": str(size)})
+        data, version_max = self._parse(json_body(response, connector=self.name))
+        contacts = [self.source_contact(customer) for customer in data]
+        self.last_rate_limit = rate_limit(response)
+        page = ContactPage(
+            contacts=contacts,
+            cursor=str(version_max) if version_max is not None else cursor,
+            has_more=version_max is not None,
+        )
+        return SourcePage(page, *self.last_rate_limit)
+
+    def _get(self, params: dict[str, str]) -> requests.Response:
+        headers = {
+            "Authorization": f"Bearer {self.settings.token}",
+            "User-Agent": self.settings.user_agent,
+            "Accept": "application/json",
+        }
+        url = join(self.settings.base_url, "/api/2.0/customers")
+        return call(self._http, "GET", url, connector=self.name, params=params, headers=headers)
+
+    def _parse(self, body: Any) -> tuple[list[dict[str, Any]], int | None]:
+        if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
+            raise RetryableError(f"{self.name}: customers reply not a page", connector=self.name)
+        version = body.get("version") or {}
+        version_max = version.get("max") if isinstance(version, dict) else None
+        if version_max is not None and not isinstance(version_max, int):
+            raise RetryableError(f"{self.name}: version.max not an integer", connector=self.name)
+        data = [c for c in body.get("data") or [] if isinstance(c, dict) and c.get("id")]
+        return data, version_max
+
+    def source_contact(self, customer: dict[str, Any]) -> SourceContact:
+        """A Lightspeed customer in our field names; deleted_at set means it is gone."""
+
+        def text(key: str) -> str | None:
+            value = customer.get(key)
+            return str(value) if value not in (None, "") else None
+
+        if customer.get("deleted_at"):
+            return SourceContact(contact_id=str(customer["id"]), deleted=True)
+        other = "phone" if self.settings.phone_field == "mobile" else "mobile"
+        return SourceContact(
+            contact_id=str(customer["id"]),
+            first_name=text("first_name"),
+            last_name=text("last_name"),
+            email=text("email"),
+            mobile_phone=text(self.settings.phone_field) or text(other),
+            member_number=text("customer_code"),
+        )
+
+
+def create(settings: LightspeedSettings, http: requests.Session) -> LightspeedConnector:
+    """The connector for one Lightspeed retailer."""
+    return LightspeedConnector(settings, http)
+
+
+_AS_SOURCE: type[ContactSource] = LightspeedConnector
