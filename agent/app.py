@@ -24,7 +24,7 @@ from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.errors import AlreadyRunningError, ConfigError, StorageError
 from agent.intake import Intake
-from agent.ledger import DeadLetters, Ledger
+from agent.ledger import DeadLetters, Journal, Ledger
 from agent.lookup import Lookup
 from agent.metrics import Metrics
 from agent.privacy import Privacy
@@ -230,6 +230,7 @@ class Maintenance:
     privacy: Privacy
     dead_letters: DeadLetters
     intake: Intake
+    journal: Journal
 
 
 @contextlib.contextmanager
@@ -249,7 +250,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 settings.agent.default_region,
             )
             privacy = Privacy(box, keyring, settings, stores=[cache])
-            yield Maintenance(privacy, DeadLetters(box), intake)
+            yield Maintenance(privacy, DeadLetters(box), intake, Journal(box))
         finally:
             cache.close()
             box.close()
@@ -284,6 +285,7 @@ def _services(
         health=board,
         privacy=privacy,
         dead_letters=DeadLetters(box),
+        journal=Journal(box),
         lookup=lookup,
         metrics=metrics,
         openapi=openapi,

@@ -211,6 +211,24 @@ def call_agent(
     return response.json()
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option("--from", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "last_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--destination", default=None, help="Only this destination (default: all).")
+def replay(config_file: str | None, first_day: Any, last_day: Any, destination: str | None) -> None:
+    """Send the receipts of a date range again (by their createdDate), at low priority."""
+    settings = load_settings(config_file)
+    start, end = first_day.date().isoformat(), last_day.date().isoformat()
+    body = {"from": start, "to": end} | ({"destination": destination} if destination else {})
+    answer = on_stores_or_agent(
+        settings,
+        ("POST", "/v1/replay", body),
+        lambda m: {"queued": m.journal.replay(start, end, destination)},
+    )
+    click.echo(f"queued {answer['queued']} receipts again, behind live sales")
+
+
 @main.command("import")
 @CONFIG_OPTION
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))

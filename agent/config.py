@@ -122,6 +122,7 @@ class PrivacySettings:
     ledger_retention_days: int = 90
     contact_ttl_days: int = 30
     log_retention_days: int = 14
+    journal_retention_days: int = 30
     key_rotation_days: int = 30
     purge_interval_minutes: int = 60
 
@@ -162,6 +163,7 @@ class Settings:
             privacy.quarantine_retention_days,
             privacy.dead_letter_retention_days,
             privacy.contact_ttl_days,
+            privacy.journal_retention_days,
         )
 
     @property
@@ -253,6 +255,7 @@ def validate(settings: Settings) -> list[str]:
         "ledger_retention_days",
         "contact_ttl_days",
         "log_retention_days",
+        "journal_retention_days",
         "key_rotation_days",
         "purge_interval_minutes",
     ):

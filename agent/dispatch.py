@@ -275,7 +275,12 @@ class Dispatcher:
         item = claimed.item
         # The ledger first, then the ack: a crash between resends with the same key.
         self._ledger.record_delivery(
-            self.destination, item["key"], item["revision"], "delivered", body=item.get("body")
+            self.destination,
+            item["key"],
+            item["revision"],
+            "delivered",
+            body=item.get("body"),
+            journal=item,
         )
         self._outbox.ack(claimed)
         if self._probing is not None:

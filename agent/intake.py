@@ -107,6 +107,18 @@ SCHEMA = [
     """
     ALTER TABLE deliveries ADD COLUMN queue TEXT
     """,
+    """
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        business_date TEXT NOT NULL,
+        item TEXT NOT NULL,
+        delivered_at REAL NOT NULL
+    );
+    CREATE INDEX journal_by_date ON journal (business_date, destination)
+    """,
 ]
 T = TypeVar("T")
 COUNTERS = (

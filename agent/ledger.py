@@ -15,7 +15,7 @@ import msgspec
 from agent import crypto, models
 from agent.crypto import Keyring
 from agent.errors import NotFoundError
-from agent.outbox import Batch, Claimed, Outbox
+from agent.outbox import BULK, Batch, Claimed, Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,14 +73,18 @@ class Ledger:
         revision: int,
         state: str,
         body: dict[str, Any] | None = None,
+        journal: dict[str, Any] | None = None,
     ) -> None:
         """Record what became of one revision at one destination (delivery calls this).
 
         body: the business fields as delivered (never the personal ones), kept so a later
-        amendment can be sent to an append-only cloud as a difference.
+        amendment can be sent to an append-only cloud as a difference. journal: the delivered
+        queue item (personal part still sealed), kept for `till-agent replay`.
         """
 
         def work(batch: Batch) -> None:
+            if journal is not None and journal.get("kind") == "receipt":
+                _journal(batch, destination, journal)
             batch.conn.execute(
                 "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1, "
                 "delivered_body = ? WHERE record_key = ? AND destination = ? AND revision = ?",
@@ -263,6 +267,50 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     values = list(row)
     values[-1] = bool(values[-1])
     return DeadLetter(*values)
+
+
+def _journal(batch: Batch, destination: str, item: dict[str, Any]) -> None:
+    created = str(item["body"].get("createdDate", ""))
+    batch.conn.execute(
+        "INSERT INTO journal (destination, record_key, revision, business_date, item, "
+        "delivered_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (destination, item["key"], item["revision"], created[:10], json.dumps(item), time.time()),
+    )
+
+
+class Journal:
+    """Delivered receipts kept (sealed, retention-limited) so a date range can be sent again."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def replay(self, first_day: str, last_day: str, destination: str | None = None) -> int:
+        """Queue again, in each destination's low-priority lane, what was delivered for those days.
+
+        The same items with the same idempotency keys: a cloud that replaces by id replaces, an
+        append-only one ignores what it has and takes only what it lacks.
+        """
+        where = "business_date BETWEEN ? AND ?" + (" AND destination = ?" if destination else "")
+        args = (first_day, last_day, destination) if destination else (first_day, last_day)
+
+        def work(batch: Batch) -> int:
+            rows = batch.conn.execute(
+                f"SELECT destination, item FROM journal WHERE {where} ORDER BY id", args
+            ).fetchall()
+            # Every revision, in the order delivered: an append-only cloud gets the original
+            # receipt and each difference again, and keeps only those it lacks.
+            items = {(d, (i := json.loads(t))["key"], i["revision"]): i for d, t in rows}
+            for (name, key, _), item in items.items():
+                queue = name + BULK
+                queue_id = batch.put(queue, item)
+                batch.conn.execute(
+                    "UPDATE deliveries SET state = 'queued', queue_id = ?, queue = ?, "
+                    "updated_at = ? WHERE record_key = ? AND destination = ? AND revision = ?",
+                    (queue_id, queue, time.time(), key, name, item["revision"]),
+                )
+            return len(items)
+
+        return self._outbox.run(work)
 
 
 class DeadLetters:

@@ -44,6 +44,7 @@ class PurgeReport:
     delivered_deleted: int = 0
     quarantine_redacted: int = 0
     dead_letters_redacted: int = 0
+    journal_deleted: int = 0
     cached_contacts_expired: int = 0
     ledger_deleted: int = 0
     resealed: int = 0
@@ -111,6 +112,14 @@ class Privacy:
         report.dead_letters_redacted = self._outbox.run(
             lambda b: redact_dead_letters(
                 b.conn, now - privacy.dead_letter_retention_days * DAY, now
+            )
+        )
+        report.journal_deleted = self._outbox.run(
+            lambda b: (
+                b.conn.execute(
+                    "DELETE FROM journal WHERE delivered_at < ?",
+                    (now - privacy.journal_retention_days * DAY,),
+                ).rowcount
             )
         )
         report.ledger_deleted = self._outbox.run(
@@ -199,18 +208,24 @@ class Privacy:
         return count
 
     def _reseal_dead_letters(self, batch: Batch, key_id: str) -> int:
-        rows = batch.conn.execute(
-            "SELECT id, item FROM dead_letters WHERE item LIKE ?",
-            (f"%{crypto.SEAL_PREFIX}.{key_id}.%",),
-        ).fetchall()
-        for dead_letter_id, text in rows:
-            item = json.loads(text)
-            aad = crypto.record_aad(item["kind"], item["key"])
-            item["personal"] = self._keyring.seal(self._keyring.open(item["personal"], aad), aad)
-            batch.conn.execute(
-                "UPDATE dead_letters SET item = ? WHERE id = ?", (json.dumps(item), dead_letter_id)
-            )
-        return len(rows)
+        """Dead letters and the replay journal keep whole items: re-seal their personal part."""
+        count = 0
+        for table in ("dead_letters", "journal"):
+            rows = batch.conn.execute(
+                f"SELECT id, item FROM {table} WHERE item LIKE ?",
+                (f"%{crypto.SEAL_PREFIX}.{key_id}.%",),
+            ).fetchall()
+            for row_id, text in rows:
+                item = json.loads(text)
+                aad = crypto.record_aad(item["kind"], item["key"])
+                item["personal"] = self._keyring.seal(
+                    self._keyring.open(item["personal"], aad), aad
+                )
+                batch.conn.execute(
+                    f"UPDATE {table} SET item = ? WHERE id = ?", (json.dumps(item), row_id)
+                )
+            count += len(rows)
+        return count
 
     # -- erasure on request --------------------------------------------------------------
 
@@ -251,6 +266,7 @@ class Privacy:
                 report.dead_letters_redacted += strip_dead_letters(
                     batch.conn, "record_key = ?", (key,), time.time()
                 )
+                strip_journal(batch.conn, key)
             batch.conn.execute(
                 "DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key)
             )
@@ -307,6 +323,15 @@ def strip_dead_letters(
     return len(rows)
 
 
+def strip_journal(conn: sqlite3.Connection, key: str) -> None:
+    """A forgotten buyer leaves the replay journal too; the sale stays replayable."""
+    rows = conn.execute("SELECT id, item FROM journal WHERE record_key = ?", (key,)).fetchall()
+    for row_id, text in rows:
+        item = json.loads(text)
+        item["personal"], item["forgotten"] = None, True
+        conn.execute("UPDATE journal SET item = ? WHERE id = ?", (json.dumps(item), row_id))
+
+
 def purge_ledger(conn: sqlite3.Connection, cutoff: float) -> int:
     """Forget receipts and contacts older than the ledger retention once every delivery is final."""
     finals = ",".join("?" * len(FINAL_STATES))
@@ -356,7 +381,11 @@ def sealed_count(batch: Batch, key_id: str) -> int:
     """How many stored values (queue items, quarantine) are still sealed with key_id."""
     pattern = f"%{crypto.SEAL_PREFIX}.{key_id}.%"
     count = 0
-    for table, column in (("quarantine", "sealed_body"), ("dead_letters", "item")):
+    for table, column in (
+        ("quarantine", "sealed_body"),
+        ("dead_letters", "item"),
+        ("journal", "item"),
+    ):
         count += int(
             batch.conn.execute(
                 f"SELECT COUNT(*) FROM {table} WHERE {column} LIKE ?", (pattern,)

@@ -19,7 +19,7 @@ from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
-from agent.ledger import DeadLetter, DeadLetters
+from agent.ledger import DeadLetter, DeadLetters, Journal
 from agent.lookup import KINDS, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import Metrics
@@ -36,6 +36,7 @@ class Services:
     health: Health
     privacy: Privacy
     dead_letters: DeadLetters
+    journal: Journal
     lookup: Lookup
     metrics: Metrics
     openapi: bytes
@@ -104,6 +105,16 @@ def post_forget(request: Request, services: Services) -> Response:
         raise BadRequestError("email or mobilePhone is required")
     report = services.privacy.forget(email=subject.email, mobile_phone=subject.mobile_phone)
     return Response.json(dataclasses.asdict(report))
+
+
+def post_replay(request: Request, services: Services) -> Response:
+    span = decode_private(request, schemas.ReplayRequest)
+    if span.last_day < span.first_day:
+        raise BadRequestError("to is before from")
+    queued = services.journal.replay(
+        span.first_day.isoformat(), span.last_day.isoformat(), span.destination
+    )
+    return Response.json({"queued": queued}, status=202)
 
 
 def get_page(request: Request, services: Services) -> Response:
@@ -185,6 +196,7 @@ ROUTES = (
     Route("GET", "/v1/openapi.json", get_openapi),
     Route("POST", "/v1/privacy/purge", post_purge),
     Route("POST", "/v1/privacy/forget", post_forget),
+    Route("POST", "/v1/replay", post_replay),
     Route("GET", "/v1/dead-letters", list_dead_letters),
     Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
     Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),

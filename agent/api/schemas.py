@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -103,10 +104,23 @@ class ForgetRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     mobile_phone: Annotated[str, msgspec.Meta(min_length=3, max_length=64)] | None = None
 
 
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Days by the receipts' own createdDate (the till's local date), both included."""
+
+    first_day: dt.date = msgspec.field(name="from")
+    last_day: dt.date = msgspec.field(name="to")
+    destination: str | None = None
+
+
+class ReplayAnswer(_Out):
+    queued: int
+
+
 class PurgeAnswer(_Out):
     delivered_deleted: int
     quarantine_redacted: int
     dead_letters_redacted: int
+    journal_deleted: int
     cached_contacts_expired: int
     ledger_deleted: int
     resealed: int
@@ -195,6 +209,8 @@ SHAPES = (
     HealthAnswer,
     StatusAnswer,
     ForgetRequest,
+    ReplayRequest,
+    ReplayAnswer,
     PurgeAnswer,
     ForgetAnswer,
     DeadLetterView,
@@ -322,6 +338,15 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, **_ref("ForgetRequest")},
                 "responses": _answers(
                     {"200": ("Done", "ForgetAnswer")}, ("400", "413", "415", *common)
+                ),
+            }
+        },
+        "/v1/replay": {
+            "post": {
+                "summary": "Send a date range of delivered receipts again (low-priority lane)",
+                "requestBody": {"required": True, **_ref("ReplayRequest")},
+                "responses": _answers(
+                    {"202": ("Queued again", "ReplayAnswer")}, ("400", "413", "415", *common)
                 ),
             }
         },

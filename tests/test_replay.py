@@ -1,0 +1,70 @@
+"""Replay: delivered receipts of a date range go out again behind live sales, same keys."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import make_receipt
+from tests.fakes.senders import ScriptedSender
+from tests.test_cli import till_agent
+from tests.test_dispatch import dispatcher_for, post
+
+
+def dated(receipt_id: str, day: str) -> dict[str, object]:
+    body = make_receipt(receipt_id)
+    body["createdDate"] = f"{day}T12:00:00+01:00"
+    return body
+
+
+def test_a_date_range_is_sent_again_at_low_priority(start_agent):
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    for receipt_id, day in (("A", "2026-11-01"), ("B", "2026-11-02"), ("C", "2026-11-05")):
+        till.post("/v1/receipts", dated(receipt_id, day))
+    sender = ScriptedSender()
+    dispatcher = dispatcher_for(agent, sender)
+    while dispatcher.step():
+        pass
+    answer = till.post("/v1/replay", {"from": "2026-11-01", "to": "2026-11-02"})
+    assert answer.status_code == 202
+    assert answer.json() == {"queued": 2}
+    post(till, "LIVE")
+    while dispatcher.step():
+        pass
+    assert sender.sent == ["A", "B", "C", "LIVE", "A", "B"]  # live first, same keys again
+
+
+def test_replay_refuses_a_backwards_range(agent_till):
+    _, till = agent_till
+    assert till.post("/v1/replay", {"from": "2026-11-05", "to": "2026-11-01"}).status_code == 400
+
+
+def test_replay_from_the_command_line_on_a_stopped_agent(start_agent, tmp_path):
+    from tests.conftest import base_config, write_toml
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    till.post("/v1/receipts", dated("A", "2026-10-10"))
+    dispatcher = dispatcher_for(agent, ScriptedSender())
+    dispatcher.step()
+    till.close()
+    agent.stop()
+    config = write_toml(tmp_path / "config.toml", base_config(tmp_path))
+    result = till_agent(
+        "replay", "--from", "2026-10-01", "--to", "2026-10-31", "--config", str(config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queued 1 receipts again" in result.stdout
+
+
+def test_the_journal_keeps_the_buyer_sealed_and_forget_strips_it(start_agent):
+    from tests.test_privacy_scan import PLANTED, scan
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    body = dated("P", "2026-11-01")
+    body["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
+    till.post("/v1/receipts", body)
+    dispatcher_for(agent, ScriptedSender()).step()
+    assert scan(agent.settings.agent.data_dir) == []
+    agent.privacy.forget(email=PLANTED["email"])
+    with agent.outbox.read() as conn:
+        (item,) = conn.execute("SELECT item FROM journal").fetchone()
+    assert json.loads(item)["personal"] is None
