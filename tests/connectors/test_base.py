@@ -1,0 +1,192 @@
+"""The one status table, Retry-After forms, error ids, redaction, the Session and profiles."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+import requests
+
+from agent.config import KIND_TAKES
+from agent.connectors import REGISTRY, build
+from agent.connectors.base import (
+    EXCERPT_CHARS,
+    Options,
+    SendResult,
+    TimeoutSession,
+    cloud_error_id,
+    excerpt,
+    raise_for_response,
+    retry_after_seconds,
+)
+from agent.errors import (
+    AuthError,
+    ConfigError,
+    RejectedError,
+    RetryableError,
+    ThrottledError,
+)
+from tests.connectors.conftest import closed_port, destination, read_secret
+
+
+def response(status: int, body: str = "", **headers: str) -> requests.Response:
+    """A real requests.Response as the adapter would build it (no network needed)."""
+    built = requests.Response()
+    built.status_code = status
+    built._content = body.encode("utf-8")
+    built.headers.update(headers)
+    built.encoding = "utf-8"
+    return built
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_2xx_is_delivered(status: int):
+    raise_for_response(response(status), connector="x")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (408, RetryableError),
+        (500, RetryableError),
+        (502, RetryableError),
+        (503, RetryableError),
+        (504, RetryableError),
+        (401, AuthError),
+        (403, AuthError),
+        (400, RejectedError),
+        (404, RejectedError),
+        (409, RejectedError),
+        (422, RejectedError),
+    ],
+)
+def test_the_status_table(status: int, error: type[Exception]):
+    with pytest.raises(error) as raised:
+        raise_for_response(response(status, '{"errorId": "e-1"}'), connector="x")
+    assert type(raised.value) is error
+    assert raised.value.status == status  # type: ignore[attr-defined]
+    assert raised.value.cloud_error_id == "e-1"  # type: ignore[attr-defined]
+
+
+def test_429_with_seconds():
+    with pytest.raises(ThrottledError) as raised:
+        raise_for_response(response(429, **{"Retry-After": "7"}), connector="x")
+    assert raised.value.retry_after_seconds == 7
+
+
+def test_429_with_an_http_date():
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    with pytest.raises(ThrottledError) as raised:
+        raise_for_response(response(429, **{"Retry-After": when}), connector="x")
+    assert 100 <= raised.value.retry_after_seconds <= 121
+
+
+def test_429_without_retry_after_waits_a_minute():
+    with pytest.raises(ThrottledError) as raised:
+        raise_for_response(response(429), connector="x")
+    assert raised.value.retry_after_seconds == 60
+
+
+def test_503_with_retry_after_is_throttled_and_without_it_retryable():
+    with pytest.raises(ThrottledError):
+        raise_for_response(response(503, **{"Retry-After": "3"}), connector="x")
+    with pytest.raises(RetryableError) as raised:
+        raise_for_response(response(503), connector="x")
+    assert not isinstance(raised.value, ThrottledError)
+
+
+def test_retry_after_garbage_is_none():
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"errorId": "abc"}', "abc"),
+        ('{"error": {"errorId": "nested"}}', "nested"),
+        ('{"errorCode": "MultipleMatches", "message": "..."}', "MultipleMatches"),
+        ('{"error": "Too Many Requests"}', "Too Many Requests"),
+        ("not json", None),
+        ("[1, 2]", None),
+    ],
+)
+def test_cloud_error_id(body: str, expected: str | None):
+    assert cloud_error_id(body) == expected
+
+
+def test_the_excerpt_is_redacted_and_short():
+    body = '{"email": "anna@example.com", "mobilePhone": "+46701234567", "apikey": "k"}' * 20
+    kept = excerpt(body)
+    assert len(kept) <= EXCERPT_CHARS
+    assert "anna@" not in kept
+    assert "46701234567" not in kept
+    assert '"k"' not in kept
+
+
+def test_the_session_always_has_a_timeout_and_never_retries():
+    session = TimeoutSession(0.5)
+    try:
+        adapter = session.get_adapter("http://127.0.0.1/")
+        assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+        started = time.monotonic()
+        with pytest.raises(requests.ConnectionError):
+            session.get(f"http://127.0.0.1:{closed_port()}/", timeout=None)
+        assert time.monotonic() - started < 5
+    finally:
+        session.close()
+
+
+def test_the_registry_has_every_kind():
+    assert set(REGISTRY) == set(KIND_TAKES)
+
+
+def test_build_lists_every_problem(http: requests.Session):
+    bad = destination(
+        "engage",
+        "http://127.0.0.1:9/",
+        api_version="v9",
+        phone_format="x",
+        typo=1,
+        api_key_secret="missing",
+    )
+    with pytest.raises(ConfigError) as raised:
+        build(bad, http, read_secret)
+    text = "; ".join(raised.value.problems)
+    for key in ("api_version", "phone_format", "typo", "api_key_secret"):
+        assert key in text
+
+
+def test_build_an_unknown_kind(http: requests.Session):
+    with pytest.raises(ConfigError):
+        build(destination("nope", "http://127.0.0.1:9/"), http, read_secret)
+
+
+def test_a_profile_switches_url_and_secret():
+    dest = destination(
+        "engage",
+        "https://prod.example/",
+        profile="test",
+        profiles={"test": {"base_url": "https://test.example/", "api_key_secret": "t-key"}},
+    )
+    opts = Options(dest, {"t-key": "secret-t"}.__getitem__)
+    assert opts.base_url == "https://test.example/"
+    assert opts.secret("api_key_secret", "engage-api-key") == "secret-t"
+    opts.finish()
+
+
+def test_no_profile_uses_the_top_level():
+    dest = destination("engage", "https://prod.example/", profiles={"test": {"base_url": "x"}})
+    opts = Options(dest, read_secret)
+    assert opts.base_url == "https://prod.example/"
+
+
+def test_an_unknown_profile_is_a_problem():
+    dest = destination("engage", "https://prod.example/", profile="staging", profiles={})
+    with pytest.raises(ConfigError, match="staging"):
+        Options(dest, read_secret).finish()
+
+
+def test_send_result_defaults():
+    assert SendResult() == SendResult(None, None, None, None)

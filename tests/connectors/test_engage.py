@@ -1,0 +1,193 @@
+"""Engage mapping: receipt and contact shapes, phones, headers, settings, the changes feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+import requests
+
+from agent.connectors import engage
+from agent.errors import RejectedError, RetryableError
+from agent.models import Contact, OutboundMessage, Receipt
+from tests.connectors.conftest import destination, read_secret
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+
+def receipt(**contact: Any) -> Receipt:
+    raw: dict[str, Any] = {
+        "uniqueReceiptId": "R-1",
+        "receiptNumber": "1",
+        "createdDate": "2026-11-23T10:00:00+01:00",
+        "storeExternalId": "S1",
+        "currency": "SEK",
+        "totalGrossPrice": "19.90",
+        "paymentMethods": [{"type": "card", "value": "19.90"}],
+        "items": [
+            {
+                "type": "PURCHASE",
+                "sku": "A",
+                "articleNumber": "A",
+                "articleName": "Apple",
+                "quantity": 1,
+                "grossPaidPrice": "19.90",
+                "taxAmount": "3.98",
+                "taxPercent": "25",
+            }
+        ],
+        "orderId": "O-1",
+    }
+    if contact:
+        raw["contact"] = contact
+    return msgspec.convert(raw, Receipt)
+
+
+def connector(http: requests.Session, base_url: str = "http://127.0.0.1:9/", **options: Any):
+    settings = engage.parse_settings(destination("engage", base_url, **options), read_secret)
+    return engage.create(settings, http, now=lambda: NOW)
+
+
+def test_settings_defaults_and_secret_not_in_repr(http: requests.Session):
+    settings = connector(http).settings
+    assert settings.api_version == "v2"
+    assert settings.phone_format == "e164"
+    assert "sandbox-engage-key" not in repr(settings)
+
+
+def test_receipt_payload_money_as_numbers_and_order_as_extra_data(http: requests.Session):
+    body = connector(http).receipt_payload(
+        receipt(matchKey="0701234567", matchKeyType="MobilePhone"), None
+    )
+    assert body["totalGrossPrice"] == 19.9
+    assert body["items"][0]["taxPercent"] == 25
+    assert body["extraData"] == [{"name": "orderId", "value": "O-1"}]
+    assert body["contact"] == {
+        "matchKey": "+46701234567",
+        "matchKeyType": "MobilePhone",
+        "contactType": "Member",
+    }
+    json.dumps(body)
+
+
+def test_phone_without_plus_when_configured(http: requests.Session):
+    conn = connector(http, phone_format="digits")
+    assert conn.phone_out("070-123 45 67") == "46701234567"
+
+
+def test_not_a_phone_is_rejected(http: requests.Session):
+    with pytest.raises(RejectedError):
+        connector(http).phone_out("hello")
+
+
+def test_a_resolved_contact_goes_as_contact_id(http: requests.Session):
+    body = connector(http).receipt_payload(receipt(localId="L-1"), "guid-1")
+    assert body["contact"] == {"matchKey": "guid-1", "matchKeyType": "ContactId"}
+
+
+def test_an_unresolved_local_member_waits(http: requests.Session):
+    with pytest.raises(RetryableError):
+        connector(http).receipt_payload(receipt(localId="L-1"), None)
+
+
+def test_contact_payload_leaves_empty_fields_out(http: requests.Session):
+    body = connector(http).contact_payload(
+        Contact(email="a@example.com", mobile_phone="0701234567", accepts_sms=True)
+    )
+    assert body == {
+        "email": "a@example.com",
+        "mobilePhone": "+46701234567",
+        "preferences": {"acceptsSms": True},
+        "contactType": "Member",
+    }
+
+
+def test_source_contact_flat_or_with_attributes(http: requests.Session):
+    conn = connector(http)
+    flat = conn.source_contact({"id": "g", "firstName": "A", "email": ""}, "g")
+    nested = conn.source_contact({"id": "g", "attributes": {"firstName": "A"}}, "g")
+    assert flat == nested
+    assert flat.email is None
+
+
+def test_engage_time_format(http: requests.Session):
+    conn = connector(http, changes_utc_offset_minutes=60)
+    assert conn._engage_time(NOW) == "2026-11-23 13:00:00.000"
+
+
+def test_the_feed_cursor_round_trips():
+    settings = engage.EngageSettings(name="e", base_url="x", api_key="k")
+    feed = engage._Feed(NOW - dt.timedelta(days=3), 3600.0, NOW, 5)
+    again = engage._Feed.decode(feed.encode(), settings, NOW)
+    assert (again.start, again.window_seconds, again.offset) == (feed.start, 3600.0, 5)
+    assert engage._Feed.decode("garbage", settings, NOW).start.year == 2000
+
+
+def test_the_feed_overlaps_and_grows_back():
+    settings = engage.EngageSettings(name="e", base_url="x", api_key="k")
+    feed = engage._Feed(NOW - dt.timedelta(days=3), 3600.0, NOW)
+    nxt = feed.advanced(settings)
+    assert nxt.start == feed.end - dt.timedelta(seconds=300)
+    assert nxt.window_seconds == 7200
+
+
+def test_the_feed_stops_at_now():
+    settings = engage.EngageSettings(name="e", base_url="x", api_key="k")
+    feed = engage._Feed(NOW - dt.timedelta(minutes=1), 86400.0, NOW)
+    assert feed.at_now
+    assert feed.advanced(settings).start == feed.start  # never walks back past its start
+
+
+def test_decimal_money_survives():
+    assert engage._numbers({"value": "0.10"}) == {"value": float(Decimal("0.10"))}
+
+
+# --- against the sandbox cloud -----------------------------------------------------------
+
+
+def test_headers_and_path(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url)
+    message = OutboundMessage(
+        kind="receipt",
+        idempotency_key="R-1",
+        receipt=receipt(matchKey="a@example.com", matchKeyType="Email"),
+    )
+    conn.send(message)
+    sent = [r for r in sandbox.requests if r.path.endswith("/receipts")][-1]
+    assert sent.method == "POST"
+    assert sent.path == "/api/v2/receipts"
+    headers = {k.lower(): v for k, v in sent.headers.items()}
+    assert headers["apikey"] == "sandbox-engage-key"
+    assert headers["content-type"].startswith("application/json")
+    assert headers["user-agent"].startswith("TillAgent/")
+    assert sent.json["uniqueReceiptId"] == "R-1"
+
+
+def test_contact_create_then_lookup(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url)
+    created = conn.create_contact(Contact(email="new@example.com"))
+    assert conn.find_contact_id(email="new@example.com", mobile_phone=None) == created
+    assert conn.find_contact_id(email="nobody@example.com", mobile_phone=None) is None
+
+
+def test_send_contact_looks_before_it_creates(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url)
+    message = OutboundMessage(
+        kind="contact", idempotency_key="L-9", contact=Contact(email="twice@example.com")
+    )
+    first = conn.send(message)
+    second = conn.send(message)
+    assert first.cloud_id is not None
+    assert first.cloud_id == second.cloud_id
+
+
+def test_changes_window_narrows_on_the_cap(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url, changes_window_hours=24.0)
+    sandbox.faults.fail_next(400, count=2, api="engage")
+    page = conn.fetch_contact_changes(None, 50)
+    state = json.loads(page.cursor or "{}")
+    assert state["window"] < 24 * 3600 * 2

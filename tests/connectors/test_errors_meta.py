@@ -1,0 +1,68 @@
+"""Every exception class requests.exceptions exports is translated, none escapes as itself."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import requests
+import requests.exceptions
+
+from agent.connectors.base import translate_http_errors
+from agent.errors import AgentError, ConfigError, RetryableError
+
+EXPORTED = sorted(
+    (
+        cls
+        for cls in vars(requests.exceptions).values()
+        if inspect.isclass(cls)
+        and issubclass(cls, BaseException)
+        and cls.__module__.startswith("requests")
+    ),
+    key=lambda cls: cls.__name__,
+)
+
+
+def test_the_list_is_not_empty():
+    assert len(EXPORTED) >= 20
+
+
+@pytest.mark.parametrize("cls", EXPORTED, ids=lambda cls: cls.__name__)
+def test_every_requests_exception_becomes_an_agent_error(cls: type[BaseException]):
+    try:
+        error = cls("boom")
+    except TypeError:
+        error = cls("boom", "{", 0)  # JSONDecodeError takes (msg, doc, pos)
+    with pytest.raises(AgentError) as raised, translate_http_errors("engage"):
+        raise error
+    assert isinstance(raised.value, ConfigError | RetryableError)
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ],
+)
+def test_a_bad_url_is_a_config_error(cls: type[BaseException]):
+    with pytest.raises(ConfigError), translate_http_errors("engage"):
+        raise cls("bad")
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        requests.Timeout,
+        requests.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+        requests.exceptions.ReadTimeout,
+    ],
+)
+def test_network_trouble_is_retryable(cls: type[BaseException]):
+    with pytest.raises(RetryableError) as raised, translate_http_errors("engage"):
+        raise cls("down")
+    assert raised.value.connector == "engage"

@@ -1,0 +1,70 @@
+"""Lightspeed mapping: customer fields, deletions, the version cursor, rate-limit headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from agent.connectors import lightspeed
+from agent.errors import ConfigError, RejectedError
+from tests.connectors.conftest import destination, read_secret
+
+
+def connector(http: requests.Session, base_url: str = "http://127.0.0.1:9/", **options: Any):
+    dest = destination("lightspeed", base_url, **options)
+    return lightspeed.create(lightspeed.parse_settings(dest, read_secret), http)
+
+
+def test_customer_fields(http: requests.Session):
+    contact = connector(http).source_contact(
+        {
+            "id": "u1",
+            "first_name": "A",
+            "last_name": "B",
+            "email": "a@example.com",
+            "mobile": "",
+            "phone": "0701234567",
+            "customer_code": "M-1",
+            "deleted_at": None,
+        }
+    )
+    assert (contact.contact_id, contact.mobile_phone, contact.member_number) == (
+        "u1",
+        "0701234567",
+        "M-1",
+    )
+    assert not contact.deleted
+
+
+def test_deleted_at_is_a_deletion(http: requests.Session):
+    contact = connector(http).source_contact({"id": "u1", "deleted_at": "2026-01-01T00:00:00Z"})
+    assert contact.deleted
+    assert contact.email is None
+
+
+def test_page_size_is_capped_at_200(http: requests.Session):
+    with pytest.raises(ConfigError, match="page_size"):
+        connector(http, page_size=500)
+
+
+def test_a_cursor_that_is_no_version(http: requests.Session):
+    with pytest.raises(RejectedError):
+        connector(http).fetch_contact_changes("abc", 10)
+
+
+def test_pages_to_the_end(sandbox: Any, http: requests.Session):
+    sandbox.lightspeed.seed_customers(450)
+    conn = connector(http, sandbox.url)
+    cursor, seen, more = None, 0, True
+    while more:
+        page = conn.fetch_contact_changes(cursor, 200)
+        seen += len(page.contacts)
+        cursor, more = page.cursor, page.has_more
+    assert seen == 450
+    assert cursor is not None
+    assert cursor.isdigit()
+    sent = [r for r in sandbox.requests if r.path == "/api/2.0/customers"][-1]
+    headers = {k.lower(): v for k, v in sent.headers.items()}
+    assert headers["authorization"] == "Bearer sandbox-lightspeed-token"
