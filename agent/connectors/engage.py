@@ -334,6 +334,8 @@ class EngageConnector:
             if page or feed.at_now:
                 break
             feed = feed.advanced(self.settings)
+        else:  # only empty windows so far: hand back where the walk stands
+            return ContactPage(contacts=[], cursor=feed.encode(), has_more=True)
         contacts = [self._changed(contact_id, deleted) for contact_id, deleted in page]
         if feed.offset + limit < len(changes):
             nxt, more = feed.paged(feed.offset + limit), True
