@@ -8,28 +8,33 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import filelock
 import msgspec
 
-from agent import api, config, crypto, db, health, outbox
+from agent import __version__, api, config, connectors, crypto, db, health, models, outbox
 from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
+from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
+from agent.dispatch import ContactResolver, Dispatcher
 from agent.errors import AlreadyRunningError, ConfigError, StorageError
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Journal, Ledger
-from agent.lookup import Lookup
+from agent.lookup import LiveLookup, Lookup
 from agent.metrics import Metrics
 from agent.privacy import Privacy
+from agent.ratelimit import RateBudget
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
+from agent.sync import ContactSync
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class Agent:
     metrics: Metrics
     health: health.Health
     lock: filelock.BaseFileLock
+    dispatchers: tuple[Dispatcher, ...] = ()
     stopped: bool = False
 
     @property
@@ -68,6 +74,8 @@ class Agent:
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
         self.scheduler.stop(self.settings.api.stop_timeout_seconds)
+        for dispatcher in self.dispatchers:
+            dispatcher.stop(self.settings.api.stop_timeout_seconds)
         self.lookup.close()
         self.contacts.close()
         self.outbox.close()
@@ -133,11 +141,26 @@ def _start_services(
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
     privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
-    lookup = Lookup(cache, intake)
+    connectors_by_name = build_connectors(settings)
+    ledger = Ledger(box, keyring)
+    dispatchers = (
+        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics)
+        if settings.delivery.enabled
+        else []
+    )
+    sync = _contact_sync(settings, connectors_by_name, cache, board, privacy)
+    lookup = Lookup(
+        cache,
+        intake,
+        live=_live_lookup(settings, connectors_by_name),
+        live_timeout_seconds=settings.contacts.lookup_timeout_seconds,
+    )
     token = read_or_create_token(settings.api.token_file)
     services = _services(settings, box, intake, board, privacy, lookup, metrics)
     server = _server(settings, services, token)  # binds now: a taken port fails here
-    scheduler = _scheduler(settings, box, board, privacy)
+    scheduler = _scheduler(settings, box, board, privacy, sync)
+    for dispatcher in dispatchers:
+        dispatcher.start()
     scheduler.start()
     server.start()
     return Agent(
@@ -147,28 +170,143 @@ def _start_services(
         scheduler=scheduler,
         outbox=box,
         intake=intake,
-        ledger=Ledger(box, keyring),
+        ledger=ledger,
         privacy=privacy,
         contacts=cache,
         lookup=lookup,
         metrics=metrics,
         health=board,
         lock=lock,
+        dispatchers=tuple(dispatchers),
     )
 
 
 def _scheduler(
-    settings: config.Settings, box: outbox.Outbox, board: health.Health, privacy: Privacy
+    settings: config.Settings,
+    box: outbox.Outbox,
+    board: health.Health,
+    privacy: Privacy,
+    sync: ContactSync | None,
 ) -> Scheduler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
-    return Scheduler(
-        [
-            Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
-            Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
-        ],
+    jobs = [
+        Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
+        Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
+    ]
+    if sync is not None:
+        jobs.append(
+            Job("contacts-sync", settings.contacts.sync_interval_minutes * 60, sync.run_once)
+        )
+    return Scheduler(jobs, board)
+
+
+def build_connectors(settings: config.Settings) -> dict[str, connectors.Connector]:
+    """One connector per enabled destination, sharing one HTTP session; ConfigError lists all."""
+    session = connectors.make_session(f"TillAgent/{__version__}")
+    problems: list[str] = []
+    built: dict[str, connectors.Connector] = {}
+    for destination in settings.enabled_destinations:
+        try:
+            built[destination.name] = connectors.build(
+                destination, session, secret_reader(settings.agent.credentials_dir)
+            )
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return built
+
+
+def secret_reader(credentials_dir: Path) -> Callable[[str], str]:
+    """Secrets are files in the credentials directory (systemd LoadCredential, DPAPI'd files)."""
+
+    def read(name: str) -> str:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError("a secret is named by a plain file name")
+        return (credentials_dir / name).read_text(encoding="utf-8").strip()
+
+    return read
+
+
+def _dispatchers(
+    settings: config.Settings,
+    built: Mapping[str, connectors.Connector],
+    box: outbox.Outbox,
+    ledger: Ledger,
+    board: health.Health,
+    metrics: Metrics,
+) -> list[Dispatcher]:
+    """A worker for each destination that takes anything (a pure contact source takes nothing)."""
+    workers = []
+    for destination in settings.enabled_destinations:
+        connector = built[destination.name]
+        if not destination.takes or not hasattr(connector, "send"):
+            continue
+        budget = RateBudget(
+            destination.name,
+            requests_per_second=destination.requests_per_second,
+            daily_calls=destination.daily_call_budget,
+            monthly_calls=destination.monthly_call_budget,
+            budget_file=settings.agent.data_dir / "ratelimit.sqlite",
+        )
+        resolver = connector if hasattr(connector, "find_contact_id") else None
+        workers.append(
+            Dispatcher(
+                destination.name,
+                cast(Sender, connector),
+                box,
+                ledger,
+                board,
+                settings.delivery,
+                budget=budget,
+                amends=config.KIND_AMENDS[destination.kind],
+                resolver=cast(ContactResolver | None, resolver),
+                metrics=metrics,
+            )
+        )
+    return workers
+
+
+def _contact_sync(
+    settings: config.Settings,
+    built: Mapping[str, connectors.Connector],
+    cache: ContactCache,
+    board: health.Health,
+    privacy: Privacy,
+) -> ContactSync | None:
+    """The cache's sync from [contacts] source, forgetting here whom the cloud deleted."""
+    if not settings.contacts.source:
+        return None
+    source = built[settings.contacts.source]
+    return ContactSync(
+        cast(connectors.ContactSource, source),
+        cache,
         board,
+        page_size=settings.contacts.page_size,
+        ghost_batch=settings.contacts.ghost_sweep_batch,
+        fetch_one=getattr(source, "fetch_contact", None),
+        on_deleted=lambda c: privacy.forget(email=c.email, mobile_phone=c.mobile_phone),
     )
+
+
+def _live_lookup(
+    settings: config.Settings, built: Mapping[str, connectors.Connector]
+) -> LiveLookup | None:
+    """A cache miss asks the source once, if it can find a contact by email or phone."""
+    source = built.get(settings.contacts.source) if settings.contacts.source else None
+    if source is None or not hasattr(source, "find_contact_id"):
+        return None
+    finder = cast(Any, source)
+
+    def live(kind: str, value: str) -> models.SourceContact | None:
+        if kind not in ("email", "phone"):
+            return None
+        email, phone = (value, None) if kind == "email" else (None, value)
+        contact_id = finder.find_contact_id(email=email, mobile_phone=phone)
+        return None if contact_id is None else finder.fetch_contact(contact_id)
+
+    return live
 
 
 def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCache:

@@ -39,6 +39,7 @@ KIND_AMENDS: dict[str, str] = {
     "webhook": "replace",
     "lightspeed": "replace",
 }
+SOURCE_KINDS = frozenset({"engage", "lightspeed"})  # kinds with a contact delta feed
 TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Destination names become queue table names: keep them to plain identifiers.
@@ -54,6 +55,7 @@ class AgentSettings:
     till_id: str = ""
     data_dir: Path = Path()  # default: the OS data directory (agent.paths)
     log_dir: Path = Path()  # default: the OS log directory (agent.paths)
+    credentials_dir: Path = Path()  # default: the OS credentials directory (agent.paths)
     log_level: str = "INFO"
     default_region: str = "SE"
 
@@ -87,9 +89,21 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ContactsSettings:
+    """[contacts]: where the local contact cache comes from, and how often it is refreshed."""
+
+    source: str = ""  # the name of a [destinations.<name>] that is a contact source; "": none
+    sync_interval_minutes: int = 15
+    page_size: int = 200
+    ghost_sweep_batch: int = 10
+    lookup_timeout_seconds: float = 0.8
+
+
+@dataclass(frozen=True)
 class DeliverySettings:
     """[delivery]: how items are sent, retried, set aside and given up on."""
 
+    enabled: bool = True  # false: take and keep everything, send nothing (a till being set up)
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
     set_aside_after_attempts: int = 3
@@ -150,6 +164,7 @@ class Settings:
     api: ApiSettings = ApiSettings()
     intake: IntakeSettings = IntakeSettings()
     storage: StorageSettings = StorageSettings()
+    contacts: ContactsSettings = ContactsSettings()
     delivery: DeliverySettings = DeliverySettings()
     alerts: AlertsSettings = AlertsSettings()
     privacy: PrivacySettings = PrivacySettings()
@@ -176,6 +191,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "intake": IntakeSettings,
     "storage": StorageSettings,
+    "contacts": ContactsSettings,
     "delivery": DeliverySettings,
     "alerts": AlertsSettings,
     "privacy": PrivacySettings,
@@ -261,8 +277,31 @@ def validate(settings: Settings) -> list[str]:
     ):
         problems += _positive(f"privacy.{name}", getattr(settings.privacy, name))
     problems += _validate_alerts(settings.alerts)
+    problems += _validate_contacts(settings)
     for destination in settings.destinations:
         problems += _validate_destination(destination)
+    return problems
+
+
+def _validate_contacts(settings: Settings) -> list[str]:
+    contacts = settings.contacts
+    problems = []
+    for name in ("sync_interval_minutes", "ghost_sweep_batch"):
+        problems += _positive(f"contacts.{name}", getattr(contacts, name))
+    if not 1 <= contacts.page_size <= 200:
+        problems.append(f"contacts.page_size: 1 to 200 (got {contacts.page_size})")
+    if not 0 < contacts.lookup_timeout_seconds <= 0.8:
+        problems.append(
+            f"contacts.lookup_timeout_seconds: above 0 and at most 0.8 "
+            f"(got {contacts.lookup_timeout_seconds})"
+        )
+    names = {d.name: d for d in settings.destinations}
+    if contacts.source and contacts.source not in names:
+        problems.append(
+            f"contacts.source: no [destinations.{contacts.source}] (got {contacts.source!r})"
+        )
+    elif contacts.source and names[contacts.source].kind not in SOURCE_KINDS:
+        problems.append(f"contacts.source: a {names[contacts.source].kind} cannot be a source")
     return problems
 
 
@@ -492,9 +531,11 @@ def _with_os_defaults(settings: Settings, environ: Mapping[str, str]) -> Setting
         agent = dataclasses.replace(agent, data_dir=system.data_dir)
     if agent.log_dir == Path():
         agent = dataclasses.replace(agent, log_dir=system.log_dir)
+    if agent.credentials_dir == Path():
+        agent = dataclasses.replace(agent, credentials_dir=system.credentials_dir)
     api = settings.api
     if api.token_file == Path():
-        api = dataclasses.replace(api, token_file=system.credentials_dir / paths.TOKEN_FILE_NAME)
+        api = dataclasses.replace(api, token_file=agent.credentials_dir / paths.TOKEN_FILE_NAME)
     privacy = settings.privacy
     if privacy.key_file == Path():
         privacy = dataclasses.replace(privacy, key_file=agent.data_dir / "keyring.json")

@@ -23,19 +23,44 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def base_config(tmp_path: Path, port: int = 0) -> dict[str, Any]:
     """A complete raw config: two destinations (Engage-like and analytics), all under tmp_path."""
+    write_secrets(tmp_path / "credentials")
     return {
         "agent": {
             "store_id": "store-test",
             "till_id": "till-test",
             "data_dir": str(tmp_path / "data"),
             "log_dir": str(tmp_path / "logs"),
+            "credentials_dir": str(tmp_path / "credentials"),
         },
         "api": {"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "pos-token")},
+        # Unit tests drive delivery step by step; end-to-end tests turn it on.
+        "delivery": {"enabled": False},
         "destinations": {
             "engage": {"kind": "engage", "base_url": "http://127.0.0.1:9/"},
-            "loaded": {"kind": "loaded", "base_url": "http://127.0.0.1:9/"},
+            "loaded": {
+                "kind": "loaded",
+                "base_url": "http://127.0.0.1:9/",
+                "client_id": "sandbox-client",
+            },
         },
     }
+
+
+SECRETS = {
+    "engage-api-key": "sandbox-engage-key",
+    "loaded-client-secret": "sandbox-secret",
+    "lightspeed-token": "sandbox-lightspeed-token",
+    "webhook-signing-secret": "sandbox-webhook-secret",
+}
+
+
+def write_secrets(directory: Path) -> None:
+    """The sandbox cloud's credentials, as files in a credentials directory (owner-only)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, value in SECRETS.items():
+        path = directory / name
+        path.write_text(value, encoding="utf-8")
+        path.chmod(0o600)
 
 
 def merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ def test_the_bundle_has_status_logs_versions_and_store_checks_but_no_personal_da
     agent_process, tmp_path
 ):
     process = agent_process(
-        {"destinations": {"engage": {"api_key_secret": "engage-api-key", "profile": "test"}}}
+        {"destinations": {"engage": {"api_key_secret": "engage-api-key"}}}
     )
     process.start()
     till = Till(process.url, process.token)
@@ -35,7 +35,7 @@ def test_the_bundle_has_status_logs_versions_and_store_checks_but_no_personal_da
     assert json.loads(contents["status.json"])["tillId"] == "till-test"
     assert json.loads(contents["stores.json"])["outbox.db"] == "ok"
     assert b"engage-api-key" not in contents["config.toml"]
-    assert b'profile = "test"' in contents["config.toml"]
+    assert b'kind = "engage"' in contents["config.toml"]
     assert process.token.encode() not in b"".join(contents.values())
     for name, data in contents.items():
         leaks = [k for k, v in PLANTED.items() if any(f in data for f in encodings(v))]
