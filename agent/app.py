@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -156,7 +157,7 @@ def _start_services(
         live_timeout_seconds=settings.contacts.lookup_timeout_seconds,
     )
     token = read_or_create_token(settings.api.token_file)
-    services = _services(settings, box, intake, board, privacy, lookup, metrics)
+    services = _services(settings, box, intake, board, privacy, lookup, metrics, sync)
     server = _server(settings, services, token)  # binds now: a taken port fails here
     scheduler = _scheduler(settings, box, board, privacy, sync)
     for dispatcher in dispatchers:
@@ -369,6 +370,13 @@ class Maintenance:
     dead_letters: DeadLetters
     intake: Intake
     journal: Journal
+    settings: config.Settings
+    contacts: ContactCache
+
+    def contact_sync(self) -> ContactSync | None:
+        """The sync of [contacts] source, on these stores (None when no source is set)."""
+        built = build_connectors(self.settings)
+        return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
 
 @contextlib.contextmanager
@@ -388,7 +396,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 settings.agent.default_region,
             )
             privacy = Privacy(box, keyring, settings, stores=[cache])
-            yield Maintenance(privacy, DeadLetters(box), intake, Journal(box))
+            yield Maintenance(privacy, DeadLetters(box), intake, Journal(box), settings, cache)
         finally:
             cache.close()
             box.close()
@@ -404,6 +412,7 @@ def _services(
     privacy: Privacy,
     lookup: Lookup,
     metrics: Metrics,
+    sync: ContactSync | None = None,
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -426,6 +435,7 @@ def _services(
         journal=Journal(box),
         lookup=lookup,
         metrics=metrics,
+        sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
     )
 

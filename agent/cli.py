@@ -229,6 +229,31 @@ def replay(config_file: str | None, first_day: Any, last_day: Any, destination: 
     click.echo(f"queued {answer['queued']} receipts again, behind live sales")
 
 
+@main.group()
+def contacts() -> None:
+    """The local contact cache."""
+
+
+@contacts.command("sync")
+@CONFIG_OPTION
+def contacts_sync(config_file: str | None) -> None:
+    """Sync the contact cache from [contacts] source now (the first run downloads everything)."""
+    settings = load_settings(config_file)
+    if not settings.contacts.source:
+        raise click.ClickException("no contact source: set [contacts] source in the config")
+    try:
+        with app.maintenance(settings) as stores, tqdm(unit="contact") as bar:
+            sync = stores.contact_sync()
+            assert sync is not None
+            report = sync.run_once(progress=bar.update)
+        answer: dict[str, Any] = asdict(report)
+    except AlreadyRunningError:
+        answer = call_agent(settings, "POST", "/v1/contacts/sync", {})
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(answer, indent=2))
+
+
 @main.command("import")
 @CONFIG_OPTION
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))

@@ -39,6 +39,7 @@ class Services:
     journal: Journal
     lookup: Lookup
     metrics: Metrics
+    sync_now: Callable[[], dict[str, int] | None]
     openapi: bytes
 
 
@@ -117,6 +118,13 @@ def post_replay(request: Request, services: Services) -> Response:
     return Response.json({"queued": queued}, status=202)
 
 
+def post_contacts_sync(request: Request, services: Services) -> Response:
+    report = services.sync_now()
+    if report is None:
+        raise BadRequestError("no contact source: set [contacts] source in the config")
+    return Response.json(report)
+
+
 def get_page(request: Request, services: Services) -> Response:
     dead_letters = len(services.dead_letters.all())
     return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
@@ -189,6 +197,7 @@ ROUTES = (
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
     Route("POST", "/v1/contacts", post_contact),
     Route("GET", "/v1/contacts/lookup", lookup_contact),
+    Route("POST", "/v1/contacts/sync", post_contacts_sync),
     Route("GET", "/v1/health", get_health, needs_token=False),
     Route("GET", "/metrics", get_metrics, needs_token=False),
     Route("GET", "/", get_page, needs_token=False),

@@ -341,6 +341,15 @@ def _paths() -> dict[str, Any]:
                 ),
             }
         },
+        "/v1/contacts/sync": {
+            "post": {
+                "summary": "Run the contact sync now (what the timer runs)",
+                "responses": {
+                    "200": {"description": "Pages, changes and ghosts seen"},
+                    **_answers({}, ("400", *common)),
+                },
+            }
+        },
         "/v1/replay": {
             "post": {
                 "summary": "Send a date range of delivered receipts again (low-priority lane)",
