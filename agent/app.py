@@ -9,7 +9,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -60,6 +60,7 @@ class Agent:
     health: health.Health
     lock: filelock.BaseFileLock
     dispatchers: tuple[Dispatcher, ...] = ()
+    status: StatusReporter | None = None
     stopped: bool = False
 
     @property
@@ -157,7 +158,7 @@ def _start_services(
         live_timeout_seconds=settings.contacts.lookup_timeout_seconds,
     )
     token = read_or_create_token(settings.api.token_file)
-    services = _services(settings, box, intake, board, privacy, lookup, metrics, sync)
+    services = _services(settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers)
     server = _server(settings, services, token)  # binds now: a taken port fails here
     scheduler = _scheduler(settings, box, board, privacy, sync)
     for dispatcher in dispatchers:
@@ -179,6 +180,7 @@ def _start_services(
         health=board,
         lock=lock,
         dispatchers=tuple(dispatchers),
+        status=services.status,
     )
 
 
@@ -200,6 +202,16 @@ def _scheduler(
             Job("contacts-sync", settings.contacts.sync_interval_minutes * 60, sync.run_once)
         )
     return Scheduler(jobs, board)
+
+
+def _snapshots(
+    workers: Mapping[str, Dispatcher],
+) -> Callable[[str], Mapping[str, Any] | None]:
+    def snapshot(name: str) -> Mapping[str, Any] | None:
+        worker = workers.get(name)
+        return None if worker is None else worker.snapshot()
+
+    return snapshot
 
 
 def build_connectors(settings: config.Settings) -> dict[str, connectors.Connector]:
@@ -413,6 +425,7 @@ def _services(
     lookup: Lookup,
     metrics: Metrics,
     sync: ContactSync | None = None,
+    dispatchers: Sequence[Dispatcher] = (),
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -423,6 +436,7 @@ def _services(
         data_dir=settings.agent.data_dir,
         limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
         cache=lookup.cache,
+        workers=_snapshots({d.destination: d for d in dispatchers}),
     )
     metrics.add_status(reporter.report)
     openapi = msgspec.json.encode(schemas.openapi_document())
