@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser
 
 help:
-	@echo "make demo   - run the agent (and, once delivery lands, the sandbox cloud) in the foreground"
+	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
 	@echo "make test   - every check: format, lint, types, import layers, tests"
 	@echo "make bench  - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
 	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"

@@ -67,8 +67,19 @@ def status(config_file: str | None, as_json: bool) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """The agent on a throw-away data directory, in the foreground; prints its URL and token."""
+@click.option("--seconds", default=30.0, show_default=True, help="How long the till sells.")
+def demo(seconds: float) -> None:
+    """Sandbox cloud, agent and a selling till, through an outage and a 429 storm (~30 s)."""
+    from agent import demo as demo_run  # the sandbox is for the demo and tests only
+
+    logs.setup("ERROR")
+    if not demo_run.run_demo(seconds, click.echo):
+        raise click.ClickException("some receipt did not arrive exactly once (see above)")
+
+
+@main.command("serve-demo")
+def serve_demo() -> None:
+    """The agent alone on a throw-away data directory, in the foreground; prints URL and token."""
     with tempfile.TemporaryDirectory(prefix="till-agent-demo-") as directory:
         settings = demo_settings(Path(directory))
         logs.setup("WARNING")
