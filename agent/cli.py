@@ -77,6 +77,25 @@ def demo(seconds: float) -> None:
         raise click.ClickException("some receipt did not arrive exactly once (see above)")
 
 
+@main.command()
+@click.option("--port", default=8900, show_default=True, help="Loopback port to listen on.")
+@click.option("--seed", default=1, show_default=True, help="Seed for generated data and faults.")
+def sandbox(port: int, seed: int) -> None:
+    """The sandbox cloud alone (Engage, Loaded-style analytics, Lightspeed, webhook) on loopback."""
+    from agent.sandbox import SandboxCloud  # the sandbox is for rehearsals, the demo and tests
+
+    logs.setup("WARNING")
+    cloud = SandboxCloud(seed=seed).serve(port=port)
+    click.echo(f"sandbox cloud at {cloud.url} (Ctrl-C stops it); see docs/sandbox.md")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        cloud.stop()
+
+
 @main.command("serve-demo")
 def serve_demo() -> None:
     """The agent alone on a throw-away data directory, in the foreground; prints URL and token."""

@@ -105,3 +105,36 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(agent_process,
     assert result.returncode != 0
     assert "api.listen: cannot listen on" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_sandbox_command_serves_the_cloud_until_stopped():
+    import signal as signals
+    import time
+
+    import requests
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "sandbox", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        answer = None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/api/v2/contacts/count", timeout=1)
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert answer is not None
+        assert answer.status_code == 401  # it speaks Engage: no apikey, no entry
+    finally:
+        process.send_signal(signals.SIGTERM)
+        out, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    assert f"127.0.0.1:{port}" in out
