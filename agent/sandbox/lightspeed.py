@@ -1,0 +1,163 @@
+"""Simulated Lightspeed X-Series 2.0: customers walked by a global version cursor, rate-limited."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from agent.sandbox import datagen
+from agent.sandbox.http import Request, Response, json_response
+
+PAGE_SIZE_MAX = 200
+PAGE_SIZE_DEFAULT = 100
+
+
+class LightspeedApi:
+    """Customers with versions from one global counter (bumped by random small steps)."""
+
+    def __init__(
+        self,
+        token: str,
+        now: Callable[[], float],
+        seed: int = 1,
+        rate_limit: int = 350,
+        rate_window_seconds: float = 300.0,
+    ) -> None:
+        self.token = token
+        self.rate_limit = rate_limit
+        self.rate_window_seconds = rate_window_seconds
+        self._now = now
+        self._seed = seed
+        self._lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        """No customers, the version counter back at its start."""
+        with self._lock:
+            self.customers: dict[str, dict[str, Any]] = {}
+            self.version = 0
+            self._random = random.Random(self._seed)
+            self._window_start = self._now()
+            self._window_used = 0
+            self._seeded = 0
+
+    def _bump(self) -> int:
+        # Shared with other resources in the real API, so never +1 per customer.
+        self.version += self._random.randint(1, 7)
+        return self.version
+
+    def upsert_customer(self, customer_id: str | None = None, **fields: Any) -> str:
+        """Create or change a customer (first_name, last_name, email, phone, customer_code)."""
+        with self._lock:
+            new_id = customer_id or str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+            base = self.customers.get(new_id, {"id": new_id, "deleted_at": None})
+            self.customers[new_id] = {**base, **fields, "id": new_id, "version": self._bump()}
+            return new_id
+
+    def delete_customer(self, customer_id: str) -> None:
+        """Mark a customer deleted (deleted_at set, new version): the feed shows it once more."""
+        with self._lock:
+            customer = self.customers[customer_id]
+            customer["deleted_at"] = email_time(self._now())
+            customer["version"] = self._bump()
+
+    def seed_customers(self, count: int) -> list[str]:
+        """count synthetic customers from datagen; returns their ids."""
+        with self._lock:
+            start, self._seeded = self._seeded, self._seeded + count
+            return [
+                self.upsert_customer(
+                    first_name=person.first_name,
+                    last_name=person.last_name,
+                    email=person.email,
+                    phone=person.mobile_phone,
+                    customer_code=person.member_number,
+                )
+                for person in datagen.contacts(count, seed=self._seed, start=start)
+            ]
+
+    def counts(self) -> dict[str, int]:
+        """How much state there is, for the admin route."""
+        with self._lock:
+            deleted = sum(1 for c in self.customers.values() if c["deleted_at"])
+            return {"customers": len(self.customers), "deleted": deleted, "version": self.version}
+
+    @staticmethod
+    def error(status: int, message: str) -> Response:
+        """The error body a fault answers with ({"error", "message"}, like the 429's)."""
+        return json_response(status, {"error": reason_of(status), "message": message})
+
+    @staticmethod
+    def item_id(request: Request) -> str | None:
+        """Reads carry no id to reject."""
+        return None
+
+    def handle(self, request: Request) -> Response:
+        """Bearer auth, the rate window, then GET /api/2.0/customers."""
+        if request.header("authorization") != f"Bearer {self.token}":
+            return self.error(401, "invalid or missing bearer token")
+        limited, headers = self._rate()
+        if limited:
+            response = json_response(
+                429, {"error": "Too Many Requests", "message": "Rate limiting enforced"}
+            )
+            response.headers.update(headers)
+            response.headers["Retry-After"] = email_time(
+                self._window_start + self.rate_window_seconds
+            )
+            return response
+        if request.method != "GET" or request.path.rstrip("/") != "/api/2.0/customers":
+            response = self.error(404, f"no route {request.method} {request.path}")
+        else:
+            response = self._page(request)
+        response.headers.update(headers)
+        return response
+
+    def _rate(self) -> tuple[bool, dict[str, str]]:
+        with self._lock:
+            now = self._now()
+            if now >= self._window_start + self.rate_window_seconds:
+                self._window_start, self._window_used = now, 0
+            self._window_used += 1
+            remaining = max(0, self.rate_limit - self._window_used)
+            reset_at = self._window_start + self.rate_window_seconds
+        headers = {
+            "X-RateLimit-Limit": str(self.rate_limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(int(reset_at)),
+        }
+        return self._window_used > self.rate_limit, headers
+
+    def _page(self, request: Request) -> Response:
+        try:
+            after = int(request.query.get("after") or 0)
+            size = int(request.query.get("page_size") or PAGE_SIZE_DEFAULT)
+        except ValueError:
+            return self.error(400, "after and page_size must be integers")
+        if not 1 <= size <= PAGE_SIZE_MAX:
+            return self.error(400, f"page_size must be 1..{PAGE_SIZE_MAX}")
+        with self._lock:
+            newer = sorted(
+                (c for c in self.customers.values() if c["version"] > after),
+                key=lambda c: int(c["version"]),
+            )[:size]
+            data = [dict(c) for c in newer]
+        if not data:
+            return json_response(200, {"data": [], "version": {"min": None, "max": None}})
+        span = {"min": data[0]["version"], "max": data[-1]["version"]}
+        return json_response(200, {"data": data, "version": span})
+
+
+def email_time(moment: float) -> str:
+    """An HTTP-date (RFC 1123, GMT)."""
+    return email.utils.formatdate(moment, usegmt=True)
+
+
+def reason_of(status: int) -> str:
+    """A short error name for a status."""
+    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+    return names.get(status, "Error")
