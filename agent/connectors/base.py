@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ReadSecret = Callable[[str], str]
 EXCERPT_CHARS = 500
 DEFAULT_THROTTLE_SECONDS = 60.0
+EPOCH_THRESHOLD = 1_000_000_000.0  # a reset value above this is a Unix time
 RETRYABLE_STATUSES = frozenset({408, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 # Keys a cloud's JSON error body names its error by, most specific first.
@@ -250,7 +252,9 @@ def rate_limit(response: requests.Response) -> tuple[int | None, float | None]:
     try:
         seconds: float | None = float(reset) if reset else None
     except ValueError:
-        seconds = retry_after_seconds(reset)
+        seconds = retry_after_seconds(reset)  # an HTTP-date
+    if seconds is not None and seconds > EPOCH_THRESHOLD:  # an epoch time, not a duration
+        seconds = max(0.0, seconds - time.time())
     return left, seconds
 
 

@@ -43,6 +43,7 @@ CHANGE_TYPES = ("Created", "Updated", "Deleted")
 MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
 CONTACT_HEADER_KEYS = ("source", "storeExternalId", "createAsUnapproved")
 MIN_WINDOW_SECONDS = 60.0
+MAX_WINDOW_SECONDS = 10 * 365 * 86400.0
 WINDOWS_PER_CALL = 200  # empty windows skipped in one fetch before handing back a page
 
 
@@ -60,7 +61,7 @@ class EngageSettings:
     source: str = "TillAgent"
     user_agent: str = f"TillAgent/{__version__}"
     changes_start: str = "2000-01-01T00:00:00+00:00"
-    changes_window_hours: float = 24.0
+    changes_window_hours: float = 720.0
     changes_overlap_seconds: float = 300.0
     changes_utc_offset_minutes: int = 0
     bulk_max: int = BULK_MAX
@@ -81,7 +82,7 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         source=opts.text("source", "TillAgent"),
         user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
         changes_start=opts.text("changes_start", "2000-01-01T00:00:00+00:00"),
-        changes_window_hours=opts.number("changes_window_hours", 24.0, low=0.02, high=8760),
+        changes_window_hours=opts.number("changes_window_hours", 720.0, low=0.02, high=87600),
         changes_overlap_seconds=opts.number("changes_overlap_seconds", 300.0, high=86400),
         changes_utc_offset_minutes=int(
             opts.number("changes_utc_offset_minutes", 0, low=-900, high=900)
@@ -366,7 +367,7 @@ class EngageConnector:
             params = {
                 "changeType": change_type,
                 "fromDate": self._engage_time(feed.start),
-                "toDate": self._engage_time(feed.end),
+                "toDate": self._engage_time(feed.end, round_up=True),
             }
             response = self._call("GET", "contacts/changes", params=params)
             ids = json_body(response, connector=self.name)
@@ -378,7 +379,11 @@ class EngageConnector:
                 )
         return sorted(found.items())
 
-    def _engage_time(self, instant: dt.datetime) -> str:
+    def _engage_time(self, instant: dt.datetime, *, round_up: bool = False) -> str:
+        """Engage's date format, to the millisecond; an end rounds up so no change slips out."""
+        spare = instant.microsecond % 1000
+        if round_up and spare:
+            instant += dt.timedelta(microseconds=1000 - spare)
         offset = dt.timezone(dt.timedelta(minutes=self.settings.changes_utc_offset_minutes))
         return instant.astimezone(offset).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -408,12 +413,12 @@ class _Feed:
         return _Feed(self.start, self.window_seconds, self.now, offset)
 
     def advanced(self, settings: EngageSettings) -> _Feed:
-        """The next window starts `overlap` before this one ended; its width grows back."""
+        """The next window starts `overlap` before this one ended and is twice as wide."""
         overlap = dt.timedelta(seconds=settings.changes_overlap_seconds)
         start = max(self.start, self.end - overlap) if self.at_now else self.end - overlap
         if start <= self.start and not self.at_now:
             start = self.end  # a window narrower than the overlap must still move on
-        width = min(self.window_seconds * 2, settings.changes_window_hours * 3600)
+        width = min(self.window_seconds * 2, MAX_WINDOW_SECONDS)
         return _Feed(start, width, self.now)
 
     def encode(self) -> str:

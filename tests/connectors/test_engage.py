@@ -49,7 +49,8 @@ def receipt(**contact: Any) -> Receipt:
 
 def connector(http: requests.Session, base_url: str = "http://127.0.0.1:9/", **options: Any):
     settings = engage.parse_settings(destination("engage", base_url, **options), read_secret)
-    return engage.create(settings, http, now=lambda: NOW)
+    live = base_url != "http://127.0.0.1:9/"  # against the sandbox: its clock is the real one
+    return engage.create(settings, http, now=None if live else lambda: NOW)
 
 
 def test_settings_defaults_and_secret_not_in_repr(http: requests.Session):
@@ -117,6 +118,9 @@ def test_source_contact_flat_or_with_attributes(http: requests.Session):
 def test_engage_time_format(http: requests.Session):
     conn = connector(http, changes_utc_offset_minutes=60)
     assert conn._engage_time(NOW) == "2026-11-23 13:00:00.000"
+    later = NOW + dt.timedelta(microseconds=1500)
+    assert conn._engage_time(later) == "2026-11-23 13:00:00.001"
+    assert conn._engage_time(later, round_up=True) == "2026-11-23 13:00:00.002"
 
 
 def test_the_feed_cursor_round_trips():
@@ -132,7 +136,7 @@ def test_the_feed_overlaps_and_grows_back():
     feed = engage._Feed(NOW - dt.timedelta(days=3), 3600.0, NOW)
     nxt = feed.advanced(settings)
     assert nxt.start == feed.end - dt.timedelta(seconds=300)
-    assert nxt.window_seconds == 7200
+    assert nxt.window_seconds == 7200  # each window twice as wide as the last
 
 
 def test_the_feed_stops_at_now():
@@ -140,6 +144,10 @@ def test_the_feed_stops_at_now():
     feed = engage._Feed(NOW - dt.timedelta(minutes=1), 86400.0, NOW)
     assert feed.at_now
     assert feed.advanced(settings).start == feed.start  # never walks back past its start
+
+
+def engage_date(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
 
 
 def test_decimal_money_survives():
@@ -186,8 +194,16 @@ def test_send_contact_looks_before_it_creates(sandbox: Any, http: requests.Sessi
 
 
 def test_changes_window_narrows_on_the_cap(sandbox: Any, http: requests.Session):
-    conn = connector(http, sandbox.url, changes_window_hours=24.0)
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    conn = connector(http, sandbox.url, changes_window_hours=2.0, changes_start=start)
+    sandbox.engage.add_contact(email="w@example.com")
     sandbox.faults.fail_next(400, count=2, api="engage")
     page = conn.fetch_contact_changes(None, 50)
-    state = json.loads(page.cursor or "{}")
-    assert state["window"] < 24 * 3600 * 2
+    assert [c.email for c in page.contacts] == ["w@example.com"]
+    asked = [r for r in sandbox.requests if r.path.endswith("/contacts/changes")]
+    assert [r.status for r in asked[:3]] == [400, 400, 200]
+    first = asked[2].query
+    width = engage_date(first["toDate"]) - engage_date(first["fromDate"])
+    assert abs(width - dt.timedelta(minutes=30)) <= dt.timedelta(
+        milliseconds=1
+    )  # 1 h, halved twice
