@@ -123,7 +123,7 @@ def test_an_outage_loses_nothing(delivering, cloud):
     wait_for(lambda: set(cloud.engage.receipts) == set(ids), seconds=20)
 
 
-def status_of(till, name: str) -> dict:
+def status_of(till, name: str) -> dict[str, object]:
     status = till.get("/v1/status").json()
     return next(d for d in status["destinations"] if d["name"] == name)
 
