@@ -156,3 +156,43 @@ def test_source_status_classes(kind: str, status: int, error: type[Exception], s
     sandbox.faults.fail_next(status, count=3, api=API[kind])
     with pytest.raises(error):
         source.fetch_contact_changes(None, 10)
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+@pytest.mark.parametrize("mode", ["refused", "reset"])
+def test_offline_is_retryable(kind: str, mode: str, sandbox: Any, http):
+    sender: Sender = make(kind, sandbox.url, http)
+    sandbox.faults.set_offline(mode)
+    try:
+        with pytest.raises(RetryableError):
+            sender.send(message("R-OFF"))
+    finally:
+        sandbox.faults.set_offline(None)
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+def test_a_truncated_reply_is_retryable(kind: str, sandbox: Any, http):
+    sender: Sender = make(kind, sandbox.url, http)
+    sender.send(message("R-WARM"))
+    sandbox.faults.truncated_next(api=API[kind])
+    with pytest.raises(RetryableError):
+        sender.send(message("R-CUT"))
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+def test_a_rejected_id_carries_status_and_excerpt(kind: str, sandbox: Any, http):
+    sender: Sender = make(kind, sandbox.url, http)
+    sandbox.faults.reject_ids(["R-NO"], status=422, api=API[kind])
+    with pytest.raises(RejectedError) as raised:
+        sender.send(message("R-NO"))
+    assert raised.value.status == 422
+    assert raised.value.body_excerpt
+    assert len(raised.value.body_excerpt) <= 500
+
+
+def test_lightspeed_429_with_an_http_date(sandbox: Any, http):
+    source: ContactSource = make("lightspeed", sandbox.url, http)
+    sandbox.faults.fail_next(429, api="lightspeed", retry_after="date", retry_after_seconds=30)
+    with pytest.raises(ThrottledError) as raised:
+        source.fetch_contact_changes(None, 10)
+    assert 25 <= raised.value.retry_after_seconds <= 31

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from agent.connectors import engage
-from agent.errors import RejectedError, RetryableError
+from agent.errors import AuthError, RejectedError, RetryableError
 from agent.models import Contact, OutboundMessage, Receipt
 from tests.connectors.conftest import destination, read_secret
 
@@ -207,3 +207,67 @@ def test_changes_window_narrows_on_the_cap(sandbox: Any, http: requests.Session)
     assert abs(width - dt.timedelta(minutes=30)) <= dt.timedelta(
         milliseconds=1
     )  # 1 h, halved twice
+
+
+def test_lookup_several_matches_is_409(sandbox: Any, http: requests.Session):
+    sandbox.engage.add_contact(email="same@example.com")
+    sandbox.engage.add_contact(email="same@example.com")
+    with pytest.raises(RejectedError) as raised:
+        connector(http, sandbox.url).find_contact_id(email="same@example.com", mobile_phone=None)
+    assert raised.value.status == 409
+    assert raised.value.cloud_error_id == "MultipleMatches"
+
+
+def test_lookup_by_phone_sends_e164(sandbox: Any, http: requests.Session):
+    cloud_id = sandbox.engage.add_contact(mobilePhone="+46701234567")
+    found = connector(http, sandbox.url).find_contact_id(email=None, mobile_phone="070-123 45 67")
+    assert found == cloud_id
+    asked = [r for r in sandbox.requests if r.path.endswith("/contacts/id")][-1]
+    assert asked.query["mobilePhone"] == "+46701234567"
+
+
+def test_update_of_a_known_contact(sandbox: Any, http: requests.Session):
+    cloud_id = sandbox.engage.add_contact(email="u@example.com")
+    message = OutboundMessage(
+        kind="contact",
+        idempotency_key="L-3",
+        contact=Contact(contact_id=cloud_id, first_name="Una"),
+    )
+    assert connector(http, sandbox.url).send(message).cloud_id == cloud_id
+    assert sandbox.engage.contacts[cloud_id]["firstName"] == "Una"
+
+
+def test_bulk_in_batches_of_bulk_max(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url, bulk_max=2)
+    batches = conn.bulk_write([Contact(email=f"b{n}@example.com") for n in range(5)])
+    assert len(batches) == 3
+    assert conn.bulk_status(batches[0])["total"] == 2
+    asked = [r for r in sandbox.requests if r.path.endswith("/contacts/bulk")]
+    assert {r.method for r in asked} == {"POST"}
+    assert asked[0].query["contactType"] == "Member"
+
+
+def test_v3_paths(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url, api_version="v3")
+    conn.create_contact(Contact(email="v3@example.com", store_external_id="S1"))
+    asked = [r for r in sandbox.requests if r.method == "POST"][-1]
+    assert asked.path == "/api/v3/contacts"
+    assert asked.query["storeExternalId"] == "S1"
+
+
+def test_the_changes_feed_reports_deletions(sandbox: Any, http: requests.Session):
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    kept = sandbox.engage.add_contact(email="k@example.com")
+    gone = sandbox.engage.add_contact(email="g@example.com")
+    sandbox.engage.delete_contact(gone)
+    page = connector(http, sandbox.url, changes_start=start).fetch_contact_changes(None, 50)
+    by_id = {c.contact_id: c for c in page.contacts}
+    assert by_id[gone].deleted
+    assert by_id[kept].email == "k@example.com"
+    assert not page.has_more
+
+
+def test_a_wrong_key_is_auth(sandbox: Any, http: requests.Session):
+    settings = engage.EngageSettings(name="engage", base_url=sandbox.url, api_key="wrong")
+    with pytest.raises(AuthError):
+        engage.create(settings, http).probe()

@@ -68,3 +68,14 @@ def test_pages_to_the_end(sandbox: Any, http: requests.Session):
     sent = [r for r in sandbox.requests if r.path == "/api/2.0/customers"][-1]
     headers = {k.lower(): v for k, v in sent.headers.items()}
     assert headers["authorization"] == "Bearer sandbox-lightspeed-token"
+
+
+def test_deletions_and_rate_limit_headers(sandbox: Any, http: requests.Session):
+    ids = sandbox.lightspeed.seed_customers(3)
+    conn = connector(http, sandbox.url)
+    first = conn.fetch_page(None, 200)
+    sandbox.lightspeed.delete_customer(ids[0])
+    again = conn.fetch_contact_changes(first.page.cursor, 200)
+    assert [c.deleted for c in again.contacts] == [True]
+    assert first.rate_limit_remaining is not None
+    assert conn.last_rate_limit[0] is not None

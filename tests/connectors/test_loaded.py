@@ -94,3 +94,27 @@ def test_sales_upserted_by_external_id(sandbox: Any, http: requests.Session):
 
 def test_receipt_type_check():
     assert isinstance(receipt(), Receipt)
+
+
+def test_every_error_carries_the_error_id(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url)
+    sandbox.faults.reject_ids(["R-X"], status=400, api="loaded")
+    with pytest.raises(RejectedError) as raised:
+        conn.send(message("R-X"))
+    assert raised.value.cloud_error_id
+    assert len(raised.value.cloud_error_id) >= 8
+
+
+def test_wrong_client_secret_is_auth(sandbox: Any, http: requests.Session):
+    settings = loaded.LoadedSettings(
+        name="loaded", base_url=sandbox.url, client_id="sandbox-client", client_secret="no"
+    )
+    with pytest.raises(AuthError):
+        loaded.create(settings, http).probe()
+
+
+def test_post_upsert_mode(sandbox: Any, http: requests.Session):
+    conn = connector(http, sandbox.url, upsert="post")
+    conn.send(message("R-P"))
+    assert "R-P" in sandbox.loaded.sales
+    assert [r.path for r in sandbox.requests if r.method == "POST"][-1] == "/pos/sales"
