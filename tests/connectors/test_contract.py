@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import requests
 
-from agent.connectors import REGISTRY, build
+from agent.connectors import REGISTRY, build, make_session
 from agent.connectors.base import ContactSource, Sender
 from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
 from agent.models import Contact, OutboundMessage
@@ -196,3 +196,16 @@ def test_lightspeed_429_with_an_http_date(sandbox: Any, http):
     with pytest.raises(ThrottledError) as raised:
         source.fetch_contact_changes(None, 10)
     assert 25 <= raised.value.retry_after_seconds <= 31
+
+
+@pytest.mark.parametrize("kind", SENDERS)
+def test_a_slow_cloud_times_out_as_retryable(kind: str, sandbox: Any):
+    quick = make_session("TillAgent/test", timeout_seconds=0.05)
+    try:
+        sender: Sender = make(kind, sandbox.url, quick)
+        sandbox.faults.set_latency(0.3, api=API[kind])
+        with pytest.raises(RetryableError):
+            sender.send(message("R-SLOW"))
+    finally:
+        sandbox.faults.set_latency(0.0, api=API[kind])
+        quick.close()
