@@ -13,9 +13,7 @@ from tests.test_privacy_scan import PLANTED, encodings, plant_everything
 def test_the_bundle_has_status_logs_versions_and_store_checks_but_no_personal_data(
     agent_process, tmp_path
 ):
-    process = agent_process(
-        {"destinations": {"engage": {"api_key_secret": "engage-api-key"}}}
-    )
+    process = agent_process({"destinations": {"engage": {"api_key_secret": "engage-api-key"}}})
     process.start()
     till = Till(process.url, process.token)
     plant_everything(till)
