@@ -59,12 +59,13 @@ class TcpFront:
         self._accepting.start()
 
     def set_mode(self, mode: str | None) -> None:
-        """refused: stop listening and drop open connections; reset: RST them; None: serve."""
+        """refused: stop listening; either mode resets open connections when they next send.
+
+        Open connections are reset lazily so that an answer in flight (the admin request that
+        switched the outage on, say) still reaches its client.
+        """
         with self._lock:
             self._mode = mode
-            conns = list(self._conns) if mode else []
-        for conn in conns:
-            self._drop(conn)
         if mode == "refused":
             self._close_listener()
         elif self._listener is None and not self._stopped.is_set():
@@ -136,7 +137,7 @@ class TcpFront:
         data = source.recv(65536)
         if not data:
             return False
-        if source is client and self._mode == "reset":
+        if source is client and self._mode is not None:
             self._on_reset(data)
             self._drop(client)
             return False
