@@ -78,14 +78,19 @@ class EngageApi:
         self.api_key = api_key
         self.rate_per_second = rate_per_second
         self.changes_cap = changes_cap
-        self.receipts: dict[str, Any] = {}
-        self.duplicate_receipts = 0
-        self.contacts: dict[str, dict[str, Any]] = {}
-        self.changes: list[Change] = []
-        self.batches: dict[str, dict[str, Any]] = {}
         self._now = now
         self._lock = threading.RLock()
-        self._window: tuple[int, int] = (0, 0)
+        self.reset()
+
+    def reset(self) -> None:
+        """No receipts, contacts, changes or batches."""
+        with self._lock:
+            self.receipts: dict[str, Any] = {}
+            self.duplicate_receipts = 0
+            self.contacts: dict[str, dict[str, Any]] = {}
+            self.changes: list[Change] = []
+            self.batches: dict[str, dict[str, Any]] = {}
+            self._window: tuple[int, int] = (0, 0)
 
     # --- the Python API tests and technicians use --------------------------------------
 

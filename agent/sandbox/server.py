@@ -189,9 +189,7 @@ class SandboxCloud:
     def reset(self) -> None:
         """Everything back to a fresh cloud: state, faults, recorded requests."""
         self.faults.clear()
-        self.engage.__init__(  # type: ignore[misc]
-            self.engage.api_key, self.now, self.engage.rate_per_second, self.engage.changes_cap
-        )
+        self.engage.reset()
         self.loaded.reset()
         self.lightspeed.reset()
         self.webhook.reset()
