@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from typing import Any
 
@@ -173,3 +174,14 @@ def test_a_fixed_port_is_kept_across_an_outage(http):
 def test_offline_mode_is_validated(sandbox: SandboxCloud):
     with pytest.raises(ValueError, match="offline"):
         sandbox.faults.set_offline("down")  # type: ignore[arg-type]
+
+
+def test_stop_leaves_no_sandbox_thread_behind(http):
+    before = set(threading.enumerate())
+    cloud = SandboxCloud().serve()
+    get(http, cloud)
+    http.close()
+    cloud.faults.set_offline("refused")
+    cloud.faults.set_offline(None)
+    cloud.stop()
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
