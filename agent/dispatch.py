@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -17,7 +18,9 @@ from agent.config import DeliverySettings
 from agent.errors import (
     AuthError,
     CloudError,
+    ConfigError,
     KeyStoreError,
+    NotFoundError,
     RejectedError,
     RetryableError,
     ThrottledError,
@@ -151,28 +154,23 @@ class Dispatcher:
         if claimed is None:
             self._probing = None  # nothing behind the set-aside item to tell us more
             return False
-        self._deliver(claimed)
+        try:
+            self._deliver(claimed)
+        except Exception:
+            # Whatever went wrong, the item goes back in its place, never stuck as claimed.
+            with contextlib.suppress(NotFoundError):
+                self._outbox.release(claimed)
+            raise
         return True
 
     # -- one item ------------------------------------------------------------------------
 
     def _deliver(self, claimed: Claimed) -> None:
-        try:
-            message = self._ledger.message_for(claimed.item)
-        except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
-            self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
-            return
-        if self._amends == "difference":
-            amended = self._as_difference(claimed.item, message)
-            if amended is None:
-                self._on_success(claimed)  # nothing this cloud counts has changed
-                return
-            message = amended
-        if not self._within_budget(claimed):
+        message = self._prepare(claimed)
+        if message is None or not self._within_budget(claimed):
             return
         try:
-            message = self._resolved(message)
-            result = self._sender.send(message)
+            result = self._sender.send(self._resolved(message))
         except ThrottledError as exc:
             self._on_throttled(claimed, exc)
         except AuthError as exc:
@@ -181,10 +179,28 @@ class Dispatcher:
             self._dead_letter(claimed, failure_of(exc, new_error_id()))
         except CloudError as exc:  # RetryableError and anything else the cloud did
             self._on_retryable(claimed, failure_of(exc, new_error_id()))
+        except ConfigError as exc:  # the destination's settings, not the item: halt
+            self._outbox.release(claimed)
+            self._pause(self._settings.auth_probe_seconds)
+            self._report(HALTED, f"configuration problem: {exc}")
         else:
             self._remember_cloud_contact(claimed.item, result)
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
+
+    def _prepare(self, claimed: Claimed) -> models.OutboundMessage | None:
+        """The message to send, or None when the item was settled here (unreadable, no change)."""
+        try:
+            message = self._ledger.message_for(claimed.item)
+        except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
+            self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
+            return None
+        if self._amends != "difference":
+            return message
+        amended = self._as_difference(claimed.item, message)
+        if amended is None:
+            self._on_success(claimed)  # nothing this cloud counts has changed
+        return amended
 
     def _resolved(self, message: models.OutboundMessage) -> models.OutboundMessage:
         """The intelligent buffer: a receipt's buyer is found (or created) in the cloud first."""

@@ -347,3 +347,20 @@ def test_live_sales_go_before_the_low_priority_lane(start_agent):
     assert sender.sent == ["LIVE-1", "OLD-0", "OLD-1", "OLD-2"]
     state = till.get("/v1/receipts/OLD-1").json()["destinations"][0]["state"]
     assert state == "delivered"
+
+
+def test_an_unexpected_failure_puts_the_item_back_and_a_config_error_halts(rig):
+    from agent.errors import ConfigError
+
+    agent, till, sender, clock, dispatcher = rig
+    post(till, "R-1")
+    sender.default = raising(ConfigError(["destinations.loaded.base_url: no scheme"]))
+    dispatcher.step()
+    assert dispatcher.state.state == "halted"
+    assert agent.outbox.depth("loaded").pending == 1
+    sender.default = raising(ZeroDivisionError("a bug"))
+    clock.now = dispatcher.state.paused_until + 1
+    with pytest.raises(ZeroDivisionError):
+        dispatcher.step()
+    assert agent.outbox.depth("loaded").pending == 1  # back in its place, not stuck claimed
+    assert agent.outbox.depth("loaded").claimed == 0
