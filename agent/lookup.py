@@ -66,6 +66,30 @@ class Lookup:
         self._cache.put(live)
         return Found("cloud", contact_fields(live), 0.0)
 
+    def existing(self, contact: models.Contact) -> Found | None:
+        """A member this registration would duplicate: by member number, email, then phone.
+
+        The cache first, then members registered here, then (if the source answers in time)
+        the cloud. Several matches on a key count as existing: the first is answered.
+        """
+        keys = (
+            ("member", contact.member_number),
+            ("email", contact.email),
+            ("phone", contact.mobile_phone),
+        )
+        for kind, value in keys:
+            if not value:
+                continue
+            try:
+                return self.find(kind, value)
+            except AmbiguousError:
+                return Found(
+                    "cache", contact_fields(self._cache.find(kind, value)[0].contact), None
+                )
+            except NotFoundError:
+                continue
+        return None
+
     def _pending(self, kind: str, value: str) -> Found | None:
         if kind == "member":
             return None

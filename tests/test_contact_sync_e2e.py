@@ -49,3 +49,45 @@ def test_contacts_sync_command_on_a_stopped_agent(tmp_path):
         assert '"changes": 30' in result.stdout
     finally:
         cloud.stop()
+
+
+def engage_config(tmp_path, cloud_url: str) -> dict[str, object]:
+    return merged(
+        base_config(tmp_path),
+        {"contacts": {"source": "engage"}, "destinations": {"engage": {"base_url": cloud_url}}},
+    )
+
+
+def test_a_member_only_the_cloud_knows_is_found_live_and_not_registered_twice(
+    start_agent, tmp_path
+):
+    cloud = SandboxCloud(seed=7).serve()
+    try:
+        contact_id = cloud.engage.add_contact(email="zz.cloud.only@example.com")
+        _, till = start_agent(engage_config(tmp_path, cloud.url))
+        found = till.get("/v1/contacts/lookup", params={"email": "zz.cloud.only@example.com"})
+        assert found.json()["source"] == "cloud"
+        assert found.json()["contact"]["contactId"] == contact_id
+        again = till.post("/v1/contacts", {"email": "zz.cloud.only@example.com"}).json()
+        assert again["status"] == "existing"
+        assert again["contactId"] == contact_id
+        cloud.faults.set_offline("refused")  # the till keeps answering from its cache
+        offline = till.get("/v1/contacts/lookup", params={"email": "zz.cloud.only@example.com"})
+        assert offline.json()["source"] == "cache"
+    finally:
+        cloud.stop()
+
+
+def test_a_slow_cloud_never_holds_a_lookup_past_its_bound(start_agent, tmp_path):
+    import time
+
+    cloud = SandboxCloud(seed=8).serve()
+    try:
+        cloud.faults.set_latency(3.0, api="engage")
+        _, till = start_agent(engage_config(tmp_path, cloud.url))
+        started = time.monotonic()
+        answer = till.get("/v1/contacts/lookup", params={"email": "nobody@example.com"})
+        assert answer.status_code == 404
+        assert time.monotonic() - started < 1.5
+    finally:
+        cloud.stop()

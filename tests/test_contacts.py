@@ -164,3 +164,31 @@ def test_forget_removes_a_person_from_the_cache(agent_till):
     assert report.cached_contacts_removed == 1
     assert agent.contacts.find("member", "MBR-00003") == []
     assert scan(agent.settings.agent.data_dir) == []
+
+
+def test_registering_a_member_the_cache_knows_returns_them_and_queues_nothing(agent_till):
+    agent, till = agent_till
+    agent.contacts.apply_page("s", ContactPage(contacts=[contact(4)], cursor="1", has_more=False))
+    answer = till.post("/v1/contacts", {"mobilePhone": "070-000 00 04", "firstName": "Again"})
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "existing"
+    assert answer.json()["contactId"] == "c-4"
+    assert answer.json()["source"] == "cache"
+    assert agent.outbox.depth("engage").pending == 0
+
+
+def test_registering_twice_at_this_till_is_one_member(agent_till):
+    agent, till = agent_till
+    first = till.post("/v1/contacts", {"email": "one.member@example.com"}).json()
+    second = till.post("/v1/contacts", {"email": "One.Member@example.com ", "firstName": "X"})
+    assert second.json()["status"] == "existing"
+    assert second.json()["localId"] == first["localId"]
+    assert agent.outbox.depth("engage").pending == 1
+
+
+def test_a_change_to_a_known_member_is_queued_as_a_change(agent_till):
+    agent, till = agent_till
+    agent.contacts.apply_page("s", ContactPage(contacts=[contact(4)], cursor="1", has_more=False))
+    answer = till.post("/v1/contacts", {"contactId": "c-4", "email": "zz.new.4@example.com"})
+    assert answer.status_code == 202
+    assert agent.outbox.depth("engage").pending == 1

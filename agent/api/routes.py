@@ -20,7 +20,7 @@ from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
 from agent.ledger import DeadLetter, DeadLetters, Journal
-from agent.lookup import KINDS, Lookup
+from agent.lookup import KINDS, Found, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import Metrics
 from agent.privacy import Privacy
@@ -74,12 +74,25 @@ def get_receipt(request: Request, services: Services) -> Response:
 def post_contact(request: Request, services: Services) -> Response:
     contact = decode(request, models.Contact)
     models.check_contact(contact)
+    if contact.contact_id is None and (found := services.lookup.existing(contact)) is not None:
+        return Response.json(existing_contact(found))
     accepted = services.intake.put_contact(contact)
     status: Literal["queued", "duplicate"] = (
         "duplicate" if accepted.status == "duplicate" else "queued"
     )
     answer = schemas.ContactAccepted(status, accepted.key, list(accepted.destinations))
     return Response.json(answer, status=_accepted_status(accepted))
+
+
+def existing_contact(found: Found) -> schemas.ContactAccepted:
+    """The member the till already knows (a new registration would duplicate it)."""
+    return schemas.ContactAccepted(
+        "existing",
+        found.contact.get("localId"),
+        [],
+        contact_id=found.contact.get("contactId"),
+        source=found.source,  # type: ignore[arg-type]
+    )
 
 
 def get_health(request: Request, services: Services) -> Response:

@@ -23,9 +23,15 @@ class ReceiptAccepted(_Out):
 
 
 class ContactAccepted(_Out):
-    status: Literal["queued", "duplicate"]
-    local_id: str
+    """queued: a new member, under a local id; duplicate: this very registration again;
+    existing: a member with one of these keys is known already (in the cache, registered here,
+    or in the cloud) and nothing was queued."""
+
+    status: Literal["queued", "duplicate", "existing"]
+    local_id: str | None
     destinations: list[str]
+    contact_id: str | None = None
+    source: Literal["cache", "cloud", "pending"] | None = None
 
 
 class DeliveryState(_Out):
