@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from agent import crypto, models
+from agent import crypto, models, schema
 from agent.config import DestinationSettings, IntakeSettings
 from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
@@ -25,101 +25,6 @@ from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox
 
 log = logging.getLogger(__name__)
 
-SCHEMA = [
-    """
-    CREATE TABLE receipts (
-        unique_receipt_id TEXT PRIMARY KEY,
-        revision INTEGER NOT NULL,
-        received_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        warnings TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE receipt_revisions (
-        unique_receipt_id TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        content_hash TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        PRIMARY KEY (unique_receipt_id, revision)
-    );
-    CREATE INDEX receipt_revisions_by_hash ON receipt_revisions (unique_receipt_id, content_hash);
-    CREATE TABLE deliveries (
-        record_key TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        queue_id INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL,
-        last_error_id TEXT,
-        cloud_error_id TEXT,
-        PRIMARY KEY (record_key, destination, revision)
-    );
-    CREATE TABLE outbound_contacts (
-        local_id TEXT PRIMARY KEY,
-        content_hash TEXT NOT NULL UNIQUE,
-        received_at REAL NOT NULL,
-        cloud_contact_id TEXT
-    );
-    CREATE TABLE quarantine (
-        error_id TEXT PRIMARY KEY,
-        received_at REAL NOT NULL,
-        route TEXT NOT NULL,
-        code TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        sealed_body TEXT,
-        redacted_at REAL
-    );
-    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
-    """,
-    """
-    CREATE TABLE subjects (
-        subject TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        record_key TEXT NOT NULL,
-        PRIMARY KEY (subject, kind, record_key)
-    );
-    CREATE INDEX subjects_by_record ON subjects (kind, record_key)
-    """,
-    """
-    ALTER TABLE deliveries ADD COLUMN first_failed_at REAL;
-    ALTER TABLE deliveries ADD COLUMN last_error TEXT;
-    CREATE TABLE dead_letters (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        destination TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        record_key TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        item TEXT NOT NULL,
-        status INTEGER,
-        reason TEXT NOT NULL,
-        error_id TEXT NOT NULL,
-        cloud_error_id TEXT,
-        body_excerpt TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        redacted_at REAL,
-        notified_at REAL
-    )
-    """,
-    """
-    ALTER TABLE deliveries ADD COLUMN delivered_body TEXT
-    """,
-    """
-    ALTER TABLE deliveries ADD COLUMN queue TEXT
-    """,
-    """
-    CREATE TABLE journal (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        destination TEXT NOT NULL,
-        record_key TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        business_date TEXT NOT NULL,
-        item TEXT NOT NULL,
-        delivered_at REAL NOT NULL
-    );
-    CREATE INDEX journal_by_date ON journal (business_date, destination)
-    """,
-]
 T = TypeVar("T")
 COUNTERS = (
     "accepted",
@@ -183,7 +88,7 @@ class Intake:
         self._keyring = keyring
         self._destinations = tuple(d for d in destinations if d.enabled)
         self._settings = settings
-        outbox.migrate(SCHEMA)
+        outbox.migrate(schema.STEPS)
 
     # -- receipts -------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ class Failure:
 
 
 class Ledger:
-    """Delivery's view of the ledger tables (their schema is intake's: agent/intake.py SCHEMA)."""
+    """Delivery's view of the ledger tables (their schema: agent/schema.py)."""
 
     def __init__(self, outbox: Outbox, keyring: Keyring) -> None:
         self._outbox = outbox

@@ -70,7 +70,7 @@ class ForgetReport:
 class Privacy:
     """Runs the purge and erasure over the outbox file and the keyring.
 
-    The ledger tables are intake's (agent/intake.py SCHEMA); this module only deletes from and
+    The ledger tables (agent/schema.py); this module only deletes from and
     redacts them, by the retention settings.
     """
 
