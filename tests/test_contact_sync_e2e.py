@@ -166,3 +166,18 @@ def test_a_record_changed_while_paginating_arrives_in_its_latest_form(tmp_path):
     finally:
         cache.close()
         cloud.stop()
+
+
+def test_engages_changes_feed_fills_the_cache_and_carries_deletions(start_agent, tmp_path):
+    cloud = SandboxCloud(seed=11).serve()
+    try:
+        ids = [cloud.engage.add_contact(email=f"zz.feed.{n}@example.com") for n in range(15)]
+        agent, till = start_agent(engage_config(tmp_path, cloud.url))
+        till.post("/v1/contacts/sync", {})
+        assert agent.contacts.stats()["contacts"] == 15
+        cloud.engage.delete_contact(ids[3])
+        till.post("/v1/contacts/sync", {})
+        assert agent.contacts.find("email", "zz.feed.3@example.com") == []
+        assert agent.contacts.stats()["contacts"] == 14
+    finally:
+        cloud.stop()
