@@ -21,7 +21,7 @@ from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.health import FAILING, OK, Health
 from agent.matchkeys import subject_keys
-from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox
+from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox, encode
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ class Accepted:
     destinations: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     local_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A record's queue item made ready outside the transaction (sealed, encoded, hashed)."""
+
+    item: dict[str, Any]
+    encoded: bytes  # the item as the queue stores it
+    subjects: list[str]  # keyed hashes of the person's email and phone
 
 
 @dataclass(frozen=True)
@@ -103,9 +112,12 @@ class Intake:
         if warnings and self._settings.strict_totals:
             raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(receipt))
+        # Sealing, hashing and encoding happen here, before the transaction: under the writer
+        # lock only SQL runs, so concurrent sales do not wait on each other's CPU work.
+        prepared = self._prepare_receipt(receipt)
 
         def work(batch: Batch) -> Accepted:
-            accepted = self._put_receipt(batch, receipt, content_hash, warnings, lane)
+            accepted = self._put_receipt(batch, receipt, content_hash, warnings, lane, prepared)
             _bump(batch.conn, _counter_for(accepted.status))
             if warnings:
                 _bump(batch.conn, "totals_warnings")
@@ -132,16 +144,18 @@ class Intake:
         content_hash: str,
         warnings: tuple[str, ...],
         lane: str,
+        prepared: Prepared,
     ) -> Accepted:
         key = receipt.unique_receipt_id
         row = batch.conn.execute(
             "SELECT revision FROM receipts WHERE unique_receipt_id = ?", (key,)
         ).fetchone()
         if row is None:
-            return self._first_revision(batch, receipt, content_hash, warnings, lane)
+            return self._first_revision(batch, receipt, content_hash, warnings, lane, prepared)
         if _known_revision(batch.conn, key, content_hash) is not None:
             return Accepted("duplicate", key, int(row[0]), self._delivered_to(batch.conn, key))
-        return self._amend(batch, receipt, content_hash, warnings, int(row[0]) + 1, lane)
+        revision = int(row[0]) + 1
+        return self._amend(batch, receipt, content_hash, warnings, revision, lane, prepared)
 
     def _first_revision(
         self,
@@ -150,16 +164,17 @@ class Intake:
         content_hash: str,
         warnings: tuple[str, ...],
         lane: str,
+        prepared: Prepared,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
         batch.conn.execute(
             "INSERT INTO receipts VALUES (?, 1, ?, ?, ?)", (key, now, now, json.dumps(warnings))
         )
         _record_revision(batch.conn, key, 1, content_hash, now)
-        self._record_subjects(batch.conn, "receipt", key, receipt_subject_fields(receipt))
+        _insert_subjects(batch.conn, "receipt", key, prepared.subjects)
         targets = self.destinations_for(receipt)
         for destination in targets:
-            queue_id = batch.put(destination + lane, self._receipt_item(receipt, 1))
+            queue_id = batch.put_encoded(destination + lane, prepared.encoded)
             _insert_delivery(batch.conn, key, destination, 1, queue_id, now, destination + lane)
         return Accepted("queued", key, 1, targets, warnings)
 
@@ -171,6 +186,7 @@ class Intake:
         warnings: tuple[str, ...],
         revision: int,
         lane: str,
+        prepared: Prepared,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
         batch.conn.execute(
@@ -179,10 +195,10 @@ class Intake:
             (revision, now, json.dumps(warnings), key),
         )
         _record_revision(batch.conn, key, revision, content_hash, now)
-        self._record_subjects(batch.conn, "receipt", key, receipt_subject_fields(receipt))
+        _insert_subjects(batch.conn, "receipt", key, prepared.subjects)
         earlier = self._delivered_to(batch.conn, key)
         targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
-        item = self._receipt_item(receipt, revision)
+        item = {**prepared.item, "revision": revision}
         for destination in targets:
             self._amend_one(batch, key, destination + lane, revision, item, now)
         return Accepted("amended", key, revision, targets, warnings)
@@ -217,20 +233,16 @@ class Intake:
         queue_id = batch.put(queue, item)
         _insert_delivery(batch.conn, key, destination, revision, queue_id, now, queue)
 
-    def _record_subjects(
-        self,
-        conn: sqlite3.Connection,
-        kind: str,
-        key: str,
-        fields: tuple[str | None, str | None],
-    ) -> None:
+    def _subject_hashes(self, fields: tuple[str | None, str | None]) -> list[str]:
         """Keyed hashes of the person's email and phone, so `forget` can find the record."""
         email, phone = fields
-        for subject in subject_keys(email=email, mobile_phone=phone, default_region=self._region):
-            conn.execute(
-                "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?)",
-                (self._keyring.keyed_hash(subject.encode()), kind, key),
-            )
+        keys = subject_keys(email=email, mobile_phone=phone, default_region=self._region)
+        return [self._keyring.keyed_hash(subject.encode()) for subject in keys]
+
+    def _prepare_receipt(self, receipt: models.Receipt) -> Prepared:
+        item = self._receipt_item(receipt, 1)
+        subjects = self._subject_hashes(receipt_subject_fields(receipt))
+        return Prepared(item, encode(item), subjects)
 
     def destinations_for(self, receipt: models.Receipt) -> tuple[str, ...]:
         """The enabled destinations that take this receipt (DESIGN §3 routing)."""
@@ -269,10 +281,24 @@ class Intake:
         """Queue a contact change for the destinations that take contacts; dedupe by content."""
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(contact))
         targets = tuple(d.name for d in self._destinations if "contacts" in d.takes)
-        return self._write(lambda batch: self._put_contact(batch, contact, content_hash, targets))
+        local_id = new_local_id()  # unused if this turns out to be a duplicate
+        item = self._sealed_item(
+            "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
+        )
+        prepared = Prepared(
+            item, encode(item), self._subject_hashes((contact.email, contact.mobile_phone))
+        )
+        return self._write(
+            lambda batch: self._put_contact(batch, local_id, content_hash, targets, prepared)
+        )
 
     def _put_contact(
-        self, batch: Batch, contact: models.Contact, content_hash: str, targets: tuple[str, ...]
+        self,
+        batch: Batch,
+        local_id: str,
+        content_hash: str,
+        targets: tuple[str, ...],
+        prepared: Prepared,
     ) -> Accepted:
         row = batch.conn.execute(
             "SELECT local_id FROM outbound_contacts WHERE content_hash = ?", (content_hash,)
@@ -280,22 +306,15 @@ class Intake:
         if row is not None:
             _bump(batch.conn, "duplicates")
             return Accepted("duplicate", row[0], 1, targets, local_id=row[0])
-        local_id = new_local_id()
         now = time.time()
         batch.conn.execute(
             "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
             (local_id, content_hash, now),
         )
-        self._record_subjects(
-            batch.conn, "contact", local_id, (contact.email, contact.mobile_phone)
-        )
-        item = self._sealed_item(
-            "contact", local_id, 1, models.to_builtins(contact), models.CONTACT_PERSONAL_FIELDS
-        )
+        _insert_subjects(batch.conn, "contact", local_id, prepared.subjects)
         for destination in targets:
-            _insert_delivery(
-                batch.conn, local_id, destination, 1, batch.put(destination, item), now
-            )
+            queue_id = batch.put_encoded(destination, prepared.encoded)
+            _insert_delivery(batch.conn, local_id, destination, 1, queue_id, now)
         _bump(batch.conn, "contacts")
         return Accepted("queued", local_id, 1, targets, local_id=local_id)
 
@@ -304,13 +323,14 @@ class Intake:
     def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
         """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
         sealed = self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
+        subjects = self._subject_hashes(body_subject_fields(body))
 
         def work(batch: Batch) -> None:
             batch.conn.execute(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
                 (error_id, time.time(), route, code, safe_reason(reason), sealed),
             )
-            self._record_subjects(batch.conn, "quarantine", error_id, body_subject_fields(body))
+            _insert_subjects(batch.conn, "quarantine", error_id, subjects)
             _bump(batch.conn, "quarantined")
 
         self._write(work)
@@ -445,6 +465,12 @@ def _record_revision(
 ) -> None:
     conn.execute(
         "INSERT INTO receipt_revisions VALUES (?, ?, ?, ?)", (key, revision, content_hash, now)
+    )
+
+
+def _insert_subjects(conn: sqlite3.Connection, kind: str, key: str, subjects: list[str]) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?)", [(s, kind, key) for s in subjects]
     )
 
 
