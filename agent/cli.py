@@ -328,6 +328,20 @@ def api_submitter(settings: config.Settings) -> backfill.Submit:
     return submit
 
 
+@main.command()
+@CONFIG_OPTION
+def doctor(config_file: str | None) -> None:
+    """Check this till: data directory, disk, stores, keys, token, the agent, each cloud, clock."""
+    from agent import doctor as checks
+
+    settings = load_settings(config_file)
+    results = checks.examine(settings)
+    for check in results:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
+    if not all(check.ok for check in results):
+        raise click.ClickException("some checks failed (see above)")
+
+
 @main.command("support-bundle")
 @CONFIG_OPTION
 @click.option(
