@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agent.sandbox import SandboxCloud
-from tests.conftest import merged
 from tests.test_cli import till_agent
 
 
