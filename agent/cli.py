@@ -448,19 +448,30 @@ def fetch_status(settings: config.Settings) -> dict[str, Any]:
 
 
 def format_status(answer: Mapping[str, Any]) -> str:
+    """The /v1/status answer as a technician reads it on a till's screen."""
     lines = [
         f"Till {answer['tillId']} of store {answer['storeId']}: {answer['status']}"
         f" (agent {answer['version']})",
         "",
-        f"{'destination':<16}{'kind':<12}{'state':<10}{'queued':>8}{'sending':>9}{'oldest':>10}",
+        f"{'destination':<14}{'state':<16}{'queued':>7}{'oldest':>8}{'aside':>6}  last success",
     ]
     for d in answer["destinations"]:
         oldest = "-" if d["oldestAgeSeconds"] is None else f"{d['oldestAgeSeconds']:.0f}s"
         lines.append(
-            f"{d['name']:<16}{d['kind']:<12}{d['state']:<10}{d['depth']:>8}{d['inFlight']:>9}{oldest:>10}"
+            f"{d['name']:<14}{d['state']:<16}{d['depth']:>7}{oldest:>8}{d['setAside']:>6}"
+            f"  {d['lastSuccessAt'] or '-'}"
         )
+        if d["state"] not in ("online", "not delivering"):
+            lines.append(f"{'':<14}{d['detail']}")
+    problems = [c for c in answer["components"] if c["state"] != "ok"]
+    lines += ["", "problems: " + ("none" if not problems else "")]
+    lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]
+    cache = answer["contacts"]
+    lines.append(
+        f"contact cache: {cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"
+    )
     counters = answer["counters"]
-    lines += ["", "since install: " + ", ".join(f"{k} {v}" for k, v in counters.items())]
+    lines.append("since install: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
     storage = answer["storage"]
     used, limit = storage["dataDirBytes"] / 1e6, storage["limitBytes"] / 1e6
     free = storage["freeBytes"] / 1e9
