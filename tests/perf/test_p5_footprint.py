@@ -10,6 +10,7 @@ import requests
 
 from agent import crypto
 from agent.outbox import Outbox
+from agent.sandbox import SandboxCloud
 from tests.conftest import make_receipt
 from tests.perf.bench import write_results
 
@@ -43,9 +44,20 @@ def proc_stat(pid: int) -> tuple[float, float]:
 
 @pytest.mark.perf
 def test_p5_footprint(agent_process, tmp_path):
+    """Delivery on, the cloud refusing connections: the idle of a till in an outage."""
     (tmp_path / "data").mkdir()
     prefill_queued(tmp_path / "data")
-    process = agent_process()
+    cloud = SandboxCloud(seed=4).serve()
+    cloud.faults.set_offline("refused")
+    process = agent_process(
+        {
+            "delivery": {"enabled": True},
+            "destinations": {
+                "engage": {"base_url": cloud.url},
+                "loaded": {"base_url": cloud.url + "/loaded"},
+            },
+        }
+    )
     started = time.monotonic()
     process.start(wait=False)
     while True:
@@ -80,5 +92,8 @@ def test_p5_footprint(agent_process, tmp_path):
             "met": idle_cpu <= 1,
         },
     ]
-    write_results("p5_footprint", rows, {"idle_seconds": IDLE_SECONDS})
+    write_results(
+        "p5_footprint", rows, {"idle_seconds": IDLE_SECONDS, "delivery": "on, cloud refusing"}
+    )
     assert process.terminate() == 0
+    cloud.stop()
