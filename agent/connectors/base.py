@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
@@ -343,3 +344,17 @@ class Options:
 def join(base_url: str, path: str) -> str:
     """base_url (with or without a trailing slash, maybe with a path prefix) + '/api/...'."""
     return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
+
+
+def money_as_numbers(value: Any, key: str = "") -> Any:
+    """Money fields back to JSON numbers (to_builtins writes decimals as strings)."""
+    if isinstance(value, dict):
+        return {k: money_as_numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [money_as_numbers(v, key) for v in value]
+    if key in MONEY_KEYS and isinstance(value, str):
+        return float(Decimal(value))
+    return value

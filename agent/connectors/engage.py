@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import phonenumbers
@@ -24,6 +23,7 @@ from agent.connectors.base import (
     call,
     join,
     json_body,
+    money_as_numbers,
     rate_limit,
 )
 from agent.errors import RejectedError, RetryableError
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 BULK_MAX = 4000
 CHANGE_TYPES = ("Created", "Updated", "Deleted")
-MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
 CONTACT_HEADER_KEYS = ("source", "storeExternalId", "createAsUnapproved")
 MIN_WINDOW_SECONDS = 60.0
 MAX_WINDOW_SECONDS = 10 * 365 * 86400.0
@@ -258,7 +257,7 @@ class EngageConnector:
 
     def receipt_payload(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, Any]:
         """Our receipt in Engage's shape: money as numbers, order links as extraData."""
-        body: dict[str, Any] = _numbers(to_builtins(receipt))
+        body: dict[str, Any] = money_as_numbers(to_builtins(receipt))
         body.pop("contact", None)
         extra = [
             {"name": name, "value": value}
@@ -447,17 +446,6 @@ def to_e164(phone: str, region: str, *, connector: str = "engage") -> str:
     except phonenumbers.NumberParseException as exc:
         raise RejectedError(f"not a phone number ({exc.error_type})", connector=connector) from exc
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def _numbers(value: Any, key: str = "") -> Any:
-    """Money fields back to JSON numbers (to_builtins writes decimals as strings)."""
-    if isinstance(value, dict):
-        return {k: _numbers(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v, key) for v in value]
-    if key in MONEY_KEYS and isinstance(value, str):
-        return float(Decimal(value))
-    return value
 
 
 def create(

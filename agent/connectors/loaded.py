@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from agent.connectors.base import (
     call,
     join,
     json_body,
+    money_as_numbers,
     rate_limit,
 )
 from agent.errors import AuthError, RejectedError, RetryableError
@@ -31,7 +31,6 @@ from agent.models import OutboundMessage, Receipt, to_builtins
 log = logging.getLogger(__name__)
 
 MAX_EXTERNAL_ID = 255
-MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ class LoadedConnector:
         """The receipt as a sale: externalId is the idempotency key; no personal data at all."""
         if len(external_id) > MAX_EXTERNAL_ID:
             raise RejectedError(f"{self.name}: externalId over 255 chars", connector=self.name)
-        body: dict[str, Any] = _numbers(to_builtins(receipt))
+        body: dict[str, Any] = money_as_numbers(to_builtins(receipt))
         body.pop("contact", None)  # analytics needs no person: data minimisation
         body["externalId"] = external_id
         body["revision"] = revision
@@ -184,17 +183,6 @@ def _sale_id(response: requests.Response) -> str | None:
         return None
     value = body.get("id") if isinstance(body, dict) else None
     return str(value) if value is not None else None
-
-
-def _numbers(value: Any, key: str = "") -> Any:
-    """Money fields back to JSON numbers (to_builtins writes decimals as strings)."""
-    if isinstance(value, dict):
-        return {k: _numbers(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v, key) for v in value]
-    if key in MONEY_KEYS and isinstance(value, str):
-        return float(Decimal(value))
-    return value
 
 
 def create(

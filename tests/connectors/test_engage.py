@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from agent.connectors import engage
+from agent.connectors.base import money_as_numbers
 from agent.errors import AuthError, RejectedError, RetryableError
 from agent.models import Contact, OutboundMessage, Receipt
 from tests.connectors.conftest import destination, read_secret
@@ -151,7 +152,7 @@ def engage_date(text: str) -> dt.datetime:
 
 
 def test_decimal_money_survives():
-    assert engage._numbers({"value": "0.10"}) == {"value": float(Decimal("0.10"))}
+    assert money_as_numbers({"value": "0.10"}) == {"value": float(Decimal("0.10"))}
 
 
 # --- against the sandbox cloud -----------------------------------------------------------
