@@ -17,7 +17,7 @@ from typing import Any, cast
 import filelock
 import msgspec
 
-from agent import __version__, api, config, connectors, crypto, db, health, models, outbox
+from agent import __version__, api, config, connectors, crypto, db, health, models, notify, outbox
 from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
@@ -506,14 +506,26 @@ def _make_private_dir(path: Path) -> None:
 
 
 def run(settings: config.Settings, stop: threading.Event) -> None:
-    """Start, serve until stop is set, stop cleanly. The service wrappers call this."""
+    """Start, serve until stop is set, stop cleanly. The service wrappers call this.
+
+    Under systemd (Type=notify) it says READY once serving, pings the watchdog from this
+    thread while every worker thread is alive, and says STOPPING before it stops.
+    """
+    environ = config.environment()
+    notifier = notify.Notifier.from_environ(environ)
     agent = start(settings)
     log.info(
         "till agent running", extra={"url": agent.url, "data_dir": str(settings.agent.data_dir)}
     )
+    watchdog = notify.Watchdog(notifier, notify.watchdog_interval(environ))
+    for thread in threading.enumerate():
+        if thread.name in ("api", "scheduler") or thread.name.startswith("dispatch-"):
+            watchdog.watch(thread.name, thread.is_alive)
     try:
-        stop.wait()
+        notifier.ready(f"serving on {agent.url}")
+        watchdog.run(stop)
     finally:
+        notifier.stopping("stopping")
         agent.stop()
 
 

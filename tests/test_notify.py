@@ -1,0 +1,125 @@
+"""The notify protocol against a real datagram socket, and the watchdog's heartbeat gate."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import notify
+from tests.service.listener import NotifyListener
+
+
+@pytest.fixture
+def listener() -> Iterator[NotifyListener]:
+    made = NotifyListener()
+    yield made
+    made.close()
+
+
+class Clock:
+    """Monotonic time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_notifier_sends_ready_with_status_to_abstract_socket(listener):
+    notifier = notify.Notifier(listener.address)
+    assert notifier.ready("serving on\nhttp://127.0.0.1:1")
+    assert listener.receive(2.0) == "READY=1\nSTATUS=serving on http://127.0.0.1:1"
+
+
+def test_notifier_sends_to_socket_file():
+    with tempfile.TemporaryDirectory(prefix="tn-") as directory:
+        path = str(Path(directory) / "notify")
+        listener = NotifyListener(path)
+        try:
+            assert notify.Notifier(path).stopping()
+            assert listener.receive(2.0) == "STOPPING=1"
+        finally:
+            listener.close()
+
+
+def test_notifier_without_socket_is_a_no_op():
+    notifier = notify.Notifier.from_environ({})
+    assert not notifier.enabled
+    assert not notifier.ready("x")
+    assert not notifier.watchdog()
+
+
+def test_notifier_survives_a_socket_nobody_listens_on():
+    assert not notify.Notifier("@till-agent-test-nobody-listens").watchdog()
+    assert not notify.Notifier("vsock:2:1234").watchdog()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "junk"}, None),
+        ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "42"}, 2.0),
+        ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "43"}, None),
+    ],
+)
+def test_watchdog_interval_is_half_of_watchdog_usec(environ, expected):
+    assert notify.watchdog_interval(environ, pid=42) == expected
+
+
+def test_watchdog_stops_pinging_when_a_heartbeat_goes_stale(listener):
+    clock = Clock()
+    watchdog = notify.Watchdog(notify.Notifier(listener.address), 1.0, monotonic=clock)
+    worker = watchdog.heartbeat("dispatch-engage", max_age_seconds=5.0)
+    assert watchdog.tick()
+    assert listener.receive(2.0) == "WATCHDOG=1"
+    clock.now += 6.0  # the worker has not beaten for 6 s: it is stuck
+    assert not watchdog.tick()
+    assert listener.receive(2.0) == "STATUS=stuck: dispatch-engage"
+    assert not watchdog.tick()
+    assert listener.receive(0.05) is None  # no second status line, and above all no ping
+    worker.beat()
+    assert watchdog.tick()
+    assert listener.receive(2.0) == "WATCHDOG=1"
+
+
+def test_watchdog_stops_pinging_when_a_watched_thread_dies(listener):
+    watchdog = notify.Watchdog(notify.Notifier(listener.address), 1.0)
+    thread = threading.Thread(target=lambda: None, name="dispatch-loaded")
+    thread.start()
+    thread.join()
+    watchdog.watch(thread.name, thread.is_alive)
+    assert watchdog.stale() == ["dispatch-loaded"]
+    assert not watchdog.tick()
+
+
+def test_watchdog_run_pings_until_stuck_then_until_stopped(listener):
+    clock = Clock()
+    watchdog = notify.Watchdog(notify.Notifier(listener.address), 0.01, monotonic=clock)
+    watchdog.heartbeat("worker", max_age_seconds=5.0)
+    stop = threading.Event()
+    runner = threading.Thread(target=watchdog.run, args=(stop,))
+    runner.start()
+    try:
+        assert listener.receive(2.0) == "WATCHDOG=1"
+        assert listener.receive(2.0) == "WATCHDOG=1"
+        clock.now += 10.0
+        listener.wait_for("STATUS=stuck: worker", timeout_seconds=2.0)
+        assert listener.receive(0.05) is None
+    finally:
+        stop.set()
+        runner.join(5.0)
+    assert not runner.is_alive()
+
+
+def test_watchdog_run_without_a_watchdog_just_waits_for_stop():
+    stop = threading.Event()
+    stop.set()
+    notify.Watchdog(notify.Notifier(None), None).run(stop)  # returns at once
