@@ -1,0 +1,133 @@
+"""What `till-install verify` checks: the service, its port, file permissions, disk, each cloud."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent import app, config, connectors
+from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
+from installer import steps
+from installer.services import ServiceManager
+
+MIN_FREE_BYTES = 500 * 1024 * 1024
+MAX_CLOCK_SKEW_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def local(
+    settings: config.Settings, layout: steps.Layout, manager: ServiceManager, owner: steps.Owner
+) -> list[Check]:
+    """Everything on this till: the service, the API port, permissions, disk space."""
+    state = manager.state()
+    checks = [Check("service", state == "active", state)]
+    checks.append(_port(settings))
+    checks.append(_mode("config file", layout.config_file, forbidden=0o027))
+    secret_files = sorted(p for p in layout.credentials_dir.glob("*") if p.is_file())
+    checks += [_secret(p, owner) for p in secret_files]
+    checks.append(_disk(settings.agent.data_dir))
+    return checks
+
+
+def _port(settings: config.Settings) -> Check:
+    url = steps.health_url(settings)
+    try:
+        answer = requests.get(url, timeout=3)
+    except requests.RequestException:
+        return Check("port", False, f"nothing answers at {url}")
+    return Check("port", answer.status_code == 200, f"{url} answered {answer.status_code}")
+
+
+def _mode(name: str, path: Path, *, forbidden: int) -> Check:
+    if not path.exists():
+        return Check(name, False, f"{path} is missing")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    ok = os.name != "posix" or mode & forbidden == 0
+    return Check(
+        name,
+        ok,
+        f"{path} mode {mode:04o}" + ("" if ok else f" (must be {~forbidden & 0o777:04o} at most)"),
+    )
+
+
+def _secret(path: Path, owner: steps.Owner) -> Check:
+    check = _mode(f"secret {path.name}", path, forbidden=0o077)
+    if check.ok and owner.uid is not None and path.stat().st_uid != owner.uid:
+        return Check(check.name, False, f"{path} is not owned by the service user")
+    return check
+
+
+def _disk(data_dir: Path) -> Check:
+    if not data_dir.exists():
+        return Check("disk space", False, f"{data_dir} does not exist")
+    free = shutil.disk_usage(data_dir).free
+    return Check("disk space", free >= MIN_FREE_BYTES, f"{free / 1e9:.1f} GB free on {data_dir}")
+
+
+def clouds(settings: config.Settings) -> list[Check]:
+    """Each enabled destination probed with its credentials, and the clock against its Date."""
+    dates: list[str] = []
+
+    def remember_date(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.headers.get("Date"):
+            dates.append(response.headers["Date"])
+
+    session = connectors.make_session("TillAgent-installer", timeout_seconds=10.0)
+    session.hooks["response"].append(remember_date)
+    reader = app.secret_reader(settings.agent.credentials_dir)
+    checks = []
+    try:
+        for destination in settings.enabled_destinations:
+            dates.clear()
+            checks.append(_probe(destination, session, reader))
+            if dates:
+                checks.append(clock_check(destination.name, dates[-1], time.time()))
+    finally:
+        session.close()
+    return checks
+
+
+def _probe(
+    destination: config.DestinationSettings, session: requests.Session, reader: Any
+) -> Check:
+    name = f"cloud {destination.name}"
+    try:
+        connectors.build(destination, session, reader).probe()  # type: ignore[union-attr]
+    except ConfigError as exc:
+        return Check(name, False, "misconfigured: " + "; ".join(exc.problems))
+    except AuthError as exc:
+        return Check(name, False, f"credentials refused (HTTP {exc.status}); check the secret")
+    except RetryableError as exc:
+        return Check(name, False, f"unreachable ({_reason(exc)})")
+    except (CloudError, AgentError) as exc:
+        return Check(name, False, f"unexpected answer ({_reason(exc)})")
+    return Check(name, True, "reachable and authorised")
+
+
+def _reason(exc: AgentError) -> str:
+    status = getattr(exc, "status", None)
+    return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
+
+
+def clock_check(name: str, date_header: str, now: float) -> Check:
+    """The till's clock against a cloud's Date header (tokens and receipt times depend on it)."""
+    try:
+        skew = now - email.utils.parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return Check(f"clock vs {name}", True, "the cloud's Date header is unreadable")
+    ok = abs(skew) <= MAX_CLOCK_SKEW_SECONDS
+    return Check(f"clock vs {name}", ok, f"{skew:+.0f} s" + ("" if ok else " (set the clock)"))

@@ -1,0 +1,180 @@
+"""Registering, starting and stopping the agent as an OS service: systemd or Windows' SCM."""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from installer.system import CommandError, Commands
+
+UNIT_NAME = "till-agent.service"
+WINDOWS_NAME = "TillAgent"
+SERVICE_USER = "till-agent"
+DEFAULT_EXEC = "/opt/till-agent/bin/till-agent"
+TOKEN_CREDENTIAL = "pos-token"
+
+
+class ServiceManager(Protocol):
+    """One OS's service manager, as far as the installer needs it."""
+
+    def register(self, program: Path, credentials: Iterable[Path]) -> None:
+        """Install (or refresh) the service definition for `program`; enable it at boot."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Stop and return once stopped (graceful: the agent finishes or requeues)."""
+        ...
+
+    def restart(self) -> None: ...
+
+    def state(self) -> str:
+        """'active' when running; otherwise the manager's word for it."""
+        ...
+
+    def unregister(self) -> None:
+        """Disable and remove the service definition; no error if it is not there."""
+        ...
+
+
+def unit_text(program: Path) -> str:
+    """The unit shipped in service/linux, its ExecStart pointing at this install's program."""
+    shipped = importlib.resources.files("service").joinpath("linux", UNIT_NAME)
+    text = shipped.read_text(encoding="utf-8")
+    return text.replace(f"ExecStart={DEFAULT_EXEC} ", f"ExecStart={program} ")
+
+
+def credentials_dropin(credentials: Iterable[Path]) -> str:
+    """One LoadCredential= per cloud secret (the POS token is in the unit itself)."""
+    lines = [
+        "# Written by till-install: the cloud secrets, handed to the agent by systemd.",
+        "[Service]",
+    ]
+    for path in sorted(credentials):
+        if path.name != TOKEN_CREDENTIAL:
+            lines.append(f"LoadCredential={path.name}:{path}")
+    return "\n".join(lines) + "\n"
+
+
+class Systemd:
+    """systemctl over a unit directory (normally /etc/systemd/system)."""
+
+    def __init__(self, commands: Commands, unit_dir: Path, credentials_dir: Path) -> None:
+        self._commands = commands
+        self.unit_file = unit_dir / UNIT_NAME
+        self.dropin_file = unit_dir / f"{UNIT_NAME}.d" / "credentials.conf"
+        self._credentials_dir = credentials_dir
+
+    def register(self, program: Path, credentials: Iterable[Path]) -> None:
+        # systemd reads LoadCredential= paths as root on the real system: name them there.
+        _write(self.unit_file, unit_text(program))
+        _write(self.dropin_file, credentials_dropin(credentials))
+        self._systemctl("daemon-reload")
+        self._systemctl("enable", UNIT_NAME)
+
+    def start(self) -> None:
+        self._systemctl("start", UNIT_NAME)
+
+    def stop(self) -> None:
+        self._systemctl("stop", UNIT_NAME)  # returns once stopped (or TimeoutStopSec killed it)
+
+    def restart(self) -> None:
+        self._systemctl("restart", UNIT_NAME)
+
+    def state(self) -> str:
+        done = self._commands.run(["systemctl", "is-active", UNIT_NAME], check=False)
+        return done.stdout.strip() or "unknown"
+
+    def unregister(self) -> None:
+        self._commands.run(["systemctl", "disable", "--now", UNIT_NAME], check=False)
+        for path in (self.dropin_file, self.unit_file):
+            path.unlink(missing_ok=True)
+        if self.dropin_file.parent.exists() and not any(self.dropin_file.parent.iterdir()):
+            self.dropin_file.parent.rmdir()
+        self._systemctl("daemon-reload")
+
+    def _systemctl(self, *args: str) -> None:
+        self._commands.run(["systemctl", *args])
+
+
+class WindowsServices:
+    """sc.exe over the frozen service executable (service/windows.py inside it)."""
+
+    def __init__(
+        self, commands: Commands, *, wait_seconds: float = 60.0, poll_seconds: float = 0.5
+    ) -> None:
+        self._commands = commands
+        self._wait_seconds = wait_seconds
+        self._poll_seconds = poll_seconds
+
+    def register(self, program: Path, credentials: Iterable[Path]) -> None:
+        sc = ["sc.exe"]
+        if self.state() == "not-installed":
+            self._commands.run(
+                [*sc, "create", WINDOWS_NAME, "binPath=", str(program), "start=", "delayed-auto"]
+            )
+        else:
+            self._commands.run([*sc, "config", WINDOWS_NAME, "binPath=", str(program)])
+        self._commands.run([*sc, "description", WINDOWS_NAME, "Till Agent: POS intake"])
+        # Restart after 5 s, 5 s, then 60 s; forget failures after a day of running.
+        actions = "restart/5000/restart/5000/restart/60000"
+        self._commands.run([*sc, "failure", WINDOWS_NAME, "reset=", "86400", "actions=", actions])
+        # Also restart when it stops with an error code, not only when it crashes.
+        self._commands.run([*sc, "failureflag", WINDOWS_NAME, "1"])
+
+    def start(self) -> None:
+        self._commands.run(["sc.exe", "start", WINDOWS_NAME])
+        self._wait_for("active")
+
+    def stop(self) -> None:
+        if self.state() in ("inactive", "not-installed"):
+            return
+        self._commands.run(["sc.exe", "stop", WINDOWS_NAME])
+        self._wait_for("inactive")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def state(self) -> str:
+        done = self._commands.run(["sc.exe", "query", WINDOWS_NAME], check=False)
+        return windows_state(done.returncode, done.stdout)
+
+    def unregister(self) -> None:
+        self.stop()
+        self._commands.run(["sc.exe", "delete", WINDOWS_NAME], check=False)
+
+    def _wait_for(self, wanted: str) -> None:
+        deadline = time.monotonic() + self._wait_seconds
+        while (state := self.state()) != wanted:
+            if time.monotonic() > deadline:
+                raise CommandError(f"{WINDOWS_NAME} is {state}, not {wanted}")
+            time.sleep(self._poll_seconds)
+
+
+def windows_state(returncode: int, stdout: str) -> str:
+    """sc.exe query's answer in systemd's words: active, inactive, activating, deactivating."""
+    if returncode == 1060:  # ERROR_SERVICE_DOES_NOT_EXIST
+        return "not-installed"
+    words = {
+        "RUNNING": "active",
+        "STOPPED": "inactive",
+        "START_PENDING": "activating",
+        "STOP_PENDING": "deactivating",
+    }
+    for line in stdout.splitlines():
+        if line.strip().startswith("STATE"):
+            for word, state in words.items():
+                if word in line:
+                    return state
+    return "unknown"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o644)

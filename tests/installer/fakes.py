@@ -1,0 +1,71 @@
+"""A fake of the OS boundary: commands recorded; systemctl runs the real agent in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import app, config
+from installer.system import CommandError, Completed
+
+
+class FakeHost:
+    """What `systemctl start` would do, done for real: the agent on the installed config."""
+
+    def __init__(
+        self,
+        config_file: Path,
+        *,
+        admin: bool = False,
+        account: tuple[int, int] | None = None,
+        failing: Sequence[str] = (),
+    ) -> None:
+        self.config_file = config_file
+        self.admin = admin
+        self.ids = account
+        self.failing = set(failing)
+        self.calls: list[list[str]] = []
+        self.agent: app.Agent | None = None
+
+    # -- Commands ----------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, check: bool = True) -> Completed:
+        argv = list(argv)
+        self.calls.append(argv)
+        if argv[0] == "systemctl":
+            return self._systemctl(argv[1:])
+        returncode = 1 if self.failing & set(argv) else 0
+        if check and returncode:
+            raise CommandError(f"{' '.join(argv[:3])} failed ({returncode})")
+        return Completed(returncode, "")
+
+    def account(self, name: str) -> tuple[int, int] | None:
+        return self.ids
+
+    def is_admin(self) -> bool:
+        return self.admin
+
+    # -- the service -------------------------------------------------------------------
+
+    def _systemctl(self, args: list[str]) -> Completed:
+        verb = args[0]
+        if verb in ("stop", "restart") or (verb == "disable" and "--now" in args):
+            self.stop()
+        if verb in ("start", "restart"):
+            self.start()
+        if verb == "is-active":
+            running = self.agent is not None
+            return Completed(0 if running else 3, "active\n" if running else "inactive\n")
+        return Completed(0, "")
+
+    def start(self) -> None:
+        if self.agent is None:
+            self.agent = app.start(config.load(self.config_file, {}))
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
+    def commands_named(self, word: str) -> list[list[str]]:
+        return [c for c in self.calls if word in c]
