@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from installer.cli import main
+from tests.conftest import ROOT
 
 
 def test_paths_follow_systemd_directories(monkeypatch):
@@ -22,3 +23,12 @@ def test_paths_follow_systemd_directories(monkeypatch):
 def test_every_command_has_help():
     for name, command in main.commands.items():
         assert command.help, name
+
+
+def test_every_command_is_documented_in_install_md():
+    text = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    for name, command in main.commands.items():
+        if not command.hidden and name != "paths":
+            assert f"till-install {name}" in text, name
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "till-install paths" in operations
