@@ -138,7 +138,7 @@ def start_agent(settings: config.Settings) -> StartedAgent:
     return app.start(settings, key_protector=Dpapi())
 
 
-def service_class(framework: type) -> type:
+def service_class(framework: type) -> type[Any]:
     """The ServiceFramework subclass the SCM runs, built on pywin32's (or a test's fake) base."""
 
     class TillAgentService(framework):  # type: ignore[misc]
