@@ -509,7 +509,7 @@ def run(settings: config.Settings, stop: threading.Event) -> None:
     """Start, serve until stop is set, stop cleanly. The service wrappers call this.
 
     Under systemd (Type=notify) it says READY once serving, pings the watchdog from this
-    thread while every worker thread is alive, and says STOPPING before it stops.
+    thread while every worker thread is alive and the API answers, and says STOPPING first.
     """
     environ = config.environment()
     notifier = notify.Notifier.from_environ(environ)
@@ -521,6 +521,8 @@ def run(settings: config.Settings, stop: threading.Event) -> None:
     for thread in threading.enumerate():
         if thread.name in ("api", "scheduler") or thread.name.startswith("dispatch-"):
             watchdog.watch(thread.name, thread.is_alive)
+    # The POS path itself: a wedged API (every worker blocked) stops the pings too.
+    watchdog.watch("api answers", lambda: notify.answers_http(f"{agent.url}/v1/health", 5.0))
     try:
         notifier.ready(f"serving on {agent.url}")
         watchdog.run(stop)

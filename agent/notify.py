@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -90,6 +92,19 @@ def watchdog_interval(environ: Mapping[str, str], pid: int | None = None) -> flo
     if not usec.isdigit() or int(usec) == 0:
         return None
     return int(usec) / 1_000_000 / 2
+
+
+def answers_http(url: str, timeout_seconds: float) -> bool:
+    """True when a server answers at url in time, whatever the status (a 503 is an answer)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with direct.open(url, timeout=timeout_seconds):
+            return True
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import notify
+from tests.conftest import free_port
 from tests.service.listener import NotifyListener
 
 
@@ -123,3 +124,10 @@ def test_watchdog_run_without_a_watchdog_just_waits_for_stop():
     stop = threading.Event()
     stop.set()
     notify.Watchdog(notify.Notifier(None), None).run(stop)  # returns at once
+
+
+def test_answers_http_counts_any_answer_and_not_silence(agent_till):
+    agent, _ = agent_till
+    assert notify.answers_http(agent.url + "/v1/health", 5.0)
+    assert notify.answers_http(agent.url + "/v1/no-such-thing", 5.0)  # a 404 is an answer
+    assert not notify.answers_http(f"http://127.0.0.1:{free_port()}/v1/health", 1.0)
