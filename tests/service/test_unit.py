@@ -67,7 +67,8 @@ def test_stop_timeout_is_above_the_agents_own_worst_stop():
 
 
 def _rendered(tmp_path: Path) -> Path:
-    """The unit as the installer writes it, with its credentials drop-in beside it."""
+    """The unit as the installer writes it, with its credentials drop-in beside it (verify
+    reads a drop-in directory next to the unit file, so the drop-in is checked too)."""
     program = Path(sys.executable).parent / "till-agent"
     unit = tmp_path / services.UNIT_NAME
     unit.write_text(services.unit_text(program))
