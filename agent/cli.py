@@ -50,7 +50,11 @@ def run(config_file: str | None) -> None:
         log_dir=settings.agent.log_dir,
         retention_days=settings.privacy.log_retention_days,
     )
-    serve_until_signalled(settings)
+    stop = _stop_on_signals()
+    try:
+        app.run(settings, stop)  # READY/WATCHDOG/STOPPING to systemd when it runs us
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -381,9 +385,7 @@ def load_settings(config_file: str | None) -> config.Settings:
 
 def serve_until_signalled(settings: config.Settings, *, announce: bool = False) -> None:
     """Start the agent, stop it cleanly on SIGTERM/SIGINT."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     try:
         agent = app.start(settings)
     except AgentError as exc:
@@ -394,6 +396,14 @@ def serve_until_signalled(settings: config.Settings, *, announce: bool = False) 
         stop.wait()
     finally:
         agent.stop()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM (the service manager) or SIGINT (Ctrl-C) sets."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def announcement(url: str, token: str, settings: config.Settings) -> str:
