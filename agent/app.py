@@ -40,6 +40,12 @@ from agent.sync import ContactSync
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "till-agent.lock"
+# A worker whose loop has not come round for this long is stuck, and the watchdog stops pinging.
+# A dispatcher's pass is one send (bounded by the connector's HTTP timeout) or a 1 s wait; a
+# scheduler job can be a long initial contact download.
+DISPATCH_STUCK_SECONDS = 300.0
+SCHEDULER_STUCK_SECONDS = 1800.0
+Beats = Callable[[str, float], Callable[[], None] | None]
 
 
 @dataclass
@@ -85,17 +91,23 @@ class Agent:
         log.info("stopped")
 
 
-def start(settings: config.Settings, *, key_protector: crypto.KeyProtector | None = None) -> Agent:
+def start(
+    settings: config.Settings,
+    *,
+    key_protector: crypto.KeyProtector | None = None,
+    watchdog: notify.Watchdog | None = None,
+) -> Agent:
     """Open the stores, then the API last; raises before serving anything if a part fails.
 
     key_protector wraps the key file with an OS secret store (DPAPI, given by the Windows
-    service); without one the key file is an owner-only file.
+    service); without one the key file is an owner-only file. With a watchdog, each worker
+    loop beats a heartbeat of its own, so a stuck worker stops the service manager's pings.
     """
     data_dir = settings.agent.data_dir
     _make_private_dir(data_dir)
     lock = acquire_lock(data_dir)
     try:
-        return _start_locked(settings, lock, key_protector)
+        return _start_locked(settings, lock, key_protector, _beats(watchdog))
     except BaseException:
         lock.release()
         raise
@@ -105,6 +117,7 @@ def _start_locked(
     settings: config.Settings,
     lock: filelock.BaseFileLock,
     key_protector: crypto.KeyProtector | None,
+    beats: Beats,
 ) -> Agent:
     board = health.Health()
     metrics = Metrics()
@@ -114,7 +127,7 @@ def _start_locked(
     cache: ContactCache | None = None
     try:
         cache = open_cache(settings, keyring)
-        return _start_services(settings, lock, board, metrics, keyring, box, cache)
+        return _start_services(settings, lock, board, metrics, keyring, box, cache, beats)
     except BaseException:
         # Nothing is running yet (the port is bound before any thread starts): close the files.
         if cache is not None:
@@ -131,6 +144,7 @@ def _start_services(
     keyring: crypto.Keyring,
     box: outbox.Outbox,
     cache: ContactCache,
+    beats: Beats,
 ) -> Agent:
     """Build the workers and the API on open stores; bind the port, then start threads."""
     intake = Intake(
@@ -146,7 +160,7 @@ def _start_services(
     connectors_by_name = build_connectors(settings)
     ledger = Ledger(box, keyring)
     dispatchers = (
-        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics)
+        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics, beats)
         if settings.delivery.enabled
         else []
     )
@@ -160,7 +174,7 @@ def _start_services(
     token = read_or_create_token(settings.api.token_file)
     services = _services(settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers)
     server = _server(settings, services, token)  # binds now: a taken port fails here
-    scheduler = _scheduler(settings, box, board, privacy, sync)
+    scheduler = _scheduler(settings, box, board, privacy, sync, beats)
     for dispatcher in dispatchers:
         dispatcher.start()
     scheduler.start()
@@ -190,6 +204,7 @@ def _scheduler(
     board: health.Health,
     privacy: Privacy,
     sync: ContactSync | None,
+    beats: Beats,
 ) -> Scheduler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
@@ -201,7 +216,7 @@ def _scheduler(
         jobs.append(
             Job("contacts-sync", settings.contacts.sync_interval_minutes * 60, sync.run_once)
         )
-    return Scheduler(jobs, board)
+    return Scheduler(jobs, board, heartbeat=beats("scheduler loop", SCHEDULER_STUCK_SECONDS))
 
 
 def _snapshots(
@@ -249,6 +264,7 @@ def _dispatchers(
     ledger: Ledger,
     board: health.Health,
     metrics: Metrics,
+    beats: Beats,
 ) -> list[Dispatcher]:
     """A worker for each destination that takes anything (a pure contact source takes nothing)."""
     workers = []
@@ -276,9 +292,19 @@ def _dispatchers(
                 amends=config.KIND_AMENDS[destination.kind],
                 resolver=cast(ContactResolver | None, resolver),
                 metrics=metrics,
+                heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
             )
         )
     return workers
+
+
+def _beats(watchdog: notify.Watchdog | None) -> Beats:
+    """A heartbeat maker: each worker's beat, or no beat at all without a watchdog."""
+
+    def beat(name: str, max_age_seconds: float) -> Callable[[], None] | None:
+        return None if watchdog is None else watchdog.heartbeat(name, max_age_seconds).beat
+
+    return beat
 
 
 def _contact_sync(
@@ -505,19 +531,25 @@ def _make_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def run(settings: config.Settings, stop: threading.Event) -> None:
+def run(
+    settings: config.Settings,
+    stop: threading.Event,
+    *,
+    key_protector: crypto.KeyProtector | None = None,
+) -> None:
     """Start, serve until stop is set, stop cleanly. The service wrappers call this.
 
     Under systemd (Type=notify) it says READY once serving, pings the watchdog from this
-    thread while every worker thread is alive and the API answers, and says STOPPING first.
+    thread while every worker loop beats, every worker thread is alive and the API answers,
+    and says STOPPING first.
     """
     environ = config.environment()
     notifier = notify.Notifier.from_environ(environ)
-    agent = start(settings)
+    watchdog = notify.Watchdog(notifier, notify.watchdog_interval(environ))
+    agent = start(settings, key_protector=key_protector, watchdog=watchdog)
     log.info(
         "till agent running", extra={"url": agent.url, "data_dir": str(settings.agent.data_dir)}
     )
-    watchdog = notify.Watchdog(notifier, notify.watchdog_interval(environ))
     for thread in threading.enumerate():
         if thread.name in ("api", "scheduler") or thread.name.startswith("dispatch-"):
             watchdog.watch(thread.name, thread.is_alive)
@@ -532,13 +564,24 @@ def run(settings: config.Settings, stop: threading.Event) -> None:
 
 
 def undelivered(settings: config.Settings) -> dict[str, int]:
-    """Items not yet delivered, per destination queue in the data directory (agent stopped)."""
+    """Items not yet delivered per destination, both lanes (the agent stopped).
+
+    Ready, claimed (left by a crash) and set aside after failures: all of them still wait.
+    """
     data_dir = settings.agent.data_dir
     if not (data_dir / outbox.FILE_NAME).exists():
         return {}
-    names = [n for n in outbox.queue_names(data_dir) if not n.endswith(outbox.BULK)]
-    box = outbox.Outbox(data_dir, names, busy_timeout_seconds=settings.storage.busy_timeout_seconds)
+    queues = outbox.queue_names(data_dir)
+    box = outbox.Outbox(
+        data_dir, queues, busy_timeout_seconds=settings.storage.busy_timeout_seconds
+    )
     try:
-        return {name: box.depth(name).pending + box.depth(name).claimed for name in names}
+        destinations = [n for n in queues if not n.endswith(outbox.BULK)]
+        return {name: _waiting(box, name) for name in destinations}
     finally:
         box.close()
+
+
+def _waiting(box: outbox.Outbox, destination: str) -> int:
+    depth = box.depth(destination)
+    return depth.pending + depth.claimed + len(box.parked(destination))

@@ -103,7 +103,9 @@ class Dispatcher:
         amends: str = "replace",
         resolver: ContactResolver | None = None,
         metrics: Metrics | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
+        self._heartbeat = heartbeat or (lambda: None)  # each loop pass: the watchdog's proof
         self._resolver = resolver
         self._metrics = metrics
         self.destination = destination
@@ -136,6 +138,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._heartbeat()
             try:
                 self.step(claim_timeout_seconds=0.5)
             except Exception:  # a worker loop's top: report, wait, go on

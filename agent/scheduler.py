@@ -36,7 +36,9 @@ class Scheduler:
         *,
         clock: Callable[[], dt.datetime] = dt.datetime.now,
         tick_seconds: float = 1.0,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
+        self._heartbeat = heartbeat or (lambda: None)  # each tick: the watchdog's proof
         self._jobs = jobs
         self._health = health
         self._clock = clock
@@ -78,6 +80,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._tick_seconds):
+            self._heartbeat()
             self.tick()
 
     def start(self) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from agent import notify
-from tests.conftest import free_port
+from agent import app, config, notify
+from tests.conftest import Till, base_config, free_port, make_receipt, merged
 from tests.service.listener import NotifyListener
 
 
@@ -131,3 +133,43 @@ def test_answers_http_counts_any_answer_and_not_silence(agent_till):
     assert notify.answers_http(agent.url + "/v1/health", 5.0)
     assert notify.answers_http(agent.url + "/v1/no-such-thing", 5.0)  # a 404 is an answer
     assert not notify.answers_http(f"http://127.0.0.1:{free_port()}/v1/health", 1.0)
+
+
+def test_a_dispatcher_stuck_in_a_send_stops_the_pings_of_a_real_agent(listener, tmp_path):
+    """The agent's own loops beat: a send the cloud never answers makes dispatch-engage late."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    silent.settimeout(10.0)
+    clock = Clock()
+    watchdog = notify.Watchdog(notify.Notifier(listener.address), 1.0, monotonic=clock)
+    raw = merged(
+        base_config(tmp_path),
+        {
+            "delivery": {"enabled": True},
+            "destinations": {
+                "engage": {"base_url": f"http://127.0.0.1:{silent.getsockname()[1]}/"}
+            },
+        },
+    )
+    agent = app.start(config.from_mapping(raw, {}), watchdog=watchdog)
+    till = Till(agent.url, agent.token)
+    try:
+        assert till.post("/v1/receipts", make_receipt()).status_code == 202
+        connection, _ = silent.accept()  # dispatch-engage is now inside its send
+        clock.now += app.DISPATCH_STUCK_SECONDS + 1
+        time.sleep(1.5)  # every loop that is not stuck beats within a second
+        assert watchdog.stale() == ["dispatch-engage loop"]
+        assert not watchdog.tick()
+        connection.close()  # the send fails, the loop comes round and beats again
+        _wait_until(lambda: watchdog.stale() == [])
+        assert watchdog.tick()
+    finally:
+        till.close()
+        silent.close()
+        agent.stop()
+
+
+def _wait_until(condition: Callable[[], bool], timeout_seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
