@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors, outbox, paths
+from agent import app, config, connectors, paths
 from agent.errors import ConfigError
 from installer import tomlfile
 from installer.services import SERVICE_USER
@@ -271,22 +271,8 @@ def upgrade_stores(settings: config.Settings, migrate: Callable[[], None]) -> li
 
 
 def waiting(settings: config.Settings) -> dict[str, int]:
-    """Items not delivered yet, per destination (the agent stopped).
-
-    app.undelivered counts ready and claimed items; the ones set aside after failures
-    (persist-queue's ack_failed, retried later) wait too, so they are added here.
-    """
-    counts = app.undelivered(settings)
-    if not counts:
-        return counts
-    data_dir = settings.agent.data_dir
-    box = outbox.Outbox(
-        data_dir, list(counts), busy_timeout_seconds=settings.storage.busy_timeout_seconds
-    )
-    try:
-        return {name: count + len(box.parked(name)) for name, count in counts.items()}
-    finally:
-        box.close()
+    """Items not delivered yet, per destination (the agent stopped): ready, claimed, set aside."""
+    return app.undelivered(settings)
 
 
 def erase_file(path: Path) -> None:
