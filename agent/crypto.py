@@ -209,8 +209,9 @@ def _unwrap(path: Path, document: dict[str, Any], protector: KeyProtector | None
         return document
     if protector is None or protector.name != wrapped_by:
         raise KeyStoreError(
-            f"key file {path} is protected by {wrapped_by}: run the agent as the account "
-            "that created it"
+            f"key file {path} is protected by {wrapped_by}: only the account that created it "
+            "(the service's) can open it; start the service and run the command again (it "
+            "then goes through the running agent)"
         )
     try:
         inner: dict[str, Any] = json.loads(protector.unprotect(_b64(document["blob"])))
