@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser
+.PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser \
+	systemd-tools
 
 help:
 	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
@@ -45,7 +46,13 @@ browser:
 	  && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium not installed: the browser test will skip"; }
 
-unit: $(STAMP) browser
+# The systemd unit is checked with systemd-analyze verify/security; install it where we can.
+systemd-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null 2>&1 \
+	  || echo "systemd-analyze not installed: the unit checks will skip"; }
+
+unit: $(STAMP) browser systemd-tools
 	$(BIN)/pytest -q
 
 test-long: $(STAMP)
