@@ -82,7 +82,7 @@ Connector: TypeAlias = Sender | ContactSource
 
 
 class TimeoutSession(requests.Session):
-    """A Session whose every request has a timeout, and whose adapters never retry."""
+    """A Session whose every request has a timeout, never follows a redirect, never retries."""
 
     def __init__(self, timeout_seconds: float) -> None:
         super().__init__()
@@ -94,6 +94,9 @@ class TimeoutSession(requests.Session):
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout_seconds)
+        # A redirect is never followed: a POST redirected to a page that answers 200 (a captive
+        # portal, a proxy's login) would look delivered. The 3xx is a retryable failure instead.
+        kwargs.setdefault("allow_redirects", False)
         if kwargs["timeout"] is None:
             kwargs["timeout"] = self.timeout_seconds
         return super().request(method, url, *args, **kwargs)

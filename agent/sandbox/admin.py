@@ -22,6 +22,7 @@ SWITCHES = frozenset(
         "set_auth_failure",
         "malformed_next",
         "truncated_next",
+        "lost_next",
         "clear",
     }
 )

@@ -21,7 +21,7 @@ APIS = ("engage", "loaded", "lightspeed", "webhook")
 class Planned:
     """One queued answer: a status (with Retry-After) or a broken body, for api (None = any)."""
 
-    kind: Literal["status", "malformed", "truncated"]
+    kind: Literal["status", "malformed", "truncated", "lost"]
     api: str | None
     status: int = 200
     retry_after: str | None = None
@@ -31,7 +31,7 @@ class Planned:
 class Verdict:
     """What the server must do with one request instead of (or before) answering it normally."""
 
-    kind: Literal["status", "malformed", "truncated", "reject"] | None = None
+    kind: Literal["status", "malformed", "truncated", "lost", "reject"] | None = None
     status: int = 200
     retry_after: str | None = None
     latency_seconds: float = 0.0
@@ -105,6 +105,14 @@ class Faults:
     def truncated_next(self, count: int = 1, api: str | None = None) -> None:
         """The next count requests get a Content-Length larger than the body, then a close."""
         self._plan([Planned("truncated", api) for _ in range(count)])
+
+    def lost_next(self, count: int = 1, api: str | None = None) -> None:
+        """The next count requests are carried out, then their answers are cut off midway.
+
+        The cloud has committed what the client will take for a failure: its resend must be
+        recognised (the same uniqueReceiptId / externalId / idempotency key).
+        """
+        self._plan([Planned("lost", api) for _ in range(count)])
 
     def set_offline(self, mode: OfflineMode = "refused") -> None:
         """refused: the public port stops listening; reset: connections are reset; None: online."""

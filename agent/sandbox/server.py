@@ -252,12 +252,19 @@ class SandboxCloud:
         if verdict.kind == "malformed":
             return Response(200, MALFORMED_BODY, content_type="application/json")
         if verdict.kind == "truncated":
-            body = b'{"truncated": tr'
-            return Response(200, body, {"Content-Length": str(len(body) + 100)})
+            return _cut_off(200)
+        if verdict.kind == "lost":
+            return _cut_off(handler.handle(request).status)
         rejected = self.faults.rejected_status(api, handler.item_id(request))
         if rejected is not None:
             return handler.error(rejected, "sandbox fault: this id is rejected")
         return None
+
+
+def _cut_off(status: int) -> Response:
+    """An answer whose Content-Length promises 100 bytes more than come before the close."""
+    body = b'{"truncated": tr'
+    return Response(status, body, {"Content-Length": str(len(body) + 100)})
 
 
 def reason(status: int) -> str:

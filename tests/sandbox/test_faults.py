@@ -185,3 +185,13 @@ def test_stop_leaves_no_sandbox_thread_behind(http):
     cloud.faults.set_offline(None)
     cloud.stop()
     assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+
+
+def test_lost_next_does_the_work_then_cuts_the_answer_off(sandbox: SandboxCloud, http):
+    sandbox.faults.lost_next(api="engage")
+    url = sandbox.url + "/api/v2/receipts"
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        http.post(url, json=receipt("LOST-1"), headers=HEADERS, timeout=5)
+    assert "LOST-1" in sandbox.engage.receipts  # done, though the client saw a failure
+    assert http.post(url, json=receipt("LOST-1"), headers=HEADERS, timeout=5).ok
+    assert sandbox.engage.duplicate_receipts == 1
