@@ -25,7 +25,7 @@ from agent.api.server import Server
 from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
-from agent.dispatch import ContactResolver, Dispatcher
+from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
 from agent.errors import AlreadyRunningError, ConfigError, StorageError
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Journal, Ledger
@@ -44,6 +44,7 @@ LOCK_FILE = "till-agent.lock"
 # A dispatcher's pass is one send (bounded by the connector's HTTP timeout) or a 1 s wait; a
 # scheduler job can be a long initial contact download.
 DISPATCH_STUCK_SECONDS = 300.0
+BACKLOG_CHECK_SECONDS = 60
 SCHEDULER_STUCK_SECONDS = 1800.0
 Beats = Callable[[str, float], Callable[[], None] | None]
 
@@ -174,7 +175,7 @@ def _start_services(
     token = read_or_create_token(settings.api.token_file)
     services = _services(settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers)
     server = _server(settings, services, token)  # binds now: a taken port fails here
-    scheduler = _scheduler(settings, box, board, privacy, sync, beats)
+    scheduler = _scheduler(settings, box, board, privacy, sync, beats, dispatchers)
     for dispatcher in dispatchers:
         dispatcher.start()
     scheduler.start()
@@ -205,12 +206,18 @@ def _scheduler(
     privacy: Privacy,
     sync: ContactSync | None,
     beats: Beats,
+    dispatchers: Sequence[Dispatcher],
 ) -> Scheduler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
     jobs = [
         Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
         Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
+        Job(
+            "backlog",
+            BACKLOG_CHECK_SECONDS,
+            lambda: watch_backlog(dispatchers, board, settings.delivery.stalled_alarm_seconds),
+        ),
     ]
     if sync is not None:
         jobs.append(

@@ -110,6 +110,7 @@ class DeliverySettings:
     max_attempts: int = 10
     max_age_hours: float = 168.0
     auth_probe_seconds: float = 300.0
+    stalled_alarm_seconds: float = 3600.0  # items waiting this long with nothing delivered: red
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,12 @@ def validate(settings: Settings) -> list[str]:
     problems += _positive("storage.max_size_mb", settings.storage.max_size_mb)
     problems += _positive("storage.busy_timeout_seconds", settings.storage.busy_timeout_seconds)
     problems += _positive("storage.retry_after_seconds", settings.storage.retry_after_seconds)
-    for name in ("backoff_max_seconds", "set_aside_after_attempts", "max_attempts"):
+    for name in (
+        "backoff_max_seconds",
+        "set_aside_after_attempts",
+        "max_attempts",
+        "stalled_alarm_seconds",
+    ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name))
     for name in ("backoff_initial_seconds", "max_age_hours", "auth_probe_seconds"):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name), allow_zero=True)

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,6 +122,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
         self.state = DestinationState()
+        self._progress_at = monotonic()  # the last send that worked, or the last empty queue
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
     # -- life cycle ----------------------------------------------------------------------
@@ -135,6 +136,15 @@ class Dispatcher:
         """Stop after the send in flight (its item is acked or released, never dropped)."""
         self._stop.set()
         self._thread.join(timeout_seconds)
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (False before start and after stop or a fatal error)."""
+        return self._thread.is_alive()
+
+    def stalled_seconds(self) -> float:
+        """How long items have waited without one delivered (monotonic: clock jumps don't count)."""
+        return max(0.0, self._monotonic() - self._progress_at)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -156,6 +166,8 @@ class Dispatcher:
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
             self._probing = None  # nothing behind the set-aside item to tell us more
+            if not self.state.parked:
+                self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
             self._deliver(claimed)
@@ -307,6 +319,7 @@ class Dispatcher:
             self._probing = None
         st = self.state
         st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
+        self._progress_at = self._monotonic()
         self._report(ONLINE, "delivering")
 
     def _on_throttled(self, claimed: Claimed, exc: ThrottledError) -> None:
@@ -438,6 +451,21 @@ class Dispatcher:
     def _report(self, state: str, detail: str) -> None:
         self.state.state, self.state.detail = state, detail
         self._health.report(f"destination:{self.destination}", HEALTH_FOR[state], detail)
+
+
+def watch_backlog(dispatchers: Sequence[Dispatcher], board: health.Health, alarm: float) -> None:
+    """Health turns red for a destination whose worker stopped, or that has delivered nothing
+    for `alarm` seconds while items wait (an outage that long, a halt, a stuck worker)."""
+    for worker in dispatchers:
+        name = f"backlog:{worker.destination}"
+        stalled = worker.stalled_seconds()
+        if not worker.alive:
+            board.report(name, health.FAILING, "its delivery worker has stopped")
+        elif stalled >= alarm:
+            minutes = int(stalled // 60)
+            board.report(name, health.FAILING, f"nothing delivered for {minutes} min; items wait")
+        else:
+            board.report(name, health.OK, "moving")
 
 
 def buyer_keys(contact: models.ReceiptContact) -> tuple[str | None, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -165,3 +166,34 @@ def test_the_session_never_follows_a_redirect(portal):
     finally:
         session.close()
     assert caught.value.status == 302
+
+
+def test_health_turns_red_when_nothing_is_delivered_for_too_long(start_agent, tmp_path):
+    """Row 47: an agent that cannot deliver must not look healthy, nor a dead worker."""
+    overrides = {
+        "delivery": {"enabled": True, "backoff_initial_seconds": 0.1, "stalled_alarm_seconds": 1},
+    }
+    agent, till = start_agent(merged(base_config(tmp_path), overrides))  # clouds refuse
+    agent.scheduler.run_now("backlog")
+    assert till.get("/v1/health").status_code == 200  # nothing waits yet
+    assert till.post("/v1/receipts", make_receipt("S-1")).status_code == 202
+    wait_for(lambda: status_of(till, "engage")["failed"] >= 1)
+    time.sleep(1.1)
+    agent.scheduler.run_now("backlog")
+    assert till.get("/v1/health").status_code == 503
+    components = {c["name"]: c for c in till.get("/v1/status").json()["components"]}
+    assert components["backlog:engage"]["state"] == "failing"
+    assert "nothing delivered" in components["backlog:engage"]["detail"]
+
+
+def test_health_turns_red_when_a_delivery_worker_has_stopped(start_agent, tmp_path):
+    agent, till = start_agent(merged(base_config(tmp_path), {"delivery": {"enabled": True}}))
+    agent.scheduler.run_now("backlog")
+    assert till.get("/v1/health").status_code == 200
+    worker = next(d for d in agent.dispatchers if d.destination == "loaded")
+    worker.stop(5.0)
+    agent.scheduler.run_now("backlog")
+    assert till.get("/v1/health").status_code == 503
+    components = {c["name"]: c for c in till.get("/v1/status").json()["components"]}
+    assert components["backlog:loaded"]["detail"] == "its delivery worker has stopped"
+    assert components["backlog:engage"]["state"] == "ok"
