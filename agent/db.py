@@ -59,8 +59,20 @@ def apply_pragmas(
     conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA foreign_keys=ON")
     if max_size_mb is not None:
-        conn.execute(f"PRAGMA max_page_count={max_pages(max_size_mb, conn)}")
+        _cap_size(conn, max_size_mb)
     check_pragmas(conn, journal_mode=mode, durable=durable)
+
+
+def _cap_size(conn: sqlite3.Connection, max_size_mb: int) -> None:
+    """max_page_count; a file already above the cap keeps its size (SQLite will not shrink it)."""
+    wanted = max_pages(max_size_mb, conn)
+    granted = int(conn.execute(f"PRAGMA max_page_count={wanted}").fetchone()[0])
+    if granted > wanted:
+        log.warning(
+            "the store is already larger than storage.max_size_mb (%d MB): nothing is lost, "
+            "but new sales are refused with 503 until delivered items are purged",
+            max_size_mb,
+        )
 
 
 def check_pragmas(
