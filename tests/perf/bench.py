@@ -14,6 +14,7 @@ from typing import Any
 from tests.conftest import ROOT
 
 RESULTS_DIR = ROOT / "build" / "bench"
+WRITTEN: list[Path] = []  # the results files of this run, for the summary (conftest.py)
 
 
 def fsync_insert_rate(directory: Path, rows: int = 2000, payload_bytes: int = 2048) -> float:
@@ -62,10 +63,28 @@ def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) 
     path = RESULTS_DIR / f"{name}.json"
     document = {"benchmark": name, "machine": machine(), "results": rows, **extra}
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    WRITTEN.append(path)
     print(f"\n{name}: {machine()['platform']}, {machine()['cpus']} CPUs")
     print(f"{'figure':<44}{'value':>14}  {'target':<22}{'met':>5}")
     for row in rows:
         met = "yes" if row["met"] else "NO"
         print(f"{row['figure']:<44}{row['value']:>14}  {row['target']:<22}{met:>5}")
     print(f"results: {path}")
+    return path
+
+
+def write_summary(paths: list[Path]) -> Path:
+    """build/bench/summary.json and summary.md: every benchmark of this run in one table."""
+    documents = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    rows = [{"benchmark": d["benchmark"], **row} for d in documents for row in d["results"]]
+    summary = {"machine": machine(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
+    for row in rows:
+        met = "yes" if row["met"] else "**no**"
+        lines.append(
+            f"| {row['benchmark']} | {row['figure']} | {row['value']} | {row['target']} | {met} |"
+        )
+    path = RESULTS_DIR / "summary.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
