@@ -22,6 +22,7 @@ from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
+from agent.bulk import BulkContacts, BulkSettings, BulkWriter
 from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
@@ -287,6 +288,7 @@ def _dispatchers(
             budget_file=settings.agent.data_dir / "ratelimit.sqlite",
         )
         resolver = connector if hasattr(connector, "find_contact_id") else None
+        bulk = _bulk_contacts(destination.name, connector, box, ledger, budget)
         workers.append(
             Dispatcher(
                 destination.name,
@@ -300,6 +302,7 @@ def _dispatchers(
                 resolver=cast(ContactResolver | None, resolver),
                 metrics=metrics,
                 heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
+                bulk=bulk,
             )
         )
     return workers
@@ -312,6 +315,28 @@ def _beats(watchdog: notify.Watchdog | None) -> Beats:
         return None if watchdog is None else watchdog.heartbeat(name, max_age_seconds).beat
 
     return beat
+
+
+def _bulk_contacts(
+    name: str, connector: object, box: outbox.Outbox, ledger: Ledger, budget: RateBudget
+) -> BulkContacts | None:
+    """Contact changes in bulk calls where the connector has a bulk endpoint and it is on."""
+    settings: Any = getattr(connector, "settings", None)
+    if not hasattr(connector, "bulk_write") or not getattr(settings, "bulk_contacts", False):
+        return None
+    return BulkContacts(
+        name,
+        cast(BulkWriter, connector),
+        box,
+        ledger,
+        BulkSettings(
+            max_contacts=settings.bulk_max,
+            min_contacts=settings.bulk_min,
+            status_poll_seconds=settings.bulk_status_poll_seconds,
+            status_timeout_seconds=settings.bulk_status_timeout_seconds,
+        ),
+        budget=budget,
+    )
 
 
 def _contact_sync(

@@ -14,6 +14,7 @@ from typing import Protocol
 import msgspec
 
 from agent import amend, health, models
+from agent.bulk import BulkContacts
 from agent.config import DeliverySettings
 from agent.errors import (
     AuthError,
@@ -104,6 +105,7 @@ class Dispatcher:
         resolver: ContactResolver | None = None,
         metrics: Metrics | None = None,
         heartbeat: Callable[[], None] | None = None,
+        bulk: BulkContacts | None = None,
     ) -> None:
         self._heartbeat = heartbeat or (lambda: None)  # each loop pass: the watchdog's proof
         self._resolver = resolver
@@ -123,6 +125,9 @@ class Dispatcher:
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
         self.state = DestinationState()
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
+        self._bulk = bulk  # contact changes in bulk calls (agent/bulk.py)
+        if bulk is not None:
+            bulk.wait = self._stop.wait
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
     # -- life cycle ----------------------------------------------------------------------
@@ -170,7 +175,10 @@ class Dispatcher:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
-            self._deliver(claimed)
+            if self._bulk is not None and self._bulk.takes(claimed):
+                self._deliver_run(claimed)
+            else:
+                self._deliver(claimed)
         except Exception:
             # Whatever went wrong, the item goes back in its place, never stuck as claimed.
             with contextlib.suppress(NotFoundError):
@@ -186,22 +194,45 @@ class Dispatcher:
             return
         try:
             result = self._sender.send(self._resolved(message))
-        except ThrottledError as exc:
-            self._on_throttled(claimed, exc)
-        except AuthError as exc:
-            self._on_auth(claimed, exc)
-        except RejectedError as exc:
-            self._dead_letter(claimed, failure_of(exc, new_error_id()))
-        except CloudError as exc:  # RetryableError and anything else the cloud did
-            self._on_retryable(claimed, failure_of(exc, new_error_id()))
-        except ConfigError as exc:  # the destination's settings, not the item: halt
-            self._outbox.release(claimed)
-            self._pause(self._settings.auth_probe_seconds)
-            self._report(HALTED, f"configuration problem: {exc}")
+        except (CloudError, ConfigError) as exc:
+            self._on_failure(claimed, exc)
         else:
             self._remember_cloud_contact(claimed.item, result)
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
+
+    def _on_failure(self, claimed: Claimed, exc: CloudError | ConfigError) -> None:
+        """The outcome table of DESIGN §3 for a send that did not succeed."""
+        if isinstance(exc, ThrottledError):
+            self._on_throttled(claimed, exc)
+        elif isinstance(exc, AuthError):
+            self._on_auth(claimed, exc)
+        elif isinstance(exc, RejectedError):
+            self._dead_letter(claimed, failure_of(exc, new_error_id()))
+        elif isinstance(exc, CloudError):  # RetryableError and anything else the cloud did
+            self._on_retryable(claimed, failure_of(exc, new_error_id()))
+        else:  # the destination's settings, not the item: halt
+            self._outbox.release(claimed)
+            self._pause(self._settings.auth_probe_seconds)
+            self._report(HALTED, f"configuration problem: {exc}")
+
+    def _deliver_run(self, head: Claimed) -> None:
+        """A run of contact changes through the bulk endpoint; per-item outcomes applied."""
+        assert self._bulk is not None
+        run = self._bulk.deliver(head)
+        if run.alone is not None:
+            self._deliver(run.alone)
+        for claimed, cloud_id in run.delivered:
+            if cloud_id is not None:
+                self._ledger.record_cloud_contact(str(claimed.item["key"]), cloud_id)
+            self._on_success(claimed)
+        for claimed in run.untouched + run.single:  # a single one goes alone on the next pass
+            self._outbox.release(claimed)
+        if run.pause is not None:
+            self._pause(run.pause[0])
+            self._report(THROTTLED, run.pause[1])
+        if run.error is not None and run.blamed is not None:
+            self._on_failure(run.blamed, run.error)
 
     def _prepare(self, claimed: Claimed) -> models.OutboundMessage | None:
         """The message to send, or None when the item was settled here (unreadable, no change)."""
@@ -303,6 +334,8 @@ class Dispatcher:
 
     def _on_success(self, claimed: Claimed) -> None:
         self._count("delivered")
+        if self._bulk is not None:
+            self._bulk.settled(claimed)
         item = claimed.item
         # The ledger first, then the ack: a crash between resends with the same key.
         self._ledger.record_delivery(
@@ -392,6 +425,8 @@ class Dispatcher:
 
     def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
         dead_letter_id = self._ledger.dead_letter(claimed, failure)
+        if self._bulk is not None:
+            self._bulk.settled(claimed)
         if self._metrics is not None:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()

@@ -65,6 +65,10 @@ class EngageSettings:
     changes_utc_offset_minutes: int = 0
     bulk_max: int = BULK_MAX
     avoid_triggering_export: bool = False
+    bulk_contacts: bool = True  # queued contact changes go out through contacts/bulk
+    bulk_min: int = 3  # a shorter run of contacts goes one by one (bulk costs ≥ 2 calls)
+    bulk_status_poll_seconds: float = 0.5
+    bulk_status_timeout_seconds: float = 60.0
 
 
 def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> EngageSettings:
@@ -88,6 +92,12 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         ),
         bulk_max=int(opts.number("bulk_max", BULK_MAX, low=1, high=BULK_MAX)),
         avoid_triggering_export=opts.flag("avoid_triggering_export", False),
+        bulk_contacts=opts.flag("bulk_contacts", True),
+        bulk_min=int(opts.number("bulk_min", 3, low=1, high=BULK_MAX)),
+        bulk_status_poll_seconds=opts.number("bulk_status_poll_seconds", 0.5, low=0.05, high=60),
+        bulk_status_timeout_seconds=opts.number(
+            "bulk_status_timeout_seconds", 60.0, low=1, high=3600
+        ),
     )
     _check_start(settings.changes_start, opts)
     opts.finish()
@@ -217,12 +227,23 @@ class EngageConnector:
         size = self.settings.bulk_max
         batches = []
         for start in range(0, len(contacts), size):
-            body = [self.contact_payload(c) for c in contacts[start : start + size]]
+            body = [self.bulk_row(c, update=update) for c in contacts[start : start + size]]
             response = self._call(
                 "PATCH" if update else "POST", "contacts/bulk", json=body, params=params
             )
             batches.append(self._id_of(response))
         return batches
+
+    def bulk_row(self, contact: Contact, *, update: bool) -> dict[str, Any]:
+        """One contact of a bulk body; an update names its contact by `id`."""
+        body = self.contact_payload(contact)
+        if update:
+            if not contact.contact_id:
+                raise RejectedError(
+                    f"{self.name}: a bulk update needs a contactId", connector=self.name
+                )
+            body["id"] = contact.contact_id
+        return body
 
     def bulk_status(self, batch_id: str) -> dict[str, Any]:
         """GET contacts/bulk/status?batchId=: Engage's report on one batch, as it sends it."""

@@ -208,6 +208,9 @@ class EngageApi:
         body = request.json
         if not isinstance(body, dict):
             return error(400, "InvalidContact", "the body must be a JSON object")
+        problem = contact_fields_problem(body)
+        if problem is not None:
+            return error(400, problem, "the contact has an invalid email or phone")
         existing = self._matching(body.get("email"), body.get("mobilePhone"))
         if existing:
             return json_response(200, {**self.contacts[existing[0]]})
@@ -259,27 +262,35 @@ class EngageApi:
         if len(rows) > BULK_MAX:
             return error(400, "TooManyContacts", f"at most {BULK_MAX} contacts per request")
         batch_id = str(uuid.uuid4())
-        done = [self._bulk_row(request.method, row) for row in rows]
+        problems = [self._bulk_row(request.method, row) for row in rows]
+        failures = [
+            {"index": index, "errorCode": code} for index, code in enumerate(problems) if code
+        ]
         self.batches[batch_id] = {
             "batchId": batch_id,
             "status": "Completed",
             "contactType": request.query.get("contactType", "Member"),
             "total": len(rows),
-            "succeeded": sum(done),
-            "failed": len(rows) - sum(done),
+            "succeeded": len(rows) - len(failures),
+            "failed": len(failures),
+            "failures": failures,
         }
         return json_response(202, batch_id)
 
-    def _bulk_row(self, method: str, row: dict[str, Any]) -> bool:
+    def _bulk_row(self, method: str, row: dict[str, Any]) -> str | None:
+        """Apply one row of a batch; the row's error code, or None when it went in."""
+        problem = contact_fields_problem(row)
+        if problem is not None:
+            return problem
         if method == "POST":
             if not self._matching(row.get("email"), row.get("mobilePhone")):
                 self.add_contact(**row)
-            return True
+            return None
         contact_id = str(row.get("id", ""))
         if contact_id not in self.contacts:
-            return False
+            return "ContactNotFound"
         self.update_contact(contact_id, **row)
-        return True
+        return None
 
     def _bulk_status(self, request: Request) -> Response:
         batch = self.batches.get(request.query.get("batchId", ""))
@@ -320,6 +331,16 @@ def parse_date(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def contact_fields_problem(row: dict[str, Any]) -> str | None:
+    """Engage's error name for a contact whose email or mobile phone is malformed, or None."""
+    email, phone = row.get("email"), row.get("mobilePhone")
+    if email and not EMAIL.match(str(email)):
+        return "InvalidEmailAddress"
+    if phone and not PHONE.match(str(phone)):
+        return "InvalidPhoneNumber"
+    return None
 
 
 def receipt_problem(body: Any) -> str | None:
