@@ -126,6 +126,10 @@ class TcpFront:
             socket.create_connection(self._backend, timeout=5) as upstream,
             selectors.DefaultSelector() as selector,
         ):
+            # A relay must not hold small writes back (Nagle): a request's headers and body
+            # arrive as two writes, and the second would wait for a delayed ACK (~40 ms).
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             selector.register(client, selectors.EVENT_READ, upstream)
             selector.register(upstream, selectors.EVENT_READ, client)
             while not self._stopped.is_set():
