@@ -251,6 +251,10 @@ class Dispatcher:
     def _resolved(self, message: models.OutboundMessage) -> models.OutboundMessage:
         """The intelligent buffer: a receipt's buyer is found (or created) in the cloud first."""
         receipt = message.receipt
+        if self._resolver is not None and message.contact is not None:
+            if message.contact.contact_id is None:
+                self._spend()  # the cloud is asked first whether it knows the contact already
+            return message
         if self._resolver is None or receipt is None or receipt.contact is None:
             return message
         contact = receipt.contact
@@ -267,12 +271,14 @@ class Dispatcher:
         # The vendor's advice: look before creating, on every attempt, so a retried create
         # never makes a duplicate.
         try:
+            self._spend()
             cloud_id = self._resolver.find_contact_id(email=email, mobile_phone=phone)
         except RejectedError as exc:
             if exc.status == MULTIPLE_MATCHES:
                 return message  # several contacts share the key: let the cloud choose, as-is
             raise
         if cloud_id is None:
+            self._spend()
             cloud_id = self._resolver.create_contact(
                 models.Contact(
                     email=email, mobile_phone=phone, store_external_id=receipt.store_external_id
@@ -321,6 +327,24 @@ class Dispatcher:
             self._stop.wait(verdict.wait_seconds)
         return True
 
+    def _spend(self) -> None:
+        """One more request for this item (its buyer's lookup or creation), within the budget.
+
+        A long wait is a ThrottledError: the item goes back in its place and the destination
+        pauses, as for a used-up budget before the send itself.
+        """
+        while self._budget is not None:
+            verdict = self._budget.acquire()
+            if verdict.allowed:
+                return
+            if verdict.wait_seconds >= BUDGET_PAUSE_SECONDS or self._stop.is_set():
+                raise ThrottledError(
+                    verdict.reason,
+                    connector=self.destination,
+                    retry_after_seconds=verdict.wait_seconds,
+                )
+            self._stop.wait(verdict.wait_seconds)
+
     def _honour_rate_limit_headers(self, result: object) -> None:
         """X-RateLimit-Remaining 0: wait for the window to reset before the next call."""
         remaining = getattr(result, "rate_limit_remaining", None)
@@ -362,7 +386,10 @@ class Dispatcher:
             self._metrics.throttled.labels(self.destination).inc()
         self._outbox.release(claimed)
         self._pause(exc.retry_after_seconds)
-        self._report(THROTTLED, f"cloud asked to wait {exc.retry_after_seconds:.0f}s")
+        if exc.status is None:  # our own budget, not the cloud
+            self._report(THROTTLED, str(exc))
+        else:
+            self._report(THROTTLED, f"cloud asked to wait {exc.retry_after_seconds:.0f}s")
 
     def _on_auth(self, claimed: Claimed, exc: AuthError) -> None:
         """401/403: no item can succeed; keep the queue, alert, re-probe slowly."""

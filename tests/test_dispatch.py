@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent import models
 from agent.config import DeliverySettings
 from agent.dispatch import Dispatcher
 from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
@@ -364,3 +365,38 @@ def test_an_unexpected_failure_puts_the_item_back_and_a_config_error_halts(rig):
         dispatcher.step()
     assert agent.outbox.depth("loaded").pending == 1  # back in its place, not stuck claimed
     assert agent.outbox.depth("loaded").claimed == 0
+
+
+def test_a_buyers_lookup_and_creation_count_against_the_request_rate(start_agent):
+    """Each receipt with an unknown buyer costs three requests (look, create, send)."""
+    import time
+
+    from agent.ratelimit import RateBudget
+    from tests.fakes.senders import DirectoryResolver
+
+    agent, till = start_agent()
+    stamps: list[float] = []
+    sender = ScriptedSender()
+    sender.default = lambda message: stamps.append(time.monotonic())
+
+    class StampedResolver(DirectoryResolver):
+        def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
+            stamps.append(time.monotonic())
+            return super().find_contact_id(email=email, mobile_phone=mobile_phone)
+
+        def create_contact(self, contact: models.Contact) -> str:
+            stamps.append(time.monotonic())
+            return super().create_contact(contact)
+
+    resolver = StampedResolver()
+    budget = RateBudget("engage", requests_per_second=10)
+    dispatcher = dispatcher_for(agent, sender, "engage", resolver=resolver, budget=budget)
+    for n in range(8):
+        receipt = make_receipt(f"R-{n}")
+        receipt["contact"] = {"matchKey": f"+4670000{n:04d}", "matchKeyType": "MobilePhone"}
+        assert till.post("/v1/receipts", receipt).status_code == 202
+    while dispatcher.step():
+        pass
+    assert len(stamps) == 8 * 3
+    in_any_second = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
+    assert in_any_second <= 10
