@@ -26,6 +26,7 @@ from agent.errors import (
     ThrottledError,
     new_error_id,
 )
+from agent.failpoints import failpoint
 from agent.ledger import Failure, Ledger
 from agent.logs import redact
 from agent.metrics import Metrics
@@ -184,6 +185,7 @@ class Dispatcher:
             self._pause(self._settings.auth_probe_seconds)
             self._report(HALTED, f"configuration problem: {exc}")
         else:
+            failpoint("dispatch.after_send")
             self._remember_cloud_contact(claimed.item, result)
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
