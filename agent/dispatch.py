@@ -120,6 +120,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
+        self._convicted: set[Ticket] = set()  # set aside while another item went through
         self.state = DestinationState()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
@@ -153,7 +154,7 @@ class Dispatcher:
         self._unpark_due()
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
-            self._probing = None  # nothing behind the set-aside item to tell us more
+            self._nothing_behind()
             return False
         try:
             self._deliver(claimed)
@@ -301,8 +302,10 @@ class Dispatcher:
             journal=item,
         )
         self._outbox.ack(claimed)
+        self._convicted.discard((claimed.lane_queue, claimed.id))
         if self._probing is not None:
             log.warning("an item of %s fails alone; it is set aside", self.destination)
+            self._convicted.add(self._probing)
             self._probing = None
         st = self.state
         st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
@@ -382,6 +385,7 @@ class Dispatcher:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
         self.state.parked.pop((claimed.lane_queue, claimed.id), None)
+        self._convicted.discard((claimed.lane_queue, claimed.id))
         log.warning(
             "dead-lettered an item of %s",
             self.destination,
@@ -410,6 +414,20 @@ class Dispatcher:
                 if (queue, queue_id) == ticket:
                     self._ledger.forgive(self.destination, item)
         self._outbox.unpark(*ticket)
+
+    def _nothing_behind(self) -> None:
+        """No item behind the set-aside one to tell poison from outage: do not charge it.
+
+        Unless another item has gone through while it was set aside (so the cloud works and
+        this item fails alone), it goes back in its place with its count reset, and waits its
+        own delay: a lone sale during an outage is retried, never dead-lettered by the outage.
+        """
+        ticket, self._probing = self._probing, None
+        if ticket is None or ticket in self._convicted or ticket not in self.state.parked:
+            return
+        due = self.state.parked[ticket].due
+        self._unpark(ticket, forgive=True)
+        self._pause(due - self._monotonic())
 
     def _restore_parked(self) -> None:
         """After a restart, items set aside before go back in line (their counts are kept)."""
