@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-
 MAX_EXPONENT = 64  # 2 ** 64 seconds is past any cap; a float overflows past 2 ** 1023
 
 

@@ -37,7 +37,7 @@ import requests
 
 from agent.failpoints import ENV as FAILPOINTS
 from agent.sandbox import SandboxCloud
-from tests.conftest import AgentProcess, Till, make_receipt
+from tests.conftest import AgentProcess, Till, make_receipt, write_toml
 
 KILLED = -signal.SIGKILL
 PHONES = [f"+467000000{n:02d}" for n in range(10)]  # obviously synthetic buyers
@@ -441,3 +441,28 @@ def test_sigkill_mixed_long_run(agent_process, cloud):
         random_cycle(run)
     drain_and_check(run)
     assert run.kills >= cycles
+
+
+def test_sigterm_with_requests_in_flight_stops_in_time_and_leaves_nothing_claimed(
+    agent_process, cloud
+):
+    """A6: sales and a slow send in flight; SIGTERM ends in bounded time, claims go back."""
+    run = make_run(agent_process, cloud, seed=13)
+    run.process.raw["api"]["stop_timeout_seconds"] = 2.0
+    write_toml(run.process.config_path, run.process.raw)
+    cloud.faults.set_latency(1.0, api="loaded")  # every send to loaded is in flight for 1 s
+    restart_and_check(run)
+    thread, stop = start_selling(run)
+    time.sleep(1.5)
+    began = time.monotonic()
+    assert run.process.terminate() == 0
+    took = time.monotonic() - began
+    stop.set()
+    thread.join(15)
+    assert took < 3 * 2.0 + 2, f"shutdown took {took:.1f}s"  # API, scheduler, each worker
+    with ledger(run) as conn:
+        for table in ("ack_queue_engage", "ack_queue_loaded"):
+            claimed = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE status = 2")
+            assert claimed.fetchone()[0] == 0, f"{table}: an item left claimed"
+    cloud.faults.set_latency(0.0, api="loaded")
+    drain_and_check(run)
