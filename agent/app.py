@@ -28,6 +28,7 @@ from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
 from agent.errors import AlreadyRunningError, ConfigError, StorageError
+from agent.failpoints import failpoint
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Journal, Ledger
 from agent.lookup import LiveLookup, Lookup
@@ -125,6 +126,7 @@ def _start_locked(
     metrics = Metrics()
     quarantine_damaged_stores(settings.agent.data_dir, board)
     keyring, box = open_stores(settings, key_protector)
+    failpoint("startup.after_recovery")
     box.observe_commit = metrics.commit_seconds.observe
     cache: ContactCache | None = None
     try:

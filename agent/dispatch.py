@@ -27,6 +27,7 @@ from agent.errors import (
     ThrottledError,
     new_error_id,
 )
+from agent.failpoints import failpoint
 from agent.ledger import Failure, Ledger
 from agent.logs import redact
 from agent.metrics import Metrics
@@ -123,6 +124,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
+        self._convicted: set[Ticket] = set()  # set aside while another item went through
         self.state = DestinationState()
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
         self._bulk = bulk  # contact changes in bulk calls (agent/bulk.py)
@@ -170,8 +172,7 @@ class Dispatcher:
         self._unpark_due()
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
-            self._probing = None  # nothing behind the set-aside item to tell us more
-            if not self.state.parked:
+            if not self._nothing_behind() and not self.state.parked:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
@@ -197,6 +198,7 @@ class Dispatcher:
         except (CloudError, ConfigError) as exc:
             self._on_failure(claimed, exc)
         else:
+            failpoint("dispatch.after_send")
             self._remember_cloud_contact(claimed.item, result)
             self._on_success(claimed)
             self._honour_rate_limit_headers(result)
@@ -371,8 +373,10 @@ class Dispatcher:
             journal=item,
         )
         self._outbox.ack(claimed)
+        self._convicted.discard((claimed.lane_queue, claimed.id))
         if self._probing is not None:
             log.warning("an item of %s fails alone; it is set aside", self.destination)
+            self._convicted.add(self._probing)
             self._probing = None
         st = self.state
         st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
@@ -458,6 +462,7 @@ class Dispatcher:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
         self.state.parked.pop((claimed.lane_queue, claimed.id), None)
+        self._convicted.discard((claimed.lane_queue, claimed.id))
         log.warning(
             "dead-lettered an item of %s",
             self.destination,
@@ -486,6 +491,22 @@ class Dispatcher:
                 if (queue, queue_id) == ticket:
                     self._ledger.forgive(self.destination, item)
         self._outbox.unpark(*ticket)
+
+    def _nothing_behind(self) -> bool:
+        """No item behind the set-aside one to tell poison from outage: do not charge it.
+
+        Unless another item has gone through while it was set aside (so the cloud works and
+        this item fails alone), it goes back in its place with its count reset, and waits its
+        own delay: a lone sale during an outage is retried, never dead-lettered by the outage.
+        True when it put an item back.
+        """
+        ticket, self._probing = self._probing, None
+        if ticket is None or ticket in self._convicted or ticket not in self.state.parked:
+            return False
+        due = self.state.parked[ticket].due
+        self._unpark(ticket, forgive=True)
+        self._pause(due - self._monotonic())
+        return True
 
     def _restore_parked(self) -> None:
         """After a restart, items set aside before go back in line (their counts are kept)."""

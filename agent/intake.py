@@ -19,6 +19,7 @@ from agent import crypto, models, schema
 from agent.config import DestinationSettings, IntakeSettings
 from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
+from agent.failpoints import failpoint
 from agent.health import FAILING, OK, Health
 from agent.matchkeys import subject_keys
 from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox, encode
@@ -121,9 +122,12 @@ class Intake:
             _bump(batch.conn, _counter_for(accepted.status))
             if warnings:
                 _bump(batch.conn, "totals_warnings")
+            failpoint("intake.before_commit")
             return accepted
 
-        return self._write(work)
+        accepted = self._write(work)
+        failpoint("intake.after_commit")
+        return accepted
 
     def _write(self, work: Callable[[Batch], T]) -> T:
         """An outbox write whose failure or success is reported on the health board."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import config, crypto
+from agent.failpoints import failpoint
 from agent.matchkeys import subject_keys
 from agent.metrics import Metrics
 from agent.outbox import BULK, Batch, Outbox
@@ -106,6 +107,7 @@ class Privacy:
         now = self._trusted_now(report)
         privacy = self._settings.privacy
         report.delivered_deleted = self._outbox.purge_acked()
+        failpoint("purge.after_delete")
         report.quarantine_redacted = self._outbox.run(
             lambda b: redact_quarantine(b.conn, now - privacy.quarantine_retention_days * DAY, now)
         )

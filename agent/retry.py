@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+MAX_EXPONENT = 64  # 2 ** 64 seconds is past any cap; a float overflows past 2 ** 1023
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -17,7 +19,9 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after the attempt-th failure in a row (attempt >= 1)."""
-        exponent = max(0, attempt - 1)
+        # Capped before the power: after ~1,000 failures in a row (three days offline at the
+        # 300 s cap) multiplier ** exponent would overflow a float and break the worker.
+        exponent = min(max(0, attempt - 1), MAX_EXPONENT)
         base = min(self.max_seconds, self.initial_seconds * self.multiplier**exponent)
         spread = base * self.jitter
         return max(0.0, min(self.max_seconds, base + rng.uniform(-spread, spread)))

@@ -191,14 +191,15 @@ class AgentProcess:
         self.log_path = tmp_path / "agent-stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait: bool = True) -> None:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Spawn the agent; env adds variables (TILL_AGENT_FAILPOINTS for the crash tests)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
                 cwd=ROOT,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         if wait:
             self.wait_healthy()

@@ -152,6 +152,19 @@ def test_an_outage_keeps_order_and_does_not_use_up_retries(rig):
     assert sender.sent == ["R-1", "R-2", "R-3"]
 
 
+def test_a_lone_item_in_a_long_outage_is_never_dead_lettered(rig):
+    """Regression: with nothing behind it to compare, the outage was charged to the item."""
+    _, till, sender, clock, dispatcher = rig
+    post(till, "R-1")
+    sender.default = raising(RetryableError("refused", connector="x"))
+    drain(dispatcher, clock, steps=200)  # far more failures than max_attempts
+    assert sender.attempts.count("R-1") > 5 * SETTINGS.max_attempts
+    assert state_of(till, "R-1")["state"] != "dead_lettered"
+    sender.default = None
+    drain(dispatcher, clock)
+    assert sender.sent == ["R-1"]
+
+
 def test_an_item_that_cannot_be_read_back_is_dead_lettered(rig):
     agent, till, sender, clock, dispatcher = rig
     post(till, "R-1", "R-2")

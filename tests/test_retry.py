@@ -22,3 +22,10 @@ def test_jitter_spreads_tills_apart_within_its_fraction():
 
 def test_zero_initial_means_no_wait_for_tests():
     assert Backoff(initial_seconds=0).delay(5, random.Random(0)) == 0
+
+
+def test_a_very_long_outage_stays_at_the_cap_and_never_overflows():
+    """Regression: 1,025 failures in a row (about three days at 300 s) raised OverflowError."""
+    policy = Backoff(initial_seconds=1, max_seconds=300, jitter=0)
+    rng = random.Random(0)
+    assert [policy.delay(n, rng) for n in (1024, 1025, 5000, 10**9)] == [300] * 4

@@ -1,0 +1,51 @@
+"""Named crash points for the crash tests: SIGKILL this process where TILL_AGENT_FAILPOINTS says.
+
+`TILL_AGENT_FAILPOINTS="intake.after_commit@3,purge.after_delete"` kills the process the 3rd
+time `failpoint("intake.after_commit")` is reached, or the 1st time for `purge.after_delete`.
+Read once at import; unset (production), `failpoint()` is one truth test of an empty dict.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "TILL_AGENT_FAILPOINTS"
+# The points, each at one exact place (docs/architecture.md, "Crash points").
+POINTS = (
+    "intake.before_commit",  # agent/intake.py: rows written, transaction not yet committed
+    "intake.after_commit",  # agent/intake.py: committed, the 2xx not yet sent
+    "dispatch.after_send",  # agent/dispatch.py: the cloud said 2xx, nothing recorded yet
+    "purge.after_delete",  # agent/privacy.py: delivered rows deleted, before vacuum/checkpoint
+    "startup.after_recovery",  # agent/app.py: queues reopened (claims made ready), not serving
+)
+
+
+def parse(spec: str) -> dict[str, int]:
+    """`name[@n],...` as {name: hits left before the kill}; an unknown name is a ValueError."""
+    armed: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition("@")
+        if name not in POINTS:
+            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(POINTS)})")
+        armed[name] = int(count) if count else 1
+    return armed
+
+
+_armed = parse(os.environ.get(ENV, ""))
+_lock = threading.Lock()
+
+
+def failpoint(name: str) -> None:
+    """Kill this process here (SIGKILL: no cleanup, no flush) when the point is armed and due."""
+    if not _armed or name not in _armed:
+        return
+    with _lock:
+        _armed[name] -= 1
+        due = _armed[name] <= 0
+    if due:
+        kill = getattr(signal, "SIGKILL", None)
+        if kill is None:  # Windows: no SIGKILL; an immediate exit skips cleanup all the same
+            os._exit(137)
+        os.kill(os.getpid(), kill)
