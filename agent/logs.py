@@ -126,5 +126,5 @@ def setup(
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
     root.setLevel(level.upper())
-    # waitress logs each client disconnect at INFO; keep its warnings only.
-    logging.getLogger("waitress").setLevel(logging.WARNING)
+    # waitress logs each client disconnect at INFO; keep its warnings only (or less, if asked).
+    logging.getLogger("waitress").setLevel(max(logging.WARNING, root.level))
