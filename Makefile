@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser \
-	systemd-tools
+	systemd-tools msi-tools
 
 help:
 	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
@@ -52,7 +52,14 @@ systemd-tools:
 	  && (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null 2>&1 \
 	  || echo "systemd-analyze not installed: the unit checks will skip"; }
 
-unit: $(STAMP) browser systemd-tools
+# The MSI is built with wixl and read back with msitools (msiinfo, msiextract); install them
+# where we can, else the MSI tests skip.
+msi-tools:
+	@command -v wixl >/dev/null 2>&1 && command -v msiinfo >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq wixl msitools) \
+	  >/dev/null 2>&1 || echo "wixl/msitools not installed: the MSI tests will skip"; }
+
+unit: $(STAMP) browser systemd-tools msi-tools
 	$(BIN)/pytest -q
 
 test-long: $(STAMP)

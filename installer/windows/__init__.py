@@ -1,0 +1,1 @@
+"""The Windows packaging: the WiX source of the MSI and its builder."""
