@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +32,8 @@ class SyncReport:
     changes: int = 0
     ghosts_checked: int = 0
     ghosts_removed: int = 0
+    fetch_seconds: float = 0.0  # waiting for and reading the feed's pages
+    apply_seconds: float = 0.0  # normalising, blinding, sealing and writing them here
 
 
 class ContactSync:
@@ -55,21 +59,30 @@ class ContactSync:
         self._batch_contacts = batch_contacts
         self._ghost_batch = ghost_batch
         self._fetch_one = fetch_one
+        self._running = threading.Lock()  # the scheduler's run and one asked for by hand
 
     def run_once(self, progress: Callable[[int], object] | None = None) -> SyncReport:
         """Every page up to now, each applied with its cursor in one transaction; then ghosts."""
+        with self._running:
+            return self._run(progress)
+
+    def _run(self, progress: Callable[[int], object] | None) -> SyncReport:
         report = SyncReport()
         cursor = self._cache.cursor(self._source.name)
         pending: list[models.ContactPage] = []
         while True:
+            started = time.perf_counter()
             page = self._source.fetch_contact_changes(cursor, self._page_size)
+            report.fetch_seconds += time.perf_counter() - started
             pending.append(page)
             report.pages += 1
             report.changes += len(page.contacts)
             cursor = page.cursor
             done = not page.has_more
             if done or sum(len(p.contacts) for p in pending) >= self._batch_contacts:
+                started = time.perf_counter()
                 self._apply(pending, progress)
+                report.apply_seconds += time.perf_counter() - started
                 pending = []
             if done:
                 break
@@ -110,6 +123,10 @@ class ContactSync:
             fresh = self._fetch_one(contact_id)
             report.ghosts_checked += 1
             if fresh is None or fresh.deleted:
-                report.ghosts_removed += self._cache.delete([contact_id])
+                # Gone in the cloud though the feed never said so: forgotten as a deletion is.
+                # (on_deleted may already have taken the row with the person's other records.)
+                self._forget_deleted([models.SourceContact(contact_id=contact_id, deleted=True)])
+                self._cache.delete([contact_id])
+                report.ghosts_removed += 1
             else:
-                self._cache.put(fresh)
+                self._cache.put(fresh)  # verified now: the back of the sweep's line
