@@ -149,3 +149,71 @@ def test_the_running_agent_sweeps_a_lightspeed_ghost_away(start_agent, tmp_path,
     assert (report["changes"], report["ghosts_checked"], report["ghosts_removed"]) == (0, 12, 1)
     assert till.get("/v1/contacts/lookup", params={"mobilePhone": phone}).status_code == 404
     assert agent.contacts.stats()["contacts"] == 11
+
+
+def test_a_walk_from_the_start_verifies_every_contact_within_the_bound(cloud, tmp_path):
+    """Lightspeed: a few pages a run re-verify everyone in half the TTL; a ghost stays old."""
+    clock = Clock()
+    cache = open_cache(tmp_path, clock)
+    try:
+        ids = cloud.lightspeed.seed_customers(50)
+        source = lightspeed_source(cloud.url, tmp_path)
+        run_every = 15 * DAY / 4  # four runs a round
+        sync = ContactSync(
+            source,
+            cache,
+            Health(),
+            page_size=10,
+            ghost_batch=0,
+            verify_within_seconds=15 * DAY,
+            run_every_seconds=run_every,
+        )
+        assert sync.run_once().walked == 20  # ceil(50 / 4) contacts a run: two pages of ten
+        forget_in_the_cloud(cloud, ids[45])
+        walked = 0
+        for _ in range(4):
+            clock.now += run_every
+            report = sync.run_once()
+            assert report.changes == 0
+            walked += report.walked
+        assert walked == 20 + 20 + 9 + 20  # the round ends at the list's end, then starts over
+        clock.now += 30 * DAY - 4 * run_every + 1  # the TTL since the first download
+        assert cache.purge_expired(clock()) == 1
+        assert cache.get(ids[45]) is None
+        assert cache.stats()["contacts"] == 49
+    finally:
+        cache.close()
+
+
+def test_without_a_walk_the_sweep_grows_to_verify_everyone_within_the_bound(tmp_path):
+    """Engage lists changes, not everyone: the sweep re-fetches a share of the cache a run."""
+    from agent import app, config
+    from tests.test_contact_sync_e2e import engage_config
+
+    served = SandboxCloud(seed=22).serve()
+    clock = Clock()
+    cache = open_cache(tmp_path, clock)
+    try:
+        for n in range(30):
+            served.engage.add_contact(email=f"zz.sweep.{n}@example.com")
+        settings = config.from_mapping(engage_config(tmp_path, served.url), {})
+        source: Any = app.build_connectors(settings)["engage"]
+        sync = ContactSync(
+            source,
+            cache,
+            Health(),
+            ghost_batch=2,
+            fetch_one=source.fetch_contact,
+            verify_within_seconds=300,
+            run_every_seconds=100,
+        )
+        assert sync.run_once().changes == 30
+        checked = []
+        for _ in range(3):
+            clock.now += 100
+            checked.append(sync.run_once().ghosts_checked)
+        assert checked == [10, 10, 10]  # 30 contacts over three runs
+        assert cache.purge_unverified(clock.now - 250) == 0  # every one verified in the round
+    finally:
+        cache.close()
+        served.stop()

@@ -67,6 +67,9 @@ class SourcePage:
 class LightspeedConnector:
     """GET /api/2.0/customers?after=<version>: deleted_at is a deletion; version.max the cursor."""
 
+    # The feed from version 0 (deleted=true) is every customer: the sync's re-verification walk.
+    lists_everything = True
+
     def __init__(self, settings: LightspeedSettings, http: requests.Session) -> None:
         self.name = settings.name
         self.settings = settings
