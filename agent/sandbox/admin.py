@@ -61,7 +61,7 @@ def apply_faults(cloud: SandboxCloud, body: Any) -> Response:
 
 
 def seed_lightspeed(cloud: SandboxCloud, body: Any) -> Response:
-    """Body: {"count": N}: N more synthetic customers (a million in about ten seconds)."""
+    """Body: {"count": N}: N more synthetic customers (a million in about seven seconds)."""
     count = body.get("count") if isinstance(body, dict) else None
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         return json_response(400, {"message": "count must be a non-negative integer"})
