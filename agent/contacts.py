@@ -59,10 +59,10 @@ UPSERT = (
     "phone_key = excluded.phone_key, member_key = excluded.member_key"
 )
 T = TypeVar("T")
-WRITE_CACHE_KIB = 64 * 1024
-# Building an index sorts in memory up to the page cache's size: a smaller cache meanwhile
-# keeps a million-contact build within the memory target (P4); the sort spills to disk.
-INDEX_BUILD_CACHE_KIB = 8 * 1024
+# The initial download loads without the lookup indexes (bulk_load), so only the contact id's
+# index takes random inserts; a bigger cache bought nothing there and cost RSS (P4: a build
+# sorts in memory up to the cache size, and spills to disk past it).
+WRITE_CACHE_KIB = 16 * 1024
 WAL_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at most between checkpoints
 
 
@@ -95,8 +95,6 @@ class ContactCache:
         # A replica of the cloud's contacts: a page lost to a power cut is fetched again (its
         # cursor went with it), so commits need not wait for the disk (docs/decisions/0006).
         self._conn = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds, durable=False)
-        # Blind keys are random, so every index insert lands on a random page: a bigger page
-        # cache keeps the initial download of a million contacts off the disk (P4).
         self._conn.execute(f"PRAGMA cache_size=-{WRITE_CACHE_KIB}")
         # ...and fewer, larger checkpoints: an index page changed by many pages is written once.
         self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
@@ -173,7 +171,7 @@ class ContactCache:
         try:
             yield
         finally:
-            self._write(self._build_indexes_lean)
+            self._write(self._build_indexes)
             self.checkpoint()  # the build went through the WAL in one go: give that space back
 
     @staticmethod
@@ -181,21 +179,10 @@ class ContactCache:
         for name in LOOKUP_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
 
-    def _build_indexes_lean(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_KIB}")
-        try:
-            self._build_indexes(conn)
-        finally:
-            conn.execute(f"PRAGMA cache_size=-{WRITE_CACHE_KIB}")
-
     @staticmethod
     def _build_indexes(conn: sqlite3.Connection) -> None:
         for name, target in LOOKUP_INDEXES.items():
             conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
-
-    def is_empty(self) -> bool:
-        with self._reading() as conn:
-            return conn.execute("SELECT 1 FROM contacts LIMIT 1").fetchone() is None
 
     def set_cursor(self, source: str, cursor: str | None) -> None:
         """Move a cursor by hand (None: from the start again)."""

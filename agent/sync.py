@@ -26,6 +26,9 @@ class ContactSource(Protocol):
 
 FetchOne = Callable[[str], models.SourceContact | None]
 WALK_SUFFIX = "#verify"  # the cursor of the re-verification walk, beside the feed's own
+# A first download into a cache holding fewer than this (live lookups' answers before the first
+# sync) loads without the lookup indexes; a bigger one (another source's) keeps them.
+BULK_LOAD_BELOW = 10_000
 
 
 @dataclass
@@ -84,7 +87,7 @@ class ContactSync:
     def _run(self, progress: Callable[[int], object] | None) -> SyncReport:
         report = SyncReport()
         cursor = self._cache.cursor(self._source.name)
-        if cursor is None and self._cache.is_empty():
+        if cursor is None and int(self._cache.stats()["contacts"] or 0) < BULK_LOAD_BELOW:
             with self._cache.bulk_load():  # the initial download
                 self._drain(cursor, report, progress)
                 started = time.perf_counter()

@@ -166,6 +166,18 @@ def test_the_initial_download_builds_the_lookup_indexes_at_its_end(cache):
     assert [c.contact.contact_id for c in cache.find("member", "M-new")] == ["c-new"]
 
 
+def test_a_first_download_after_a_few_live_lookups_still_loads_in_bulk(cache):
+    cache.put(SourceContact(contact_id="c-live", member_number="M-live"))  # a live lookup's
+    during: list[set[str]] = []
+    ContactSync(PagedSource(people(20)), cache, Health(), page_size=10).run_once(
+        progress=lambda _: during.append(lookup_indexes(cache))
+    )
+    assert during == [set()]
+    assert lookup_indexes(cache) == set(LOOKUP_INDEXES)
+    assert [c.contact.contact_id for c in cache.find("member", "M-live")] == ["c-live"]
+    assert cache.stats()["contacts"] == 21
+
+
 def test_an_initial_download_cut_short_still_builds_the_indexes(cache):
     source = PagedSource(people(45))
     source.fail_at_call = 3
