@@ -360,6 +360,9 @@ def _contact_sync(
         ghost_batch=settings.contacts.ghost_sweep_batch,
         fetch_one=getattr(source, "fetch_contact", None),
         on_deleted=lambda c: privacy.forget(email=c.email, mobile_phone=c.mobile_phone),
+        # Verified again well within the TTL, so the purge takes only what the cloud lost.
+        verify_within_seconds=settings.privacy.contact_ttl_days * 86400 / 2,
+        run_every_seconds=settings.contacts.sync_interval_minutes * 60,
     )
 
 

@@ -84,12 +84,26 @@ def demo(seconds: float) -> None:
 @main.command()
 @click.option("--port", default=8900, show_default=True, help="Loopback port to listen on.")
 @click.option("--seed", default=1, show_default=True, help="Seed for generated data and faults.")
-def sandbox(port: int, seed: int) -> None:
+@click.option(
+    "--lightspeed-customers",
+    default=0,
+    show_default=True,
+    help="Synthetic customers to start with.",
+)
+@click.option(
+    "--lightspeed-rate-limit",
+    default=350,
+    show_default=True,
+    help="Lightspeed requests per 5-minute window.",
+)
+def sandbox(port: int, seed: int, lightspeed_customers: int, lightspeed_rate_limit: int) -> None:
     """The sandbox cloud alone (Engage, Loaded-style analytics, Lightspeed, webhook) on loopback."""
     from agent.sandbox import SandboxCloud  # the sandbox is for rehearsals, the demo and tests
 
     logs.setup("WARNING")
-    cloud = SandboxCloud(seed=seed).serve(port=port)
+    cloud = SandboxCloud(seed=seed, lightspeed_rate_limit=lightspeed_rate_limit)
+    cloud.lightspeed.seed_customers(lightspeed_customers)
+    cloud.serve(port=port)
     click.echo(f"sandbox cloud at {cloud.url} (Ctrl-C stops it); see docs/sandbox.md")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -44,6 +44,14 @@ SCHEMA = [
     """,
 ]
 KEY_COLUMNS = {"email": "email_key", "phone": "phone_key", "member": "member_key"}
+# The indexes a bulk load leaves out and builds at its end (as in SCHEMA; IF NOT EXISTS, so
+# opening the file builds any a crash mid-load left missing).
+LOOKUP_INDEXES = {
+    "contacts_by_email": "contacts (email_key) WHERE email_key IS NOT NULL",
+    "contacts_by_phone": "contacts (phone_key) WHERE phone_key IS NOT NULL",
+    "contacts_by_member": "contacts (member_key) WHERE member_key IS NOT NULL",
+    "contacts_by_verified": "contacts (verified_at)",
+}
 UPSERT = (
     "INSERT INTO contacts (contact_id, sealed, verified_at, email_key, phone_key, member_key) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (contact_id) DO UPDATE SET sealed = excluded.sealed, "
@@ -51,7 +59,10 @@ UPSERT = (
     "phone_key = excluded.phone_key, member_key = excluded.member_key"
 )
 T = TypeVar("T")
-WRITE_CACHE_KIB = 64 * 1024
+# The initial download loads without the lookup indexes (bulk_load), so only the contact id's
+# index takes random inserts; a bigger cache bought nothing there and cost RSS (P4: a build
+# sorts in memory up to the cache size, and spills to disk past it).
+WRITE_CACHE_KIB = 16 * 1024
 WAL_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at most between checkpoints
 
 
@@ -84,14 +95,13 @@ class ContactCache:
         # A replica of the cloud's contacts: a page lost to a power cut is fetched again (its
         # cursor went with it), so commits need not wait for the disk (docs/decisions/0006).
         self._conn = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds, durable=False)
-        # Blind keys are random, so every index insert lands on a random page: a bigger page
-        # cache keeps the initial download of a million contacts off the disk (P4).
         self._conn.execute(f"PRAGMA cache_size=-{WRITE_CACHE_KIB}")
         # ...and fewer, larger checkpoints: an index page changed by many pages is written once.
         self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._lock = threading.Lock()
         with self._lock:
             db.migrate(self._conn, SCHEMA)
+        self._write(self._build_indexes)
         # Lookups read on their own connection: a sync writing a page never holds up a sale.
         self._reader = db.connect(
             self.path, busy_timeout_seconds=busy_timeout_seconds, durable=False
@@ -148,6 +158,42 @@ class ContactCache:
             )
 
         self._write(work)
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """The initial download: rows go in without the lookup indexes, which are built at the
+        end (or at the next open, after a crash) by sorting, not by a million random inserts.
+
+        Lookups meanwhile still answer right, by scanning: slower, and only until the end.
+        """
+        self._write(self._drop_indexes)
+        log.info("contact cache: bulk load, lookup indexes built at its end")
+        try:
+            yield
+        finally:
+            self._write(self._build_indexes)
+            self.checkpoint()  # the build went through the WAL in one go: give that space back
+
+    @staticmethod
+    def _drop_indexes(conn: sqlite3.Connection) -> None:
+        for name in LOOKUP_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+
+    @staticmethod
+    def _build_indexes(conn: sqlite3.Connection) -> None:
+        for name, target in LOOKUP_INDEXES.items():
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+
+    def set_cursor(self, source: str, cursor: str | None) -> None:
+        """Move a cursor by hand (None: from the start again)."""
+        now = self._now()
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO sync_cursors VALUES (?, ?, ?) ON CONFLICT (source) "
+                "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
+                (source, cursor, now),
+            )
+        )
 
     def put(self, contact: models.SourceContact) -> None:
         """One contact, verified now (a live lookup's answer, a ghost-sweep re-fetch)."""

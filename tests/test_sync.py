@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent import crypto
-from agent.contacts import ContactCache
+from agent.contacts import LOOKUP_INDEXES, ContactCache
 from agent.health import Health
 from agent.models import ContactPage, SourceContact
 from agent.sync import ContactSync
@@ -130,3 +132,95 @@ def test_a_deletion_in_the_cloud_forgets_the_person_everywhere_here(start_agent)
     for destination in ("engage", "loaded"):
         items = agent.outbox.run(lambda b, d=destination: b.pending_items(d))
         assert [item["personal"] for _, item in items] == [None]  # the receipt goes on, anonymous
+
+
+def lookup_indexes(cache: ContactCache | Path) -> set[str]:
+    """The lookup indexes the cache file holds now, read on a connection of our own."""
+    import sqlite3
+
+    conn = sqlite3.connect(cache if isinstance(cache, Path) else cache.path)
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    finally:
+        conn.close()
+    return {row[0] for row in rows} & set(LOOKUP_INDEXES)
+
+
+def test_the_initial_download_builds_the_lookup_indexes_at_its_end(cache):
+    source = PagedSource(people(45))
+    during: list[set[str]] = []
+    found: list[int] = []
+
+    def look(_: int) -> None:
+        during.append(lookup_indexes(cache))
+        found.append(len(cache.find("member", "M-3")))  # answered by a scan meanwhile
+
+    ContactSync(source, cache, Health(), page_size=10, batch_contacts=10).run_once(progress=look)
+    assert during == [set()] * 5
+    assert found == [1] * 5
+    assert lookup_indexes(cache) == set(LOOKUP_INDEXES)
+    source.contacts.append(SourceContact(contact_id="c-new", member_number="M-new"))
+    during.clear()
+    ContactSync(source, cache, Health(), page_size=10).run_once(progress=look)
+    assert during == [set(LOOKUP_INDEXES)]  # a delta sync keeps them
+    assert [c.contact.contact_id for c in cache.find("member", "M-new")] == ["c-new"]
+
+
+def test_a_first_download_after_a_few_live_lookups_still_loads_in_bulk(cache):
+    cache.put(SourceContact(contact_id="c-live", member_number="M-live"))  # a live lookup's
+    during: list[set[str]] = []
+    ContactSync(PagedSource(people(20)), cache, Health(), page_size=10).run_once(
+        progress=lambda _: during.append(lookup_indexes(cache))
+    )
+    assert during == [set()]
+    assert lookup_indexes(cache) == set(LOOKUP_INDEXES)
+    assert [c.contact.contact_id for c in cache.find("member", "M-live")] == ["c-live"]
+    assert cache.stats()["contacts"] == 21
+
+
+def test_an_initial_download_cut_short_still_builds_the_indexes(cache):
+    source = PagedSource(people(45))
+    source.fail_at_call = 3
+    with pytest.raises(ConnectionError):
+        ContactSync(source, cache, Health(), page_size=10, batch_contacts=10).run_once()
+    assert lookup_indexes(cache) == set(LOOKUP_INDEXES)
+    assert cache.stats()["contacts"] == 20
+
+
+KILLED_MID_LOAD = """
+import os, signal, sys
+from pathlib import Path
+from agent import crypto
+from agent.contacts import LOOKUP_INDEXES, ContactCache
+from agent.models import ContactPage, SourceContact
+directory = Path(sys.argv[1])
+cache = ContactCache(directory, crypto.load_or_create(directory / "keyring.json", may_create=True),
+                     default_region="SE")
+load = cache.bulk_load()
+load.__enter__()
+page = ContactPage(contacts=[SourceContact(contact_id="c-1", member_number="M-1")], cursor="1",
+                   has_more=True)
+cache.apply_page("paged", page)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_kill_mid_initial_download_gets_the_indexes_back_at_the_next_open(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_LOAD, str(tmp_path)], cwd=ROOT, timeout=60
+    )
+    assert run.returncode == -9
+    assert lookup_indexes(tmp_path / "contacts.db") == set()  # the kill left them out
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=False)
+    reopened = ContactCache(tmp_path, keyring, default_region="SE")
+    try:
+        assert lookup_indexes(reopened) == set(LOOKUP_INDEXES)
+        assert [c.contact.contact_id for c in reopened.find("member", "M-1")] == ["c-1"]
+        assert reopened.cursor("paged") == "1"
+    finally:
+        reopened.close()

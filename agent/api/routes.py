@@ -39,7 +39,7 @@ class Services:
     journal: Journal
     lookup: Lookup
     metrics: Metrics
-    sync_now: Callable[[], dict[str, int] | None]
+    sync_now: Callable[[], dict[str, float] | None]
     openapi: bytes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -66,6 +67,9 @@ class SourcePage:
 class LightspeedConnector:
     """GET /api/2.0/customers?after=<version>: deleted_at is a deletion; version.max the cursor."""
 
+    # The feed from version 0 (deleted=true) is every customer: the sync's re-verification walk.
+    lists_everything = True
+
     def __init__(self, settings: LightspeedSettings, http: requests.Session) -> None:
         self.name = settings.name
         self.settings = settings
@@ -86,7 +90,8 @@ class LightspeedConnector:
         if not after.isdigit():
             raise RejectedError(f"{self.name}: cursor is not a version", connector=self.name)
         size = max(1, min(limit, self.settings.page_size))
-        response = self._get({"after": after, "page_size": str(size)})
+        # Without deleted=true the list holds active customers only: deletions would never show.
+        response = self._get({"after": after, "page_size": str(size), "deleted": "true"})
         data, version_max = self._parse(json_body(response, connector=self.name))
         contacts = [self.source_contact(customer) for customer in data]
         self.last_rate_limit = rate_limit(response)
@@ -97,13 +102,28 @@ class LightspeedConnector:
         )
         return SourcePage(page, *self.last_rate_limit)
 
-    def _get(self, params: dict[str, str]) -> requests.Response:
+    def fetch_contact(self, contact_id: str) -> SourceContact | None:
+        """GET /api/2.0/customers/{id} for the ghost sweep; None when gone (404 or deleted_at)."""
+        try:
+            response = self._get({}, f"/api/2.0/customers/{quote(contact_id, safe='')}")
+        except RejectedError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body = json_body(response, connector=self.name)
+        customer = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(customer, dict) or not customer.get("id"):
+            raise RetryableError(f"{self.name}: customer reply has no data", connector=self.name)
+        contact = self.source_contact(customer)
+        return None if contact.deleted else contact
+
+    def _get(self, params: dict[str, str], path: str = "/api/2.0/customers") -> requests.Response:
         headers = {
             "Authorization": f"Bearer {self.settings.token}",
             "User-Agent": self.settings.user_agent,
             "Accept": "application/json",
         }
-        url = join(self.settings.base_url, "/api/2.0/customers")
+        url = join(self.settings.base_url, path)
         return call(self._http, "GET", url, connector=self.name, params=params, headers=headers)
 
     def _parse(self, body: Any) -> tuple[list[dict[str, Any]], int | None]:

@@ -40,6 +40,10 @@ def handle(cloud: SandboxCloud, request: Request) -> Response:
         return json_response(200, {"status": "reset"})
     if route == ("GET", "/_sandbox/state"):
         return json_response(200, {name: api.counts() for name, api in cloud.apis().items()})
+    if route == ("POST", "/_sandbox/lightspeed/seed"):
+        return seed_lightspeed(cloud, request.json)
+    if route == ("POST", "/_sandbox/lightspeed/forget"):
+        return forget_lightspeed(cloud, request.json)
     return json_response(404, {"message": f"no admin route {request.method} {request.path}"})
 
 
@@ -55,6 +59,26 @@ def apply_faults(cloud: SandboxCloud, body: Any) -> Response:
         except (TypeError, ValueError) as exc:
             return json_response(400, {"message": f"{step['action']}: {exc}"})
     return json_response(200, {"status": "ok", "applied": len(steps)})
+
+
+def seed_lightspeed(cloud: SandboxCloud, body: Any) -> Response:
+    """Body: {"count": N}: N more synthetic customers (a million in about seven seconds)."""
+    count = body.get("count") if isinstance(body, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return json_response(400, {"message": "count must be a non-negative integer"})
+    try:
+        cloud.lightspeed.seed_customers(count)
+    except ValueError as exc:
+        return json_response(400, {"message": str(exc)})
+    return json_response(200, {"seeded": count, **cloud.lightspeed.counts()})
+
+
+def forget_lightspeed(cloud: SandboxCloud, body: Any) -> Response:
+    """Body: {"id": "<customer id>"}: removed with no tombstone, so the feed never says so."""
+    customer_id = body.get("id") if isinstance(body, dict) else None
+    if not isinstance(customer_id, str) or not cloud.lightspeed.forget_customer(customer_id):
+        return json_response(404, {"message": "no such customer"})
+    return json_response(200, {"forgotten": customer_id})
 
 
 def recorded(request: Any) -> dict[str, Any]:

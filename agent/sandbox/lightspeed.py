@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import random
 import threading
@@ -14,6 +15,7 @@ from agent.sandbox.http import Request, Response, json_response
 
 PAGE_SIZE_MAX = 200
 PAGE_SIZE_DEFAULT = 100
+COLLECTION = "/api/2.0/customers"
 
 
 class LightspeedApi:
@@ -40,14 +42,20 @@ class LightspeedApi:
         with self._lock:
             self.customers: dict[str, dict[str, Any]] = {}
             self.version = 0
+            # Every version handed out, in order, with the customer it went to: a page is a
+            # bisect and a short walk, not a sort of every customer (a million for P4).
+            self._versions: list[int] = []
+            self._owners: list[str] = []
             self._random = random.Random(self._seed)
             self._window_start = self._now()
             self._window_used = 0
             self._seeded = 0
 
-    def _bump(self) -> int:
+    def _bump(self, customer_id: str) -> int:
         # Shared with other resources in the real API, so never +1 per customer.
         self.version += self._random.randint(1, 7)
+        self._versions.append(self.version)
+        self._owners.append(customer_id)
         return self.version
 
     def upsert_customer(self, customer_id: str | None = None, **fields: Any) -> str:
@@ -55,7 +63,7 @@ class LightspeedApi:
         with self._lock:
             new_id = customer_id or str(uuid.UUID(int=self._random.getrandbits(128), version=4))
             base = self.customers.get(new_id, {"id": new_id, "deleted_at": None})
-            self.customers[new_id] = {**base, **fields, "id": new_id, "version": self._bump()}
+            self.customers[new_id] = {**base, **fields, "id": new_id, "version": self._bump(new_id)}
             return new_id
 
     def delete_customer(self, customer_id: str) -> None:
@@ -63,7 +71,12 @@ class LightspeedApi:
         with self._lock:
             customer = self.customers[customer_id]
             customer["deleted_at"] = email_time(self._now())
-            customer["version"] = self._bump()
+            customer["version"] = self._bump(customer_id)
+
+    def forget_customer(self, customer_id: str) -> bool:
+        """Gone without a trace: no deleted_at, no new version (a deletion the feed missed)."""
+        with self._lock:
+            return self.customers.pop(customer_id, None) is not None
 
     def seed_customers(self, count: int) -> list[str]:
         """count synthetic customers from datagen; returns their ids."""
@@ -97,7 +110,7 @@ class LightspeedApi:
         return None
 
     def handle(self, request: Request) -> Response:
-        """Bearer auth, the rate window, then GET /api/2.0/customers."""
+        """Bearer auth, the rate window, then GET /api/2.0/customers or .../customers/{id}."""
         if request.header("authorization") != f"Bearer {self.token}":
             return self.error(401, "invalid or missing bearer token")
         limited, headers = self._rate()
@@ -110,12 +123,27 @@ class LightspeedApi:
                 self._window_start + self.rate_window_seconds
             )
             return response
-        if request.method != "GET" or request.path.rstrip("/") != "/api/2.0/customers":
-            response = self.error(404, f"no route {request.method} {request.path}")
-        else:
-            response = self._page(request)
+        response = self._route(request)
         response.headers.update(headers)
         return response
+
+    def _route(self, request: Request) -> Response:
+        path = request.path.rstrip("/")
+        if request.method == "GET" and path == COLLECTION:
+            return self._page(request)
+        prefix, _, customer_id = path.rpartition("/")
+        if request.method == "GET" and prefix == COLLECTION and customer_id:
+            return self._one(customer_id)
+        return self.error(404, f"no route {request.method} {request.path}")
+
+    def _one(self, customer_id: str) -> Response:
+        """{"data": customer}; 404 for an id never seen, forgotten, or deleted."""
+        with self._lock:
+            customer = self.customers.get(customer_id)
+            found = None if customer is None or customer["deleted_at"] else dict(customer)
+        if found is None:
+            return self.error(404, "customer not found")
+        return json_response(200, {"data": found})
 
     def _rate(self) -> tuple[bool, dict[str, str]]:
         with self._lock:
@@ -140,16 +168,25 @@ class LightspeedApi:
             return self.error(400, "after and page_size must be integers")
         if not 1 <= size <= PAGE_SIZE_MAX:
             return self.error(400, f"page_size must be 1..{PAGE_SIZE_MAX}")
+        deleted = request.query.get("deleted", "false").lower() == "true"
         with self._lock:
-            newer = sorted(
-                (c for c in self.customers.values() if c["version"] > after),
-                key=lambda c: int(c["version"]),
-            )[:size]
-            data = [dict(c) for c in newer]
+            data = self._newer(after, size, deleted)
         if not data:
             return json_response(200, {"data": [], "version": {"min": None, "max": None}})
         span = {"min": data[0]["version"], "max": data[-1]["version"]}
         return json_response(200, {"data": data, "version": span})
+
+    def _newer(self, after: int, size: int, deleted: bool) -> list[dict[str, Any]]:
+        """Up to size customers whose current version is above after, in version order."""
+        data: list[dict[str, Any]] = []
+        position = bisect.bisect_right(self._versions, after)
+        while len(data) < size and position < len(self._versions):
+            customer = self.customers.get(self._owners[position])
+            current = customer is not None and customer["version"] == self._versions[position]
+            if current and customer is not None and (deleted or not customer["deleted_at"]):
+                data.append(dict(customer))
+            position += 1
+        return data
 
 
 def email_time(moment: float) -> str:

@@ -79,3 +79,37 @@ def test_deletions_and_rate_limit_headers(sandbox: Any, http: requests.Session):
     assert [c.deleted for c in again.contacts] == [True]
     assert first.rate_limit_remaining is not None
     assert conn.last_rate_limit[0] is not None
+
+
+def test_the_list_asks_for_deleted_customers_too(sandbox: Any, http: requests.Session):
+    sandbox.lightspeed.seed_customers(2)
+    connector(http, sandbox.url).fetch_contact_changes(None, 200)
+    sent = [r for r in sandbox.requests if r.path == "/api/2.0/customers"][-1]
+    assert sent.query["deleted"] == "true"
+
+
+def test_fetch_contact_by_id(sandbox: Any, http: requests.Session):
+    ids = sandbox.lightspeed.seed_customers(3)
+    conn = connector(http, sandbox.url)
+    found = conn.fetch_contact(ids[0])
+    assert found is not None
+    assert found.contact_id == ids[0]
+    assert found.mobile_phone == sandbox.lightspeed.customers[ids[0]]["phone"]
+    assert sandbox.requests[-1].path == f"/api/2.0/customers/{ids[0]}"
+    sandbox.lightspeed.delete_customer(ids[1])
+    sandbox.lightspeed.forget_customer(ids[2])
+    assert conn.fetch_contact(ids[1]) is None
+    assert conn.fetch_contact(ids[2]) is None
+
+
+def test_fetch_contact_errors_other_than_404_are_raised(sandbox: Any, http: requests.Session):
+    from agent.errors import RetryableError
+
+    ids = sandbox.lightspeed.seed_customers(1)
+    conn = connector(http, sandbox.url)
+    sandbox.faults.fail_next(500, api="lightspeed")
+    with pytest.raises(RetryableError):
+        conn.fetch_contact(ids[0])
+    sandbox.faults.fail_next(400, api="lightspeed")
+    with pytest.raises(RejectedError):
+        conn.fetch_contact(ids[0])

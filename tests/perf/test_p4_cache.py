@@ -1,98 +1,217 @@
-"""P4: the contact cache at scale — apply rate, disk per contact, lookup latency over HTTP."""
+"""P4: the contact cache at scale, synced over HTTP from the sandbox's Lightspeed feed.
+
+The sandbox runs in its own process (`till-agent sandbox --lightspeed-customers N`), so its
+CPU is not the agent's; the agent is a real `till-agent run` whose sync is started with
+`POST /v1/contacts/sync`. BENCH_CONTACTS sets N (default 1,000,000; 50,000 is a quick run).
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import random
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
-from tests.conftest import ROOT, Till
+from agent.sandbox import datagen
+from tests.conftest import ROOT, Till, free_port
 from tests.perf.bench import summary_ms, write_results
 
 COUNT = int(os.environ.get("BENCH_CONTACTS", "1000000"))
-LOOKUPS = 2000
+LOOKUPS = 5000
+ROUNDS = 5
+SYNC_TIMEOUT_SECONDS = 1500
+UNLIMITED = 10**9
+
+
+def start_sandbox(tmp_path: Path, count: int) -> tuple[subprocess.Popen[bytes], str, float]:
+    """The sandbox cloud in a child process with count customers; its URL and seeding time."""
+    port = free_port()
+    started = time.perf_counter()
+    with (tmp_path / "sandbox.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "sandbox",
+                "--port",
+                str(port),
+                "--lightspeed-customers",
+                str(count),
+                "--lightspeed-rate-limit",
+                str(UNLIMITED),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (tmp_path / "sandbox.log").read_text()
+        try:
+            state = requests.get(f"{url}/_sandbox/state", timeout=1).json()
+            assert state["lightspeed"]["customers"] == count
+            return process, url, time.perf_counter() - started
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError("the sandbox did not come up")
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in KiB (Linux): VmHWM is the peak resident set."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.perf
+@pytest.mark.timeout(SYNC_TIMEOUT_SECONDS + 600)
 def test_p4_contact_cache_at_scale(agent_process, tmp_path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    applied = subprocess.run(
-        [sys.executable, "-m", "tests.perf.apply_contacts", str(data_dir), str(COUNT)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=1800,
+    sandbox, cloud_url, seed_seconds = start_sandbox(tmp_path, COUNT)
+    try:
+        figures = sync_and_look_up(agent_process, tmp_path, cloud_url, sandbox.pid)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(30)
+    figures["seed_seconds"] = round(seed_seconds, 1)
+    report(figures)
+
+
+def sync_and_look_up(agent_process: Any, tmp_path: Path, cloud_url: str, sandbox_pid: int):
+    process = agent_process(
+        {
+            "contacts": {"source": "lightspeed"},  # the first timed sync is 15 minutes away
+            "destinations": {"lightspeed": {"kind": "lightspeed", "base_url": cloud_url}},
+        }
     )
-    apply = json.loads(applied.stdout)
-    on_disk = sum(p.stat().st_size for p in data_dir.glob("contacts.db*"))
-    process = agent_process()
     process.start()
+    assert process.process is not None
+    pid = process.process.pid
     till = Till(process.url, process.token)
+    agent_cpu, cloud_cpu = cpu_seconds(pid), cpu_seconds(sandbox_pid)
+    started = time.perf_counter()
+    answer = till.session.post(f"{process.url}/v1/contacts/sync", timeout=SYNC_TIMEOUT_SECONDS)
+    wall = time.perf_counter() - started
+    assert answer.status_code == 200, answer.text
+    sync = answer.json()
+    assert sync["changes"] == COUNT
+    figures: dict[str, Any] = {
+        "sync": sync,
+        "wall_seconds": wall,
+        "agent_cpu_seconds": cpu_seconds(pid) - agent_cpu,
+        "sandbox_cpu_seconds": cpu_seconds(sandbox_pid) - cloud_cpu,
+        "peak_rss_mb_after_sync": status_kib(pid, "VmHWM") / 1024,
+        "sandbox_peak_rss_mb": status_kib(sandbox_pid, "VmHWM") / 1024,
+    }
+    data_dir = Path(process.raw["agent"]["data_dir"])
+    files = {p.name: p.stat().st_size for p in data_dir.glob("contacts.db*")}
+    figures["disk_bytes"] = files
+    figures.update(latencies(till))
+    figures["peak_rss_mb"] = status_kib(pid, "VmHWM") / 1024
+    till.close()
+    assert process.terminate() == 0
+    return figures
+
+
+def round_trips(till: Till, count: int) -> list[float]:
+    """The yardstick: keep-alive GET /v1/health round trips through the same waitress."""
     samples = []
-    for n in range(LOOKUPS):
-        phone = f"070{(n * 7919) % COUNT:07d}"
+    for _ in range(count):
+        started = time.perf_counter()
+        till.get("/v1/health")
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def look_up(till: Till, count: int, draw: random.Random) -> list[float]:
+    """Lookups by phone (national format) of random synced customers, over HTTP."""
+    samples = []
+    for _ in range(count):
+        phone = "0" + datagen.phone_for(draw.randrange(COUNT))[3:]  # +46700... as 0700...
         started = time.perf_counter()
         response = till.get("/v1/contacts/lookup", params={"mobilePhone": phone})
         samples.append(time.perf_counter() - started)
         assert response.status_code == 200, response.text
-    till.close()
-    rss_mb = agent_rss_mb(process.process.pid)
-    latency = summary_ms(samples)
-    per_contact = on_disk / COUNT
+        assert response.json()["source"] == "cache"
+    return samples
+
+
+def latencies(till: Till) -> dict[str, dict[str, float]]:
+    """ROUNDS rounds of lookups, each beside a round of the yardstick (the same noise); p99 is
+    given over all samples and as the median of the rounds' p99s (TARGETS: quote medians)."""
+    draw = random.Random(4)
+    lookups: list[list[float]] = []
+    health: list[list[float]] = []
+    for _ in range(ROUNDS):
+        health.append(round_trips(till, LOOKUPS // ROUNDS))
+        lookups.append(look_up(till, LOOKUPS // ROUNDS, draw))
+    return {"lookup": over_rounds(lookups), "yardstick": over_rounds(health)}
+
+
+def over_rounds(rounds: list[list[float]]) -> dict[str, float]:
+    overall = summary_ms([s for samples in rounds for s in samples])
+    p99s = sorted(summary_ms(samples)["p99_ms"] for samples in rounds)
+    return {**overall, "median_round_p99_ms": p99s[len(p99s) // 2]}
+
+
+def report(figures: dict[str, Any]) -> None:
+    sync = figures["sync"]
+    end_to_end = COUNT / figures["wall_seconds"]
+    apply_rate = COUNT / sync["apply_seconds"]
+    per_contact = sum(figures["disk_bytes"].values()) / COUNT
+    latency, yardstick = figures["lookup"], figures["yardstick"]
+    median_p99 = latency["median_round_p99_ms"]
     rows = [
-        {
-            "figure": f"apply {COUNT:,} contacts (contacts/s)",
-            "value": round(apply["rate"]),
-            "target": ">= 20000",
-            "met": apply["rate"] >= 20000,
-        },
-        {
-            "figure": "peak RSS while applying (MB)",
-            "value": round(apply["peak_rss_mb"]),
-            "target": "<= 150",
-            "met": apply["peak_rss_mb"] <= 150,
-        },
-        {
-            "figure": "bytes on disk per contact",
-            "value": round(per_contact),
-            "target": "<= 600",
-            "met": per_contact <= 600,
-        },
-        {
-            "figure": "lookup by phone over HTTP p99 (ms)",
-            "value": latency["p99_ms"],
-            "target": "<= 2",
-            "met": latency["p99_ms"] <= 2,
-        },
-        {"figure": "lookup p50 (ms)", "value": latency["p50_ms"], "target": "-", "met": True},
-        {
-            "figure": "agent RSS with the cache (MB)",
-            "value": round(rss_mb),
-            "target": "-",
-            "met": True,
-        },
+        row("local apply rate (contacts/s, excl. fetch)", round(apply_rate), ">= 20000"),
+        row("end-to-end sync rate over HTTP (contacts/s)", round(end_to_end), "-"),
+        row("peak RSS of the agent (MB)", round(figures["peak_rss_mb"]), "<= 150"),
+        row("bytes on disk per contact (db+wal+shm)", round(per_contact), "<= 600"),
+        row("lookup by phone over HTTP p99, median of 5 rounds (ms)", median_p99, "<= 2"),
+        row("lookup p99 over all samples (ms)", latency["p99_ms"], "-"),
+        row("lookup p50 (ms)", latency["p50_ms"], "-"),
+        row("yardstick: GET /v1/health p50 (ms)", yardstick["p50_ms"], "-"),
+        row("yardstick: p99, median of 5 rounds (ms)", yardstick["median_round_p99_ms"], "-"),
+        row("yardstick: p99 over all samples (ms)", yardstick["p99_ms"], "-"),
+        row("sync wall time (s)", round(figures["wall_seconds"], 1), "-"),
+        row("  of which fetching pages (s)", round(sync["fetch_seconds"], 1), "-"),
+        row("  of which applying them (s)", round(sync["apply_seconds"], 1), "-"),
+        row("agent CPU during the sync (s)", round(figures["agent_cpu_seconds"], 1), "-"),
+        row("sandbox CPU during the sync (s)", round(figures["sandbox_cpu_seconds"], 1), "-"),
+        row("sandbox start with the customers seeded (s)", figures["seed_seconds"], "-"),
     ]
     write_results(
         "p4_cache",
         rows,
         {
             "contacts": COUNT,
-            "feed": "generated in the benchmark (the sandbox feed is not wired yet)",
+            "feed": "sandbox Lightspeed version-cursor feed over HTTP, sandbox in its own process",
+            "figures": figures,
         },
     )
-    assert process.terminate() == 0
+    # Like the other benchmarks: a missed target is a "NO" in the table and the JSON, not a
+    # failed test (the machines are shared and noisy; see docs/performance.md).
 
 
-def agent_rss_mb(pid: int) -> float:
-    """The agent's peak resident memory (Linux)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def row(figure: str, value: float, target: str) -> dict[str, Any]:
+    """One result row; met is judged from the target text (">= x", "<= x", "-")."""
+    met = True
+    if target.startswith(">="):
+        met = value >= float(target[2:])
+    elif target.startswith("<="):
+        met = value <= float(target[2:])
+    return {"figure": figure, "value": value, "target": target, "met": met}
