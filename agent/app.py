@@ -224,7 +224,14 @@ def _scheduler(
     ]
     if sync is not None:
         jobs.append(
-            Job("contacts-sync", settings.contacts.sync_interval_minutes * 60, sync.run_once)
+            # At start too: a fresh till (or one that was off) is not left without its cache
+            # for a whole interval.
+            Job(
+                "contacts-sync",
+                settings.contacts.sync_interval_minutes * 60,
+                sync.run_once,
+                at_start=True,
+            )
         )
     return Scheduler(jobs, board, heartbeat=beats("scheduler loop", SCHEDULER_STUCK_SECONDS))
 

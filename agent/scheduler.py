@@ -24,6 +24,7 @@ class Job:
     name: str
     every_seconds: int
     run: Callable[[], object]
+    at_start: bool = False  # also once on the scheduler's first tick, not only after a period
 
 
 class Scheduler:
@@ -79,6 +80,9 @@ class Scheduler:
         self._guarded(job)
 
     def _loop(self) -> None:
+        for job in self._jobs:
+            if job.at_start and not self._stop.wait(self._tick_seconds):
+                self._guarded(job)
         while not self._stop.wait(self._tick_seconds):
             self._heartbeat()
             self.tick()

@@ -58,3 +58,21 @@ def test_a_small_clock_wobble_changes_nothing():
     clock.now -= dt.timedelta(seconds=5)
     scheduler.tick()
     assert scheduler._schedule.jobs[0].next_run == planned
+
+
+def test_a_job_marked_at_start_runs_once_soon_after_start_then_on_its_period():
+    import threading
+
+    ran = threading.Event()
+    later = []
+    scheduler = Scheduler(
+        [Job("contacts-sync", 3600, ran.set, at_start=True), Job("purge", 3600, later.append)],
+        Health(),
+        tick_seconds=0.01,
+    )
+    scheduler.start()
+    try:
+        assert ran.wait(5.0)  # not an hour later
+    finally:
+        scheduler.stop(5.0)
+    assert later == []  # a job not marked waits for its period
