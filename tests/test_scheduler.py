@@ -64,9 +64,12 @@ def test_a_job_marked_at_start_runs_once_soon_after_start_then_on_its_period():
     import threading
 
     ran = threading.Event()
-    later = []
+    later: list[int] = []
     scheduler = Scheduler(
-        [Job("contacts-sync", 3600, ran.set, at_start=True), Job("purge", 3600, later.append)],
+        [
+            Job("contacts-sync", 3600, ran.set, at_start=True),
+            Job("purge", 3600, lambda: later.append(1)),
+        ],
         Health(),
         tick_seconds=0.01,
     )
