@@ -41,7 +41,7 @@ from agent.outbox import BULK, Claimed, Outbox
 EXAMPLES = int(os.environ.get("OUTBOX_MODEL_EXAMPLES", "25"))
 DESTINATIONS = ("a", "b")
 QUEUES = tuple(q for d in DESTINATIONS for q in (d, d + BULK))
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 
 
 @dataclass
