@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -119,6 +119,9 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
+        # (key, revision) -> (its failing age when this process first saw it fail, monotonic
+        # then): from there on its age is measured by the monotonic clock (R9).
+        self._failing: dict[tuple[str, int], tuple[float, float]] = {}
         self.state = DestinationState()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
@@ -299,6 +302,7 @@ class Dispatcher:
             journal=item,
         )
         self._outbox.ack(claimed)
+        self._done_failing(claimed.item)
         if self._probing is not None:
             log.warning("an item of %s fails alone; it is set aside", self.destination)
             self._probing = None
@@ -341,6 +345,7 @@ class Dispatcher:
         attempts = self._ledger.record_failure(
             self.destination, claimed.item, _later(failure, delay)
         )
+        self._failing_hours(claimed.item)  # its age starts counting now, in this process
         if attempts < self._settings.set_aside_after_attempts:
             self._outbox.release(claimed)
             self._pause(delay)
@@ -370,12 +375,28 @@ class Dispatcher:
     def _given_up(self, claimed: Claimed, attempts: int) -> bool:
         if attempts >= self._settings.max_attempts:
             return True
-        first = self._ledger.first_failed_at(self.destination, claimed.item)
-        age_hours = 0.0 if first is None else (time.time() - first) / 3600
-        return age_hours >= self._settings.max_age_hours
+        return self._failing_hours(claimed.item) >= self._settings.max_age_hours
+
+    def _failing_hours(self, item: dict[str, Any]) -> float:
+        """How long an item has failed: the ledger's wall-clock start read once, then monotonic.
+
+        A wall clock stepped while the agent runs (NTP, an RTC reset) neither ages nor
+        rejuvenates a failing item, so a jump never dead-letters a whole queue at once.
+        """
+        ident = (str(item["key"]), int(item["revision"]))
+        seen = self._failing.get(ident)
+        if seen is None:
+            first = self._ledger.first_failed_at(self.destination, item)
+            wall_age = 0.0 if first is None else max(0.0, time.time() - first)
+            seen = self._failing[ident] = (wall_age, self._monotonic())
+        return (seen[0] + self._monotonic() - seen[1]) / 3600
+
+    def _done_failing(self, item: dict[str, Any]) -> None:
+        self._failing.pop((str(item["key"]), int(item["revision"])), None)
 
     def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
         dead_letter_id = self._ledger.dead_letter(claimed, failure)
+        self._done_failing(claimed.item)
         if self._metrics is not None:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
@@ -407,6 +428,7 @@ class Dispatcher:
             for queue, queue_id, item in self._outbox.parked(self.destination):
                 if (queue, queue_id) == ticket:
                     self._ledger.forgive(self.destination, item)
+                    self._done_failing(item)
         self._outbox.unpark(*ticket)
 
     def _restore_parked(self) -> None:

@@ -337,13 +337,26 @@ class Outbox:
         return claimed
 
     def _get(self, queue: str, *, block: bool, timeout: float = 0.0) -> dict[str, Any] | None:
-        try:
-            raw: dict[str, Any] = self._queues[queue].get(block=block, timeout=timeout, raw=True)
-        except Empty:
-            return None
-        except sqlite3.Error as exc:
-            raise StorageError(f"claim from {queue}: {exc}") from exc
-        return raw
+        """persist-queue's get, but a wait is timed by the monotonic clock.
+
+        persist-queue times a blocking get by the wall clock: set back a day, it would wait a
+        day (R9). So only its non-blocking get is used, and the wait is ours.
+        """
+        deadline = time.monotonic() + (timeout if block else 0.0)
+        pq = self._queues[queue]
+        while True:
+            pq.put_event.clear()  # before looking: a put after the look wakes the wait
+            try:
+                raw: dict[str, Any] = pq.get(block=False, raw=True)
+            except Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pq.put_event.wait(remaining)
+                continue
+            except sqlite3.Error as exc:
+                raise StorageError(f"claim from {queue}: {exc}") from exc
+            return raw
 
     def ack(self, claimed: Claimed) -> None:
         self._mark(claimed, "ack")
