@@ -14,6 +14,7 @@ for the test, and breaks that filesystem the way the kernel would:
   SQLITE_IOERR on a write or commit), not a lying or failing fsync of the hardware.
 - disk full: a small tmpfs filled with a ballast file (real ENOSPC, SQLITE_FULL).
 - a torn WAL tail and a database separated from its -wal: files edited after a SIGKILL.
+- the queue file deleted at runtime: SQLite writes on into the unlinked files without an error.
 
 Mounting needs root (CAP_SYS_ADMIN) and, for ext4, a loop device: otherwise the test skips and
 says why.
@@ -27,6 +28,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,68 @@ def test_a_torn_wal_tail_neither_hangs_the_start_nor_drops_the_commits_before_it
     assert till.post("/v1/receipts", make_receipt("R-next")).status_code == 202
     till.close()
     assert not list((tmp_path / "data").glob("*.corrupt-*"))
+
+
+# -- matrix 16: the queue file deleted at runtime -------------------------------------------
+
+
+def test_a_store_deleted_at_runtime_never_gets_a_2xx_again(agent_process, tmp_path):
+    """SQLite writes on into the unlinked files and says nothing: the agent must notice."""
+    process = agent_process({"storage": {"retry_after_seconds": 3}})
+    process.start()
+    till = Till(process.url, process.token)
+    assert till.post("/v1/receipts", make_receipt("R-before")).status_code == 202
+    data = tmp_path / "data"
+    for path in data.glob("outbox.db*"):
+        path.unlink()  # an over-eager cleanup tool, or a technician in the wrong directory
+    for n in range(3):
+        assert_refused_with_retry_after(till.post("/v1/receipts", make_receipt(f"R-gone-{n}")))
+    assert till.get("/v1/health").status_code == 503
+    assert storage_state(till) == "failing"
+    assert alive(process)
+    till.close()
+    found = restart_and_find(process, ["R-gone-0", "R-gone-1", "R-gone-2"])
+    assert set(found.values()) == {404}  # so no 2xx was given for them
+
+
+# -- matrix 23: the database separated from its -wal ----------------------------------------
+
+
+def wait_answering(process: AgentProcess, seconds: float = 15.0) -> requests.Response:
+    """The first answer of /v1/health, whatever it says (a red agent answers 503)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert alive(process), process.log()
+        try:
+            return requests.get(process.url + "/v1/health", timeout=0.5)
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError(f"no answer in {seconds}s: {process.log()}")
+
+
+def test_an_old_copy_of_the_database_beside_a_newer_wal_is_caught_at_start(agent_process, tmp_path):
+    data = tmp_path / "data"
+    process = agent_process()
+    process.start()
+    till = Till(process.url, process.token)
+    assert {r.status_code for r in post_all(till, [f"A-{n}" for n in range(10)]).values()} == {202}
+    till.close()
+    assert process.terminate() == 0  # clean: the WAL is folded in and removed
+    shutil.copy2(data / "outbox.db", tmp_path / "old-outbox.db")  # a sync tool's copy
+    process.start()
+    till = Till(process.url, process.token)
+    post_all(till, [f"B-{n}" for n in range(10)])
+    assert till.post("/v1/privacy/purge", {}).status_code == 200  # a checkpoint: the file moves on
+    post_all(till, [f"C-{n}" for n in range(10)])  # these are in the -wal only
+    till.close()
+    process.kill()
+    shutil.copy2(tmp_path / "old-outbox.db", data / "outbox.db")  # the tool syncs it back
+    process.start(wait=False)
+    health = wait_answering(process)
+    # The -wal's pages laid over an older file make a broken b-tree: quick_check finds it.
+    assert len(list(data.glob("outbox.db.corrupt-*"))) == 1
+    assert health.status_code == 503
+    assert health.json()["status"] == "failing"
+    till = Till(process.url, process.token)
+    assert till.post("/v1/receipts", make_receipt("D-0")).status_code == 202  # sales go on
+    till.close()
