@@ -23,6 +23,7 @@ from agent.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    StorageError,
     ThrottledError,
     new_error_id,
 )
@@ -122,6 +123,7 @@ class Dispatcher:
         # (key, revision) -> (its failing age when this process first saw it fail, monotonic
         # then): from there on its age is measured by the monotonic clock (R9).
         self._failing: dict[tuple[str, int], tuple[float, float]] = {}
+        self._stranded: list[Claimed] = []  # claimed, and the store could not take them back
         self.state = DestinationState()
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
 
@@ -152,6 +154,7 @@ class Dispatcher:
         if wait > 0:
             self._stop.wait(min(wait, 1.0))
             return False
+        self._release_stranded()
         self._unpark_due()
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
@@ -161,10 +164,20 @@ class Dispatcher:
             self._deliver(claimed)
         except Exception:
             # Whatever went wrong, the item goes back in its place, never stuck as claimed.
-            with contextlib.suppress(NotFoundError):
-                self._outbox.release(claimed)
+            try:
+                with contextlib.suppress(NotFoundError):
+                    self._outbox.release(claimed)
+            except StorageError:
+                self._stranded.append(claimed)  # a full or failing disk: again next step
             raise
         return True
+
+    def _release_stranded(self) -> None:
+        """Put back what a failing store kept claimed; StorageError: still failing, next step."""
+        while self._stranded:
+            with contextlib.suppress(NotFoundError):
+                self._outbox.release(self._stranded[0])
+            self._stranded.pop(0)
 
     # -- one item ------------------------------------------------------------------------
 

@@ -343,3 +343,55 @@ def test_an_old_copy_of_the_database_beside_a_newer_wal_is_caught_at_start(agent
     till = Till(process.url, process.token)
     assert till.post("/v1/receipts", make_receipt("D-0")).status_code == 202  # sales go on
     till.close()
+
+
+# -- matrix 13: a full disk while delivering (ledger, ack, release) -------------------------
+
+
+def test_delivery_on_a_full_disk_neither_loses_nor_strands_an_item(small_tmpfs, agent_process):
+    """The disk fills while a send is in flight: the ledger, then the release, fail."""
+    from agent.sandbox import SandboxCloud
+
+    cloud = SandboxCloud(seed=5).serve()
+    try:
+        cloud.faults.set_offline("refused")
+        data = small_tmpfs / "data"
+        process, till = start_on(
+            agent_process,
+            data,
+            delivery={"enabled": True, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1},
+            destinations={
+                "engage": {"enabled": False},
+                "loaded": {"base_url": cloud.url + "/loaded"},
+            },
+        )
+        ids = [f"R-{n:03d}" for n in range(8)]
+        for rid in ids:
+            assert till.post("/v1/receipts", make_receipt(rid, contact=False)).status_code == 202
+        cloud.faults.set_latency(1.0, api="loaded")
+        cloud.faults.set_offline(None)
+        time.sleep(0.4)  # a send is in flight: claimed before the disk fills
+        ballast = fill(small_tmpfs)  # the cloud takes it; the agent cannot write that down
+        cloud.faults.set_latency(0, api="loaded")
+        time.sleep(2)
+        assert alive(process)
+        ballast.unlink()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not set(ids) <= set(cloud.loaded.sales):
+            time.sleep(0.1)
+        assert set(ids) <= set(cloud.loaded.sales), "an item was stranded by the full disk"
+        status = {d["name"]: d for d in till.get("/v1/status").json()["destinations"]}
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline and status["loaded"]["depth"] + status["loaded"]["inFlight"]
+        ):
+            time.sleep(0.1)
+            status = {d["name"]: d for d in till.get("/v1/status").json()["destinations"]}
+        assert status["loaded"]["depth"] == status["loaded"]["inFlight"] == 0, status
+        for rid in ids:  # and the ledger knows: what was resent carried the same key
+            states = {d["state"] for d in till.get(f"/v1/receipts/{rid}").json()["destinations"]}
+            assert states == {"delivered"}, (rid, states)
+        assert len(cloud.loaded.sales) == len(ids)
+        till.close()
+    finally:
+        cloud.stop()
