@@ -395,3 +395,19 @@ def test_delivery_on_a_full_disk_neither_loses_nor_strands_an_item(small_tmpfs, 
         till.close()
     finally:
         cloud.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: forget rewrites the queued items in one transaction that needs WAL room; "
+    "on a full disk it answers 503 (nothing half done, a retry works once there is room), "
+    "there is no reserved space for erasure yet",
+)
+def test_erasure_on_a_full_disk_still_removes_the_person(small_tmpfs, agent_process):
+    data = small_tmpfs / "data"
+    _, till = start_on(agent_process, data)
+    assert {r.status_code for r in post_all(till, ["R-001", "R-002"]).values()} == {202}
+    fill(small_tmpfs)
+    forget = till.post("/v1/privacy/forget", {"mobilePhone": "+46700000001"})
+    till.close()
+    assert forget.status_code == 200, forget.text
