@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser \
-	systemd-tools msi-tools
+	systemd-tools msi-tools faketime
 
 help:
 	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
@@ -59,11 +59,19 @@ msi-tools:
 	  && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq wixl msitools) \
 	  >/dev/null 2>&1 || echo "wixl/msitools not installed: the MSI tests will skip"; }
 
-unit: $(STAMP) browser systemd-tools msi-tools
+# The clock-jump tests run the agent under libfaketime (Debian's faketime); install it where we
+# can (root, apt), else those tests skip and say why.
+faketime:
+	@command -v faketime >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq faketime) >/dev/null 2>&1 \
+	  || echo "libfaketime not installed: the clock-jump tests will skip"; }
+
+unit: $(STAMP) browser systemd-tools msi-tools faketime
 	$(BIN)/pytest -q
 
 test-long: $(STAMP)
-	FUZZ_EXAMPLES=800 $(BIN)/pytest -q -m "not perf"
+	FUZZ_EXAMPLES=800 OUTBOX_MODEL_EXAMPLES=500 $(BIN)/pytest -q -m "not perf"
 
 bench: $(STAMP)
 	$(BIN)/pytest -q -m perf -p no:randomly tests/perf -s

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -24,6 +24,7 @@ from agent.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    StorageError,
     ThrottledError,
     new_error_id,
 )
@@ -125,6 +126,10 @@ class Dispatcher:
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
         self._convicted: set[Ticket] = set()  # set aside while another item went through
+        # (key, revision) -> (its failing age when this process first saw it fail, monotonic
+        # then): from there on its age is measured by the monotonic clock (R9).
+        self._failing: dict[tuple[str, int], tuple[float, float]] = {}
+        self._stranded: list[Claimed] = []  # claimed, and the store could not take them back
         self.state = DestinationState()
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
         self._bulk = bulk  # contact changes in bulk calls (agent/bulk.py)
@@ -169,6 +174,7 @@ class Dispatcher:
         if wait > 0:
             self._stop.wait(min(wait, 1.0))
             return False
+        self._release_stranded()
         self._unpark_due()
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
@@ -182,10 +188,20 @@ class Dispatcher:
                 self._deliver(claimed)
         except Exception:
             # Whatever went wrong, the item goes back in its place, never stuck as claimed.
-            with contextlib.suppress(NotFoundError):
-                self._outbox.release(claimed)
+            try:
+                with contextlib.suppress(NotFoundError):
+                    self._outbox.release(claimed)
+            except StorageError:
+                self._stranded.append(claimed)  # a full or failing disk: again next step
             raise
         return True
+
+    def _release_stranded(self) -> None:
+        """Put back what a failing store kept claimed; StorageError: still failing, next step."""
+        while self._stranded:
+            with contextlib.suppress(NotFoundError):
+                self._outbox.release(self._stranded[0])
+            self._stranded.pop(0)
 
     # -- one item ------------------------------------------------------------------------
 
@@ -374,6 +390,7 @@ class Dispatcher:
         )
         self._outbox.ack(claimed)
         self._convicted.discard((claimed.lane_queue, claimed.id))
+        self._done_failing(claimed.item)
         if self._probing is not None:
             log.warning("an item of %s fails alone; it is set aside", self.destination)
             self._convicted.add(self._probing)
@@ -421,6 +438,7 @@ class Dispatcher:
         attempts = self._ledger.record_failure(
             self.destination, claimed.item, _later(failure, delay)
         )
+        self._failing_hours(claimed.item)  # its age starts counting now, in this process
         if attempts < self._settings.set_aside_after_attempts:
             self._outbox.release(claimed)
             self._pause(delay)
@@ -450,14 +468,30 @@ class Dispatcher:
     def _given_up(self, claimed: Claimed, attempts: int) -> bool:
         if attempts >= self._settings.max_attempts:
             return True
-        first = self._ledger.first_failed_at(self.destination, claimed.item)
-        age_hours = 0.0 if first is None else (time.time() - first) / 3600
-        return age_hours >= self._settings.max_age_hours
+        return self._failing_hours(claimed.item) >= self._settings.max_age_hours
+
+    def _failing_hours(self, item: dict[str, Any]) -> float:
+        """How long an item has failed: the ledger's wall-clock start read once, then monotonic.
+
+        A wall clock stepped while the agent runs (NTP, an RTC reset) neither ages nor
+        rejuvenates a failing item, so a jump never dead-letters a whole queue at once.
+        """
+        ident = (str(item["key"]), int(item["revision"]))
+        seen = self._failing.get(ident)
+        if seen is None:
+            first = self._ledger.first_failed_at(self.destination, item)
+            wall_age = 0.0 if first is None else max(0.0, time.time() - first)
+            seen = self._failing[ident] = (wall_age, self._monotonic())
+        return (seen[0] + self._monotonic() - seen[1]) / 3600
+
+    def _done_failing(self, item: dict[str, Any]) -> None:
+        self._failing.pop((str(item["key"]), int(item["revision"])), None)
 
     def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
         dead_letter_id = self._ledger.dead_letter(claimed, failure)
         if self._bulk is not None:
             self._bulk.settled(claimed)
+        self._done_failing(claimed.item)
         if self._metrics is not None:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
@@ -490,6 +524,7 @@ class Dispatcher:
             for queue, queue_id, item in self._outbox.parked(self.destination):
                 if (queue, queue_id) == ticket:
                     self._ledger.forgive(self.destination, item)
+                    self._done_failing(item)
         self._outbox.unpark(*ticket)
 
     def _nothing_behind(self) -> bool:

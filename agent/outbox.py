@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -193,6 +194,15 @@ def queue_names(directory: Path) -> list[str]:
     return sorted(row[0].removeprefix("ack_queue_") for row in rows)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if there is none."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def encode(item: dict[str, Any]) -> bytes:
     """An item as the queue stores it: persist-queue's JSON serializer (never pickle)."""
     data: bytes = json_serializer.dumps(item)
@@ -244,6 +254,7 @@ class Outbox:
         self._queues = {
             name: self._open_queue(directory, name, busy_timeout_seconds) for name in names
         }
+        self._files = {p: _identity(p) for p in (self.path, Path(f"{self.path}-wal"))}
 
     @staticmethod
     def _open_queue(directory: Path, name: str, busy_timeout_seconds: float) -> _AckQueue:
@@ -302,9 +313,27 @@ class Outbox:
             for ticket in tickets:
                 ticket.fail(StorageError(f"write interrupted: {exc}"))
             raise
+        if (gone := self._files_gone()) is not None:
+            for ticket in tickets:
+                ticket.fail(StorageError(gone))
+            return
         self.observe_commit(time.perf_counter() - started)
         for ticket in tickets:
             ticket.committed(self._queues)
+
+    def _files_gone(self) -> str | None:
+        """Why the files we write are no longer the ones on disk, or None.
+
+        SQLite writes on into a deleted (or replaced) file without a word, so a commit there
+        is not durable: whatever it holds is gone at the next start (failure matrix 16).
+        """
+        for path, known in self._files.items():
+            now = _identity(path)
+            if now != known:
+                what = "deleted" if now is None else "replaced"
+                log.error("%s was %s while the agent had it open", path.name, what)
+                return f"{path.name} was {what} while open; restart the agent"
+        return None
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -337,13 +366,26 @@ class Outbox:
         return claimed
 
     def _get(self, queue: str, *, block: bool, timeout: float = 0.0) -> dict[str, Any] | None:
-        try:
-            raw: dict[str, Any] = self._queues[queue].get(block=block, timeout=timeout, raw=True)
-        except Empty:
-            return None
-        except sqlite3.Error as exc:
-            raise StorageError(f"claim from {queue}: {exc}") from exc
-        return raw
+        """persist-queue's get, but a wait is timed by the monotonic clock.
+
+        persist-queue times a blocking get by the wall clock: set back a day, it would wait a
+        day (R9). So only its non-blocking get is used, and the wait is ours.
+        """
+        deadline = time.monotonic() + (timeout if block else 0.0)
+        pq = self._queues[queue]
+        while True:
+            pq.put_event.clear()  # before looking: a put after the look wakes the wait
+            try:
+                raw: dict[str, Any] = pq.get(block=False, raw=True)
+            except Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pq.put_event.wait(remaining)
+                continue
+            except sqlite3.Error as exc:
+                raise StorageError(f"claim from {queue}: {exc}") from exc
+            return raw
 
     def ack(self, claimed: Claimed) -> None:
         self._mark(claimed, "ack")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import config, crypto
+from agent.errors import StorageError
 from agent.failpoints import failpoint
 from agent.matchkeys import subject_keys
 from agent.metrics import Metrics
@@ -53,6 +54,7 @@ class PurgeReport:
     keys_destroyed: list[str] = field(default_factory=list)
     pages_released: int = 0
     clock_jump_seconds: float = 0.0
+    checkpoint_pending: bool = False  # the disk was full: the WAL is folded in at the next run
 
 
 @dataclass
@@ -130,13 +132,27 @@ class Privacy:
         report.cached_contacts_expired = sum(s.purge_expired(now) for s in self._stores)
         self._rotate_keys(now, report)
         report.pages_released = self._outbox.shrink()
-        self._outbox.checkpoint()
-        for store in self._stores:
-            store.checkpoint()
+        report.checkpoint_pending = not self._checkpoint()
         if self._metrics is not None:
             self._metrics.purge_runs.inc()
         log.info("purge done", extra={"report": report.__dict__})
         return report
+
+    def _checkpoint(self) -> bool:
+        """Fold every WAL into its file; False when that needs disk space there is none of.
+
+        The deletes have committed by then (secure_delete zeroed them, no space needed), so a
+        full disk postpones only the checkpoint: the purge must not fail because of it.
+        """
+        done = True
+        stores: list[Outbox | SealedStore] = [self._outbox, *self._stores]
+        for store in stores:
+            try:
+                store.checkpoint()
+            except StorageError as exc:
+                log.warning("purge done, but a WAL checkpoint waits for disk space: %s", exc)
+                done = False
+        return done
 
     def _trusted_now(self, report: PurgeReport) -> float:
         """The wall clock, unless it jumped ahead since the last run in this process."""

@@ -134,6 +134,7 @@ class PurgeAnswer(_Out):
     keys_destroyed: list[str]
     pages_released: int
     clock_jump_seconds: float
+    checkpoint_pending: bool
 
 
 class ForgetAnswer(_Out):
