@@ -91,5 +91,6 @@ def test_sigkill_during_intake_loses_nothing_acknowledged(agent_process):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_sigkill_during_intake_200_cycles(agent_process):
     run_cycles(agent_process, cycles=200, seed=2)

@@ -432,6 +432,7 @@ def test_sigkill_at_named_and_random_points_loses_and_duplicates_nothing(agent_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_sigkill_mixed_long_run(agent_process, cloud):
     run = make_run(agent_process, cloud, seed=12)
     cycles = int(os.environ.get("CRASH_MIXED_CYCLES", "200"))

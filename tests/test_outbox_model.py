@@ -264,3 +264,5 @@ OutboxMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_outbox_against_its_model = OutboxMachine.TestCase
+# The long run (OUTBOX_MODEL_EXAMPLES=500 under make test-long) outlasts the default timeout.
+test_outbox_against_its_model.pytestmark = [pytest.mark.timeout(1800)]
