@@ -61,3 +61,31 @@ def test_doc_links_resolve():
         for target in re.findall(r"\]\(([^)#]+)\)", path.read_text("utf-8")):
             if not target.startswith("http"):
                 assert (path.parent / target).exists() or Path(target).exists(), (path, target)
+
+
+RELIABILITY_DOC = ROOT / "docs" / "reliability.md"
+TEST_REF = re.compile(r"`((?:[a-z_]+/)*test_[a-z0-9_]+\.py)(?:::([a-z0-9_]+))?`|`::([a-z0-9_]+)`")
+MATRIX_ROW = re.compile(r"^\| (\d+) \|", re.MULTILINE)
+
+
+def test_reliability_md_has_every_matrix_row_and_names_only_tests_that_exist():
+    text = RELIABILITY_DOC.read_text("utf-8")
+    rows = {int(n) for n in MATRIX_ROW.findall(text)}
+    assert rows == set(range(1, 48)), sorted(set(range(1, 48)) ^ rows)
+    missing = []
+    current: Path | None = None
+    for path, name, continued in TEST_REF.findall(text):
+        if path:
+            current = ROOT / path if path.startswith("tests/") else ROOT / "tests" / path
+            if not current.exists():
+                missing.append(path)
+                continue
+        function = name or continued
+        if function and current is not None:
+            if not re.search(
+                rf"^(async )?def {function}\b|^{function} =",
+                current.read_text("utf-8"),
+                re.MULTILINE,
+            ):
+                missing.append(f"{current.name}::{function}")
+    assert missing == []
