@@ -34,6 +34,7 @@ T = TypeVar("T")
 BULK = "__bulk"  # the low-priority lane of a destination: backfill and replay
 PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
+SALES_FIRST_SECONDS = 0.02  # how long a write of delivery lets waiting sales go first
 SHRINK_PAGES_PER_STEP = 1000
 
 
@@ -376,7 +377,8 @@ class Outbox:
         while True:
             pq.put_event.clear()  # before looking: a put after the look wakes the wait
             try:
-                raw: dict[str, Any] = pq.get(block=False, raw=True)
+                with self._delivery_write():
+                    raw: dict[str, Any] = pq.get(block=False, raw=True)
             except Empty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -386,6 +388,21 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise StorageError(f"claim from {queue}: {exc}") from exc
             return raw
+
+    @contextlib.contextmanager
+    def _delivery_write(self) -> Iterator[None]:
+        """A write of delivery's own (persist-queue's claim, ack, nack) behind waiting sales.
+
+        persist-queue commits on its own connection. Under our writer lock a sale waits on
+        that lock, woken at once, instead of in SQLite's busy handler (which sleeps 1, 2, 5,
+        10 ms ...); and sales already waiting go first, for a bounded time, so a burst of
+        delivery writes never queues in front of a sale and delivery is never starved.
+        """
+        deadline = time.monotonic() + SALES_FIRST_SECONDS
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        with self._write_lock:
+            yield
 
     def ack(self, claimed: Claimed) -> None:
         self._mark(claimed, "ack")
@@ -402,7 +419,8 @@ class Outbox:
                 raise NotFoundError(f"{claimed.lane_queue}/{claimed.id} was not claimed here")
             self._claimed.discard(ticket)
         try:
-            getattr(self._queues[claimed.lane_queue], how)(id=claimed.id)
+            with self._delivery_write():
+                getattr(self._queues[claimed.lane_queue], how)(id=claimed.id)
         except sqlite3.Error as exc:
             with self._claimed_lock:
                 self._claimed.add(ticket)
@@ -415,7 +433,8 @@ class Outbox:
     def unpark(self, queue: str, queue_id: int) -> None:
         """Back to ready: it keeps its place (the lowest id goes first), so order holds."""
         try:
-            self._queues[queue].nack(id=queue_id)
+            with self._delivery_write():
+                self._queues[queue].nack(id=queue_id)
         except sqlite3.Error as exc:
             raise StorageError(f"unpark {queue}/{queue_id}: {exc}") from exc
 
