@@ -333,24 +333,18 @@ class Dispatcher:
 
     def _within_budget(self, claimed: Claimed) -> bool:
         """Wait (holding the item) for the request rate; a used-up budget pauses the destination."""
-        while self._budget is not None:
-            verdict = self._budget.acquire()
-            if verdict.allowed:
-                return True
-            if verdict.wait_seconds >= BUDGET_PAUSE_SECONDS or self._stop.is_set():
-                self._outbox.release(claimed)
-                self._pause(verdict.wait_seconds)
-                self._report(THROTTLED, verdict.reason)
-                return False
-            self._stop.wait(verdict.wait_seconds)
+        try:
+            self._spend()
+        except ThrottledError as exc:
+            self._outbox.release(claimed)
+            self._pause(exc.retry_after_seconds)
+            self._report(THROTTLED, str(exc))
+            return False
         return True
 
     def _spend(self) -> None:
-        """One more request for this item (its buyer's lookup or creation), within the budget.
-
-        A long wait is a ThrottledError: the item goes back in its place and the destination
-        pauses, as for a used-up budget before the send itself.
-        """
+        """One request within the budget: wait a short while, or raise ThrottledError (the
+        item goes back in its place and the destination pauses) when the wait is long."""
         while self._budget is not None:
             verdict = self._budget.acquire()
             if verdict.allowed:
