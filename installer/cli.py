@@ -323,7 +323,13 @@ def _migration(
 
 def _wait(settings: config.Settings, wait_seconds: float) -> None:
     url = steps.health_url(settings)
-    if not steps.wait_healthy(url, wait_seconds):
+    status = steps.wait_healthy(url, wait_seconds)
+    if status is not None and status != 200:
+        raise click.ClickException(
+            f"the agent runs but reports a problem at {url} (HTTP {status}): see "
+            "`till-agent status` (a store, the disk, or a cloud nothing reached for long)"
+        )
+    if status is None:
         raise click.ClickException(
             f"the agent did not answer {url} within {wait_seconds:.0f} s; see "
             "`journalctl -u till-agent` (Linux) or the Event Log (Windows)"

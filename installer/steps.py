@@ -208,15 +208,18 @@ def health_url(settings: config.Settings) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/health"
 
 
-def wait_healthy(url: str, timeout_seconds: float, poll_seconds: float = 0.2) -> bool:
-    """True once GET url answers 200 (the agent took its stores and serves the POS)."""
+def wait_healthy(url: str, timeout_seconds: float, poll_seconds: float = 0.2) -> int | None:
+    """200 as soon as GET url answers it (the agent took its stores and serves the POS); at the
+    deadline the last status it answered (503: running, but failing), or None (no answer)."""
     deadline = time.monotonic() + timeout_seconds
+    status = None
     while True:
         with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return True
+            status = requests.get(url, timeout=2).status_code
+            if status == 200:
+                return status
         if time.monotonic() >= deadline:
-            return False
+            return status
         time.sleep(poll_seconds)
 
 

@@ -32,3 +32,30 @@ def test_every_command_is_documented_in_install_md():
             assert f"till-install {name}" in text, name
     operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     assert "till-install paths" in operations
+
+
+def test_wait_healthy_tells_a_failing_agent_from_a_silent_one():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from installer import steps
+    from tests.conftest import free_port
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/health"
+        assert steps.wait_healthy(url, 0.3, poll_seconds=0.05) == 503
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert steps.wait_healthy(f"http://127.0.0.1:{free_port()}/v1/health", 0.3, 0.05) is None
