@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import email.utils
 import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from agent import app, config, connectors
+from agent.doctor import MIN_FREE_BYTES, Check, clock_check
 from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
 from installer import steps
 from installer.services import ServiceManager
-
-MIN_FREE_BYTES = 500 * 1024 * 1024
-MAX_CLOCK_SKEW_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 def local(
@@ -121,13 +110,3 @@ def _probe(
 def _reason(exc: AgentError) -> str:
     status = getattr(exc, "status", None)
     return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
-
-
-def clock_check(name: str, date_header: str, now: float) -> Check:
-    """The till's clock against a cloud's Date header (tokens and receipt times depend on it)."""
-    try:
-        skew = now - email.utils.parsedate_to_datetime(date_header).timestamp()
-    except (TypeError, ValueError):
-        return Check(f"clock vs {name}", True, "the cloud's Date header is unreadable")
-    ok = abs(skew) <= MAX_CLOCK_SKEW_SECONDS
-    return Check(f"clock vs {name}", ok, f"{skew:+.0f} s" + ("" if ok else " (set the clock)"))

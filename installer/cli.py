@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from agent import __version__, config, paths
+from agent.doctor import Check
 from agent.errors import AgentError, ConfigError
 from installer import answers, checks, steps, tomlfile, wizard
 from installer.services import ServiceManager, Systemd, WindowsServices
@@ -336,7 +337,7 @@ def _wait(settings: config.Settings, wait_seconds: float) -> None:
         )
 
 
-def _report(found: list[checks.Check], *, failure: str) -> None:
+def _report(found: list[Check], *, failure: str) -> None:
     for check in found:
         click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<28} {check.detail}")
     failed = [c.name for c in found if not c.ok]
