@@ -25,11 +25,10 @@ from agent.errors import (
 )
 from agent.ledger import Ledger
 from agent.outbox import Batch, Claimed, Outbox
-from agent.ratelimit import RateBudget
+from agent.ratelimit import RateBudget, Verdict
 
 log = logging.getLogger(__name__)
 
-BUDGET_PAUSE_SECONDS = 5.0  # as dispatch: a longer wait ends the run and pauses instead
 # Words a status report may use for a batch that is still being worked on. Engage's report is
 # undocumented: anything else (or no status at all) counts as finished.
 IN_PROGRESS = frozenset({"new", "pending", "queued", "processing", "running", "inprogress"})
@@ -303,14 +302,9 @@ class BulkContacts:
 
     def _spend(self) -> None:
         """Wait for the rate budget before each request; a long wait ends the run."""
-        while self._budget is not None:
-            verdict = self._budget.acquire()
-            if verdict.allowed:
-                return
-            if verdict.wait_seconds >= BUDGET_PAUSE_SECONDS:
-                raise _OutOfBudgetError(verdict.wait_seconds, verdict.reason)
-            if self.wait(verdict.wait_seconds):
-                raise _OutOfBudgetError(0.0, "stopping")
+        verdict = Verdict(True) if self._budget is None else self._budget.spend(self.wait)
+        if not verdict.allowed:
+            raise _OutOfBudgetError(verdict.wait_seconds, verdict.reason)
 
     # -- markers: a create that may have gone out ----------------------------------------
 

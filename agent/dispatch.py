@@ -33,14 +33,13 @@ from agent.ledger import Failure, Ledger
 from agent.logs import redact
 from agent.metrics import Metrics
 from agent.outbox import Claimed, Outbox
-from agent.ratelimit import RateBudget
+from agent.ratelimit import RateBudget, Verdict
 from agent.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, THROTTLED, HALTED = "online", "offline", "throttled", "halted"
 MULTIPLE_MATCHES = 409
-BUDGET_PAUSE_SECONDS = 5.0  # waits this long or longer release the item and pause instead
 HEALTH_FOR = {
     ONLINE: health.OK,
     OFFLINE: health.DEGRADED,
@@ -345,17 +344,11 @@ class Dispatcher:
     def _spend(self) -> None:
         """One request within the budget: wait a short while, or raise ThrottledError (the
         item goes back in its place and the destination pauses) when the wait is long."""
-        while self._budget is not None:
-            verdict = self._budget.acquire()
-            if verdict.allowed:
-                return
-            if verdict.wait_seconds >= BUDGET_PAUSE_SECONDS or self._stop.is_set():
-                raise ThrottledError(
-                    verdict.reason,
-                    connector=self.destination,
-                    retry_after_seconds=verdict.wait_seconds,
-                )
-            self._stop.wait(verdict.wait_seconds)
+        verdict = Verdict(True) if self._budget is None else self._budget.spend(self._stop.wait)
+        if not verdict.allowed:
+            raise ThrottledError(
+                verdict.reason, connector=self.destination, retry_after_seconds=verdict.wait_seconds
+            )
 
     def _honour_rate_limit_headers(self, result: object) -> None:
         """X-RateLimit-Remaining 0: wait for the window to reset before the next call."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pyrate_limiter.clocks import MonotonicClock, TimeClock
 log = logging.getLogger(__name__)
 
 BUDGET_WAIT_SECONDS = 60.0
+PAUSE_SECONDS = 5.0  # a wait this long or longer pauses the destination instead
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,19 @@ class RateBudget:
         if self._budget is not None and not self._budget.try_acquire(self._name):
             return Verdict(False, BUDGET_WAIT_SECONDS, "call budget used up")
         return Verdict(True)
+
+    def spend(self, wait: Callable[[float], bool]) -> Verdict:
+        """Count one call, waiting out a short wait with wait(seconds) (True: stop asked).
+
+        Not allowed: the wait would be PAUSE_SECONDS or longer (the caller pauses the
+        destination instead of holding its worker), or a stop came.
+        """
+        while True:
+            verdict = self.acquire()
+            if verdict.allowed or verdict.wait_seconds >= PAUSE_SECONDS:
+                return verdict
+            if wait(verdict.wait_seconds):
+                return Verdict(False, 0.0, "stopping")
 
 
 MONTH = Duration.DAY * 30
