@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser \
-	systemd-tools msi-tools faketime
+	systemd-tools msi-tools faketime lazyfs
 
 help:
 	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
 	@echo "make test   - every check: format, lint, types, import layers, tests"
 	@echo "make bench  - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
-	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"
+	@echo "make test-long - the long reliability runs (200 crash cycles, 200 power cuts, >10,000 fuzzed requests)"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -67,10 +67,23 @@ faketime:
 	  && (apt-get update -qq && apt-get install -y -qq faketime) >/dev/null 2>&1 \
 	  || echo "libfaketime not installed: the clock-jump tests will skip"; }
 
-unit: $(STAMP) browser systemd-tools msi-tools faketime
+# The power-loss tests run the agent on LazyFS, a FUSE file system that drops whatever was not
+# fsync'd on command. Built here from the pinned sources beside LAZYFS_BUILD, with no network,
+# into build/lazyfs (about a minute, once; make clean removes it); as root the script installs
+# its Debian build packages itself (g++, cmake, pkg-config, libfuse3-dev, fuse3).
+LAZYFS_BUILD ?= ../shared/tools/lazyfs/build.sh
+LAZYFS_BIN := build/lazyfs/lazyfs/lazyfs/build/lazyfs
+lazyfs:
+	@if [ -x $(LAZYFS_BIN) ]; then :; \
+	elif [ ! -x "$(LAZYFS_BUILD)" ]; then echo "no $(LAZYFS_BUILD): the power-loss tests will skip"; \
+	else echo "building LazyFS for the power-loss tests with $(LAZYFS_BUILD) (about a minute)"; \
+	  mkdir -p build && "$(LAZYFS_BUILD)" build/lazyfs >build/lazyfs.log 2>&1 \
+	  || echo "LazyFS did not build (build/lazyfs.log): the power-loss tests will skip"; fi
+
+unit: $(STAMP) browser systemd-tools msi-tools faketime lazyfs
 	$(BIN)/pytest -q
 
-test-long: $(STAMP)
+test-long: $(STAMP) lazyfs
 	FUZZ_EXAMPLES=800 OUTBOX_MODEL_EXAMPLES=500 $(BIN)/pytest -q -m "not perf"
 
 bench: $(STAMP)

@@ -9,12 +9,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.errors import StorageError
+from agent.failpoints import hooked
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
 SYNCHRONOUS_FULL = 2
 SYNCHRONOUS_NORMAL = 1
+SYNCHRONOUS_OFF = 0
+NO_FSYNC_HOOK = "storage.no_fsync"  # a test hook (agent/failpoints.py), never set on a till
 SECURE_DELETE_ON = 1
 
 
@@ -53,14 +56,21 @@ def apply_pragmas(
     """
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    # durable=False only for a replica that can be fetched again (the contact cache): WAL with
-    # synchronous=NORMAL stays consistent, but a power cut may undo its last few commits.
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute(f"PRAGMA synchronous={synchronous_level(durable)}")
     conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA foreign_keys=ON")
     if max_size_mb is not None:
         _cap_size(conn, max_size_mb)
     check_pragmas(conn, journal_mode=mode, durable=durable)
+
+
+def synchronous_level(durable: bool) -> int:
+    """FULL: a commit is an fsync. durable=False only for a replica that can be fetched again
+    (the contact cache): WAL with synchronous=NORMAL stays consistent, but a power cut may undo
+    its last few commits. OFF only under the power-loss test's control hook."""
+    if hooked(NO_FSYNC_HOOK):
+        return SYNCHRONOUS_OFF
+    return SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
 
 
 def _cap_size(conn: sqlite3.Connection, max_size_mb: int) -> None:
@@ -84,7 +94,7 @@ def check_pragmas(
     secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StorageError(f"journal_mode is {mode}, expected wal")
-    expected = SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
+    expected = synchronous_level(durable)
     if synchronous != expected:
         raise StorageError(f"synchronous is {synchronous}, expected {expected}")
     if secure_delete != SECURE_DELETE_ON:
