@@ -54,7 +54,6 @@ from tests import lazyfs
 from tests.conftest import ROOT, AgentProcess, Till
 from tests.test_crash_mixed import (
     Run,
-    accepted_sends,
     check_cloud_duplicates,
     check_stored,
     drained,
@@ -266,7 +265,7 @@ def resend_pending(rig: Rig) -> None:
 
 def report(rig: Rig, name: str) -> None:
     """What the run showed, in build/reliability/<name>.json (docs/reliability.md quotes it)."""
-    sends = accepted_sends(rig.run.cloud)
+    sends = rig.run.cloud.accepted_receipts()
     write_figures(
         name,
         {
