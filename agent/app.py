@@ -225,7 +225,8 @@ def _scheduler(
     alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
     jobs = [
         Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
-        Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
+        # At start too: a store found damaged and moved aside is told now, not a digest later.
+        Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest, at_start=True),
         Job(
             "backlog",
             BACKLOG_CHECK_SECONDS,
@@ -426,7 +427,10 @@ def quarantine_damaged_stores(data_dir: Path, board: health.Health) -> list[Path
             continue
         target = db.move_aside(data_dir / name, stamp)
         log.error("store %s was damaged (%s); moved to %s", name, problem, target.name)
-        board.report(f"store:{name}", health.FAILING, f"damaged, moved aside to {target.name}")
+        what = " ".join(problem.split())[:200]
+        board.report(
+            f"store:{name}", health.FAILING, f"damaged ({what}), moved aside to {target.name}"
+        )
         moved.append(target)
     kept = sorted(p.name for p in data_dir.glob("*.corrupt-*") if p not in moved)
     if kept and not moved:
