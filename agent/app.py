@@ -38,6 +38,7 @@ from agent.ratelimit import RateBudget
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 from agent.sync import ContactSync
+from agent.timebase import REAL, Timebase
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +100,20 @@ def start(
     *,
     key_protector: crypto.KeyProtector | None = None,
     watchdog: notify.Watchdog | None = None,
+    timebase: Timebase = REAL,
 ) -> Agent:
     """Open the stores, then the API last; raises before serving anything if a part fails.
 
     key_protector wraps the key file with an OS secret store (DPAPI, given by the Windows
     service); without one the key file is an owner-only file. With a watchdog, each worker
     loop beats a heartbeat of its own, so a stuck worker stops the service manager's pings.
+    timebase is the clock the delivery workers wait on (a test's simulated one, or the real).
     """
     data_dir = settings.agent.data_dir
     _make_private_dir(data_dir)
     lock = acquire_lock(data_dir)
     try:
-        return _start_locked(settings, lock, key_protector, _beats(watchdog))
+        return _start_locked(settings, lock, key_protector, _beats(watchdog), timebase)
     except BaseException:
         lock.release()
         raise
@@ -121,6 +124,7 @@ def _start_locked(
     lock: filelock.BaseFileLock,
     key_protector: crypto.KeyProtector | None,
     beats: Beats,
+    timebase: Timebase,
 ) -> Agent:
     board = health.Health()
     metrics = Metrics()
@@ -131,7 +135,7 @@ def _start_locked(
     cache: ContactCache | None = None
     try:
         cache = open_cache(settings, keyring)
-        return _start_services(settings, lock, board, metrics, keyring, box, cache, beats)
+        return _start_services(settings, lock, board, metrics, keyring, box, cache, beats, timebase)
     except BaseException:
         # Nothing is running yet (the port is bound before any thread starts): close the files.
         if cache is not None:
@@ -149,6 +153,7 @@ def _start_services(
     box: outbox.Outbox,
     cache: ContactCache,
     beats: Beats,
+    timebase: Timebase,
 ) -> Agent:
     """Build the workers and the API on open stores; bind the port, then start threads."""
     intake = Intake(
@@ -164,7 +169,7 @@ def _start_services(
     connectors_by_name = build_connectors(settings)
     ledger = Ledger(box, keyring)
     dispatchers = (
-        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics, beats)
+        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics, beats, timebase)
         if settings.delivery.enabled
         else []
     )
@@ -293,6 +298,7 @@ def _dispatchers(
     board: health.Health,
     metrics: Metrics,
     beats: Beats,
+    timebase: Timebase,
 ) -> list[Dispatcher]:
     """A worker for each destination that takes anything (a pure contact source takes nothing)."""
     workers = []
@@ -323,6 +329,9 @@ def _dispatchers(
                 metrics=metrics,
                 heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
                 bulk=bulk,
+                monotonic=timebase.monotonic,
+                wait=timebase.wait,
+                claim_wait_seconds=timebase.claim_wait_seconds,
             )
         )
     return workers
