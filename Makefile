@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d'
 APT ?= yes
 APT_GET := apt-get -o DPkg::Lock::Timeout=600 -qq
 
-.PHONY: help demo test check lint format typecheck layers unit test-long bench clean tools lock \
-	dist fix openapi
+.PHONY: help demo test check lint format typecheck layers unit test-long bench clean tools lazyfs \
+	lock dist fix openapi
 
 help:
 	@echo "make demo      - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
 	@echo "make test      - every check: format, lint, types, import layers, tests"
 	@echo "make bench     - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
-	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"
+	@echo "make test-long - the long reliability runs (200 crash cycles, 200 power cuts, >10,000 fuzzed requests)"
 	@echo "make lock      - resolve pyproject.toml's ranges again into requirements.lock (needs PyPI)"
 	@echo "make dist      - the wheel and sdist in dist/, versioned from git tags"
 
@@ -70,10 +70,23 @@ tools:
 	  echo "make: not installed:$$missing (needs root with apt-get, and APT=yes): the tests that need them will skip"; \
 	fi
 
-unit: $(STAMP) tools
+# The power-loss tests run the agent on LazyFS, a FUSE file system that drops whatever was not
+# fsync'd on command. Built here from the pinned sources beside LAZYFS_BUILD, with no network,
+# into build/lazyfs (about a minute, once; make clean removes it); as root the script installs
+# its Debian build packages itself (g++, cmake, pkg-config, libfuse3-dev, fuse3).
+LAZYFS_BUILD ?= ../shared/tools/lazyfs/build.sh
+LAZYFS_BIN := build/lazyfs/lazyfs/lazyfs/build/lazyfs
+lazyfs:
+	@if [ -x $(LAZYFS_BIN) ]; then :; \
+	elif [ ! -x "$(LAZYFS_BUILD)" ]; then echo "no $(LAZYFS_BUILD): the power-loss tests will skip"; \
+	else echo "make: building LazyFS for the power-loss tests with $(LAZYFS_BUILD) (about a minute)"; \
+	  mkdir -p build && "$(LAZYFS_BUILD)" build/lazyfs >build/lazyfs.log 2>&1 \
+	  || echo "LazyFS did not build (build/lazyfs.log): the power-loss tests will skip"; fi
+
+unit: $(STAMP) tools lazyfs
 	$(BIN)/pytest -q
 
-test-long: $(STAMP) tools
+test-long: $(STAMP) tools lazyfs
 	FUZZ_EXAMPLES=800 OUTBOX_MODEL_EXAMPLES=500 $(BIN)/pytest -q -m "not perf"
 
 bench: $(STAMP)

@@ -1,10 +1,11 @@
-"""Alerts: new dead letters and halted destinations, one digest per interval, by SMTP or webhook."""
+"""Alerts: dead letters, halted clouds, damaged or filling stores, one digest, SMTP or webhook."""
 
 from __future__ import annotations
 
 import logging
 import smtplib
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 
 import requests
@@ -17,8 +18,22 @@ from agent.logs import redact
 log = logging.getLogger(__name__)
 
 DESTINATION_PREFIX = "destination:"
+STORE_PREFIX = "store:"  # a store found damaged at start and moved aside (app.py)
 FORECAST = "storage:forecast"  # agent.forecast.COMPONENT: the store is filling up
 MAX_LINES = 50
+
+
+@dataclass(frozen=True)
+class News:
+    """What one digest tells: each part empty when there is nothing new of its kind."""
+
+    letters: list[DeadLetter]
+    halted: dict[str, str]  # destination -> detail
+    damaged: dict[str, str]  # store file -> what was wrong
+    filling: str | None  # the forecast's words, when under the warning
+
+    def __bool__(self) -> bool:
+        return bool(self.letters or self.halted or self.damaged or self.filling)
 
 
 class Alerts:
@@ -35,7 +50,7 @@ class Alerts:
         self._dead_letters = dead_letters
         self._health = board
         self._identity = identity
-        self._halts_told: set[str] = set()
+        self._told: set[str] = set()  # failing components already in a digest
         self._forecast_told = False
 
     @property
@@ -44,20 +59,31 @@ class Alerts:
 
     def send_digest(self) -> bool:
         """Send one digest if anything is new; raise if sending fails (kept for the next run)."""
-        letters = self._dead_letters.unnotified()
-        halted = self._newly_halted()
-        filling = self._new_forecast()
-        if not self.enabled or not (letters or halted or filling):
+        news = News(
+            letters=self._dead_letters.unnotified(),
+            halted=self._newly_failing(DESTINATION_PREFIX),
+            damaged=self._newly_failing(STORE_PREFIX),
+            filling=self._new_forecast(),
+        )
+        if not self.enabled or not news:
             return False
-        subject, text = self._compose(letters, halted, filling)
+        subject, text = self._compose(news)
         if self._settings.smtp_host:
             self._send_mail(subject, text)
         if self._settings.webhook_url:
-            self._send_webhook(subject, letters, halted, filling)
-        self._dead_letters.mark_notified([d.id for d in letters], time.time())
-        self._halts_told |= set(halted)
-        self._forecast_told = self._forecast_told or filling is not None
-        log.info("sent an alert digest", extra={"deadLetters": len(letters), "halted": halted})
+            self._send_webhook(subject, news)
+        self._dead_letters.mark_notified([d.id for d in news.letters], time.time())
+        self._told |= {DESTINATION_PREFIX + name for name in news.halted}
+        self._told |= {STORE_PREFIX + store for store in news.damaged}
+        self._forecast_told = self._forecast_told or news.filling is not None
+        log.info(
+            "sent an alert digest",
+            extra={
+                "deadLetters": len(news.letters),
+                "halted": sorted(news.halted),
+                "damaged": sorted(news.damaged),
+            },
+        )
         return True
 
     def _new_forecast(self) -> str | None:
@@ -68,31 +94,43 @@ class Alerts:
             return None
         return None if self._forecast_told else state.detail
 
-    def _newly_halted(self) -> list[str]:
-        halted = {
-            c.name.removeprefix(DESTINATION_PREFIX)
+    def _newly_failing(self, prefix: str) -> dict[str, str]:
+        """Components under prefix that are failing and not told yet: name -> detail."""
+        failing = {
+            c.name: c.detail
             for c in self._health.snapshot()
-            if c.name.startswith(DESTINATION_PREFIX) and c.state == FAILING
+            if c.name.startswith(prefix) and c.state == FAILING
         }
-        self._halts_told &= halted  # a destination that recovered may be told again later
-        return sorted(halted - self._halts_told)
+        # One that recovered may be told again later.
+        self._told = {n for n in self._told if not n.startswith(prefix) or n in failing}
+        return {
+            name.removeprefix(prefix): detail
+            for name, detail in sorted(failing.items())
+            if name not in self._told
+        }
 
-    def _compose(
-        self, letters: list[DeadLetter], halted: list[str], filling: str | None
-    ) -> tuple[str, str]:
+    def _compose(self, news: News) -> tuple[str, str]:
         store, till = self._identity
-        parts = [filling] if filling else []
+        letters, halted, damaged = news.letters, news.halted, news.damaged
+        parts = [news.filling] if news.filling else []
+        if damaged:
+            parts.append(f"damaged store: {', '.join(damaged)}")
         if letters:
             parts.append(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
         if halted:
             parts.append(f"halted: {', '.join(halted)}")
         subject = f"[till-agent] store {store} till {till}: {'; '.join(parts)}"
         lines = [subject, ""]
-        if filling:
+        if news.filling:
             lines.append(
-                f"storage: {filling} (warned below "
+                f"storage: {news.filling} (warned below "
                 f"{self._settings.store_full_warning_hours:g} hours): see the status page"
             )
+        lines += [
+            f"store {name}: {detail}; it may hold sales not yet sent: salvage it "
+            "(docs/operations.md)"
+            for name, detail in damaged.items()
+        ]
         lines += [f"destination {name}: credentials refused, queue kept" for name in halted]
         lines += [_line(d) for d in letters[:MAX_LINES]]
         if len(letters) > MAX_LINES:
@@ -113,15 +151,14 @@ class Alerts:
                 smtp.starttls()
             smtp.send_message(message)
 
-    def _send_webhook(
-        self, subject: str, letters: list[DeadLetter], halted: list[str], filling: str | None
-    ) -> None:
+    def _send_webhook(self, subject: str, news: News) -> None:
         body = {
             "summary": subject,
             "store": self._identity[0],
             "till": self._identity[1],
-            "halted": halted,
-            "storeFilling": filling,
+            "halted": list(news.halted),
+            "storeFilling": news.filling,
+            "damagedStores": [{"file": name, "detail": d} for name, d in news.damaged.items()],
             "deadLetters": [
                 {
                     "id": d.id,
@@ -132,7 +169,7 @@ class Alerts:
                     "cloudErrorId": d.cloud_error_id,
                     "reason": redact(d.reason),
                 }
-                for d in letters
+                for d in news.letters
             ],
         }
         response = requests.post(

@@ -5,17 +5,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.errors import StorageError
+from agent.failpoints import hooked
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
 SYNCHRONOUS_FULL = 2
 SYNCHRONOUS_NORMAL = 1
+SYNCHRONOUS_OFF = 0
+NO_FSYNC_HOOK = "storage.no_fsync"  # a test hook (agent/failpoints.py), never set on a till
 SECURE_DELETE_ON = 1
+WAL_HEADER, WAL_FRAME_HEADER = 32, 24
+WAL_MAGIC_BIG, WAL_MAGIC_LITTLE = 0x377F0683, 0x377F0682  # the byte order of its checksums
 
 
 def connect(
@@ -53,14 +59,21 @@ def apply_pragmas(
     """
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    # durable=False only for a replica that can be fetched again (the contact cache): WAL with
-    # synchronous=NORMAL stays consistent, but a power cut may undo its last few commits.
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute(f"PRAGMA synchronous={synchronous_level(durable)}")
     conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA foreign_keys=ON")
     if max_size_mb is not None:
         _cap_size(conn, max_size_mb)
     check_pragmas(conn, journal_mode=mode, durable=durable)
+
+
+def synchronous_level(durable: bool) -> int:
+    """FULL: a commit is an fsync. durable=False only for a replica that can be fetched again
+    (the contact cache): WAL with synchronous=NORMAL stays consistent, but a power cut may undo
+    its last few commits. OFF only under the power-loss test's control hook."""
+    if hooked(NO_FSYNC_HOOK):
+        return SYNCHRONOUS_OFF
+    return SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
 
 
 def _cap_size(conn: sqlite3.Connection, max_size_mb: int) -> None:
@@ -84,7 +97,7 @@ def check_pragmas(
     secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StorageError(f"journal_mode is {mode}, expected wal")
-    expected = SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
+    expected = synchronous_level(durable)
     if synchronous != expected:
         raise StorageError(f"synchronous is {synchronous}, expected {expected}")
     if secure_delete != SECURE_DELETE_ON:
@@ -151,6 +164,10 @@ def check_file(path: Path) -> str | None:
     """None if the database file (and its WAL) reads back whole; else what is wrong with it."""
     if not path.exists():
         return None
+    wal = Path(f"{path}-wal")
+    damage = check_wal(wal.read_bytes()) if wal.exists() else None
+    if damage is not None:
+        return damage
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
@@ -160,6 +177,77 @@ def check_file(path: Path) -> str | None:
     except sqlite3.Error as exc:
         return str(exc)
     return None if result == "ok" else str(result)
+
+
+def check_wal(data: bytes) -> str | None:
+    """What is wrong with a -wal that SQLite would read only in part, or None.
+
+    SQLite replays a WAL up to its first frame whose checksum fails and ignores the rest, and
+    ignores a WAL whose header is bad, without a word: damage there silently drops every commit
+    after it. Two valid commit frames after a bad frame prove the damage hit synced data
+    (synchronous=FULL: a commit is fsync'd before the next transaction starts, and the first of
+    them may close the damaged transaction itself, which a power cut may leave half written); a
+    header is fsync'd before any frame is written, so one valid commit after it is enough. A
+    torn tail, which a power cut leaves, has no commit after it and is fine.
+    Format: sqlite.org/fileformat2.html#walformat.
+    """
+    if len(data) < WAL_HEADER + WAL_FRAME_HEADER:
+        return None
+    magic, _, page_size, _, _, _, seed1, seed2 = struct.unpack(">8I", data[:WAL_HEADER])
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        return None  # no frame can be told apart: nothing to compare
+    known = magic in (WAL_MAGIC_BIG, WAL_MAGIC_LITTLE)
+    for order in [">" if magic == WAL_MAGIC_BIG else "<"] if known else [">", "<"]:
+        checks = _wal_frames(data, page_size, order)
+        if known and _wal_checksum(data[:24], (0, 0), order) == (seed1, seed2):
+            return _damaged_frame(checks)
+        commits = sum(1 for valid, commit in checks if valid and commit)
+        if commits:
+            return f"-wal header damaged: {commits} commits after it unreadable"
+    return None
+
+
+def _wal_frames(data: bytes, page_size: int, order: str) -> list[tuple[bool, bool]]:
+    """(valid, is a commit) for each whole frame, each checked against the checksum stored in
+    the frame before it, so that the frames after a damaged one are judged on their own."""
+    salts = data[16:24]
+    seed = struct.unpack(">2I", data[24:WAL_HEADER])
+    frame = WAL_FRAME_HEADER + page_size
+    checks = []
+    for start in range(WAL_HEADER, len(data) - frame + 1, frame):
+        page_number, commit = struct.unpack(">2I", data[start : start + 8])
+        stored = struct.unpack(">2I", data[start + 16 : start + WAL_FRAME_HEADER])
+        # Other salts: a frame from before the WAL was restarted (SQLite does not read it), or a
+        # damaged header; either way, SQLite's reading ends there.
+        body = data[start : start + 8] + data[start + WAL_FRAME_HEADER : start + frame]
+        valid = (
+            data[start + 8 : start + 16] == salts
+            and page_number != 0
+            and _wal_checksum(body, seed, order) == stored
+        )
+        checks.append((valid, commit != 0))
+        seed = stored
+    return checks
+
+
+def _damaged_frame(checks: list[tuple[bool, bool]]) -> str | None:
+    first_bad = next((n for n, (valid, _) in enumerate(checks) if not valid), None)
+    if first_bad is None:
+        return None
+    commits_after = sum(1 for valid, commit in checks[first_bad + 1 :] if valid and commit)
+    if commits_after < 2:
+        return None  # a torn tail, or frames left from before the WAL was restarted
+    return f"-wal damaged at frame {first_bad + 1}: {commits_after} commits after it unreadable"
+
+
+def _wal_checksum(data: bytes, seed: tuple[int, int], order: str) -> tuple[int, int]:
+    """SQLite's WAL checksum: 32-bit words in the WAL's byte order, summed in pairs."""
+    s0, s1 = seed
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
 
 
 def move_aside(path: Path, stamp: str) -> Path:

@@ -100,6 +100,8 @@ class Dispatcher:
         settings: DeliverySettings,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        wait: Callable[[threading.Event, float], bool] = threading.Event.wait,
+        claim_wait_seconds: float = 0.5,
         rng: random.Random | None = None,
         budget: RateBudget | None = None,
         amends: str = "replace",
@@ -121,6 +123,8 @@ class Dispatcher:
         self._settings = settings
         self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self._monotonic = monotonic
+        self._wait = wait  # pauses and back-off, on the same clock as monotonic
+        self._claim_wait_seconds = claim_wait_seconds  # real time: a new item wakes it
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._probing: Ticket | None = None  # the item set aside to tell poison from outage
@@ -161,17 +165,17 @@ class Dispatcher:
         while not self._stop.is_set():
             self._heartbeat()
             try:
-                self.step(claim_timeout_seconds=0.5)
+                self.step(claim_timeout_seconds=self._claim_wait_seconds)
             except Exception:  # a worker loop's top: report, wait, go on
                 log.exception("dispatch to %s failed", self.destination)
                 self._report(OFFLINE, "internal error; see the log")
-                self._stop.wait(1.0)
+                self._wait(self._stop, 1.0)
 
     def step(self, claim_timeout_seconds: float = 0.0) -> bool:
         """One pass: wait out a pause, release what is due, deliver one item. True if it sent."""
         wait = self.state.paused_until - self._monotonic()
         if wait > 0:
-            self._stop.wait(min(wait, 1.0))
+            self._wait(self._stop, min(wait, 1.0))
             return False
         self._release_stranded()
         self._unpark_due()

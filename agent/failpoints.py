@@ -1,7 +1,8 @@
-"""Named crash points for the crash tests: SIGKILL this process where TILL_AGENT_FAILPOINTS says.
+"""Named crash points and test hooks for the crash tests, armed by TILL_AGENT_FAILPOINTS only.
 
 `TILL_AGENT_FAILPOINTS="intake.after_commit@3,purge.after_delete"` kills the process the 3rd
 time `failpoint("intake.after_commit")` is reached, or the 1st time for `purge.after_delete`.
+A hook named there (`storage.no_fsync`) changes a behaviour for a test's control run instead.
 Read once at import; unset (production), `failpoint()` is one truth test of an empty dict.
 """
 
@@ -20,6 +21,11 @@ POINTS = (
     "purge.after_delete",  # agent/privacy.py: delivered rows deleted, before vacuum/checkpoint
     "startup.after_recovery",  # agent/app.py: queues reopened (claims made ready), not serving
 )
+# Test hooks: what a control run needs to prove its rig can fail. Never set on a till: there is
+# no setting for them, and the agent says so in red on its health when one is on.
+HOOKS = (
+    "storage.no_fsync",  # agent/db.py: synchronous=OFF (tests/test_power_loss.py's control run)
+)
 
 
 def parse(spec: str) -> dict[str, int]:
@@ -27,8 +33,9 @@ def parse(spec: str) -> dict[str, int]:
     armed: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, count = part.partition("@")
-        if name not in POINTS:
-            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(POINTS)})")
+        if name not in POINTS + HOOKS:
+            known = ", ".join(POINTS + HOOKS)
+            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {known})")
         armed[name] = int(count) if count else 1
     return armed
 
@@ -49,3 +56,8 @@ def failpoint(name: str) -> None:
         if kill is None:  # Windows: no SIGKILL; an immediate exit skips cleanup all the same
             os._exit(137)
         os.kill(os.getpid(), kill)
+
+
+def hooked(name: str) -> bool:
+    """True when the test hook `name` is on (TILL_AGENT_FAILPOINTS names it)."""
+    return name in HOOKS and name in _armed

@@ -247,28 +247,9 @@ def check_stored(run: Run) -> None:
 
 def check_cloud_duplicates(run: Run) -> None:
     """A key accepted twice only after a crash: at most one resend per kill and destination."""
-    for api, counts in accepted_sends(run.cloud).items():
+    for api, counts in run.cloud.accepted_receipts().items():
         repeats = sum(n - 1 for n in counts.values())
         assert repeats <= run.kills, (api, repeats, run.kills)
-
-
-def accepted_sends(cloud: SandboxCloud) -> dict[str, Counter[str]]:
-    """Receipts the sandbox answered 2xx, per API, counted by uniqueReceiptId."""
-    counts: dict[str, Counter[str]] = {"engage": Counter(), "loaded": Counter()}
-    for request in list(cloud.requests):
-        key = receipt_key(request)
-        if key is not None and 200 <= request.status < 300:
-            counts[request.api][key] += 1
-    return counts
-
-
-def receipt_key(request: Any) -> str | None:
-    if request.api == "engage" and request.path.endswith("/receipts"):
-        body = request.json if isinstance(request.json, dict) else {}
-        return body.get("uniqueReceiptId")
-    if request.api == "loaded" and "eid:" in request.path:
-        return str(request.path.rsplit("eid:", 1)[-1])
-    return None
 
 
 def sent_not_recorded(run: Run) -> set[tuple[str, str]]:
@@ -279,7 +260,7 @@ def sent_not_recorded(run: Run) -> set[tuple[str, str]]:
         )
     return {
         (api, key)
-        for api, counts in accepted_sends(run.cloud).items()
+        for api, counts in run.cloud.accepted_receipts().items()
         for key in counts
         if (api, key) not in delivered
     }
@@ -369,7 +350,7 @@ def check_final(run: Run) -> None:
         undelivered = conn.execute("SELECT COUNT(*) FROM deliveries WHERE state != 'delivered'")
         assert undelivered.fetchone()[0] == 0
     check_cloud_duplicates(run)
-    sends = accepted_sends(run.cloud)
+    sends = run.cloud.accepted_receipts()
     for api, key in run.resend_expected:  # A3: sent again, with the same key, held once
         assert sends[api][key] >= 2, (api, key)
     emails = Counter(str(c.get("email")) for c in run.cloud.engage.contacts.values())

@@ -153,7 +153,11 @@ def test_sigkill_during_delivery_resends_with_the_same_key_and_the_cloud_holds_o
     process.kill()  # mid-delivery: one send is in flight, its answer never acked
     process.start()
     wait_for(lambda: set(cloud.loaded.sales) == set(ids), seconds=30)
-    assert len(cloud.loaded.sales) == len(ids)
-    keys = [r.path.rsplit("eid:", 1)[-1] for r in sales_requests(cloud) if "eid:" in r.path]
-    assert set(keys) <= set(ids)  # every send, first or repeated, carried its receipt's own key
+    accepted = cloud.accepted_receipts()["loaded"]  # counted at the cloud, send by send
+    assert set(accepted) == set(ids)
+    assert sum(accepted.values()) <= len(ids) + 1, accepted  # one kill: one send resent at most
+    for key in (k for k, n in accepted.items() if n > 1):  # a resend: the same key, the same body
+        sends = [r for r in sales_requests(cloud) if r.json.get("externalId") == key]
+        assert {r.headers["Idempotency-Key"] for r in sends} == {key}
+        assert len({r.body for r in sends}) == 1
     assert process.terminate() == 0

@@ -41,3 +41,30 @@ def test_a_due_point_kills_the_process_and_an_unnamed_one_does_nothing():
     )
     assert done.returncode == -signal.SIGKILL
     assert done.stdout.decode().splitlines() == ["passed the first hit"]
+
+
+def test_the_no_fsync_hook_turns_durable_stores_off_only_when_named(tmp_path):
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent import db\n"
+        "conn = db.connect(Path(sys.argv[1]))\n"
+        "print(conn.execute('PRAGMA synchronous').fetchone()[0], flush=True)\n"
+    )
+
+    def synchronous(spec: str) -> str:
+        env = {**os.environ, failpoints.ENV: spec}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"{spec or 'none'}.db")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout.decode().strip()
+
+    assert synchronous("") == "2"  # FULL, as on every till
+    assert synchronous("intake.after_commit") == "2"  # a crash point is no hook
+    assert synchronous("storage.no_fsync") == "0"  # OFF: the power-loss control only
+    assert not failpoints.hooked("storage.no_fsync")  # this process: nothing named

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from waitress.server import create_server
 
@@ -60,6 +61,19 @@ class RecordedRequest:
     api: str
     status: int
     at: float
+
+
+def receipt_key(request: RecordedRequest) -> str | None:
+    """The receipt id a recorded request writes: an Engage receipt, a Loaded sale; else None."""
+    body = request.json if isinstance(request.json, dict) else {}
+    if request.api == "engage" and request.method == "POST" and request.path.endswith("/receipts"):
+        return str(body["uniqueReceiptId"]) if "uniqueReceiptId" in body else None
+    if request.api == "loaded" and "/pos/sales" in request.path and request.method != "GET":
+        tail = request.path.rsplit("/", 1)[-1]
+        if tail.startswith("eid:"):
+            return unquote(tail[4:])
+        return str(body["externalId"]) if "externalId" in body else None
+    return None
 
 
 def api_for(path: str) -> str:
@@ -180,6 +194,18 @@ class SandboxCloud:
             self._front.set_mode(mode)
 
     # --- requests --------------------------------------------------------------------
+
+    def accepted_receipts(self) -> dict[str, Counter[str]]:
+        """How many times Engage and Loaded answered 2xx to each receipt, by its id, from the
+        recorded requests: a count above 1 is a resend that the cloud took again."""
+        counts: dict[str, Counter[str]] = {"engage": Counter(), "loaded": Counter()}
+        with self._record_lock:
+            recorded = list(self.requests)
+        for request in recorded:
+            key = receipt_key(request)
+            if key is not None and 200 <= request.status < 300:
+                counts[request.api][key] += 1
+        return counts
 
     def clear_requests(self) -> None:
         """Forget the recorded requests."""
