@@ -66,6 +66,11 @@ WRITE_CACHE_KIB = 16 * 1024
 WAL_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at most between checkpoints
 
 
+def latest_changes(pages: list[models.ContactPage]) -> dict[str, models.SourceContact]:
+    """Each id's last change in feed order (a dict keeps the last value given for a key)."""
+    return {c.contact_id: c for page in pages for c in page.contacts}
+
+
 @dataclass(frozen=True)
 class CachedContact:
     """A contact as the cache answers: its fields, and when the cloud last vouched for it."""
@@ -141,11 +146,15 @@ class ContactCache:
         self.apply_pages(source, [page])
 
     def apply_pages(self, source: str, pages: list[models.ContactPage]) -> None:
-        """Several pages and the last one's cursor in one transaction (a crash replays them)."""
+        """Several pages and the last one's cursor in one transaction (a crash replays them).
+
+        The feed's order is the cloud's: the last change to an id wins, whatever its kind (a
+        customer seen alive on one page and deleted on a later one stays deleted).
+        """
         now = self._now()
-        changes = [c for page in pages for c in page.contacts]
-        rows = [self._row(c, now) for c in changes if not c.deleted]
-        gone = [c.contact_id for c in changes if c.deleted]
+        final = latest_changes(pages).values()
+        rows = [self._row(c, now) for c in final if not c.deleted]
+        gone = [c.contact_id for c in final if c.deleted]
         cursor = pages[-1].cursor
 
         def work(conn: sqlite3.Connection) -> None:

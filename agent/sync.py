@@ -6,12 +6,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from agent import health, models
-from agent.contacts import ContactCache
+from agent.contacts import ContactCache, latest_changes
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +127,31 @@ class ContactSync:
         self, key: str, pages: list[models.ContactPage], progress: Callable[[int], object] | None
     ) -> None:
         """A few pages in one transaction with the last cursor: fewer, larger commits (P4)."""
-        self._forget_deleted(c for page in pages for c in page.contacts if c.deleted)
+        final = latest_changes(pages)
+        earlier = {c.contact_id: c for page in pages for c in page.contacts if not c.deleted}
+        self._forget_deleted((c for c in final.values() if c.deleted), earlier)
         self._cache.apply_pages(key, pages)
         if progress is not None:
             progress(sum(len(p.contacts) for p in pages))
 
-    def _forget_deleted(self, deleted: Iterable[models.SourceContact]) -> None:
+    def _forget_deleted(
+        self,
+        deleted: Iterable[models.SourceContact],
+        earlier: Mapping[str, models.SourceContact] | None = None,
+    ) -> None:
         """Deleted in the cloud: forgotten everywhere here, queued receipts included.
 
-        The deletion carries only an id; the cache still knows the person's email and phone,
-        so they are looked up before the cache row goes.
+        The deletion carries only an id; the cache (or an earlier page of the same batch) still
+        knows the person's email and phone, so they are looked up before the cache row goes.
         """
         if self._on_deleted is None:
             return
         for gone in deleted:
-            known = self._cache.get(gone.contact_id)
-            if known is not None and (known.email or known.mobile_phone):
-                self._on_deleted(known)
+            cached = self._cache.get(gone.contact_id)
+            newer = (earlier or {}).get(gone.contact_id)
+            for known in (cached, None if newer == cached else newer):
+                if known is not None and (known.email or known.mobile_phone):
+                    self._on_deleted(known)
 
     def _sweep_ghosts(self, report: SyncReport) -> None:
         """Re-fetch the least recently verified few: catches what a delta feed missed."""
