@@ -123,9 +123,19 @@ class ContactSync:
         self._heartbeat()
 
     def run_once(self, progress: Progress | None = None) -> SyncReport:
-        """Every page up to now, each applied with its cursor in one transaction; then ghosts."""
-        with self._running, ratelimit.scope(ratelimit.Scope(self._pause, background=True)):
-            return self._run(progress)
+        """Every page up to now, each applied with its cursor in one transaction; then ghosts.
+
+        One run at a time: a second caller waits its turn, beating the heartbeat meanwhile.
+        """
+        while not self._running.acquire(timeout=SLICE_SECONDS):
+            self._heartbeat()
+            if self.stopping.is_set():
+                raise StoppingError("stopped while another contact sync ran")
+        try:
+            with ratelimit.scope(ratelimit.Scope(self._pause, background=True)):
+                return self._run(progress)
+        finally:
+            self._running.release()
 
     def _run(self, progress: Progress | None) -> SyncReport:
         run = _Run(self._source.name, SyncReport(), progress)
