@@ -18,7 +18,19 @@ from typing import Any, cast
 import filelock
 import msgspec
 
-from agent import __version__, api, config, connectors, crypto, db, health, models, notify, outbox
+from agent import (
+    __version__,
+    api,
+    config,
+    connectors,
+    crypto,
+    db,
+    health,
+    models,
+    notify,
+    outbox,
+    ratelimit,
+)
 from agent.alerts import Alerts
 from agent.api import schemas
 from agent.api.routes import Services
@@ -40,7 +52,8 @@ from agent.ratelimit import RateBudget
 from agent.reconcile import Reconciler
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
-from agent.sync import ContactSync
+from agent.sync import ContactSync, SyncWorker
+from agent.sync_progress import ProgressTracker
 from agent.timebase import REAL, Timebase
 
 log = logging.getLogger(__name__)
@@ -53,6 +66,9 @@ DISPATCH_STUCK_SECONDS = 300.0
 BACKLOG_CHECK_SECONDS = 60
 FORECAST_SECONDS = 60
 SCHEDULER_STUCK_SECONDS = 1800.0
+# The contact sync beats on every batch and every few seconds of a wait; a page is bounded by
+# the HTTP timeout, the index build of a million contacts by about a minute.
+SYNC_STUCK_SECONDS = 300.0
 Beats = Callable[[str, float], Callable[[], None] | None]
 
 
@@ -75,6 +91,7 @@ class Agent:
     lock: filelock.BaseFileLock
     dispatchers: tuple[Dispatcher, ...] = ()
     status: StatusReporter | None = None
+    sync: SyncWorker | None = None
     stopped: bool = False
 
     @property
@@ -90,6 +107,8 @@ class Agent:
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
         self.scheduler.stop(self.settings.api.stop_timeout_seconds)
+        if self.sync is not None:
+            self.sync.stop(self.settings.api.stop_timeout_seconds)
         for dispatcher in self.dispatchers:
             dispatcher.stop(self.settings.api.stop_timeout_seconds)
         self.lookup.close()
@@ -170,19 +189,36 @@ def _start_services(
     )
     _report_storage(board)
     privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
-    connectors_by_name = build_connectors(settings)
+    budgets = rate_budgets(settings)
+    connectors_by_name = build_connectors(settings, budgets)
     ledger = Ledger(box, keyring)
     dispatchers = (
-        _dispatchers(settings, connectors_by_name, box, ledger, board, metrics, beats, timebase)
+        _dispatchers(
+            settings, connectors_by_name, budgets, box, ledger, board, metrics, beats, timebase
+        )
         if settings.delivery.enabled
         else []
     )
-    sync = _contact_sync(settings, connectors_by_name, cache, board, privacy)
+    sync = _contact_sync(
+        settings,
+        connectors_by_name,
+        cache,
+        board,
+        privacy,
+        stop=threading.Event(),
+        heartbeat=beats("contacts-sync loop", SYNC_STUCK_SECONDS)
+        if settings.contacts.source
+        else None,
+    )
+    worker = None if sync is None else SyncWorker(sync, board, sync.stopping)
     lookup = Lookup(
         cache,
         intake,
         live=_live_lookup(settings, connectors_by_name),
         live_timeout_seconds=settings.contacts.lookup_timeout_seconds,
+        # Every request thread may look up email and phone at once, each within the bound.
+        workers=settings.api.threads * 2,
+        cache_state=None if sync is None else sync.tracker.snapshot,
     )
     token = read_or_create_token(settings.api.token_file)
     forecast = store_forecast(settings, box, intake, board)
@@ -190,9 +226,11 @@ def _start_services(
         settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers, forecast
     )
     server = _server(settings, services, token)  # binds now: a taken port fails here
-    scheduler = _scheduler(settings, box, board, privacy, sync, beats, dispatchers, forecast)
+    scheduler = _scheduler(settings, box, board, privacy, worker, beats, dispatchers, forecast)
     for dispatcher in dispatchers:
         dispatcher.start()
+    if worker is not None:
+        worker.start()
     scheduler.start()
     server.start()
     return Agent(
@@ -211,6 +249,7 @@ def _start_services(
         lock=lock,
         dispatchers=tuple(dispatchers),
         status=services.status,
+        sync=worker,
     )
 
 
@@ -229,7 +268,7 @@ def _scheduler(
     box: outbox.Outbox,
     board: health.Health,
     privacy: Privacy,
-    sync: ContactSync | None,
+    sync: SyncWorker | None,
     beats: Beats,
     dispatchers: Sequence[Dispatcher],
     forecast: Forecast,
@@ -250,11 +289,11 @@ def _scheduler(
     if sync is not None:
         jobs.append(
             # At start too: a fresh till (or one that was off) is not left without its cache
-            # for a whole interval.
+            # for a whole interval. The run itself is on the sync's own thread.
             Job(
-                "contacts-sync",
+                "contacts-sync-wake",
                 settings.contacts.sync_interval_minutes * 60,
-                sync.run_once,
+                sync.wake,
                 at_start=True,
             )
         )
@@ -299,12 +338,34 @@ def _snapshots(
     return snapshot
 
 
-def build_connectors(settings: config.Settings) -> dict[str, connectors.Connector]:
-    """One connector per enabled destination, sharing one HTTP session; ConfigError lists all."""
-    session = connectors.make_session(f"TillAgent/{__version__}")
+def rate_budgets(settings: config.Settings) -> dict[str, RateBudget]:
+    """One rate budget per enabled destination: every call with its credentials is charged."""
+    return {
+        destination.name: RateBudget(
+            destination.name,
+            requests_per_second=destination.requests_per_second,
+            window_seconds=destination.rate_window_seconds,
+            daily_calls=destination.daily_call_budget,
+            monthly_calls=destination.monthly_call_budget,
+            budget_file=settings.agent.data_dir / "ratelimit.sqlite",
+        )
+        for destination in settings.enabled_destinations
+    }
+
+
+def build_connectors(
+    settings: config.Settings, budgets: Mapping[str, RateBudget] | None = None
+) -> dict[str, connectors.Connector]:
+    """One connector per enabled destination, each with an HTTP session that charges its rate
+    budget (when given) before every request; ConfigError lists every problem."""
     problems: list[str] = []
     built: dict[str, connectors.Connector] = {}
     for destination in settings.enabled_destinations:
+        budget = (budgets or {}).get(destination.name)
+        session = connectors.make_session(
+            f"TillAgent/{__version__}",
+            before_request=None if budget is None else budget.before_request,
+        )
         try:
             built[destination.name] = connectors.build(
                 destination, session, secret_reader(settings.agent.credentials_dir)
@@ -330,6 +391,7 @@ def secret_reader(credentials_dir: Path) -> Callable[[str], str]:
 def _dispatchers(
     settings: config.Settings,
     built: Mapping[str, connectors.Connector],
+    budgets: Mapping[str, RateBudget],
     box: outbox.Outbox,
     ledger: Ledger,
     board: health.Health,
@@ -343,13 +405,7 @@ def _dispatchers(
         connector = built[destination.name]
         if not destination.takes or not hasattr(connector, "send"):
             continue
-        budget = RateBudget(
-            destination.name,
-            requests_per_second=destination.requests_per_second,
-            daily_calls=destination.daily_call_budget,
-            monthly_calls=destination.monthly_call_budget,
-            budget_file=settings.agent.data_dir / "ratelimit.sqlite",
-        )
+        budget = budgets[destination.name]
         resolver = connector if hasattr(connector, "find_contact_id") else None
         bulk = _bulk_contacts(destination.name, connector, box, ledger, budget)
         workers.append(
@@ -411,11 +467,15 @@ def _contact_sync(
     cache: ContactCache,
     board: health.Health,
     privacy: Privacy,
+    *,
+    stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> ContactSync | None:
     """The cache's sync from [contacts] source, forgetting here whom the cloud deleted."""
     if not settings.contacts.source:
         return None
     source = built[settings.contacts.source]
+    limit = next(d for d in settings.enabled_destinations if d.name == settings.contacts.source)
     return ContactSync(
         cast(connectors.ContactSource, source),
         cache,
@@ -427,6 +487,10 @@ def _contact_sync(
         # Verified again well within the TTL, so the purge takes only what the cloud lost.
         verify_within_seconds=settings.privacy.contact_ttl_days * 86400 / 2,
         run_every_seconds=settings.contacts.sync_interval_minutes * 60,
+        max_wait_seconds=settings.contacts.max_wait_seconds,
+        stop=stop,
+        heartbeat=heartbeat,
+        tracker=ProgressTracker(limit.requests_per_second),
     )
 
 
@@ -439,14 +503,22 @@ def _live_lookup(
         return None
     finder = cast(Any, source)
 
-    def live(kind: str, value: str) -> models.SourceContact | None:
+    def live(kind: str, value: str, deadline: float) -> models.SourceContact | None:
         if kind not in ("email", "phone"):
             return None
         email, phone = (value, None) if kind == "email" else (None, value)
-        contact_id = finder.find_contact_id(email=email, mobile_phone=phone)
-        return None if contact_id is None else finder.fetch_contact(contact_id)
+        # Each request is charged to the source's budget and times out at the deadline.
+        with ratelimit.scope(ratelimit.Scope(wait=_sleep, deadline=deadline)):
+            contact_id = finder.find_contact_id(email=email, mobile_phone=phone)
+            return None if contact_id is None else finder.fetch_contact(contact_id)
 
     return live
+
+
+def _sleep(seconds: float) -> bool:
+    """A plain wait (a live lookup's wait is bounded by its deadline, not by a stop)."""
+    time.sleep(seconds)
+    return False
 
 
 def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCache:
@@ -518,7 +590,7 @@ class Maintenance:
 
     def contact_sync(self) -> ContactSync | None:
         """The sync of [contacts] source, on these stores (None when no source is set)."""
-        built = build_connectors(self.settings)
+        built = build_connectors(self.settings, rate_budgets(self.settings))
         return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
 
@@ -578,6 +650,7 @@ def _services(
         cache=lookup.cache,
         workers=_snapshots({d.destination: d for d in dispatchers}),
         forecast=forecast,
+        cache_state=lookup.cache_state,
     )
     metrics.add_status(reporter.report)
     openapi = msgspec.json.encode(schemas.openapi_document())
@@ -677,7 +750,9 @@ def run(
         "till agent running", extra={"url": agent.url, "data_dir": str(settings.agent.data_dir)}
     )
     for thread in threading.enumerate():
-        if thread.name in ("api", "scheduler") or thread.name.startswith("dispatch-"):
+        if thread.name in ("api", "scheduler", "contacts-sync") or thread.name.startswith(
+            "dispatch-"
+        ):
             watchdog.watch(thread.name, thread.is_alive)
     # The POS path itself: a wedged API (every worker blocked) stops the pings too.
     watchdog.watch("api answers", lambda: notify.answers_http(f"{agent.url}/v1/health", 5.0))

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from agent.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from agent.status import describe_cache
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -96,14 +98,30 @@ def demo(seconds: float) -> None:
     "--lightspeed-rate-limit",
     default=350,
     show_default=True,
-    help="Lightspeed requests per 5-minute window.",
+    help="Lightspeed requests per window.",
 )
-def sandbox(port: int, seed: int, lightspeed_customers: int, lightspeed_rate_limit: int) -> None:
+@click.option(
+    "--lightspeed-rate-window",
+    default=300.0,
+    show_default=True,
+    help="Lightspeed's rate window in seconds (5 minutes, as Lightspeed's).",
+)
+def sandbox(
+    port: int,
+    seed: int,
+    lightspeed_customers: int,
+    lightspeed_rate_limit: int,
+    lightspeed_rate_window: float,
+) -> None:
     """The sandbox cloud alone (Engage, Loaded-style analytics, Lightspeed, webhook) on loopback."""
     from agent.sandbox import SandboxCloud  # the sandbox is for rehearsals, the demo and tests
 
     logs.setup("WARNING")
-    cloud = SandboxCloud(seed=seed, lightspeed_rate_limit=lightspeed_rate_limit)
+    cloud = SandboxCloud(
+        seed=seed,
+        lightspeed_rate_limit=lightspeed_rate_limit,
+        lightspeed_rate_window_seconds=lightspeed_rate_window,
+    )
     cloud.lightspeed.seed_customers(lightspeed_customers)
     cloud.serve(port=port)
     click.echo(f"sandbox cloud at {cloud.url} (Ctrl-C stops it); see docs/sandbox.md")
@@ -247,12 +265,20 @@ def on_stores_or_agent(
 
 
 def call_agent(
-    settings: config.Settings, method: str, path: str, body: dict[str, str] | None
+    settings: config.Settings,
+    method: str,
+    path: str,
+    body: dict[str, str] | None,
+    read_timeout_seconds: float | None = 120,
 ) -> Any:
     url = agent_url(settings) + path
     try:
         response = requests.request(
-            method, url, json=body, headers=auth_header(settings), timeout=120
+            method,
+            url,
+            json=body,
+            headers=auth_header(settings),
+            timeout=(5, read_timeout_seconds),
         )
     except requests.RequestException as exc:
         raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
@@ -404,13 +430,37 @@ def contacts_sync(config_file: str | None) -> None:
         with app.maintenance(settings) as stores, tqdm(unit="contact") as bar:
             sync = stores.contact_sync()
             assert sync is not None
-            report = sync.run_once(progress=bar.update)
+            report = sync.run_once(
+                progress=lambda changes: follow(bar, sync.tracker.snapshot()["progress"], changes)
+            )
         answer: dict[str, Any] = asdict(report)
     except AlreadyRunningError:
-        answer = call_agent(settings, "POST", "/v1/contacts/sync", {})
+        answer = sync_on_the_agent(settings)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(answer, indent=2))
+
+
+def follow(bar: tqdm[Any], download: Mapping[str, Any] | None, changes: int = 0) -> None:
+    """The bar at the first download's count (its total once the source said it), or moved on
+    by a delta run's changes; tqdm shows the rate and, with a total, the time left."""
+    if download is None:
+        bar.update(changes)
+        return
+    if download["total"] is not None and bar.total != download["total"]:
+        bar.total = download["total"]
+    bar.update(max(0, download["contacts"] - bar.n))
+
+
+def sync_on_the_agent(settings: config.Settings) -> Any:
+    """POST /v1/contacts/sync on the running agent (however long a first download takes),
+    its progress followed on a bar from /v1/status meanwhile."""
+    with ThreadPoolExecutor(1) as pool, tqdm(unit="contact") as bar:
+        answer = pool.submit(call_agent, settings, "POST", "/v1/contacts/sync", {}, None)
+        while not answer.done():
+            follow(bar, fetch_status(settings)["contacts"].get("firstDownload"))
+            wait([answer], timeout=0.5)
+    return answer.result()
 
 
 @main.command("import")
@@ -601,10 +651,7 @@ def format_status(answer: Mapping[str, Any]) -> str:
     problems = [c for c in answer["components"] if c["state"] != "ok"]
     lines += ["", "problems: " + ("none" if not problems else "")]
     lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]
-    cache = answer["contacts"]
-    lines.append(
-        f"contact cache: {cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"
-    )
+    lines.append(f"contact cache: {describe_cache(answer['contacts'])}")
     counters = answer["counters"]
     lines.append("since install: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
     storage = answer["storage"]

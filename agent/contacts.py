@@ -42,6 +42,9 @@ SCHEMA = [
         synced_at REAL NOT NULL
     )
     """,
+    # When a sync last reached the end of the source's feed; NULL: the first download from
+    # that source has not finished yet (lookups say the cache is still loading).
+    "ALTER TABLE sync_cursors ADD COLUMN drained_at REAL",
 ]
 KEY_COLUMNS = {"email": "email_key", "phone": "phone_key", "member": "member_key"}
 # The indexes a bulk load leaves out and builds at its end (as in SCHEMA; IF NOT EXISTS, so
@@ -64,6 +67,11 @@ T = TypeVar("T")
 # sorts in memory up to the cache size, and spills to disk past it).
 WRITE_CACHE_KIB = 16 * 1024
 WAL_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at most between checkpoints
+
+
+def latest_changes(pages: list[models.ContactPage]) -> dict[str, models.SourceContact]:
+    """Each id's last change in feed order (a dict keeps the last value given for a key)."""
+    return {c.contact_id: c for page in pages for c in page.contacts}
 
 
 @dataclass(frozen=True)
@@ -141,20 +149,26 @@ class ContactCache:
         self.apply_pages(source, [page])
 
     def apply_pages(self, source: str, pages: list[models.ContactPage]) -> None:
-        """Several pages and the last one's cursor in one transaction (a crash replays them)."""
+        """Several pages and the last one's cursor in one transaction (a crash replays them).
+
+        The feed's order is the cloud's: the last change to an id wins, whatever its kind (a
+        customer seen alive on one page and deleted on a later one stays deleted).
+        """
         now = self._now()
-        changes = [c for page in pages for c in page.contacts]
-        rows = [self._row(c, now) for c in changes if not c.deleted]
-        gone = [c.contact_id for c in changes if c.deleted]
+        final = latest_changes(pages).values()
+        rows = [self._row(c, now) for c in final if not c.deleted]
+        gone = [c.contact_id for c in final if c.deleted]
         cursor = pages[-1].cursor
+        drained = None if pages[-1].has_more else now
 
         def work(conn: sqlite3.Connection) -> None:
             self._delete(conn, gone)
             conn.executemany(UPSERT, rows)
             conn.execute(
-                "INSERT INTO sync_cursors VALUES (?, ?, ?) ON CONFLICT (source) "
-                "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
-                (source, cursor, now),
+                "INSERT INTO sync_cursors VALUES (?, ?, ?, ?) ON CONFLICT (source) "
+                "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at, "
+                "drained_at = COALESCE(excluded.drained_at, drained_at)",
+                (source, cursor, now, drained),
             )
 
         self._write(work)
@@ -171,8 +185,12 @@ class ContactCache:
         try:
             yield
         finally:
-            self._write(self._build_indexes)
-            self.checkpoint()  # the build went through the WAL in one go: give that space back
+            self.build_indexes()
+
+    def build_indexes(self) -> None:
+        """The lookup indexes a bulk load left out, built now by sorting (a no-op if there)."""
+        self._write(self._build_indexes)
+        self.checkpoint()  # the build went through the WAL in one go: give that space back
 
     @staticmethod
     def _drop_indexes(conn: sqlite3.Connection) -> None:
@@ -189,7 +207,7 @@ class ContactCache:
         now = self._now()
         self._write(
             lambda conn: conn.execute(
-                "INSERT INTO sync_cursors VALUES (?, ?, ?) ON CONFLICT (source) "
+                "INSERT INTO sync_cursors VALUES (?, ?, ?, NULL) ON CONFLICT (source) "
                 "DO UPDATE SET cursor = excluded.cursor, synced_at = excluded.synced_at",
                 (source, cursor, now),
             )
@@ -278,12 +296,19 @@ class ContactCache:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def drained_at(self, source: str) -> float | None:
+        """When a sync last reached the end of source's feed (None: never, still loading)."""
+        return self._sync_state(source)[1]
+
     def cursor(self, source: str) -> str | None:
+        return self._sync_state(source)[0]
+
+    def _sync_state(self, source: str) -> tuple[str | None, float | None]:
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT cursor FROM sync_cursors WHERE source = ?", (source,)
+                "SELECT cursor, drained_at FROM sync_cursors WHERE source = ?", (source,)
             ).fetchone()
-        return None if row is None else row[0]
+        return (None, None) if row is None else (row[0], row[1])
 
     def stats(self) -> dict[str, float | int | None]:
         """Size and freshness for the status page."""

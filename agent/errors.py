@@ -101,6 +101,10 @@ class ThrottledError(RetryableError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class DeadlineError(RetryableError):
+    """The call could not be made, or answered, within its caller's deadline (a live lookup)."""
+
+
 class RejectedError(CloudError):
     """This message can never succeed as it is (other 4xx): dead-letter it."""
 

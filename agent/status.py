@@ -41,8 +41,10 @@ class StatusReporter:
         workers: Callable[[str], Mapping[str, Any] | None] = lambda name: None,
         cache: ContactCache | None = None,
         forecast: Forecast | None = None,
+        cache_state: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._forecast = forecast
+        self._cache_state = cache_state
         self._workers = workers
         self._cache = cache
         self._outbox = outbox
@@ -78,14 +80,18 @@ class StatusReporter:
         return self._forecast.last.wire(self._forecast.warn_below_hours)
 
     def _contacts(self) -> dict[str, Any]:
+        """Size and freshness; while the first download runs, its progress, rate and finish."""
+        state = self._cache_state() if self._cache_state else {"cacheState": "none"}
+        loading = {"state": state["cacheState"], "firstDownload": state.get("progress")}
         if self._cache is None:
-            return {"contacts": 0, "lastSyncAt": None, "syncLagSeconds": None}
+            return {"contacts": 0, "lastSyncAt": None, "syncLagSeconds": None, **loading}
         stats = self._cache.stats()
         synced = stats["lastSyncAt"]
         return {
             "contacts": stats["contacts"],
             "lastSyncAt": iso(float(synced)) if synced is not None else None,
             "syncLagSeconds": round(time.time() - float(synced), 1) if synced is not None else None,
+            **loading,
         }
 
     def _destination(self, destination: DestinationSettings) -> dict[str, Any]:
@@ -131,3 +137,33 @@ class StatusReporter:
             "freeBytes": shutil.disk_usage(self._data_dir).free,
             "limitBytes": self._limit_bytes,
         }
+
+
+def describe_cache(cache: Mapping[str, Any]) -> str:
+    """The /v1/status contacts section in words, for the status page and `till-agent status`."""
+    line = f"{cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"
+    download = cache.get("firstDownload")
+    if cache.get("state") != "loading" or download is None:
+        return line
+    return f"{line}; first download {'running' if download['running'] else 'paused'}: " + (
+        describe_download(download)
+    )
+
+
+def describe_download(download: Mapping[str, Any]) -> str:
+    """'40000 of 100000 contacts so far, 233 contacts/s (1.2 pages/s, 1.17 requests/s
+    allowed), done about 2026-11-23T12:34:00+00:00'."""
+    total = download["total"]
+    parts = [f"{download['contacts']} of {total if total is not None else '?'} contacts so far"]
+    if download["contactsPerSecond"] is not None:
+        allowed = download["allowedRequestsPerSecond"]
+        limit = "" if allowed is None else f", {allowed} requests/s allowed"
+        rate = f"{download['contactsPerSecond']} contacts/s ({download['pagesPerSecond']} pages/s"
+        parts.append(f"{rate}{limit})")
+    finish = download["estimatedFinishAt"]
+    parts.append(
+        f"done about {finish}"
+        if finish
+        else "finish unknown (the source does not say how many contacts it has)"
+    )
+    return ", ".join(parts)

@@ -87,8 +87,10 @@ def test_a_slow_cloud_never_holds_a_lookup_past_its_bound(start_agent, tmp_path)
         _, till = start_agent(engage_config(tmp_path, cloud.url))
         started = time.monotonic()
         answer = till.get("/v1/contacts/lookup", params={"email": "nobody@example.com"})
-        assert answer.status_code == 404
         assert time.monotonic() - started < 1.5
+        # Unknown, not absent: the cloud did not answer in time (issue 16; it used to be 404).
+        assert answer.status_code == 200
+        assert answer.json()["source"] == "timeout"
     finally:
         cloud.stop()
 
@@ -99,42 +101,6 @@ def lightspeed_source(cloud_url: str, tmp_path):
 
     settings = config.from_mapping(lightspeed_config(tmp_path, cloud_url), {})
     return app.build_connectors(settings)["lightspeed"]
-
-
-def test_a_429_mid_sync_stops_that_run_and_the_next_run_goes_on_from_the_last_page(
-    tmp_path,
-):
-    import pytest
-
-    from agent import crypto
-    from agent.contacts import ContactCache
-    from agent.errors import ThrottledError
-    from agent.health import Health
-    from agent.sync import ContactSync
-
-    cloud = SandboxCloud(seed=9).serve()
-    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
-    cache = ContactCache(tmp_path, keyring, default_region="SE")
-    try:
-        cloud.lightspeed.seed_customers(100)
-        sync = ContactSync(
-            lightspeed_source(cloud.url, tmp_path), cache, Health(), page_size=20, batch_contacts=20
-        )
-        first_page_then_429 = [None]
-
-        def arm(_: int) -> None:  # after the first page lands, the cloud says "slow down"
-            if first_page_then_429:
-                first_page_then_429.pop()
-                cloud.faults.fail_next(429, count=1, api="lightspeed", retry_after="date")
-
-        with pytest.raises(ThrottledError):
-            sync.run_once(progress=arm)
-        assert cache.stats()["contacts"] == 20
-        sync.run_once()
-        assert cache.stats()["contacts"] == 100
-    finally:
-        cache.close()
-        cloud.stop()
 
 
 def test_a_record_changed_while_paginating_arrives_in_its_latest_form(tmp_path):

@@ -6,6 +6,8 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from agent.status import describe_cache
+
 REFRESH_SECONDS = 5
 CONTENT_TYPE = "text/html; charset=utf-8"
 STYLE = """
@@ -95,7 +97,7 @@ def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
     storage, cache, counters = status["storage"], status["contacts"], status["counters"]
     rows = [
         ("Dead letters", f"{dead_letters} (till-agent dead-letters list)"),
-        ("Contact cache", f"{cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"),
+        ("Contact cache", describe_cache(cache)),
         (
             "Disk",
             f"{storage['dataDirBytes'] / 1e6:.1f} MB of {storage['limitBytes'] / 1e6:.0f} MB "

@@ -8,7 +8,7 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -20,7 +20,7 @@ from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
 from agent.ledger import DUPLICATE, REPLACES, DeadLetter, DeadLetters, Journal, ReplayStep
-from agent.lookup import KINDS, Found, Lookup
+from agent.lookup import KINDS, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import Metrics
 from agent.privacy import Privacy
@@ -76,24 +76,30 @@ def get_receipt(request: Request, services: Services) -> Response:
 def post_contact(request: Request, services: Services) -> Response:
     contact = decode(request, models.Contact)
     models.check_contact(contact)
-    if contact.contact_id is None and (found := services.lookup.existing(contact)) is not None:
-        return Response.json(existing_contact(found))
+    found = None if contact.contact_id is not None else services.lookup.existing(contact)
+    if found is not None and found.contact is not None:
+        return Response.json(existing_contact(found.source, found.contact))
+    # Nobody found, or the cloud did not answer in time (the safe path: delivery looks the
+    # member up before creating one, so a slow cloud never makes a duplicate).
     accepted = services.intake.put_contact(contact)
     status: Literal["queued", "duplicate"] = (
         "duplicate" if accepted.status == "duplicate" else "queued"
     )
-    answer = schemas.ContactAccepted(status, accepted.key, list(accepted.destinations))
+    timed_out: Literal["timeout"] | None = "timeout" if found is not None else None
+    answer = schemas.ContactAccepted(
+        status, accepted.key, list(accepted.destinations), source=timed_out
+    )
     return Response.json(answer, status=_accepted_status(accepted))
 
 
-def existing_contact(found: Found) -> schemas.ContactAccepted:
+def existing_contact(source: str, contact: dict[str, Any]) -> schemas.ContactAccepted:
     """The member the till already knows (a new registration would duplicate it)."""
     return schemas.ContactAccepted(
         "existing",
-        found.contact.get("localId"),
+        contact.get("localId"),
         [],
-        contact_id=found.contact.get("contactId"),
-        source=found.source,  # type: ignore[arg-type]
+        contact_id=contact.get("contactId"),
+        source=source,  # type: ignore[arg-type]
     )
 
 
@@ -171,7 +177,16 @@ def lookup_contact(request: Request, services: Services) -> Response:
     kind, value = lookup_key(request)
     found = services.lookup.find(kind, value)
     age = None if found.age_seconds is None else round(found.age_seconds, 1)
-    return Response.json({"source": found.source, "ageSeconds": age, "contact": found.contact})
+    state = services.lookup.cache_state()
+    return Response.json(
+        {
+            "source": found.source,
+            "ageSeconds": age,
+            "contact": found.contact,
+            "cacheState": state["cacheState"],
+            "cacheProgress": state["progress"],
+        }
+    )
 
 
 def lookup_key(request: Request) -> tuple[str, str]:

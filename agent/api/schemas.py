@@ -26,13 +26,15 @@ class ReceiptAccepted(_Out):
 class ContactAccepted(_Out):
     """queued: a new member, under a local id; duplicate: this very registration again;
     existing: a member with one of these keys is known already (in the cache, registered here,
-    or in the cloud) and nothing was queued."""
+    or in the cloud) and nothing was queued. A queued registration with source "timeout": the
+    cloud did not answer the duplicate check in time; delivery looks the member up before it
+    creates one."""
 
     status: Literal["queued", "duplicate", "existing"]
     local_id: str | None
     destinations: list[str]
     contact_id: str | None = None
-    source: Literal["cache", "cloud", "pending"] | None = None
+    source: Literal["cache", "cloud", "pending", "timeout"] | None = None
 
 
 class DeliveryState(_Out):
@@ -111,6 +113,8 @@ class CacheStatus(_Out):
     contacts: int
     last_sync_at: str | None
     sync_lag_seconds: float | None
+    state: Literal["loading", "ready", "none"]
+    first_download: CacheProgress | None
 
 
 class StoreForecast(_Out):
@@ -209,10 +213,30 @@ class LookedUpContact(_Out):
     member_number: str | None = None
 
 
+class CacheProgress(_Out):
+    """The first download from the contact source, while it lasts (agent/sync_progress.py)."""
+
+    running: bool
+    contacts: int
+    total: int | None
+    pages: int
+    contacts_per_second: float | None
+    pages_per_second: float | None
+    allowed_requests_per_second: float | None
+    estimated_finish_at: str | None
+
+
 class LookupAnswer(_Out):
-    source: Literal["cache", "cloud", "pending"]
+    """source "timeout": not in the cache, not registered here, and the cloud did not answer
+    within contacts.lookup_timeout_seconds; contact is null. Unknown, never "not a member".
+    cacheState "loading": the first download from the source has not finished; the answer
+    comes from what it has applied so far (cacheProgress)."""
+
+    source: Literal["cache", "cloud", "pending", "timeout"]
     age_seconds: float | None
-    contact: LookedUpContact
+    contact: LookedUpContact | None
+    cache_state: Literal["loading", "ready", "none"]
+    cache_progress: CacheProgress | None
 
 
 class DeadLetterView(_Out):

@@ -81,12 +81,20 @@ Connector: TypeAlias = Sender | ContactSource
 # --- the HTTP session -------------------------------------------------------------------
 
 
-class TimeoutSession(requests.Session):
-    """A Session whose every request has a timeout, never follows a redirect, never retries."""
+BeforeRequest = Callable[[float], float]  # the timeout a request has -> the one it may have
 
-    def __init__(self, timeout_seconds: float) -> None:
+
+class TimeoutSession(requests.Session):
+    """A Session whose every request has a timeout, never follows a redirect, never retries.
+
+    before_request, when given, is asked before every request: the destination's rate budget
+    (agent/ratelimit.py) charges it there and may shorten its timeout to a caller's deadline.
+    """
+
+    def __init__(self, timeout_seconds: float, before_request: BeforeRequest | None = None) -> None:
         super().__init__()
         self.timeout_seconds = timeout_seconds
+        self._before_request = before_request
         for prefix in ("http://", "https://"):
             self.mount(prefix, HTTPAdapter(max_retries=0))
 
@@ -99,12 +107,16 @@ class TimeoutSession(requests.Session):
         kwargs.setdefault("allow_redirects", False)
         if kwargs["timeout"] is None:
             kwargs["timeout"] = self.timeout_seconds
+        if self._before_request is not None:
+            kwargs["timeout"] = self._before_request(float(kwargs["timeout"]))
         return super().request(method, url, *args, **kwargs)
 
 
-def make_session(user_agent: str, timeout_seconds: float = 30.0) -> TimeoutSession:
+def make_session(
+    user_agent: str, timeout_seconds: float = 30.0, before_request: BeforeRequest | None = None
+) -> TimeoutSession:
     """The one Session: timeouts always, no retries, a User-Agent, ids-only response logging."""
-    session = TimeoutSession(timeout_seconds)
+    session = TimeoutSession(timeout_seconds, before_request)
     session.headers["User-Agent"] = user_agent
     session.hooks["response"].append(_log_response)
     return session

@@ -153,6 +153,14 @@ class EngageConnector:
         """GET contacts/count: cheap, cached by Engage, and needs a valid key."""
         self._call("GET", "contacts/count")
 
+    def count_contacts(self) -> int:
+        """GET contacts/count: how many contacts there are (Engage refreshes it ~every 20 min),
+        for the first download's estimated finish."""
+        count = json_body(self._call("GET", "contacts/count"), connector=self.name)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise RetryableError(f"{self.name}: contacts/count not a number", connector=self.name)
+        return count
+
     def send(self, message: OutboundMessage) -> SendResult:
         """A receipt to POST receipts; a contact created (looked up first) or updated."""
         if message.kind == "receipt" and message.receipt is not None:

@@ -29,8 +29,11 @@ SYNC_TIMEOUT_SECONDS = 1500
 UNLIMITED = 10**9
 
 
-def start_sandbox(tmp_path: Path, count: int) -> tuple[subprocess.Popen[bytes], str, float]:
-    """The sandbox cloud in a child process with count customers; its URL and seeding time."""
+def start_sandbox(
+    tmp_path: Path, count: int, limit: tuple[int, float] = (UNLIMITED, 300.0)
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """The sandbox cloud in a child process with count customers and Lightspeed's rate limit
+    (requests, window seconds); its URL and seeding time."""
     port = free_port()
     started = time.perf_counter()
     with (tmp_path / "sandbox.log").open("wb") as log:
@@ -45,7 +48,9 @@ def start_sandbox(tmp_path: Path, count: int) -> tuple[subprocess.Popen[bytes], 
                 "--lightspeed-customers",
                 str(count),
                 "--lightspeed-rate-limit",
-                str(UNLIMITED),
+                str(limit[0]),
+                "--lightspeed-rate-window",
+                str(limit[1]),
             ],
             cwd=ROOT,
             stdout=log,
@@ -95,8 +100,17 @@ def test_p4_contact_cache_at_scale(agent_process, tmp_path):
 def sync_and_look_up(agent_process: Any, tmp_path: Path, cloud_url: str, sandbox_pid: int):
     process = agent_process(
         {
-            "contacts": {"source": "lightspeed"},  # the first timed sync is 15 minutes away
-            "destinations": {"lightspeed": {"kind": "lightspeed", "base_url": cloud_url}},
+            "contacts": {"source": "lightspeed"},
+            # The sandbox is unlimited here, and so is the agent's budget for it (P7 measures
+            # the download under Lightspeed's window).
+            "destinations": {
+                "lightspeed": {
+                    "kind": "lightspeed",
+                    "base_url": cloud_url,
+                    "requests_per_second": UNLIMITED,
+                    "rate_window_seconds": 1,
+                }
+            },
         }
     )
     process.start()
