@@ -24,7 +24,7 @@ from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
 from agent.bulk import BulkContacts, BulkSettings, BulkWriter
-from agent.connectors.base import Sender
+from agent.connectors.base import Sender, TimeoutSession
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
@@ -41,6 +41,7 @@ from agent.reconcile import Reconciler
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 from agent.sync import ContactSync
+from agent.vault import ConnectorVault
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Agent:
     ledger: Ledger
     privacy: Privacy
     contacts: ContactCache
+    vault: ConnectorVault
+    http: TimeoutSession
     lookup: Lookup
     metrics: Metrics
     health: health.Health
@@ -88,11 +91,14 @@ class Agent:
         self.stopped = True
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
+        self.http.stopping.set()  # a send in flight ends at its next request; its item goes back
         self.scheduler.stop(self.settings.api.stop_timeout_seconds)
         for dispatcher in self.dispatchers:
             dispatcher.stop(self.settings.api.stop_timeout_seconds)
+        self.http.close()
         self.lookup.close()
         self.contacts.close()
+        self.vault.close()
         self.outbox.close()
         self.lock.release()
         log.info("stopped")
@@ -133,13 +139,16 @@ def _start_locked(
     failpoint("startup.after_recovery")
     box.observe_commit = metrics.commit_seconds.observe
     cache: ContactCache | None = None
+    vault: ConnectorVault | None = None
     try:
         cache = open_cache(settings, keyring)
-        return _start_services(settings, lock, board, metrics, keyring, box, cache, beats)
+        vault = open_vault(settings, keyring)
+        return _start_services(settings, lock, board, metrics, keyring, box, (cache, vault), beats)
     except BaseException:
         # Nothing is running yet (the port is bound before any thread starts): close the files.
-        if cache is not None:
-            cache.close()
+        for store in (vault, cache):
+            if store is not None:
+                store.close()
         box.close()
         raise
 
@@ -151,10 +160,11 @@ def _start_services(
     metrics: Metrics,
     keyring: crypto.Keyring,
     box: outbox.Outbox,
-    cache: ContactCache,
+    stores: tuple[ContactCache, ConnectorVault],
     beats: Beats,
 ) -> Agent:
     """Build the workers and the API on open stores; bind the port, then start threads."""
+    cache, vault = stores
     intake = Intake(
         box,
         keyring,
@@ -164,8 +174,9 @@ def _start_services(
         settings.agent.default_region,
     )
     board.report("storage", health.OK, "durable writes (WAL, synchronous=FULL)")
-    privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
-    connectors_by_name = build_connectors(settings)
+    privacy = Privacy(box, keyring, settings, stores=[cache, vault], metrics=metrics)
+    http = connectors.make_session(f"TillAgent/{__version__}")
+    connectors_by_name = build_connectors(settings, vault, http)
     ledger = Ledger(box, keyring)
     dispatchers = (
         _dispatchers(settings, connectors_by_name, box, ledger, board, metrics, beats)
@@ -200,6 +211,8 @@ def _start_services(
         ledger=ledger,
         privacy=privacy,
         contacts=cache,
+        vault=vault,
+        http=http,
         lookup=lookup,
         metrics=metrics,
         health=board,
@@ -283,15 +296,19 @@ def _snapshots(
     return snapshot
 
 
-def build_connectors(settings: config.Settings) -> dict[str, connectors.Connector]:
+def build_connectors(
+    settings: config.Settings,
+    vault: connectors.Vault | None = None,
+    session: TimeoutSession | None = None,
+) -> dict[str, connectors.Connector]:
     """One connector per enabled destination, sharing one HTTP session; ConfigError lists all."""
-    session = connectors.make_session(f"TillAgent/{__version__}")
+    session = session or connectors.make_session(f"TillAgent/{__version__}")
     problems: list[str] = []
     built: dict[str, connectors.Connector] = {}
     for destination in settings.enabled_destinations:
         try:
             built[destination.name] = connectors.build(
-                destination, session, secret_reader(settings.agent.credentials_dir)
+                destination, session, secret_reader(settings.agent.credentials_dir), vault
             )
         except ConfigError as exc:
             problems += exc.problems
@@ -429,6 +446,11 @@ def _live_lookup(
     return live
 
 
+def open_vault(settings: config.Settings, keyring: crypto.Keyring) -> ConnectorVault:
+    """The connectors' tokens and created-record links (agent/vault.py)."""
+    return ConnectorVault(settings.agent.data_dir, keyring, settings.storage.busy_timeout_seconds)
+
+
 def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCache:
     return ContactCache(
         settings.agent.data_dir,
@@ -492,10 +514,11 @@ class Maintenance:
     settings: config.Settings
     contacts: ContactCache
     reconciler: Reconciler
+    vault: ConnectorVault
 
     def contact_sync(self) -> ContactSync | None:
         """The sync of [contacts] source, on these stores (None when no source is set)."""
-        built = build_connectors(self.settings)
+        built = build_connectors(self.settings, self.vault)
         return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
 
@@ -506,6 +529,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
     try:
         keyring, box = open_stores(settings)
         cache = open_cache(settings, keyring)
+        vault = open_vault(settings, keyring)
         try:
             intake = Intake(
                 box,
@@ -515,7 +539,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 health.Health(),
                 settings.agent.default_region,
             )
-            privacy = Privacy(box, keyring, settings, stores=[cache])
+            privacy = Privacy(box, keyring, settings, stores=[cache, vault])
             yield Maintenance(
                 privacy,
                 DeadLetters(box),
@@ -524,8 +548,10 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 settings,
                 cache,
                 reconciler(settings, box),
+                vault,
             )
         finally:
+            vault.close()
             cache.close()
             box.close()
     finally:

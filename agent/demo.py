@@ -59,7 +59,8 @@ def _resends(cloud: SandboxCloud) -> int:
     for request in cloud.requests:
         body = request.json if isinstance(request.json, dict) else {}
         key = body.get("uniqueReceiptId") or body.get("externalId")
-        if request.method in ("POST", "PUT") and key and 200 <= request.status < 300:
+        sale = request.path.endswith(("/receipts", "/orders")) or "/orders/eid:" in request.path
+        if sale and request.method in ("POST", "PATCH") and key and 200 <= request.status < 300:
             seen[(request.api, key)] = seen.get((request.api, key), 0) + 1
     return sum(n - 1 for n in seen.values())
 
@@ -203,7 +204,7 @@ def _drain(agent: app.Agent, seconds: float, say: Callable[[str], object]) -> No
 
 def _verdict(cloud: SandboxCloud, log: TillLog, say: Callable[[str], object]) -> bool:
     """The clouds hold each receipt once (they deduplicate by id; resends are counted too)."""
-    engage, loaded = set(cloud.engage.receipts), set(cloud.loaded.sales)
+    engage, loaded = set(cloud.engage.receipts), set(cloud.loaded.orders)
     ok_engage = engage == set(log.with_contact)
     ok_loaded = loaded == set(log.accepted)
     resent = _resends(cloud)

@@ -381,9 +381,9 @@ def test_delivery_on_a_full_disk_neither_loses_nor_strands_an_item(small_tmpfs, 
         assert alive(process)
         ballast.unlink()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not set(ids) <= set(cloud.loaded.sales):
+        while time.monotonic() < deadline and not set(ids) <= set(cloud.loaded.orders):
             time.sleep(0.1)
-        assert set(ids) <= set(cloud.loaded.sales), "an item was stranded by the full disk"
+        assert set(ids) <= set(cloud.loaded.orders), "an item was stranded by the full disk"
         status = {d["name"]: d for d in till.get("/v1/status").json()["destinations"]}
         deadline = time.monotonic() + 10
         while (
@@ -395,7 +395,7 @@ def test_delivery_on_a_full_disk_neither_loses_nor_strands_an_item(small_tmpfs, 
         for rid in ids:  # and the ledger knows: what was resent carried the same key
             states = {d["state"] for d in till.get(f"/v1/receipts/{rid}").json()["destinations"]}
             assert states == {"delivered"}, (rid, states)
-        assert len(cloud.loaded.sales) == len(ids)
+        assert len(cloud.loaded.orders) == len(ids)
         till.close()
     finally:
         cloud.stop()

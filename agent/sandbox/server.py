@@ -33,6 +33,7 @@ PREFIXES = (
     ("/loaded/", "loaded"),
     ("/oauth/", "loaded"),
     ("/pos/", "loaded"),
+    ("/v1/", "loaded"),
     ("/webhook/", "webhook"),
 )
 MALFORMED_BODY = b"<html><body>502 Bad Gateway (sandbox: not JSON)</body></html>"
