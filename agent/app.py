@@ -55,6 +55,7 @@ from agent.status import StatusReporter
 from agent.sync import ContactSync, SyncWorker
 from agent.sync_progress import ProgressTracker
 from agent.timebase import REAL, Timebase
+from agent.vault import ConnectorVault
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class Agent:
     ledger: Ledger
     privacy: Privacy
     contacts: ContactCache
+    vault: ConnectorVault
+    http: connectors.Sessions
     lookup: Lookup
     metrics: Metrics
     health: health.Health
@@ -106,13 +109,16 @@ class Agent:
         self.stopped = True
         log.info("stopping")
         self.server.stop(self.settings.api.stop_timeout_seconds)
+        self.http.stopping.set()  # a send in flight ends at its next request; its item goes back
         self.scheduler.stop(self.settings.api.stop_timeout_seconds)
         if self.sync is not None:
             self.sync.stop(self.settings.api.stop_timeout_seconds)
         for dispatcher in self.dispatchers:
             dispatcher.stop(self.settings.api.stop_timeout_seconds)
+        self.http.close()
         self.lookup.close()
         self.contacts.close()
+        self.vault.close()
         self.outbox.close()
         self.lock.release()
         log.info("stopped")
@@ -156,13 +162,18 @@ def _start_locked(
     failpoint("startup.after_recovery")
     box.observe_commit = metrics.commit_seconds.observe
     cache: ContactCache | None = None
+    vault: ConnectorVault | None = None
     try:
         cache = open_cache(settings, keyring)
-        return _start_services(settings, lock, board, metrics, keyring, box, cache, beats, timebase)
+        vault = open_vault(settings, keyring)
+        return _start_services(
+            settings, lock, board, metrics, keyring, box, (cache, vault), beats, timebase
+        )
     except BaseException:
         # Nothing is running yet (the port is bound before any thread starts): close the files.
-        if cache is not None:
-            cache.close()
+        for store in (vault, cache):
+            if store is not None:
+                store.close()
         box.close()
         raise
 
@@ -174,11 +185,12 @@ def _start_services(
     metrics: Metrics,
     keyring: crypto.Keyring,
     box: outbox.Outbox,
-    cache: ContactCache,
+    stores: tuple[ContactCache, ConnectorVault],
     beats: Beats,
     timebase: Timebase,
 ) -> Agent:
     """Build the workers and the API on open stores; bind the port, then start threads."""
+    cache, vault = stores
     intake = Intake(
         box,
         keyring,
@@ -188,9 +200,10 @@ def _start_services(
         settings.agent.default_region,
     )
     _report_storage(board)
-    privacy = Privacy(box, keyring, settings, stores=[cache], metrics=metrics)
+    privacy = Privacy(box, keyring, settings, stores=[cache, vault], metrics=metrics)
     budgets = rate_budgets(settings)
-    connectors_by_name = build_connectors(settings, budgets)
+    http = connectors.Sessions(f"TillAgent/{__version__}")
+    connectors_by_name = build_connectors(settings, budgets, vault, http)
     ledger = Ledger(box, keyring)
     dispatchers = (
         _dispatchers(
@@ -243,6 +256,8 @@ def _start_services(
         ledger=ledger,
         privacy=privacy,
         contacts=cache,
+        vault=vault,
+        http=http,
         lookup=lookup,
         metrics=metrics,
         health=board,
@@ -354,21 +369,22 @@ def rate_budgets(settings: config.Settings) -> dict[str, RateBudget]:
 
 
 def build_connectors(
-    settings: config.Settings, budgets: Mapping[str, RateBudget] | None = None
+    settings: config.Settings,
+    budgets: Mapping[str, RateBudget] | None = None,
+    vault: connectors.Vault | None = None,
+    sessions: connectors.Sessions | None = None,
 ) -> dict[str, connectors.Connector]:
     """One connector per enabled destination, each with an HTTP session that charges its rate
     budget (when given) before every request; ConfigError lists every problem."""
+    sessions = sessions or connectors.Sessions(f"TillAgent/{__version__}")
     problems: list[str] = []
     built: dict[str, connectors.Connector] = {}
     for destination in settings.enabled_destinations:
         budget = (budgets or {}).get(destination.name)
-        session = connectors.make_session(
-            f"TillAgent/{__version__}",
-            before_request=None if budget is None else budget.before_request,
-        )
+        session = sessions.new(None if budget is None else budget.before_request)
         try:
             built[destination.name] = connectors.build(
-                destination, session, secret_reader(settings.agent.credentials_dir)
+                destination, session, secret_reader(settings.agent.credentials_dir), vault
             )
         except ConfigError as exc:
             problems += exc.problems
@@ -521,6 +537,11 @@ def _sleep(seconds: float) -> bool:
     return False
 
 
+def open_vault(settings: config.Settings, keyring: crypto.Keyring) -> ConnectorVault:
+    """The connectors' tokens and created-record links (agent/vault.py)."""
+    return ConnectorVault(settings.agent.data_dir, keyring, settings.storage.busy_timeout_seconds)
+
+
 def open_cache(settings: config.Settings, keyring: crypto.Keyring) -> ContactCache:
     return ContactCache(
         settings.agent.data_dir,
@@ -587,10 +608,11 @@ class Maintenance:
     settings: config.Settings
     contacts: ContactCache
     reconciler: Reconciler
+    vault: ConnectorVault
 
     def contact_sync(self) -> ContactSync | None:
         """The sync of [contacts] source, on these stores (None when no source is set)."""
-        built = build_connectors(self.settings, rate_budgets(self.settings))
+        built = build_connectors(self.settings, rate_budgets(self.settings), self.vault)
         return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
 
@@ -601,6 +623,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
     try:
         keyring, box = open_stores(settings)
         cache = open_cache(settings, keyring)
+        vault = open_vault(settings, keyring)
         try:
             intake = Intake(
                 box,
@@ -610,7 +633,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 health.Health(),
                 settings.agent.default_region,
             )
-            privacy = Privacy(box, keyring, settings, stores=[cache])
+            privacy = Privacy(box, keyring, settings, stores=[cache, vault])
             yield Maintenance(
                 privacy,
                 DeadLetters(box),
@@ -619,8 +642,10 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 settings,
                 cache,
                 reconciler(settings, box),
+                vault,
             )
         finally:
+            vault.close()
             cache.close()
             box.close()
     finally:

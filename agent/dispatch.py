@@ -24,6 +24,7 @@ from agent.errors import (
     NotFoundError,
     RejectedError,
     RetryableError,
+    StoppingError,
     StorageError,
     ThrottledError,
     new_error_id,
@@ -189,6 +190,9 @@ class Dispatcher:
                 self._deliver_run(claimed)
             else:
                 self._deliver(claimed)
+        except StoppingError:
+            self._outbox.release(claimed)  # stopping mid-send: back in its place, uncharged
+            return False
         except Exception:
             # Whatever went wrong, the item goes back in its place, never stuck as claimed.
             try:

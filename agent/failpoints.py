@@ -20,6 +20,8 @@ POINTS = (
     "dispatch.after_send",  # agent/dispatch.py: the cloud said 2xx, nothing recorded yet
     "purge.after_delete",  # agent/privacy.py: delivered rows deleted, before vacuum/checkpoint
     "startup.after_recovery",  # agent/app.py: queues reopened (claims made ready), not serving
+    "vault.before_commit",  # agent/vault.py: a refreshed token written, not yet committed
+    "vault.after_commit",  # agent/vault.py: a refreshed token committed, not yet used
 )
 # Test hooks: what a control run needs to prove its rig can fail. Never set on a till: there is
 # no setting for them, and the agent says so in red on its health when one is on.

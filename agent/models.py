@@ -34,6 +34,16 @@ class _Shape(msgspec.Struct, forbid_unknown_fields=True, rename="camel", omit_de
     """camelCase on the wire; unknown fields are an error, never silently dropped."""
 
 
+class ExtraData(_Shape):
+    """A name/value pair Engage stores with a receipt, a line or a payment."""
+
+    name: ShortText
+    value: Text
+
+
+ExtraDataList = Annotated[list[ExtraData], msgspec.Meta(max_length=50)]
+
+
 class Discount(_Shape):
     value: Money
     type: ShortText | None = None
@@ -50,12 +60,27 @@ class ReceiptItem(_Shape):
     tax_amount: Money
     tax_percent: Money
     discounts: Annotated[list[Discount], msgspec.Meta(max_length=100)] = []
+    article_group: ShortText | None = None
+    pack_quantity: Money | None = None
+    margin_percent: Money | None = None
+    awards_bonus: bool | None = None
+    extra_data: ExtraDataList = []
 
 
 class PaymentMethod(_Shape):
     type: ShortText
     value: Money
     description: Text | None = None
+    extra_data: ExtraDataList = []
+
+
+class UsedBonusCheck(_Shape):
+    check_number: ShortText
+
+
+class UsedPromotion(_Shape):
+    promotion_id: ShortText
+    coupon_id: ShortText | None = None
 
 
 class ReceiptContact(_Shape):
@@ -63,6 +88,7 @@ class ReceiptContact(_Shape):
 
     match_key: ShortText | None = None
     match_key_type: MatchKeyType | None = None
+    contact_type: ShortText | None = None
     local_id: Id | None = None
 
 
@@ -80,6 +106,10 @@ class Receipt(_Shape):
     contact: ReceiptContact | None = None
     order_id: Id | None = None
     original_receipt_id: Id | None = None
+    exchange_rate_to_group_currency: Money | None = None
+    used_bonus_checks: Annotated[list[UsedBonusCheck], msgspec.Meta(max_length=50)] = []
+    used_promotions: Annotated[list[UsedPromotion], msgspec.Meta(max_length=50)] = []
+    extra_data: ExtraDataList = []
 
 
 class Contact(_Shape):
@@ -140,6 +170,13 @@ class OutboundMessage(msgspec.Struct, frozen=True, kw_only=True):
 def to_builtins(value: msgspec.Struct) -> dict[str, Any]:
     """A shape as JSON-ready builtins (camelCase keys, decimals as strings)."""
     result: dict[str, Any] = msgspec.to_builtins(value)
+    return result
+
+
+def to_wire(value: msgspec.Struct) -> dict[str, Any]:
+    """A shape as builtins for a cloud: camelCase keys, decimals kept as Decimal (exact money;
+    connectors.base.wire_json writes them as JSON numbers from their own text)."""
+    result: dict[str, Any] = msgspec.to_builtins(value, builtin_types=(Decimal,))
     return result
 
 

@@ -116,8 +116,14 @@ def cloud() -> Iterator[SandboxCloud]:
 
 
 def sale_attempts(cloud: SandboxCloud, receipt_id: str) -> list[Any]:
-    """Every request that tried to store this receipt's sale (externalId = its key)."""
-    return [r for r in cloud.requests if r.api == "loaded" and f"eid:{receipt_id}" in r.path]
+    """Every request that tried to store this receipt's order (externalId = its key)."""
+    return [
+        r
+        for r in cloud.requests
+        if r.api == "loaded"
+        and "/orders" in r.path
+        and (f"eid:{receipt_id}" in r.path or (r.json or {}).get("externalId") == receipt_id)
+    ]
 
 
 def wait_until(predicate: Any, seconds: float) -> bool:
@@ -150,7 +156,7 @@ def test_clock_jumps_expire_nothing_purge_nothing_and_retries_keep_their_request
     process.start()
     till = Till(process.url, process.token)
     assert till.post("/v1/receipts", make_receipt("R-warm", contact=False)).status_code == 202
-    assert wait_until(lambda: "R-warm" in cloud.loaded.sales, 15)  # the access token is held
+    assert wait_until(lambda: "R-warm" in cloud.loaded.orders, 15)  # the access token is held
     ids = [f"R-{n:03d}" for n in range(4)]
     cloud.faults.fail_next(503, count=10_000, api="loaded")  # every send fails, recorded
     for rid in ids:
@@ -168,7 +174,7 @@ def test_clock_jumps_expire_nothing_purge_nothing_and_retries_keep_their_request
         assert till.post("/v1/receipts", later).status_code == 202
     cloud.faults.clear()
     everything = [*ids, *(f"R-{spec[:3]}" for spec in JUMPS)]
-    assert wait_until(lambda: set(everything) <= set(cloud.loaded.sales), 20), "stuck"
+    assert wait_until(lambda: set(everything) <= set(cloud.loaded.orders), 20), "stuck"
     for rid in ids:  # the request is fixed at enqueue: every attempt sent the same bytes
         attempts = sale_attempts(cloud, rid)
         assert len({r.body for r in attempts}) == 1, rid

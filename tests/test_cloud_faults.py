@@ -49,13 +49,15 @@ def test_an_answer_lost_after_the_cloud_committed_is_resent_and_kept_once(
     ids = [f"L-{n}" for n in range(6)]
     for n, receipt_id in enumerate(ids):
         if n == 1:  # the first went through (Loaded's token is fetched): now answers get lost
-            wait_for(lambda: "L-0" in cloud.loaded.sales and "L-0" in cloud.engage.receipts)
+            wait_for(lambda: "L-0" in cloud.loaded.orders and "L-0" in cloud.engage.receipts)
             cloud.faults.lost_next(3, api="engage")
             cloud.faults.lost_next(3, api="loaded")
         receipt = make_receipt(receipt_id)  # a member number: no lookup comes before the receipt
         receipt["contact"] = {"matchKey": "M-0001", "matchKeyType": "MemberNumber"}
         assert till.post("/v1/receipts", receipt).status_code == 202
-    wait_for(lambda: set(cloud.engage.receipts) == set(ids) and set(cloud.loaded.sales) == set(ids))
+    wait_for(
+        lambda: set(cloud.engage.receipts) == set(ids) and set(cloud.loaded.orders) == set(ids)
+    )
     wait_for(lambda: all(status_of(till, d)["depth"] == 0 for d in ("engage", "loaded")))
     posts = [r for r in cloud.requests if r.api == "engage" and r.path.endswith("/receipts")]
     assert len(posts) > len(ids)  # lost answers were followed by resends ...

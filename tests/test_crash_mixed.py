@@ -319,7 +319,7 @@ def drained(run: Run) -> bool:
     cloud = run.cloud
     with_buyer = {k for k, buyer in run.receipts.items() if buyer}
     return (
-        set(cloud.loaded.sales) == set(run.receipts)
+        set(cloud.loaded.orders) == set(run.receipts)
         and set(cloud.engage.receipts) == with_buyer
         and run.members <= cloud_member_emails(cloud)
         and all(d["depth"] == 0 and d["inFlight"] == 0 for d in status(run)["destinations"])
@@ -327,7 +327,7 @@ def drained(run: Run) -> bool:
 
 
 def undrained(run: Run) -> str:
-    missing = set(run.receipts) - set(run.cloud.loaded.sales)
+    missing = set(run.receipts) - set(run.cloud.loaded.orders)
     return f"not drained: loaded misses {sorted(missing)[:5]}; status {status(run)}"
 
 

@@ -48,7 +48,7 @@ def sales_requests(cloud, ok_only=True):
     return [
         r
         for r in cloud.requests
-        if r.api == "loaded" and "/pos/sales" in r.path and (200 <= r.status < 300 or not ok_only)
+        if r.api == "loaded" and "/pos/orders" in r.path and (200 <= r.status < 300 or not ok_only)
     ]
 
 
@@ -57,7 +57,9 @@ def test_receipts_reach_both_clouds_in_the_order_sold(delivering, cloud):
     ids = [f"R-{n:02d}" for n in range(12)]
     for receipt_id in ids:
         till.post("/v1/receipts", make_receipt(receipt_id))
-    wait_for(lambda: set(cloud.loaded.sales) == set(ids) and set(cloud.engage.receipts) == set(ids))
+    wait_for(
+        lambda: set(cloud.loaded.orders) == set(ids) and set(cloud.engage.receipts) == set(ids)
+    )
     first_seen = []
     for request in sales_requests(cloud):
         key = request.json.get("externalId") if isinstance(request.json, dict) else None
@@ -76,7 +78,7 @@ def test_retry_after_is_honoured_in_both_forms(delivering, cloud, form):
     cloud.faults.storm_429(1, api="loaded", retry_after_form=form, retry_after_seconds=3)
     _, till = delivering()
     till.post("/v1/receipts", make_receipt("R-1", contact=False))
-    wait_for(lambda: "R-1" in cloud.loaded.sales, seconds=20)
+    wait_for(lambda: "R-1" in cloud.loaded.orders, seconds=20)
     calls = [r for r in cloud.requests if r.api == "loaded"]  # the token call may meet it first
     throttled = next(r for r in calls if r.status == 429)
     retried = next(r for r in calls if r.at > throttled.at)
@@ -94,7 +96,7 @@ def test_refused_credentials_halt_the_destination_and_keep_its_queue(delivering,
     assert status_of(till, "loaded")["depth"] == 1
     assert till.get("/v1/health").json()["status"] == "failing"
     cloud.faults.set_auth_failure("loaded", on=False)
-    wait_for(lambda: "R-1" in cloud.loaded.sales)
+    wait_for(lambda: "R-1" in cloud.loaded.orders)
     wait_for(lambda: status_of(till, "loaded")["state"] == "online")
 
 
@@ -103,7 +105,7 @@ def test_a_rejected_receipt_is_dead_lettered_with_the_clouds_error_id(delivering
     _, till = delivering()
     till.post("/v1/receipts", make_receipt("R-BAD", contact=False))
     till.post("/v1/receipts", make_receipt("R-GOOD", contact=False))
-    wait_for(lambda: "R-GOOD" in cloud.loaded.sales)
+    wait_for(lambda: "R-GOOD" in cloud.loaded.orders)
     wait_for(lambda: len(till.get("/v1/dead-letters").json()) == 1)
     (letter,) = till.get("/v1/dead-letters").json()
     assert letter["recordKey"] == "R-BAD"
@@ -119,7 +121,7 @@ def test_an_outage_loses_nothing(delivering, cloud):
         assert till.post("/v1/receipts", make_receipt(receipt_id)).status_code == 202
     wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
     cloud.faults.set_offline(None)
-    wait_for(lambda: set(cloud.loaded.sales) == set(ids), seconds=20)
+    wait_for(lambda: set(cloud.loaded.orders) == set(ids), seconds=20)
     wait_for(lambda: set(cloud.engage.receipts) == set(ids), seconds=20)
 
 
@@ -149,10 +151,10 @@ def test_sigkill_during_delivery_resends_with_the_same_key_and_the_cloud_holds_o
     for receipt_id in ids:
         assert till.post("/v1/receipts", make_receipt(receipt_id, contact=False)).status_code == 202
     till.close()
-    wait_for(lambda: len(cloud.loaded.sales) >= 3)
+    wait_for(lambda: len(cloud.loaded.orders) >= 3)
     process.kill()  # mid-delivery: one send is in flight, its answer never acked
     process.start()
-    wait_for(lambda: set(cloud.loaded.sales) == set(ids), seconds=30)
+    wait_for(lambda: set(cloud.loaded.orders) == set(ids), seconds=30)
     accepted = cloud.accepted_receipts()["loaded"]  # counted at the cloud, send by send
     assert set(accepted) == set(ids)
     assert sum(accepted.values()) <= len(ids) + 1, accepted  # one kill: one send resent at most

@@ -271,7 +271,7 @@ def check_recovered(sim: Sim) -> None:
     ids = [receipt_id for receipt_id, _ in sim.sold]
     with_buyer = [receipt_id for receipt_id, buyer in sim.sold if buyer]
     assert len(ids) > 80
-    assert set(cloud.loaded.sales) == set(ids), "dropped at loaded"
+    assert set(cloud.loaded.orders) == set(ids), "dropped at loaded"
     assert set(cloud.engage.receipts) == set(with_buyer), "dropped at engage"
     assert first_accepted_order(cloud)["loaded"] == ids, "order not kept at loaded"
     assert first_accepted_order(cloud)["engage"] == with_buyer, "order not kept at engage"
@@ -297,8 +297,8 @@ def accepted(cloud: SandboxCloud) -> list[tuple[str, str, bytes]]:
             continue
         if request.api == "engage" and request.path.endswith("/receipts"):
             found.append(("engage", str(request.json["uniqueReceiptId"]), request.body))
-        elif request.api == "loaded" and "eid:" in request.path:
-            found.append(("loaded", request.path.rsplit("eid:", 1)[-1], request.body))
+        elif request.api == "loaded" and request.path.endswith("/orders"):
+            found.append(("loaded", str(request.json["externalId"]), request.body))
     return found
 
 

@@ -177,11 +177,25 @@ def figures_of(bodies: list[dict[str, Any]]) -> dict[str, Any]:
     return {"gross": gross, "tax": tax, "tenders": tenders}
 
 
+def order_figures(order: dict[str, Any]) -> dict[str, Any]:
+    """A Loaded order added up: unit price x quantity, a refunded item (or order) negative."""
+    gross, tax = Decimal(0), Decimal(0)
+    for item in order["items"]:
+        refunded = order["status"] == "Refunded" or item.get("settlementStatus") == "Refunded"
+        units = item["quantity"] * (-1 if refunded else 1)
+        gross += money(item["unitPrice"]) * units
+        tax += money(item["unitTax"]) * units
+    tenders: dict[str, Decimal] = defaultdict(Decimal)
+    for tender in order["tenders"]:
+        tenders[tender["type"]] += money(tender["invoiceAmount"])
+    return {"gross": gross, "tax": tax, "tenders": tenders}
+
+
 def loaded_records(cloud) -> dict[str, dict[str, Any]]:
     return {
-        key: figures_of([sale])
-        for key, sale in cloud.loaded.sales.items()
-        if str(sale["createdDate"]).startswith(DAY)
+        key: order_figures(order)
+        for key, order in cloud.loaded.orders.items()
+        if str(order["createdAt"]).startswith(DAY)
     }
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
+import msgspec
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -25,6 +26,7 @@ from agent.errors import (
     ConfigError,
     RejectedError,
     RetryableError,
+    StoppingError,
     ThrottledError,
 )
 from agent.models import ContactPage, OutboundMessage
@@ -91,16 +93,26 @@ class TimeoutSession(requests.Session):
     (agent/ratelimit.py) charges it there and may shorten its timeout to a caller's deadline.
     """
 
-    def __init__(self, timeout_seconds: float, before_request: BeforeRequest | None = None) -> None:
+    def __init__(
+        self,
+        timeout_seconds: float,
+        before_request: BeforeRequest | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self.timeout_seconds = timeout_seconds
         self._before_request = before_request
+        # Set when the agent stops: a send of several requests (Loaded's catalogue, then the
+        # order) ends at its next request with StoppingError, and its item goes back in line.
+        self.stopping = stopping or threading.Event()
         for prefix in ("http://", "https://"):
             self.mount(prefix, HTTPAdapter(max_retries=0))
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
+        if self.stopping.is_set():
+            raise StoppingError("the agent is stopping: the request was not sent")
         kwargs.setdefault("timeout", self.timeout_seconds)
         # A redirect is never followed: a POST redirected to a page that answers 200 (a captive
         # portal, a proxy's login) would look delivered. The 3xx is a retryable failure instead.
@@ -113,13 +125,37 @@ class TimeoutSession(requests.Session):
 
 
 def make_session(
-    user_agent: str, timeout_seconds: float = 30.0, before_request: BeforeRequest | None = None
+    user_agent: str,
+    timeout_seconds: float = 30.0,
+    before_request: BeforeRequest | None = None,
+    stopping: threading.Event | None = None,
 ) -> TimeoutSession:
     """The one Session: timeouts always, no retries, a User-Agent, ids-only response logging."""
-    session = TimeoutSession(timeout_seconds, before_request)
+    session = TimeoutSession(timeout_seconds, before_request, stopping)
     session.headers["User-Agent"] = user_agent
     session.hooks["response"].append(_log_response)
     return session
+
+
+class Sessions:
+    """The agent's HTTP sessions, one per destination (each charging its own rate budget),
+    stopped together when the agent stops and closed together after."""
+
+    def __init__(self, user_agent: str) -> None:
+        self.user_agent = user_agent
+        self.stopping = threading.Event()
+        self._made: list[TimeoutSession] = []
+
+    def new(self, before_request: BeforeRequest | None = None) -> TimeoutSession:
+        session = make_session(
+            self.user_agent, before_request=before_request, stopping=self.stopping
+        )
+        self._made.append(session)
+        return session
+
+    def close(self) -> None:
+        for session in self._made:
+            session.close()
 
 
 def _log_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -253,7 +289,13 @@ def json_body(response: requests.Response, *, connector: str) -> Any:
 def call(
     http: requests.Session, method: str, url: str, *, connector: str, **kwargs: Any
 ) -> requests.Response:
-    """One request, errors translated and the status table applied; the response is closed."""
+    """One request, errors translated and the status table applied; the response is closed.
+
+    A `json=` body is written by wire_json (exact decimals) with its Content-Type.
+    """
+    if "json" in kwargs:
+        kwargs["data"] = wire_json(kwargs.pop("json"))
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
     with translate_http_errors(connector), http.request(method, url, **kwargs) as response:
         response.content  # noqa: B018 - read it all inside the translation, then close
         raise_for_response(response, connector=connector)
@@ -361,15 +403,45 @@ def join(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-MONEY_KEYS = frozenset({"totalGrossPrice", "value", "grossPaidPrice", "taxAmount", "taxPercent"})
+_WIRE = msgspec.json.Encoder(decimal_format="number", order="sorted")
 
 
-def money_as_numbers(value: Any, key: str = "") -> Any:
-    """Money fields back to JSON numbers (to_builtins writes decimals as strings)."""
-    if isinstance(value, dict):
-        return {k: money_as_numbers(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [money_as_numbers(v, key) for v in value]
-    if key in MONEY_KEYS and isinstance(value, str):
-        return float(Decimal(value))
-    return value
+def wire_json(body: Any) -> bytes:
+    """JSON for a cloud: every Decimal written as a number from its own text (never a float)."""
+    return _WIRE.encode(body)
+
+
+class Vault(Protocol):
+    """What a connector keeps between runs (agent/vault.py): its token, the records it made."""
+
+    durable: bool
+
+    def load_token(self, destination: str) -> dict[str, Any] | None: ...
+
+    def save_token(self, destination: str, token: dict[str, Any]) -> None: ...
+
+    def links(self, destination: str, kind: str) -> dict[str, str]: ...
+
+    def save_link(self, destination: str, kind: str, key: str, fingerprint: str) -> None: ...
+
+
+class MemoryVault:
+    """A vault that forgets at exit: for a probe from the installer or the doctor."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, dict[str, Any]] = {}
+        self._links: dict[tuple[str, str], dict[str, str]] = {}
+
+    def load_token(self, destination: str) -> dict[str, Any] | None:
+        return self._tokens.get(destination)
+
+    def save_token(self, destination: str, token: dict[str, Any]) -> None:
+        self._tokens[destination] = dict(token)
+
+    def links(self, destination: str, kind: str) -> dict[str, str]:
+        return dict(self._links.get((destination, kind), {}))
+
+    def save_link(self, destination: str, kind: str, key: str, fingerprint: str) -> None:
+        self._links.setdefault((destination, kind), {})[key] = fingerprint

@@ -23,7 +23,6 @@ from agent.connectors.base import (
     call,
     join,
     json_body,
-    money_as_numbers,
     rate_limit,
 )
 from agent.errors import RejectedError, RetryableError
@@ -34,6 +33,7 @@ from agent.models import (
     Receipt,
     SourceContact,
     to_builtins,
+    to_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ class EngageConnector:
 
     def receipt_payload(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, Any]:
         """Our receipt in Engage's shape: money as numbers, order links as extraData."""
-        body: dict[str, Any] = money_as_numbers(to_builtins(receipt))
+        body: dict[str, Any] = to_wire(receipt)
         body.pop("contact", None)
         extra = [
             {"name": name, "value": value}
@@ -297,7 +297,7 @@ class EngageConnector:
             if value
         ]
         if extra:
-            body["extraData"] = extra
+            body["extraData"] = [*body.get("extraData", []), *extra]
         body["contact"] = self._receipt_contact(receipt, cloud_contact_id)
         return body
 

@@ -1,12 +1,22 @@
-"""Loaded-style analytics: sales upserted by externalId, behind an OAuth2 client token."""
+"""Loaded (POS analytics): categories, items and orders by externalId, behind OAuth2 tokens.
+
+Loaded's model (api.loadedreports.com, "Tutorial" and "External IDs"): an order names items
+that must already exist, each item lives in a category, every record is created by POST with
+an externalId and addressed later as `eid:<externalId>`. So before an order goes, the
+categories and items it names are created (once: the vault remembers what was created) or
+updated when their name or price changed. A refund is its own order ("Refunds").
+"""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -15,53 +25,70 @@ import requests
 from agent import __version__
 from agent.config import DestinationSettings
 from agent.connectors.base import (
+    MemoryVault,
     Options,
     ReadSecret,
     Sender,
     SendResult,
-    call,
+    Vault,
     join,
-    json_body,
-    money_as_numbers,
     rate_limit,
 )
-from agent.errors import AuthError, RejectedError, RetryableError
-from agent.models import OutboundMessage, Receipt, to_builtins
+from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
+from agent.errors import RejectedError
+from agent.models import OutboundMessage, Receipt, ReceiptItem
 
 log = logging.getLogger(__name__)
 
-MAX_EXTERNAL_ID = 255
+MAX_EXTERNAL_ID = 255  # "an external ID can be any string value up to a maximum of 255"
+NOT_FOUND = 404
+STORES_TOKENS = True  # connectors.build hands this module the vault
 
 
 @dataclass(frozen=True)
 class LoadedSettings:
-    """One Loaded account: where, the OAuth2 client, and the paths its API uses."""
+    """One Loaded account: where, its OAuth2 client, and the choices its documents leave open."""
 
     name: str
     base_url: str
     client_id: str
     client_secret: str = field(repr=False)
-    token_path: str = "/oauth/token"
-    sales_path: str = "/pos/sales"
-    upsert: str = "put_eid"  # "put_eid": PUT <sales_path>/eid:<id>; "post": POST <sales_path>
+    token_url: str = ""  # "": <base_url>/oauth/token (our assumption; undocumented)
+    grant: str = "client_credentials"  # or "refresh_token": a refresh token Loaded handed over
+    refresh_token: str = field(default="", repr=False)
     token_margin_seconds: float = 60.0
     scope: str = ""
+    api_root: str = "/v1/pos"
+    default_category: str = "till-agent"  # items whose line names no articleGroup
+    default_category_name: str = "Till Agent"
+    order_status: str = "Completed"
+    refund_status: str = "Refunded"
     user_agent: str = f"TillAgent/{__version__}"
 
 
 def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> LoadedSettings:
     """LoadedSettings from [destinations.<name>] (profile applied); ConfigError lists problems."""
     opts = Options(destination, read_secret)
+    grant = opts.choice("grant", "client_credentials", ("client_credentials", "refresh_token"))
     settings = LoadedSettings(
         name=destination.name,
         base_url=opts.base_url,
         client_id=opts.text("client_id", ""),
         client_secret=opts.secret("client_secret_secret", "loaded-client-secret"),
-        token_path=opts.text("token_path", "/oauth/token"),
-        sales_path=opts.text("sales_path", "/pos/sales"),
-        upsert=opts.choice("upsert", "put_eid", ("put_eid", "post")),
-        token_margin_seconds=opts.number("token_margin_seconds", 60.0, high=3600),
+        token_url=opts.text("token_url", ""),
+        grant=grant,
+        refresh_token=(
+            opts.secret("refresh_token_secret", "loaded-refresh-token")
+            if grant == "refresh_token"
+            else ""
+        ),
+        token_margin_seconds=opts.number("token_margin_seconds", 60.0, high=86400),
         scope=opts.text("scope", ""),
+        api_root=opts.text("api_root", "/v1/pos"),
+        default_category=opts.text("default_category", "till-agent"),
+        default_category_name=opts.text("default_category_name", "Till Agent"),
+        order_status=opts.text("order_status", "Completed"),
+        refund_status=opts.text("refund_status", "Refunded"),
         user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
     )
     if not settings.client_id:
@@ -70,128 +97,269 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
     return settings
 
 
-@dataclass
-class _Token:
-    value: str = field(default="", repr=False)
-    expires_at: float = 0.0  # monotonic
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """A category or item as Loaded keeps it: its externalId and the body that creates it."""
+
+    kind: str  # "categories" | "items"
+    external_id: str
+    body: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(self.body, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class LoadedConnector:
-    """Maps receipts to sales; keeps one access token, refreshed before expiry or after a 401."""
+    """Maps receipts to Loaded orders; keeps its catalogue in step; renews its OAuth2 token."""
 
     def __init__(
         self,
         settings: LoadedSettings,
         http: requests.Session,
+        vault: Vault | None = None,
+        now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = settings.name
         self.settings = settings
         self._http = http
-        self._monotonic = monotonic
-        self._token = _Token()
-        self._lock = threading.Lock()
-        self.token_requests = 0
+        self._vault = vault or MemoryVault()
+        self.tokens = OAuthTokens(
+            settings.name,
+            OAuthSettings(
+                token_url=settings.token_url or join(settings.base_url, "/oauth/token"),
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                initial_grant=settings.grant,
+                initial_refresh_token=settings.refresh_token,
+                margin_seconds=settings.token_margin_seconds,
+                scope=settings.scope,
+                user_agent=settings.user_agent,
+            ),
+            http,
+            self._vault,
+            now,
+            monotonic,
+        )
+
+    # --- Sender -------------------------------------------------------------------------
 
     def probe(self) -> None:
-        """A fresh token proves the client credentials."""
-        self._fetch_token()
+        """A usable access token proves the credentials (and a refresh, if one was due)."""
+        self.tokens.access_token()
 
     def send(self, message: OutboundMessage) -> SendResult:
-        """Upsert one sale by externalId (= the idempotency key); one retry after a 401."""
+        """The catalogue entries the receipt names, then the order (created, or replaced)."""
         if message.receipt is None:
             raise RejectedError(f"{self.name}: takes receipts only", connector=self.name)
-        body = self.sale_payload(message.receipt, message.idempotency_key, message.revision)
-        try:
-            response = self._upsert(body, message.idempotency_key)
-        except AuthError:
-            self._token = _Token()  # the token may have been revoked early: one fresh try
-            response = self._upsert(body, message.idempotency_key)
+        order = self.order_payload(message.receipt, message.idempotency_key)
+        for entry in self.catalogue(message.receipt):
+            self._keep(entry)
+        if message.revision > 1:
+            response = self._replace_or_create(order)
+        else:
+            response = self._create_or_replace(order)
         remaining, reset = rate_limit(response)
-        return SendResult(response.status_code, _sale_id(response), remaining, reset)
+        return SendResult(response.status_code, f"eid:{order['externalId']}", remaining, reset)
 
-    def _upsert(self, body: dict[str, Any], external_id: str) -> requests.Response:
-        headers = {
-            "Authorization": f"Bearer {self._access_token()}",
-            "User-Agent": self.settings.user_agent,
-            "Idempotency-Key": external_id,
-        }
-        sales = join(self.settings.base_url, self.settings.sales_path)
-        if self.settings.upsert == "put_eid":
-            url = f"{sales.rstrip('/')}/eid:{quote(external_id, safe='')}"
-            return call(self._http, "PUT", url, connector=self.name, json=body, headers=headers)
-        return call(self._http, "POST", sales, connector=self.name, json=body, headers=headers)
+    # --- orders -------------------------------------------------------------------------
 
-    def _access_token(self) -> str:
-        with self._lock:
-            if self._monotonic() >= self._token.expires_at - self.settings.token_margin_seconds:
-                self._token = self._fetch_token()
-            return self._token.value
-
-    def _fetch_token(self) -> _Token:
-        """client_credentials grant; the token endpoint's 400/401 both mean bad credentials."""
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self.settings.client_id,
-            "client_secret": self.settings.client_secret,
-        }
-        if self.settings.scope:
-            form["scope"] = self.settings.scope
-        url = join(self.settings.base_url, self.settings.token_path)
-        self.token_requests += 1
+    def _create_or_replace(self, order: dict[str, Any]) -> requests.Response:
+        """POST; refused because it exists (an earlier attempt whose answer was lost): PATCH."""
         try:
-            response = call(
-                self._http,
-                "POST",
-                url,
-                connector=self.name,
-                data=form,
-                headers={"User-Agent": self.settings.user_agent},
-            )
-        except RejectedError as exc:  # invalid_client is a 400 in RFC 6749
-            raise AuthError(
-                str(exc), connector=self.name, status=exc.status, cloud_error_id=exc.cloud_error_id
-            ) from exc
-        return self._token_from(json_body(response, connector=self.name))
+            return self._request("POST", "orders", json=order)
+        except RejectedError:
+            if not self._exists("orders", order["externalId"]):
+                raise
+            return self._request("PATCH", self._eid("orders", order["externalId"]), json=order)
 
-    def _token_from(self, body: Any) -> _Token:
-        value = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(value, str) or not value:
-            raise RetryableError(
-                f"{self.name}: token reply without access_token", connector=self.name
-            )
-        expires = body.get("expires_in", 300)
-        seconds = float(expires) if isinstance(expires, int | float) else 300.0
-        return _Token(value, self._monotonic() + seconds)
+    def _replace_or_create(self, order: dict[str, Any]) -> requests.Response:
+        """An amendment: PATCH the whole order (positional items); unknown to Loaded: POST."""
+        try:
+            return self._request("PATCH", self._eid("orders", order["externalId"]), json=order)
+        except RejectedError as exc:
+            if exc.status != NOT_FOUND:
+                raise
+            return self._request("POST", "orders", json=order)
 
-    def sale_payload(self, receipt: Receipt, external_id: str, revision: int) -> dict[str, Any]:
-        """The receipt as a sale: externalId is the idempotency key; no personal data at all."""
-        if len(external_id) > MAX_EXTERNAL_ID:
-            raise RejectedError(f"{self.name}: externalId over 255 chars", connector=self.name)
-        body: dict[str, Any] = money_as_numbers(to_builtins(receipt))
-        body.pop("contact", None)  # analytics needs no person: data minimisation
-        body["externalId"] = external_id
-        body["revision"] = revision
-        body["hasContact"] = receipt.contact is not None
-        return body
-
-
-def _sale_id(response: requests.Response) -> str | None:
-    try:
+    def fetch_order(self, external_id: str) -> dict[str, Any] | None:
+        """GET orders/eid:<id>: the order as Loaded holds it, None when unknown (read-back)."""
+        try:
+            response = self._request("GET", self._eid("orders", external_id))
+        except RejectedError as exc:
+            if exc.status == NOT_FOUND:
+                return None
+            raise
         body = response.json()
-    except ValueError:
-        return None
-    value = body.get("id") if isinstance(body, dict) else None
-    return str(value) if value is not None else None
+        return body if isinstance(body, dict) else None
+
+    def _exists(self, kind: str, external_id: str) -> bool:
+        try:
+            self._request("GET", self._eid(kind, external_id))
+        except RejectedError as exc:
+            if exc.status == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    # --- the catalogue ------------------------------------------------------------------
+
+    def _keep(self, entry: CatalogueEntry) -> None:
+        """Create what Loaded lacks, update what changed; remember it so each goes once."""
+        known = self._vault.links(self.name, entry.kind).get(entry.external_id)
+        if known == entry.fingerprint:
+            return
+        if known is None:
+            try:
+                self._request("POST", entry.kind, json=entry.body)
+            except RejectedError:
+                if not self._exists(entry.kind, entry.external_id):
+                    raise  # refused for another reason: the receipt is dead-lettered with it
+                self._update(entry)  # it exists already (created before the link was saved)
+        else:
+            self._update(entry)
+        self._vault.save_link(self.name, entry.kind, entry.external_id, entry.fingerprint)
+
+    def _update(self, entry: CatalogueEntry) -> None:
+        changes = {k: v for k, v in entry.body.items() if k != "externalId"}
+        self._request("PATCH", self._eid(entry.kind, entry.external_id), json=changes)
+
+    def catalogue(self, receipt: Receipt) -> list[CatalogueEntry]:
+        """The categories, then the items, a receipt names (each once, first line wins)."""
+        categories: dict[str, CatalogueEntry] = {}
+        items: dict[str, CatalogueEntry] = {}
+        for line in receipt.items:
+            group = line.article_group or self.settings.default_category
+            name = line.article_group or self.settings.default_category_name
+            categories.setdefault(group, self._entry("categories", group, {"name": name}))
+            body: dict[str, Any] = {"categoryExternalId": group, "name": line.article_name}
+            body["price"] = list_price(line)
+            items.setdefault(line.sku, self._entry("items", line.sku, body))
+        return [*categories.values(), *items.values()]
+
+    def _entry(self, kind: str, external_id: str, body: dict[str, Any]) -> CatalogueEntry:
+        check_external_id(external_id, self.name)
+        return CatalogueEntry(kind, external_id, {**body, "externalId": external_id})
+
+    # --- mapping ------------------------------------------------------------------------
+
+    def order_payload(self, receipt: Receipt, external_id: str) -> dict[str, Any]:
+        """The receipt as a Loaded order; no person at all (analytics needs none)."""
+        check_external_id(external_id, self.name)
+        at = receipt.created_date.isoformat()
+        refund = all(line.type == "RETURN" for line in receipt.items)
+        items = [part for line in receipt.items for part in order_items(line, at)]
+        tenders = [
+            {
+                "externalId": f"{external_id}-t{index}",
+                "tenderedAt": at,
+                "type": payment.type,
+                "invoiceAmount": payment.value,
+            }
+            for index, payment in enumerate(receipt.payment_methods, start=1)
+        ]
+        return {
+            "externalId": external_id,
+            "createdAt": at,
+            "completedAt": at,
+            "status": self.settings.refund_status if refund else self.settings.order_status,
+            "items": items,
+            "tenders": tenders,
+        }
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _eid(self, kind: str, external_id: str) -> str:
+        return f"{kind}/eid:{quote(external_id, safe='')}"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = join(self.settings.base_url, f"{self.settings.api_root.rstrip('/')}/{path}")
+        headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
+        body = kwargs.get("json")
+        if path.startswith("orders") and isinstance(body, dict):
+            headers["Idempotency-Key"] = str(body["externalId"])
+        return call_with_token(
+            self.tokens, self._http, method, url, connector=self.name, headers=headers, **kwargs
+        )
+
+
+def check_external_id(external_id: str, connector: str) -> None:
+    if len(external_id) > MAX_EXTERNAL_ID:
+        raise RejectedError(
+            f"{connector}: an externalId is at most {MAX_EXTERNAL_ID} characters",
+            connector=connector,
+        )
+
+
+def list_price(line: ReceiptItem) -> Decimal:
+    """An item's catalogue price: the unit price before discounts (our assumption, mapping.md)."""
+    off = sum((abs(d.value) for d in line.discounts), Decimal(0))
+    quantity = abs(line.quantity) or 1
+    total = abs(line.gross_paid_price) + off
+    return (total / quantity).quantize(_step(total)) if quantity > 1 else total
+
+
+def order_items(line: ReceiptItem, at: str) -> Iterator[dict[str, Any]]:
+    """One receipt line as order items whose unitPrice x quantity adds up to the cent.
+
+    A line of 3 for 10.00 is 2 x 3.33 and 1 x 3.34 (and the same for its tax): Loaded's
+    items carry a unit price, and a rounded one would change the money.
+    """
+    refund = line.type == "RETURN"
+    paid = abs(line.gross_paid_price) if refund else line.gross_paid_price
+    tax = abs(line.tax_amount) if refund else line.tax_amount
+    for count, unit_price, unit_tax in split_exact(paid, tax, abs(line.quantity) or 1):
+        item: dict[str, Any] = {
+            "externalId": line.sku,
+            "requestedTime": at,
+            "quantity": count,
+            "unitPrice": unit_price,
+            "unitTax": unit_tax,
+        }
+        if refund:
+            item["settlementStatus"] = "Refunded"
+        yield item
+
+
+def split_exact(total: Decimal, tax: Decimal, quantity: int) -> list[tuple[int, Decimal, Decimal]]:
+    """(count, unit price, unit tax) groups: sum(count x unit) == total, the same for tax."""
+    price_unit, price_extra, price_step = _share(total, quantity)
+    tax_unit, tax_extra, tax_step = _share(tax, quantity)
+    cuts = sorted({0, price_extra, tax_extra, quantity})
+    groups = []
+    for start, end in itertools.pairwise(cuts):
+        unit = price_unit + (price_step if start < price_extra else 0)
+        unit_tax = tax_unit + (tax_step if start < tax_extra else 0)
+        groups.append((end - start, unit, unit_tax))
+    return groups
+
+
+def _share(amount: Decimal, quantity: int) -> tuple[Decimal, int, Decimal]:
+    """amount / quantity as (unit, how many units get one step more, the step)."""
+    step = _step(amount)
+    sign = -1 if amount < 0 else 1
+    units = int(abs(amount) / step)  # exact: amount is a whole number of steps
+    base, extra = divmod(units, quantity)
+    return (sign * base * step).quantize(step), extra, sign * step
+
+
+def _step(amount: Decimal) -> Decimal:
+    """The smallest unit the amount is written in (0.01 for 10.00, 1 for 7)."""
+    exponent = amount.as_tuple().exponent
+    return Decimal(1).scaleb(min(int(exponent), 0))
 
 
 def create(
     settings: LoadedSettings,
     http: requests.Session,
+    vault: Vault | None = None,
+    now: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> LoadedConnector:
     """The connector for one Loaded destination."""
-    return LoadedConnector(settings, http, monotonic)
+    return LoadedConnector(settings, http, vault, now, monotonic)
 
 
 _AS_SENDER: type[Sender] = LoadedConnector

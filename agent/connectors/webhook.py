@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +19,9 @@ from agent.connectors.base import (
     SendResult,
     call,
     rate_limit,
+    wire_json,
 )
-from agent.models import OutboundMessage, to_builtins
+from agent.models import OutboundMessage, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,16 @@ def verify(key: str, body: bytes, header: str) -> bool:
 
 
 def envelope(message: OutboundMessage) -> dict[str, Any]:
-    """The message as the receiver gets it: camelCase, decimals as strings (no float rounding)."""
+    """The message as the receiver gets it: camelCase, money as exact JSON numbers."""
     body: dict[str, Any] = {
         "kind": message.kind,
         "idempotencyKey": message.idempotency_key,
         "revision": message.revision,
     }
     if message.receipt is not None:
-        body["receipt"] = to_builtins(message.receipt)
+        body["receipt"] = to_wire(message.receipt)
     if message.contact is not None:
-        body["contact"] = to_builtins(message.contact)
+        body["contact"] = to_wire(message.contact)
     if message.local_id is not None:
         body["localId"] = message.local_id
     if message.cloud_contact_id is not None:
@@ -96,7 +96,7 @@ class WebhookConnector:
         self._post({"kind": "ping"}, "ping")
 
     def _post(self, payload: dict[str, Any], key: str) -> SendResult:
-        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        raw = wire_json(payload)  # compact, sorted keys, decimals exact: the bytes signed
         headers = {
             "Content-Type": "application/json",
             "User-Agent": self.settings.user_agent,

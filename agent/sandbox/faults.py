@@ -25,6 +25,7 @@ class Planned:
     api: str | None
     status: int = 200
     retry_after: str | None = None
+    date_in_seconds: float | None = None  # an HTTP-date this far ahead of the answer itself
 
 
 @dataclass
@@ -83,8 +84,10 @@ class Faults:
         retry_after: None = no header; an int = that many seconds; "date" = an HTTP-date
         retry_after_seconds ahead; any other string is sent as the header value verbatim.
         """
-        value = retry_after_value(retry_after, self._now, retry_after_seconds)
-        self._plan([Planned("status", api, status, value) for _ in range(count)])
+        # An HTTP-date is written when the answer goes out, as a cloud writes it, not now.
+        dated = retry_after_seconds if retry_after == "date" else None
+        value = None if dated is not None else retry_after_value(retry_after, self._now)
+        self._plan([Planned("status", api, status, value, dated) for _ in range(count)])
 
     def storm_429(
         self,
@@ -181,6 +184,10 @@ class Faults:
             if planned is not None:
                 verdict.kind, verdict.status = planned.kind, planned.status
                 verdict.retry_after = planned.retry_after
+                if planned.date_in_seconds is not None:
+                    verdict.retry_after = retry_after_value(
+                        "date", self._now, planned.date_in_seconds
+                    )
                 return verdict
             rate = self._for(self._state.error_rate, api)
             if rate is not None and self._random.random() < rate[0]:

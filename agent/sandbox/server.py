@@ -34,6 +34,7 @@ PREFIXES = (
     ("/loaded/", "loaded"),
     ("/oauth/", "loaded"),
     ("/pos/", "loaded"),
+    ("/v1/", "loaded"),
     ("/webhook/", "webhook"),
 )
 MALFORMED_BODY = b"<html><body>502 Bad Gateway (sandbox: not JSON)</body></html>"
@@ -64,12 +65,12 @@ class RecordedRequest:
 
 
 def receipt_key(request: RecordedRequest) -> str | None:
-    """The receipt id a recorded request writes: an Engage receipt, a Loaded sale; else None."""
+    """The receipt id a recorded request writes: an Engage receipt, a Loaded order; else None."""
     body = request.json if isinstance(request.json, dict) else {}
     if request.api == "engage" and request.method == "POST" and request.path.endswith("/receipts"):
         return str(body["uniqueReceiptId"]) if "uniqueReceiptId" in body else None
-    if request.api == "loaded" and "/pos/sales" in request.path and request.method != "GET":
-        tail = request.path.rsplit("/", 1)[-1]
+    if request.api == "loaded" and "/pos/orders" in request.path and request.method != "GET":
+        tail = request.path.rstrip("/").rsplit("/", 1)[-1]
         if tail.startswith("eid:"):
             return unquote(tail[4:])
         return str(body["externalId"]) if "externalId" in body else None

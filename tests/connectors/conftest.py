@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import requests
 
+from agent import crypto
 from agent.config import DestinationSettings
 from agent.connectors import make_session
 from agent.sandbox import SandboxCloud
+from agent.vault import ConnectorVault
 
 SECRETS = {
     "engage-api-key": "sandbox-engage-key",
@@ -44,6 +46,19 @@ def http() -> Iterator[requests.Session]:
     session = make_session("TillAgent/test", timeout_seconds=5.0)
     yield session
     session.close()
+
+
+@pytest.fixture
+def keyring(tmp_path) -> crypto.Keyring:
+    return crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+
+
+@pytest.fixture
+def vault(tmp_path, keyring) -> Iterator[ConnectorVault]:
+    """The agent's real vault (SQLite, sealed tokens) in a temporary data directory."""
+    store = ConnectorVault(tmp_path, keyring)
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -83,7 +83,8 @@ STATUSES: list[tuple[int, type[Exception]]] = [
 def test_each_status_class(kind: str, status: int, error: type[Exception], sandbox: Any, http):
     sender: Sender = make(kind, sandbox.url, http)
     sender.send(message("R-WARM"))  # a Loaded token in hand, so the fault hits the send
-    sandbox.faults.fail_next(status, count=2, api=API[kind])
+    # Three: a 401 makes an OAuth connector renew its token (refresh, then a new grant) first.
+    sandbox.faults.fail_next(status, count=3, api=API[kind])
     with pytest.raises(error) as raised:
         sender.send(message(f"R-{status}"))
     assert isinstance(raised.value, error)

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from agent.connectors import engage
-from agent.connectors.base import money_as_numbers
+from agent.connectors.base import wire_json
 from agent.errors import AuthError, RejectedError, RetryableError
 from agent.models import Contact, OutboundMessage, Receipt
 from tests.connectors.conftest import destination, read_secret
@@ -65,7 +65,8 @@ def test_receipt_payload_money_as_numbers_and_order_as_extra_data(http: requests
     body = connector(http).receipt_payload(
         receipt(matchKey="0701234567", matchKeyType="MobilePhone"), None
     )
-    assert body["totalGrossPrice"] == 19.9
+    assert body["totalGrossPrice"] == Decimal("19.90")
+    assert b'"totalGrossPrice":19.90' in wire_json(body)
     assert body["items"][0]["taxPercent"] == 25
     assert body["extraData"] == [{"name": "orderId", "value": "O-1"}]
     assert body["contact"] == {
@@ -73,7 +74,7 @@ def test_receipt_payload_money_as_numbers_and_order_as_extra_data(http: requests
         "matchKeyType": "MobilePhone",
         "contactType": "Member",
     }
-    json.dumps(body)
+    json.loads(wire_json(body))
 
 
 def test_phone_without_plus_when_configured(http: requests.Session):
@@ -151,8 +152,9 @@ def engage_date(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
 
 
-def test_decimal_money_survives():
-    assert money_as_numbers({"value": "0.10"}) == {"value": float(Decimal("0.10"))}
+def test_decimal_money_leaves_as_the_number_it_was_written_as():
+    raw = wire_json({"value": Decimal("123456789012345.6789"), "small": Decimal("0.10")})
+    assert raw == b'{"small":0.10,"value":123456789012345.6789}'
 
 
 # --- against the sandbox cloud -----------------------------------------------------------

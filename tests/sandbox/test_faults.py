@@ -116,9 +116,9 @@ def test_reject_ids_for_loaded_carries_an_error_id(sandbox: SandboxCloud, http):
             "client_secret": "sandbox-secret",
         },
     ).json()["access_token"]
-    answer = http.put(
-        f"{sandbox.url}/pos/sales/eid:S-BAD",
-        json={"total": 1},
+    answer = http.patch(
+        f"{sandbox.url}/v1/pos/orders/eid:S-BAD",
+        json={"status": "Completed"},
         headers={"Authorization": f"Bearer {token}"},
     )
     assert answer.status_code == 400
