@@ -159,7 +159,7 @@ def test_sigkill_during_delivery_resends_with_the_same_key_and_the_cloud_holds_o
     assert set(accepted) == set(ids)
     assert sum(accepted.values()) <= len(ids) + 1, accepted  # one kill: one send resent at most
     for key in (k for k, n in accepted.items() if n > 1):  # a resend: the same key, the same body
-        sends = [r for r in sales_requests(cloud) if r.json.get("externalId") == key]
+        sends = [r for r in sales_requests(cloud) if (r.json or {}).get("externalId") == key]
         assert {r.headers["Idempotency-Key"] for r in sends} == {key}
         assert len({r.body for r in sends}) == 1
     assert process.terminate() == 0
