@@ -160,7 +160,7 @@ def demo_receipt(number: int, *, with_contact: bool) -> dict[str, Any]:
     if with_contact:
         receipt["contact"] = {
             "matchKey": f"+4670000{number % 50:04d}",
-            "matchKeyType": "MobilePhone",
+            "matchKeyType": "mobilePhone",
         }
     return receipt
 

@@ -58,11 +58,15 @@ class Sender(Protocol):
 
 
 class ContactResolver(Protocol):
-    """A cloud that keeps contacts: find one by a secondary key, or create one (Engage)."""
+    """A cloud that keeps contacts and finds one by a secondary key (Engage).
+
+    lookup_match_keys: a receipt's bare email or phone is looked up first and sent by contact
+    id (one request more per receipt); off, the cloud matches the key itself.
+    """
+
+    lookup_match_keys: bool
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None: ...
-
-    def create_contact(self, contact: models.Contact) -> str: ...
 
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
@@ -274,7 +278,7 @@ class Dispatcher:
         return amended
 
     def _resolved(self, message: models.OutboundMessage) -> models.OutboundMessage:
-        """The intelligent buffer: a receipt's buyer is found (or created) in the cloud first."""
+        """A member registered here goes by its cloud id; a bare key as it came (or looked up)."""
         receipt = message.receipt
         if self._resolver is not None and message.contact is not None:
             if message.contact.contact_id is None:
@@ -291,10 +295,10 @@ class Dispatcher:
                 )
             return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
         email, phone = buyer_keys(contact)
-        if email is None and phone is None:
-            return message  # a member number, card id ...: the cloud resolves those itself
-        # The vendor's advice: look before creating, on every attempt, so a retried create
-        # never makes a duplicate.
+        if not self._resolver.lookup_match_keys or (email is None and phone is None):
+            return message  # the cloud matches the key itself: one request, no member made
+        # A tenant that wants contact ids: look the key up on every attempt; never create a
+        # member for it (a typed phone number is not consent to join a loyalty programme).
         try:
             self._spend()
             cloud_id = self._resolver.find_contact_id(email=email, mobile_phone=phone)
@@ -303,12 +307,7 @@ class Dispatcher:
                 return message  # several contacts share the key: let the cloud choose, as-is
             raise
         if cloud_id is None:
-            self._spend()
-            cloud_id = self._resolver.create_contact(
-                models.Contact(
-                    email=email, mobile_phone=phone, store_external_id=receipt.store_external_id
-                )
-            )
+            return message  # unknown to the cloud: sent with its key, as the POS gave it
         return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
 
     def _remember_cloud_contact(self, item: dict[str, object], result: object) -> None:
@@ -593,9 +592,9 @@ def _figures_sent(sent: models.OutboundMessage | None) -> tuple[str, figures.Amo
 
 def buyer_keys(contact: models.ReceiptContact) -> tuple[str | None, str | None]:
     """(email, mobile phone) when the receipt names its buyer by one of those."""
-    if contact.match_key_type == "Email":
+    if contact.match_key_type == "email":
         return contact.match_key, None
-    if contact.match_key_type == "MobilePhone":
+    if contact.match_key_type == "mobilePhone":
         return None, contact.match_key
     return None, None
 

@@ -443,9 +443,9 @@ def receipt_subject_fields(receipt: models.Receipt) -> tuple[str | None, str | N
     contact = receipt.contact
     if contact is None or contact.match_key is None:
         return None, None
-    if contact.match_key_type == "Email":
+    if contact.match_key_type == "email":
         return contact.match_key, None
-    if contact.match_key_type == "MobilePhone":
+    if contact.match_key_type == "mobilePhone":
         return None, contact.match_key
     return None, None
 

@@ -17,7 +17,32 @@ ShortText = Annotated[str, msgspec.Meta(max_length=255)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 Money = Annotated[Decimal, msgspec.Meta(description="A decimal amount; JSON number or string")]
 Instant = Annotated[dt.datetime, msgspec.Meta(tz=True, description="ISO 8601 with an offset")]
+# Voyado's receipt field definitions spell the key types in camelCase (developer.voyado.com,
+# "Receipts - field definitions"); its SDK's enum in PascalCase. Both are accepted and every
+# key type is kept, and sent, in the documented camelCase.
+MATCH_KEY_TYPES = (
+    "email",
+    "socialSecurityNumber",
+    "mobilePhone",
+    "cardId",
+    "externalId",
+    "memberNumber",
+    "contactId",
+    "memberNumberWithCardNumberAsFallback",
+)
+MATCH_KEY_SPELLINGS = {
+    **{name: name for name in MATCH_KEY_TYPES},
+    **{name[0].upper() + name[1:]: name for name in MATCH_KEY_TYPES},
+}
 MatchKeyType = Literal[
+    "email",
+    "socialSecurityNumber",
+    "mobilePhone",
+    "cardId",
+    "externalId",
+    "memberNumber",
+    "contactId",
+    "memberNumberWithCardNumberAsFallback",
     "Email",
     "SocialSecurityNumber",
     "MobilePhone",
@@ -27,6 +52,7 @@ MatchKeyType = Literal[
     "ContactId",
     "MemberNumberWithCardNumberAsFallback",
 ]
+
 ItemType = Literal["PURCHASE", "RETURN", "ADJUSTMENT"]
 
 
@@ -90,6 +116,10 @@ class ReceiptContact(_Shape):
     match_key_type: MatchKeyType | None = None
     contact_type: ShortText | None = None
     local_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if self.match_key_type is not None:  # one spelling from here on: Voyado's documented one
+            self.match_key_type = MATCH_KEY_SPELLINGS[self.match_key_type]  # type: ignore[assignment]
 
 
 class Receipt(_Shape):

@@ -106,7 +106,7 @@ def make_receipt(
         "items": items,
     }
     if contact:
-        receipt["contact"] = {"matchKey": "+46700000001", "matchKeyType": "MobilePhone"}
+        receipt["contact"] = {"matchKey": "+46700000001", "matchKeyType": "mobilePhone"}
     return receipt
 
 

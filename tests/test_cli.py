@@ -74,7 +74,7 @@ def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_pro
 
     till = Till(process.url, process.token)
     receipt = make_receipt("R-STOPPED")
-    receipt["contact"] = {"matchKey": "zz.stopped.3141@example.invalid", "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": "zz.stopped.3141@example.invalid", "matchKeyType": "email"}
     till.post("/v1/receipts", receipt)
     till.close()
     assert process.terminate() == 0

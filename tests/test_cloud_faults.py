@@ -53,7 +53,7 @@ def test_an_answer_lost_after_the_cloud_committed_is_resent_and_kept_once(
             cloud.faults.lost_next(3, api="engage")
             cloud.faults.lost_next(3, api="loaded")
         receipt = make_receipt(receipt_id)  # a member number: no lookup comes before the receipt
-        receipt["contact"] = {"matchKey": "M-0001", "matchKeyType": "MemberNumber"}
+        receipt["contact"] = {"matchKey": "M-0001", "matchKeyType": "memberNumber"}
         assert till.post("/v1/receipts", receipt).status_code == 202
     wait_for(
         lambda: set(cloud.engage.receipts) == set(ids) and set(cloud.loaded.orders) == set(ids)

@@ -20,7 +20,7 @@ def rejected_rig(start_agent, overrides=None):
     clock = Clock()
     dispatcher = dispatcher_for(agent, sender, monotonic=clock)
     receipt = make_receipt("R-DEAD")
-    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
     assert till.post("/v1/receipts", receipt).status_code == 202
     sender.rules["R-DEAD"] = raising(
         RejectedError(

@@ -287,12 +287,12 @@ def test_an_amendment_replaced_before_it_left_goes_whole(start_agent):
     assert len(sender.messages[0].receipt.items) == 3
 
 
-def engage_rig(start_agent):
+def engage_rig(start_agent, *, lookup_match_keys=True):
     from tests.fakes.senders import DirectoryResolver
 
     agent, till = start_agent()
     sender = RecordingSender()
-    resolver = DirectoryResolver()
+    resolver = DirectoryResolver(lookup_match_keys=lookup_match_keys)
     dispatcher = dispatcher_for(agent, sender, "engage", amends="difference", resolver=resolver)
     return agent, till, sender, resolver, dispatcher
 
@@ -306,13 +306,25 @@ def test_a_buyer_known_to_the_cloud_is_tagged_by_its_cloud_id(start_agent):
     assert resolver.created == []
 
 
-def test_an_unknown_buyer_is_created_first_then_the_receipt_sent(start_agent):
+def test_an_unknown_buyer_is_sent_by_its_key_and_never_made_a_member(start_agent):
     _, till, sender, resolver, dispatcher = engage_rig(start_agent)
     post(till, "R-1", "R-2")
     dispatcher.step()
     dispatcher.step()
-    assert [c.mobile_phone for c in resolver.created] == ["+46700000001"]  # once, not twice
-    assert [m.cloud_contact_id for m in sender.messages] == ["cloud-1", "cloud-1"]
+    assert resolver.created == []
+    assert resolver.lookups == 2
+    assert [m.cloud_contact_id for m in sender.messages] == [None, None]
+    assert [m.receipt.contact.match_key for m in sender.messages] == ["+46700000001"] * 2
+
+
+def test_without_the_lookup_setting_a_bare_key_goes_as_it_came_in_one_request(start_agent):
+    _, till, sender, resolver, dispatcher = engage_rig(start_agent, lookup_match_keys=False)
+    resolver.by_key["+46700000001"] = "cloud-known"
+    post(till, "R-1")
+    dispatcher.step()
+    assert resolver.lookups == 0
+    assert resolver.created == []
+    assert sender.messages[0].cloud_contact_id is None
 
 
 def test_a_member_registered_offline_is_created_before_the_receipt_that_refers_to_it(start_agent):
@@ -380,8 +392,8 @@ def test_an_unexpected_failure_puts_the_item_back_and_a_config_error_halts(rig):
     assert agent.outbox.depth("loaded").claimed == 0
 
 
-def test_a_buyers_lookup_and_creation_count_against_the_request_rate(start_agent):
-    """Each receipt with an unknown buyer costs three requests (look, create, send)."""
+def test_a_buyers_lookup_counts_against_the_request_rate(start_agent):
+    """With lookup_match_keys each receipt with an unknown buyer costs two requests."""
     import time
 
     from agent.ratelimit import RateBudget
@@ -406,10 +418,10 @@ def test_a_buyers_lookup_and_creation_count_against_the_request_rate(start_agent
     dispatcher = dispatcher_for(agent, sender, "engage", resolver=resolver, budget=budget)
     for n in range(8):
         receipt = make_receipt(f"R-{n}")
-        receipt["contact"] = {"matchKey": f"+4670000{n:04d}", "matchKeyType": "MobilePhone"}
+        receipt["contact"] = {"matchKey": f"+4670000{n:04d}", "matchKeyType": "mobilePhone"}
         assert till.post("/v1/receipts", receipt).status_code == 202
     while dispatcher.step():
         pass
-    assert len(stamps) == 8 * 3
+    assert len(stamps) == 8 * 2  # look, send: never a create
     in_any_second = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
     assert in_any_second <= 10

@@ -32,7 +32,7 @@ def planted(start_agent):
     agent, till = start_agent()
     plant_everything(till)
     keep = make_receipt("R-KEEP")
-    keep["contact"] = {"matchKey": PLANTED["phone"], "matchKeyType": "MobilePhone"}
+    keep["contact"] = {"matchKey": PLANTED["phone"], "matchKeyType": "mobilePhone"}
     assert till.post("/v1/receipts", keep).status_code == 202
     deliver_all_but(agent, keep_key="R-KEEP")
     return agent, till
@@ -206,7 +206,7 @@ def test_forget_withdraws_a_queued_contact_registration(start_agent):
 def test_forget_and_purge_over_the_api(agent_till):
     _, till = agent_till
     receipt = make_receipt("R-API")
-    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
     till.post("/v1/receipts", receipt)
     answer = till.post("/v1/privacy/forget", {"email": PLANTED["email"]})
     assert answer.status_code == 200

@@ -57,7 +57,7 @@ def plant_everything(till) -> None:
     }
     assert till.post("/v1/contacts", contact).status_code == 202
     receipt = make_receipt("R-PII")
-    receipt["contact"] = {"matchKey": PLANTED["receipt_key"], "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": PLANTED["receipt_key"], "matchKeyType": "email"}
     assert till.post("/v1/receipts", receipt).status_code == 202
     receipt["items"][0]["quantity"] = 2  # an amendment re-seals the personal part
     assert till.post("/v1/receipts", receipt).status_code == 202

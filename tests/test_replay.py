@@ -61,7 +61,7 @@ def test_the_journal_keeps_the_buyer_sealed_and_forget_strips_it(start_agent):
 
     agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
     body = dated("P", "2026-11-01")
-    body["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "Email"}
+    body["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
     till.post("/v1/receipts", body)
     dispatcher_for(agent, ScriptedSender()).step()
     assert scan(agent.settings.agent.data_dir) == []

@@ -124,7 +124,7 @@ def test_a_deletion_in_the_cloud_forgets_the_person_everywhere_here(start_agent)
     )
     sync.run_once()
     receipt = make_receipt("R-GONE")
-    receipt["contact"] = {"matchKey": "zz.gone.55@example.com", "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": "zz.gone.55@example.com", "matchKeyType": "email"}
     till.post("/v1/receipts", receipt)
     source.contacts.append(SourceContact(contact_id="c-9", deleted=True))
     sync.run_once()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import phonenumbers
 import requests
 
@@ -69,6 +70,7 @@ class EngageSettings:
     bulk_min: int = 3  # a shorter run of contacts goes one by one (bulk costs ≥ 2 calls)
     bulk_status_poll_seconds: float = 0.5
     bulk_status_timeout_seconds: float = 60.0
+    lookup_match_keys: bool = False  # a receipt's bare email/phone looked up first (+1 call)
 
 
 def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> EngageSettings:
@@ -98,6 +100,7 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         bulk_status_timeout_seconds=opts.number(
             "bulk_status_timeout_seconds", 60.0, low=1, high=3600
         ),
+        lookup_match_keys=opts.flag("lookup_match_keys", False),
     )
     _check_start(settings.changes_start, opts)
     opts.finish()
@@ -123,6 +126,7 @@ class EngageConnector:
     ) -> None:
         self.name = settings.name
         self.settings = settings
+        self.lookup_match_keys = settings.lookup_match_keys
         self._http = http
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
         self._headers = {
@@ -286,7 +290,7 @@ class EngageConnector:
 
     def receipt_payload(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, Any]:
         """Our receipt in Engage's shape: money as numbers, order links as extraData."""
-        body: dict[str, Any] = to_wire(receipt)
+        body: dict[str, Any] = to_wire(engage_signs(receipt))
         body.pop("contact", None)
         extra = [
             {"name": name, "value": value}
@@ -303,7 +307,7 @@ class EngageConnector:
 
     def _receipt_contact(self, receipt: Receipt, cloud_contact_id: str | None) -> dict[str, str]:
         if cloud_contact_id:
-            return {"matchKey": cloud_contact_id, "matchKeyType": "ContactId"}
+            return {"matchKey": cloud_contact_id, "matchKeyType": "contactId"}
         contact = receipt.contact
         if contact is None or contact.match_key is None or contact.match_key_type is None:
             raise RetryableError(  # a member registered at this till, not yet in Engage
@@ -311,7 +315,7 @@ class EngageConnector:
                 connector=self.name,
             )
         key = contact.match_key
-        if contact.match_key_type == "MobilePhone":
+        if contact.match_key_type == "mobilePhone":
             key = self.phone_out(key) or key
         return {
             "matchKey": key,
@@ -466,6 +470,32 @@ class _Feed:
         except (ValueError, KeyError, TypeError):
             log.warning("engage: unreadable changes cursor, starting from changes_start")
             return cls(dt.datetime.fromisoformat(settings.changes_start), width, now)
+
+
+def engage_signs(receipt: Receipt) -> Receipt:
+    """Voyado's return rules: a RETURN line has a negative quantity and a positive price and
+    tax; a receipt of returns only has a negative total and negative payments."""
+    items = [
+        msgspec.structs.replace(
+            item,
+            quantity=-abs(item.quantity),
+            gross_paid_price=abs(item.gross_paid_price),
+            tax_amount=abs(item.tax_amount),
+        )
+        if item.type == "RETURN"
+        else item
+        for item in receipt.items
+    ]
+    if not all(item.type == "RETURN" for item in items):
+        return msgspec.structs.replace(receipt, items=items)
+    return msgspec.structs.replace(
+        receipt,
+        items=items,
+        total_gross_price=-abs(receipt.total_gross_price),
+        payment_methods=[
+            msgspec.structs.replace(p, value=-abs(p.value)) for p in receipt.payment_methods
+        ],
+    )
 
 
 def to_e164(phone: str, region: str, *, connector: str = "engage") -> str:

@@ -12,16 +12,17 @@ from typing import Any
 
 from agent.sandbox.http import Request, Response, json_response
 
+# Voyado's receipt field definitions' spelling (camelCase) only: the strictest reading.
 MATCH_KEY_TYPES = frozenset(
     {
-        "Email",
-        "SocialSecurityNumber",
-        "MobilePhone",
-        "CardId",
-        "ExternalId",
-        "MemberNumber",
-        "ContactId",
-        "MemberNumberWithCardNumberAsFallback",
+        "email",
+        "socialSecurityNumber",
+        "mobilePhone",
+        "cardId",
+        "externalId",
+        "memberNumber",
+        "contactId",
+        "memberNumberWithCardNumberAsFallback",
     }
 )
 RECEIPT_FIELDS = (
@@ -156,7 +157,7 @@ class EngageApi:
         if not request.header("user-agent"):
             return error(400, "MissingUserAgent", "the User-Agent header is required")
         content_type = request.header("content-type").split(";")[0].strip().lower()
-        if request.body and content_type != "application/json":
+        if content_type != "application/json":  # Voyado: on every request, or 500
             return error(500, "InternalServerError", "An error has occurred")
         return None
 
@@ -355,7 +356,26 @@ def receipt_problem(body: Any) -> str | None:
         or list_problem(body, "paymentMethods")
         or list_problem(body, "items")
         or next(filter(None, (item_problem(i, it) for i, it in enumerate(body["items"]))), None)
+        or return_total_problem(body)
     )
+
+
+def return_total_problem(body: dict[str, Any]) -> str | None:
+    """Voyado's field definitions: a receipt of type RETURN has a negative totalGrossPrice."""
+    if (
+        all(item["type"] == "RETURN" for item in body["items"])
+        and number(body["totalGrossPrice"]) >= 0
+    ):
+        return "totalGrossPrice must be negative for a RETURN receipt"
+    return None
+
+
+def number(value: Any) -> float:
+    """A JSON number (or numeric string) as a float, for a sign check; NaN when it is neither."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def contact_problem(contact: Any) -> str | None:
@@ -386,4 +406,6 @@ def item_problem(index: int, item: Any) -> str | None:
         return f"items[{index}].type must be PURCHASE, RETURN or ADJUSTMENT"
     if isinstance(item["quantity"], bool) or not isinstance(item["quantity"], int):
         return f"items[{index}].quantity must be an integer"
+    if item["type"] == "RETURN" and (item["quantity"] >= 0 or number(item["grossPaidPrice"]) < 0):
+        return f"items[{index}]: a RETURN has a negative quantity and a positive price"
     return None

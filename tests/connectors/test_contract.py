@@ -38,7 +38,7 @@ def make(kind: str, root: str, http: requests.Session) -> Any:
 
 def message(key: str) -> OutboundMessage:
     body = msgspec.structs.replace(
-        receipt(matchKey="a@example.com", matchKeyType="Email"), unique_receipt_id=key
+        receipt(matchKey="a@example.com", matchKeyType="email"), unique_receipt_id=key
     )
     return OutboundMessage(kind="receipt", idempotency_key=key, receipt=body)
 

@@ -63,7 +63,7 @@ def test_settings_defaults_and_secret_not_in_repr(http: requests.Session):
 
 def test_receipt_payload_money_as_numbers_and_order_as_extra_data(http: requests.Session):
     body = connector(http).receipt_payload(
-        receipt(matchKey="0701234567", matchKeyType="MobilePhone"), None
+        receipt(matchKey="0701234567", matchKeyType="mobilePhone"), None
     )
     assert body["totalGrossPrice"] == Decimal("19.90")
     assert b'"totalGrossPrice":19.90' in wire_json(body)
@@ -71,7 +71,7 @@ def test_receipt_payload_money_as_numbers_and_order_as_extra_data(http: requests
     assert body["extraData"] == [{"name": "orderId", "value": "O-1"}]
     assert body["contact"] == {
         "matchKey": "+46701234567",
-        "matchKeyType": "MobilePhone",
+        "matchKeyType": "mobilePhone",
         "contactType": "Member",
     }
     json.loads(wire_json(body))
@@ -89,7 +89,7 @@ def test_not_a_phone_is_rejected(http: requests.Session):
 
 def test_a_resolved_contact_goes_as_contact_id(http: requests.Session):
     body = connector(http).receipt_payload(receipt(localId="L-1"), "guid-1")
-    assert body["contact"] == {"matchKey": "guid-1", "matchKeyType": "ContactId"}
+    assert body["contact"] == {"matchKey": "guid-1", "matchKeyType": "contactId"}
 
 
 def test_an_unresolved_local_member_waits(http: requests.Session):
@@ -165,7 +165,7 @@ def test_headers_and_path(sandbox: Any, http: requests.Session):
     message = OutboundMessage(
         kind="receipt",
         idempotency_key="R-1",
-        receipt=receipt(matchKey="a@example.com", matchKeyType="Email"),
+        receipt=receipt(matchKey="a@example.com", matchKeyType="email"),
     )
     conn.send(message)
     sent = [r for r in sandbox.requests if r.path.endswith("/receipts")][-1]
@@ -274,3 +274,22 @@ def test_a_wrong_key_is_auth(sandbox: Any, http: requests.Session):
     settings = engage.EngageSettings(name="engage", base_url=sandbox.url, api_key="wrong")
     with pytest.raises(AuthError):
         engage.create(settings, http).probe()
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_a_return_goes_with_voyados_signs_and_the_sandbox_takes_it(version, sandbox, http):
+    """A POS that signs a return its own way still reaches Engage as Voyado's return page has
+    it: negative quantity, positive price and tax, negative total and payment."""
+    base = receipt(matchKey="1234", matchKeyType="MemberNumber")
+    item = msgspec.structs.replace(base.items[0], type="RETURN", quantity=2)
+    refund = msgspec.structs.replace(base, unique_receipt_id=f"RET-{version}", items=[item])
+    conn = connector(http, sandbox.url, api_version=version)
+    conn.send(
+        OutboundMessage(kind="receipt", idempotency_key=refund.unique_receipt_id, receipt=refund)
+    )
+    sent = sandbox.engage.receipts[refund.unique_receipt_id]
+    assert sent["totalGrossPrice"] == -19.9
+    assert sent["paymentMethods"][0]["value"] == -19.9
+    assert (sent["items"][0]["quantity"], sent["items"][0]["grossPaidPrice"]) == (-2, 19.9)
+    assert sent["contact"]["matchKeyType"] == "memberNumber"
+    assert all(r.headers.get("Content-Type") == "application/json" for r in sandbox.requests)

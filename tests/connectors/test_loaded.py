@@ -40,7 +40,7 @@ def connector(
 
 
 def message(key: str = "R-1", revision: int = 1, body: Receipt | None = None) -> OutboundMessage:
-    body = body or receipt(matchKey="a@example.com", matchKeyType="Email")
+    body = body or receipt(matchKey="a@example.com", matchKeyType="email")
     return OutboundMessage(
         kind="receipt",
         idempotency_key=key,
@@ -93,7 +93,7 @@ def test_a_refresh_token_grant_needs_its_secret(http: requests.Session):
 
 def test_order_has_the_external_id_and_no_person(http: requests.Session):
     order = connector(http).order_payload(
-        receipt(matchKey="a@example.com", matchKeyType="Email"), "R-1"
+        receipt(matchKey="a@example.com", matchKeyType="email"), "R-1"
     )
     assert order["externalId"] == "R-1"
     assert order["status"] == "Completed"

@@ -48,7 +48,8 @@ class Clock:
 class DirectoryResolver:
     """A contact directory like a CRM's: find by email or phone, create with a new id."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lookup_match_keys: bool = True) -> None:
+        self.lookup_match_keys = lookup_match_keys
         self.by_key: dict[str, str] = {}
         self.created: list[models.Contact] = []
         self.lookups = 0

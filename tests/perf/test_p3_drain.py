@@ -40,7 +40,7 @@ def queue_backlog(till: Till, cloud: SandboxCloud) -> None:
             if n < REGISTRATIONS:
                 receipt["contact"] = {"localId": local_ids[n]}
             else:
-                receipt["contact"] = {"matchKey": f"M{sale:05d}", "matchKeyType": "MemberNumber"}
+                receipt["contact"] = {"matchKey": f"M{sale:05d}", "matchKeyType": "memberNumber"}
             assert till.post("/v1/receipts", receipt).status_code == 202
             sale += 1
 
@@ -94,7 +94,7 @@ def test_p3_backlog_drains_at_the_rate_limit(agent_process):
         with_ids = sum(
             1
             for body in cloud.engage.receipts.values()
-            if body["contact"]["matchKeyType"] == "ContactId"
+            if body["contact"]["matchKeyType"] == "contactId"
         )
     finally:
         cloud.stop()

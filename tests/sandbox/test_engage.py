@@ -9,12 +9,16 @@ import pytest
 
 from agent.sandbox import SandboxCloud
 
-HEADERS = {"apikey": "sandbox-engage-key", "User-Agent": "SandboxTest/1"}
+HEADERS = {
+    "apikey": "sandbox-engage-key",
+    "User-Agent": "SandboxTest/1",
+    "Content-Type": "application/json",
+}
 
 
 def receipt(key: str = "R-1", **changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "contact": {"matchKey": "a@example.com", "matchKeyType": "Email"},
+        "contact": {"matchKey": "a@example.com", "matchKeyType": "email"},
         "uniqueReceiptId": key,
         "receiptNumber": "1001",
         "createdDate": "2026-11-23T06:00:00+01:00",
@@ -65,7 +69,7 @@ def test_engage_v3_alias_takes_receipts(sandbox: SandboxCloud, http):
         ({"items": []}, "items"),
         ({"paymentMethods": None}, "paymentMethods"),
         ({"contact": {"matchKey": "x", "matchKeyType": "Phone"}}, "matchKeyType"),
-        ({"contact": {"matchKeyType": "Email"}}, "matchKey"),
+        ({"contact": {"matchKeyType": "email"}}, "matchKey"),
     ],
 )
 def test_engage_rejects_an_invalid_receipt_naming_the_problem(changes, named, sandbox, http):
@@ -93,10 +97,34 @@ def test_engage_rejects_an_invalid_item(item, named, sandbox: SandboxCloud, http
 
 
 def test_engage_accepts_every_match_key_type(sandbox: SandboxCloud, http):
-    kinds = ["MobilePhone", "MemberNumber", "ContactId", "MemberNumberWithCardNumberAsFallback"]
+    kinds = ["mobilePhone", "memberNumber", "contactId", "memberNumberWithCardNumberAsFallback"]
     for n, kind in enumerate(kinds):
         body = receipt(f"R-{n}", contact={"matchKey": "k", "matchKeyType": kind})
         assert post(http, sandbox, "receipts", body).status_code == 202
+
+
+def test_engage_takes_only_the_documented_spelling_of_a_match_key_type(sandbox, http):
+    body = receipt("R-P", contact={"matchKey": "k", "matchKeyType": "MobilePhone"})
+    assert post(http, sandbox, "receipts", body).status_code == 400
+
+
+def test_engage_refuses_a_return_with_a_positive_total_or_quantity(sandbox, http):
+    line = {"type": "RETURN", "quantity": -1, "grossPaidPrice": 10.0}
+    body = receipt("R-RET", totalGrossPrice=10.0)
+    body["items"][0].update(line)
+    assert post(http, sandbox, "receipts", body).status_code == 400
+    body["totalGrossPrice"] = -10.0
+    assert post(http, sandbox, "receipts", body).status_code == 202
+    body = receipt("R-RET2", totalGrossPrice=-10.0)
+    body["items"][0].update(line, quantity=1)
+    assert post(http, sandbox, "receipts", body).status_code == 400
+
+
+def test_engage_answers_500_without_a_content_type_even_to_a_get(sandbox, http):
+    headers = {k: v for k, v in HEADERS.items() if k.lower() != "content-type"}
+    answer = http.get(f"{sandbox.url}/api/v2/contacts/count", headers=headers)
+    assert answer.status_code == 500
+    assert "An error has occurred" in answer.text
 
 
 def test_engage_needs_the_apikey(sandbox: SandboxCloud, http):
