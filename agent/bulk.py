@@ -29,9 +29,13 @@ from agent.ratelimit import RateBudget, Verdict
 
 log = logging.getLogger(__name__)
 
-# Words a status report may use for a batch that is still being worked on. Engage's report is
-# undocumented: anything else (or no status at all) counts as finished.
+# Engage's bulk status report is undocumented. A batch is finished when its status is one of
+# FINISHED, or (an unknown word) when its counts account for every row; anything else is
+# still in progress and is polled again, within status_timeout_seconds.
 IN_PROGRESS = frozenset({"new", "pending", "queued", "processing", "running", "inprogress"})
+FINISHED = frozenset(
+    {"completed", "complete", "finished", "done", "succeeded", "success", "failed", "error"}
+)
 MARKERS = """
 CREATE TABLE IF NOT EXISTS bulk_sent (
     destination TEXT NOT NULL,
@@ -287,8 +291,7 @@ class BulkContacts:
         deadline = self._monotonic() + self.settings.status_timeout_seconds
         while True:
             report: dict[str, Any] = self._call(run, lambda: self._writer.bulk_status(batch_id))
-            status = str(report.get("status", "")).replace(" ", "").lower()
-            if status not in IN_PROGRESS:
+            if batch_finished(report):
                 return report
             if self._monotonic() >= deadline or self.wait(self.settings.status_poll_seconds):
                 return None
@@ -344,6 +347,22 @@ class BulkContacts:
             )
 
         self._outbox.run(work)
+
+
+def batch_finished(report: dict[str, Any]) -> bool:
+    """Whether a status report says the batch is done (see FINISHED); an unknown word counts
+    only when the report's counts account for every row."""
+    status = str(report.get("status", "")).replace(" ", "").replace("_", "").lower()
+    if status in FINISHED:
+        return True
+    if status in IN_PROGRESS:
+        return False
+    counts = [report.get(key) for key in ("total", "succeeded", "failed")]
+    numbers = [n for n in counts if isinstance(n, int) and not isinstance(n, bool)]
+    if len(numbers) == 3 and numbers[1] + numbers[2] == numbers[0]:
+        return True
+    log.warning("bulk status %r is not a word we know: polled again", status[:40])
+    return False
 
 
 def failed_rows(report: dict[str, Any], rows: int) -> set[int]:

@@ -184,8 +184,9 @@ class ContactSync:
                 failures += 1
                 self._wait_for_cloud(run, exc, failures)
                 continue
-            except CloudError:
-                self._flush(run)  # what was fetched is kept; this run ends
+            except CloudError as exc:
+                self._flush(run)  # what was fetched is kept; this run ends, in words
+                self._health.report(f"sync:{self._source.name}", health.DEGRADED, str(exc))
                 raise
             failures = 0
             run.pending.append(page)

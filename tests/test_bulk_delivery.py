@@ -155,7 +155,8 @@ def test_a_create_whose_answer_was_lost_is_looked_up_never_sent_again(start_agen
     local_ids = register(till, *emails(0, 4))
     cloud.faults.set_latency(1.0, api="engage")
     dispatcher.step()  # the batch goes in at the cloud, but its answer comes too late
-    wait_for(lambda: len(cloud.engage.contacts) == 4, seconds=5)
+    went_in = lambda: (cloud.engage.settle_batches(), len(cloud.engage.contacts) == 4)[1]  # noqa: E731
+    wait_for(went_in, seconds=5)
     cloud.faults.set_latency(0.0, api="engage")
     assert agent.outbox.depth("engage").pending == 4
     drain(dispatcher, clock)
@@ -193,7 +194,7 @@ def test_a_short_run_goes_one_by_one(start_agent, cloud):
 
 
 def test_bulk_calls_stay_within_the_rate_budget(start_agent, tmp_path):
-    cloud = SandboxCloud(seed=8, engage_rate_per_second=4).serve()
+    cloud = SandboxCloud(seed=8, engage_rate_per_second=4, engage_bulk_seconds=0).serve()
     try:
         budget = RateBudget("engage", requests_per_second=4)
         _, till, dispatcher, clock = bulk_rig(start_agent, cloud, budget=budget, max_contacts=3)
@@ -205,3 +206,38 @@ def test_bulk_calls_stay_within_the_rate_budget(start_agent, tmp_path):
         assert len(cloud.engage.contacts) == 6
     finally:
         cloud.stop()
+
+
+def test_a_batch_in_progress_is_polled_and_an_unknown_word_is_not_taken_for_finished(
+    start_agent, cloud
+):
+    """Engage's status words are undocumented: an unknown word is polled again until the
+    report's counts account for every row; then only the failed row goes again, alone."""
+    cloud.engage.bulk_words = ("Busy", "AllDone")
+    cloud.engage.bulk_seconds = 1.0
+    agent, till, dispatcher, clock = bulk_rig(start_agent, cloud, status_poll_seconds=0.2)
+    good = emails(0, 3)
+    local_ids = register(till, good[0], "member-bad@invalid", good[1], good[2])
+    drain(dispatcher, clock)
+    polls = calls(cloud, "GET", "/contacts/bulk/status")
+    assert len(polls) >= 3  # in progress for a second, polled every 0.2 s
+    assert len(polls) <= 1.0 / 0.2 + 3
+    assert len(calls(cloud, "POST", "/contacts/bulk")) == 1
+    assert calls(cloud, "POST", "/contacts", ok_only=False) == []  # nothing created twice
+    asked = [r.query["email"] for r in calls(cloud, "GET", "/contacts/id", ok_only=False)]
+    assert sorted(asked) == sorted([*good, "member-bad@invalid", "member-bad@invalid"])
+    assert len(cloud.engage.contacts) == 3
+    assert [d.record_key for d in DeadLetters(agent.outbox).all("engage")] == [local_ids[1]]
+
+
+def test_a_batch_that_never_finishes_is_polled_within_its_bound_then_retried(start_agent, cloud):
+    cloud.engage.bulk_seconds = 3600.0
+    agent, till, dispatcher, _clock = bulk_rig(
+        start_agent, cloud, status_poll_seconds=0.1, status_timeout_seconds=0.5
+    )
+    register(till, *emails(0, 3))
+    dispatcher.step()
+    polls = calls(cloud, "GET", "/contacts/bulk/status")
+    assert 2 <= len(polls) <= 0.5 / 0.1 + 2
+    assert dispatcher.state.state == "offline"  # retried later, its creates looked up first
+    assert agent.outbox.depth("engage").pending == 3

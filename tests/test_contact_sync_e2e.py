@@ -147,3 +147,20 @@ def test_engages_changes_feed_fills_the_cache_and_carries_deletions(start_agent,
         assert agent.contacts.stats()["contacts"] == 14
     finally:
         cloud.stop()
+
+
+def test_a_tenant_without_engages_changes_feed_gets_a_clear_status_and_no_loop(
+    start_agent, tmp_path
+):
+    cloud = SandboxCloud(seed=12).serve()
+    try:
+        cloud.engage.changes_enabled = False
+        _agent, till = start_agent(engage_config(tmp_path, cloud.url))
+        till.post("/v1/contacts/sync", {})
+        feed = [r for r in cloud.requests if r.path.endswith("/contacts/changes")]
+        assert len(feed) == 1  # asked once: no retry, no wait, until the next scheduled run
+        components = {c["name"]: c for c in till.get("/v1/status").json()["components"]}
+        assert components["sync:engage"]["state"] == "degraded"
+        assert "not activated for this Engage tenant" in components["sync:engage"]["detail"]
+    finally:
+        cloud.stop()

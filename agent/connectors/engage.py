@@ -26,7 +26,7 @@ from agent.connectors.base import (
     json_body,
     rate_limit,
 )
-from agent.errors import RejectedError, RetryableError
+from agent.errors import AuthError, RejectedError, RetryableError
 from agent.models import (
     Contact,
     ContactPage,
@@ -44,7 +44,12 @@ CHANGE_TYPES = ("Created", "Updated", "Deleted")
 CONTACT_HEADER_KEYS = ("source", "storeExternalId", "createAsUnapproved")
 MIN_WINDOW_SECONDS = 60.0
 MAX_WINDOW_SECONDS = 10 * 365 * 86400.0
+FEED_NOT_ACTIVATED = (403, 404)  # what a tenant without the feed answers: our assumption
 WINDOWS_PER_CALL = 200  # empty windows skipped in one fetch before handing back a page
+
+
+class FeedUnavailableError(RejectedError):
+    """The tenant has no contact changes feed: a sync run ends with these words, no retry."""
 
 
 @dataclass(frozen=True)
@@ -181,9 +186,10 @@ class EngageConnector:
         cloud_id = contact.contact_id or self.find_contact_id(
             email=contact.email, mobile_phone=contact.mobile_phone
         )
-        if cloud_id is not None:
+        if cloud_id is not None:  # v2 updates with POST, v3 with PATCH (Voyado's v3 reference)
+            method = "PATCH" if self.settings.api_version == "v3" else "POST"
             response = self._call(
-                "POST", f"contacts/{cloud_id}", json=self.contact_payload(contact)
+                method, f"contacts/{cloud_id}", json=self.contact_payload(contact)
             )
             return self._result(response, cloud_id)
         response = self._create(contact)
@@ -401,7 +407,7 @@ class EngageConnector:
                 "fromDate": self._engage_time(feed.start),
                 "toDate": self._engage_time(feed.end, round_up=True),
             }
-            response = self._call("GET", "contacts/changes", params=params)
+            response = self._changes_call(params)
             ids = json_body(response, connector=self.name)
             if not isinstance(ids, list):
                 raise RetryableError(f"{self.name}: changes not a list", connector=self.name)
@@ -410,6 +416,22 @@ class EngageConnector:
                     str(contact_id), False
                 )
         return sorted(found.items())
+
+    def _changes_call(self, params: dict[str, str]) -> requests.Response:
+        """GET contacts/changes; a 403/404 means the feed is not activated for this tenant."""
+        try:
+            return self._call("GET", "contacts/changes", params=params)
+        except (AuthError, RejectedError) as exc:
+            if exc.status not in FEED_NOT_ACTIVATED:
+                raise
+            raise FeedUnavailableError(
+                f"{self.name}: the contact changes feed answered {exc.status}: it is not "
+                "activated for this Engage tenant (Voyado activates it on request); until "
+                "then contacts come from live lookups only",
+                connector=self.name,
+                status=exc.status,
+                cloud_error_id=exc.cloud_error_id,
+            ) from exc
 
     def _engage_time(self, instant: dt.datetime, *, round_up: bool = False) -> str:
         """Engage's date format, to the millisecond; an end rounds up so no change slips out."""

@@ -112,6 +112,7 @@ class SandboxCloud:
         engage_api_key: str = "sandbox-engage-key",
         engage_rate_per_second: int = 200,
         engage_changes_cap: int = 250_000,
+        engage_bulk_seconds: float = 0.2,
         loaded_client_id: str = "sandbox-client",
         loaded_client_secret: str = "sandbox-secret",
         loaded_token_seconds: float = 3600.0,
@@ -122,7 +123,9 @@ class SandboxCloud:
     ) -> None:
         self.now = now
         self.faults = Faults(now, seed)
-        self.engage = EngageApi(engage_api_key, now, engage_rate_per_second, engage_changes_cap)
+        self.engage = EngageApi(
+            engage_api_key, now, engage_rate_per_second, engage_changes_cap, engage_bulk_seconds
+        )
         self.loaded = LoadedApi(loaded_client_id, loaded_client_secret, now, loaded_token_seconds)
         self.lightspeed = LightspeedApi(
             lightspeed_token, now, seed, lightspeed_rate_limit, lightspeed_rate_window_seconds

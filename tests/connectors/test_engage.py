@@ -293,3 +293,31 @@ def test_a_return_goes_with_voyados_signs_and_the_sandbox_takes_it(version, sand
     assert (sent["items"][0]["quantity"], sent["items"][0]["grossPaidPrice"]) == (-2, 19.9)
     assert sent["contact"]["matchKeyType"] == "memberNumber"
     assert all(r.headers.get("Content-Type") == "application/json" for r in sandbox.requests)
+
+
+@pytest.mark.parametrize(("version", "method"), [("v2", "POST"), ("v3", "PATCH")])
+def test_a_contact_update_is_post_in_v2_and_patch_in_v3(version, method, sandbox, http):
+    cid = sandbox.engage.add_contact(email="u@example.com")
+    conn = connector(http, sandbox.url, api_version=version)
+    change = Contact(contact_id=cid, first_name="Updated")
+    conn.send(OutboundMessage(kind="contact", idempotency_key="loc_1", contact=change))
+    asked = [r for r in sandbox.requests if r.path == f"/api/{version}/contacts/{cid}"]
+    assert [r.method for r in asked] == [method]
+    assert sandbox.engage.contacts[cid]["firstName"] == "Updated"
+    other = "POST" if method == "PATCH" else "PATCH"
+    answer = http.request(
+        other,
+        f"{sandbox.url}/api/{version}/contacts/{cid}",
+        json={"firstName": "X"},
+        headers={"apikey": "sandbox-engage-key", "User-Agent": "T/1"},
+    )
+    assert answer.status_code == 405  # the sandbox takes only the version's documented verb
+
+
+def test_a_tenant_without_the_changes_feed_gets_words_not_a_retry(sandbox: Any, http):
+    sandbox.engage.changes_enabled = False
+    conn = connector(http, sandbox.url)
+    with pytest.raises(RejectedError, match="not activated for this Engage tenant") as caught:
+        conn.fetch_contact_changes(None, 50)
+    assert isinstance(caught.value, engage.FeedUnavailableError)
+    assert len([r for r in sandbox.requests if r.path.endswith("/contacts/changes")]) == 1

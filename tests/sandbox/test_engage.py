@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -193,13 +194,16 @@ def test_engage_bulk_takes_4000_and_refuses_more(sandbox: SandboxCloud, http):
     assert too_many.status_code == 400
     batch = post(http, sandbox, "contacts/bulk?contactType=Member", rows[:4000])
     assert batch.status_code == 202
-    status = http.get(
-        f"{sandbox.url}/api/v2/contacts/bulk/status",
-        params={"batchId": batch.json()},
-        headers=HEADERS,
-    )
-    assert status.json()["status"] == "Completed"
-    assert status.json()["succeeded"] == 4000
+
+    def status():
+        url = f"{sandbox.url}/api/v2/contacts/bulk/status"
+        return http.get(url, params={"batchId": batch.json()}, headers=HEADERS)
+
+    assert status().json()["status"] == "InProgress"  # a job: applied a while later
+    assert sandbox.engage.contacts == {}
+    time.sleep(sandbox.engage.bulk_seconds)
+    assert status().json()["status"] == "Completed"
+    assert status().json()["succeeded"] == 4000
     assert len(sandbox.engage.contacts) == 4000
 
 
@@ -208,6 +212,8 @@ def test_engage_bulk_patch_updates(sandbox: SandboxCloud, http):
     url = f"{sandbox.url}/api/v2/contacts/bulk?contactType=Member"
     response = http.patch(url, json=[{"id": cid, "firstName": "Test"}], headers=HEADERS)
     assert response.status_code == 202
+    time.sleep(sandbox.engage.bulk_seconds)
+    sandbox.engage.settle_batches()
     assert sandbox.engage.contacts[cid]["firstName"] == "Test"
 
 
