@@ -27,7 +27,7 @@ from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
-from agent.errors import AlreadyRunningError, ConfigError, StorageError
+from agent.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
 from agent.failpoints import failpoint
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Journal, Ledger
@@ -521,7 +521,22 @@ def _services(
         metrics=metrics,
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
+        retry_now=_retry_now({d.destination: d for d in dispatchers}),
     )
+
+
+def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:
+    """retry-now for one destination (NotFoundError if none delivers under that name) or all."""
+
+    def hurry(name: str | None) -> list[str]:
+        if name is not None and name not in workers:
+            raise NotFoundError(f"no destination {name!r} is delivering")
+        chosen = [name] if name is not None else sorted(workers)
+        for chosen_name in chosen:
+            workers[chosen_name].retry_now()
+        return chosen
+
+    return hurry
 
 
 def _server(settings: config.Settings, services: Services, token: str) -> Server:

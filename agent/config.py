@@ -110,6 +110,7 @@ class DeliverySettings:
     max_attempts: int = 10
     max_age_hours: float = 168.0
     auth_probe_seconds: float = 300.0
+    recovery_probe_seconds: float = 15.0  # during an outage, how often the cloud is probed
     stalled_alarm_seconds: float = 3600.0  # items waiting this long with nothing delivered: red
 
 
@@ -269,7 +270,12 @@ def validate(settings: Settings) -> list[str]:
         "stalled_alarm_seconds",
     ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name))
-    for name in ("backoff_initial_seconds", "max_age_hours", "auth_probe_seconds"):
+    for name in (
+        "backoff_initial_seconds",
+        "max_age_hours",
+        "auth_probe_seconds",
+        "recovery_probe_seconds",
+    ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name), allow_zero=True)
     for name in (
         "quarantine_retention_days",

@@ -41,6 +41,7 @@ class Services:
     metrics: Metrics
     sync_now: Callable[[], dict[str, float] | None]
     openapi: bytes
+    retry_now: Callable[[str | None], list[str]] = lambda destination: []
 
 
 Handler = Callable[[Request, Services], Response]
@@ -138,6 +139,13 @@ def post_contacts_sync(request: Request, services: Services) -> Response:
     return Response.json(report)
 
 
+def post_retry_now(request: Request, services: Services) -> Response:
+    """Skip the back-off of one destination (or every one): set-aside items are due now."""
+    ask = decode_private(request, schemas.RetryNowRequest) if request.body() else None
+    hurried = services.retry_now(ask.destination if ask else None)
+    return Response.json(schemas.RetryNowAnswer(hurried), status=202)
+
+
 def get_page(request: Request, services: Services) -> Response:
     dead_letters = len(services.dead_letters.all())
     return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
@@ -219,6 +227,7 @@ ROUTES = (
     Route("POST", "/v1/privacy/purge", post_purge),
     Route("POST", "/v1/privacy/forget", post_forget),
     Route("POST", "/v1/replay", post_replay),
+    Route("POST", "/v1/delivery/retry-now", post_retry_now),
     Route("GET", "/v1/dead-letters", list_dead_letters),
     Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
     Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),

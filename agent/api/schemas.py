@@ -122,6 +122,18 @@ class ReplayAnswer(_Out):
     queued: int
 
 
+class RetryNowRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One destination, or none for every destination."""
+
+    destination: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class RetryNowAnswer(_Out):
+    """The destinations whose back-off was skipped."""
+
+    destinations: list[str]
+
+
 class PurgeAnswer(_Out):
     delivered_deleted: int
     quarantine_redacted: int
@@ -218,6 +230,8 @@ SHAPES = (
     ForgetRequest,
     ReplayRequest,
     ReplayAnswer,
+    RetryNowRequest,
+    RetryNowAnswer,
     PurgeAnswer,
     ForgetAnswer,
     DeadLetterView,
@@ -363,6 +377,15 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, **_ref("ReplayRequest")},
                 "responses": _answers(
                     {"202": ("Queued again", "ReplayAnswer")}, ("400", "413", "415", *common)
+                ),
+            }
+        },
+        "/v1/delivery/retry-now": {
+            "post": {
+                "summary": "Skip the back-off now: of one destination, or of every destination",
+                "requestBody": {"required": False, **_ref("RetryNowRequest")},
+                "responses": _answers(
+                    {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
                 ),
             }
         },
