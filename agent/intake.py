@@ -21,7 +21,7 @@ from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.failpoints import failpoint
 from agent.health import FAILING, OK, Health
-from agent.matchkeys import subject_keys
+from agent.matchkeys import contact_key_problem, match_key_problem, subject_keys
 from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox, encode
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Intake:
         delivered only while no live sale waits.
         """
         lane = BULK if low_priority else ""
+        self.check_buyer(receipt)
         warnings = check_totals(receipt, self._settings.totals_tolerance)
         if warnings and self._settings.strict_totals:
             raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
@@ -128,6 +129,41 @@ class Intake:
         accepted = self._write(work)
         failpoint("intake.after_commit")
         return accepted
+
+    def check_buyer(self, receipt: models.Receipt) -> None:
+        """A receipt's buyer must be findable: a match key of its type, or a member registered at
+        this till; InvalidRequestError (422) with the field otherwise."""
+        contact = receipt.contact
+        if contact is None:
+            return
+        if contact.local_id is not None and not self._issued(contact.local_id):
+            raise InvalidRequestError(
+                "no member was registered at this till under this localId",
+                code="unknown_local_id",
+                path="$.contact.localId",
+            )
+        if contact.match_key is not None and contact.match_key_type is not None:
+            problem = match_key_problem(contact.match_key_type, contact.match_key, self._region)
+            if problem is not None:
+                raise InvalidRequestError(
+                    problem, code="invalid_match_key", path="$.contact.matchKey"
+                )
+
+    def check_contact(self, contact: models.Contact) -> None:
+        """A member's email and phone must be ones a cloud can take (422 with the field)."""
+        problem = contact_key_problem(
+            email=contact.email, mobile_phone=contact.mobile_phone, default_region=self._region
+        )
+        if problem is not None:
+            path, why = problem
+            raise InvalidRequestError(why, code="invalid_contact", path=path)
+
+    def _issued(self, local_id: str) -> bool:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM outbound_contacts WHERE local_id = ?", (local_id,)
+            ).fetchone()
+        return row is not None
 
     def _write(self, work: Callable[[Batch], T]) -> T:
         """An outbox write whose failure or success is reported on the health board."""
@@ -283,6 +319,7 @@ class Intake:
 
     def put_contact(self, contact: models.Contact) -> Accepted:
         """Queue a contact change for the destinations that take contacts; dedupe by content."""
+        self.check_contact(contact)
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(contact))
         targets = tuple(d.name for d in self._destinations if "contacts" in d.takes)
         local_id = new_local_id()  # unused if this turns out to be a duplicate

@@ -75,6 +75,7 @@ def get_receipt(request: Request, services: Services) -> Response:
 def post_contact(request: Request, services: Services) -> Response:
     contact = decode(request, models.Contact)
     models.check_contact(contact)
+    services.intake.check_contact(contact)
     if contact.contact_id is None and (found := services.lookup.existing(contact)) is not None:
         return Response.json(existing_contact(found))
     accepted = services.intake.put_contact(contact)

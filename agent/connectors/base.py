@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -384,6 +385,37 @@ class Options:
             self.problems.append(f"{self.prefix}.{key}: unknown key")
         if self.problems:
             raise ConfigError(self.problems)
+
+
+# --- header and URL safety -------------------------------------------------------------
+
+
+def idempotency_header(key: str) -> str:
+    """The Idempotency-Key header for an idempotency key: its SHA-256 in hex.
+
+    An id from the till can be any text (Łódź, a leading space, a bidi mark) and no header
+    carries that as it is; its digest is ASCII, as unique, and the same on every retry.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def header_value(value: str) -> str | None:
+    """value when a header can carry it as it is (visible ASCII, no space around), else None."""
+    safe = value.isascii() and value.isprintable() and value == value.strip() != ""
+    return value if safe else None
+
+
+def path_segment(value: str, *, connector: str) -> str:
+    """Any id as one URL path segment: percent-quoted, '/', '?', '#' and '%' included.
+
+    A segment of dots only would be resolved away ('..' is the parent) and requests unquotes
+    '%2E' back to '.', so such an id (and an empty one) is UnsendableError: it names nothing.
+    """
+    if not value.strip("."):
+        raise UnsendableError(
+            f"{connector}: an id of dots only names no record", connector=connector
+        )
+    return quote(value, safe="")
 
 
 def join(base_url: str, path: str) -> str:
