@@ -554,6 +554,8 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
             port,
             threads=settings.api.threads,
             max_body_bytes=settings.api.max_body_bytes,
+            max_connections=settings.api.max_connections,
+            idle_timeout_seconds=settings.api.idle_timeout_seconds,
         )
     except OSError as exc:
         problem = f"cannot listen on {settings.api.listen}: {exc.strerror or exc}"

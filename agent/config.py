@@ -69,6 +69,8 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     threads: int = 8
     stop_timeout_seconds: float = 10.0
+    max_connections: int = 4096  # held at once; slow ones never block a sale (issue 14)
+    idle_timeout_seconds: float = 30.0  # a connection that sends nothing this long is closed
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class IntakeSettings:
 
     strict_totals: bool = False
     totals_tolerance: Decimal = Decimal("0.05")
+    quarantine_max_mb: int = 64  # refused bodies kept, sealed; the oldest go past this
+
+    @property
+    def quarantine_max_bytes(self) -> int:
+        return self.quarantine_max_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,7 @@ def validate(settings: Settings) -> list[str]:
     problems += _positive(
         "intake.totals_tolerance", settings.intake.totals_tolerance, allow_zero=True
     )
+    problems += _positive("intake.quarantine_max_mb", settings.intake.quarantine_max_mb)
     problems += _positive("storage.max_size_mb", settings.storage.max_size_mb)
     problems += _positive("storage.busy_timeout_seconds", settings.storage.busy_timeout_seconds)
     problems += _positive("storage.retry_after_seconds", settings.storage.retry_after_seconds)
@@ -349,6 +357,8 @@ def _validate_api(api: ApiSettings) -> list[str]:
     problems += _positive("api.max_body_bytes", api.max_body_bytes)
     problems += _positive("api.threads", api.threads)
     problems += _positive("api.stop_timeout_seconds", api.stop_timeout_seconds)
+    problems += _positive("api.max_connections", api.max_connections)
+    problems += _positive("api.idle_timeout_seconds", api.idle_timeout_seconds)
     return problems
 
 

@@ -361,20 +361,43 @@ class Intake:
 
     # -- quarantine -----------------------------------------------------------------------
 
-    def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
-        """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
+    def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> str:
+        """Keep a body that parsed but failed validation, sealed, for a technician to fix;
+        returns the errorId it is kept under.
+
+        One copy per distinct body: the same body again is counted on the first copy and its
+        errorId given back. The kept bodies have their own cap (storage.quarantine_max_mb),
+        the oldest going first past it, so refused bodies can never fill the store a sale
+        needs.
+        """
+        digest = self._keyring.keyed_hash(route.encode() + b"\0" + body)
         sealed = self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
         subjects = self._subject_hashes(body_subject_fields(body))
 
-        def work(batch: Batch) -> None:
+        def work(batch: Batch) -> str:
+            _bump(batch.conn, "quarantined")
+            now = time.time()
+            kept = batch.conn.execute(
+                "SELECT error_id FROM quarantine WHERE content_hash = ? "
+                "AND sealed_body IS NOT NULL",
+                (digest,),
+            ).fetchone()
+            if kept is not None:
+                batch.conn.execute(
+                    "UPDATE quarantine SET times = times + 1, last_at = ? WHERE error_id = ?",
+                    (now, kept[0]),
+                )
+                return str(kept[0])
             batch.conn.execute(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (error_id, time.time(), route, code, safe_reason(reason), sealed),
+                "INSERT INTO quarantine (error_id, received_at, route, code, reason, "
+                "sealed_body, content_hash, times, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (error_id, now, route, code, safe_reason(reason), sealed, digest, now),
             )
             _insert_subjects(batch.conn, "quarantine", error_id, subjects)
-            _bump(batch.conn, "quarantined")
+            _evict_quarantine(batch.conn, self._settings.quarantine_max_bytes, error_id)
+            return error_id
 
-        self._write(work)
+        return self._write(work)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -532,12 +555,41 @@ def _insert_delivery(
     )
 
 
+QUARANTINE_MAX_ROWS = 100_000
+
+
+def _evict_quarantine(conn: sqlite3.Connection, max_bytes: int, keep: str) -> None:
+    """The oldest quarantined bodies go while the kept ones are over their cap (in bytes, or
+    in rows: a flood of tiny bodies); `keep`, the one just written, stays."""
+    while True:
+        size = conn.execute("SELECT value FROM counters WHERE name = 'quarantine_bytes'")
+        (used,) = size.fetchone() or (0,)
+        low, high = conn.execute("SELECT MIN(rowid), MAX(rowid) FROM quarantine").fetchone()
+        if used <= max_bytes and (high or 0) - (low or 0) < QUARANTINE_MAX_ROWS:
+            return
+        oldest = [
+            row[0]
+            for row in conn.execute(
+                "SELECT error_id FROM quarantine WHERE error_id != ? ORDER BY rowid LIMIT 100",
+                (keep,),
+            )
+        ]
+        if not oldest:
+            return
+        marks = ",".join("?" * len(oldest))
+        conn.execute(f"DELETE FROM quarantine WHERE error_id IN ({marks})", oldest)
+        conn.execute(
+            f"DELETE FROM subjects WHERE kind = 'quarantine' AND record_key IN ({marks})", oldest
+        )
+        _bump(conn, "quarantine_evicted", len(oldest))
+
+
 def _counter_for(status: str) -> str:
     return {"queued": "accepted", "duplicate": "duplicates", "amended": "amended"}[status]
 
 
-def _bump(conn: sqlite3.Connection, name: str) -> None:
+def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
     conn.execute(
-        "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        (name,),
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, by, by),
     )

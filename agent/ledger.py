@@ -327,6 +327,14 @@ class DeadLetters:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
 
+    def count(self) -> int:
+        """How many dead letters are kept: a counter kept by the table's triggers, O(1)."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT value FROM counters WHERE name = 'dead_letters_kept'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
     def all(self, destination: str | None = None) -> list[DeadLetter]:
         where, args = ("WHERE destination = ?", (destination,)) if destination else ("", ())
         with self._outbox.read() as conn:

@@ -45,6 +45,8 @@ class Services:
 
 
 Handler = Callable[[Request, Services], Response]
+PAGE_MAX_AGE_SECONDS = 1.0
+MAX_ID_DIGITS = 18  # below 2**63
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,11 @@ def post_retry_now(request: Request, services: Services) -> Response:
 
 
 def get_page(request: Request, services: Services) -> Response:
-    dead_letters = len(services.dead_letters.all())
-    return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
+    """The status page: anyone on the till can load it, so it costs one report a second at
+    most however often it is asked for, and its counts are O(1)."""
+    report = services.status.report(max_age_seconds=PAGE_MAX_AGE_SECONDS)
+    dead_letters = services.dead_letters.count()
+    return Response(200, page.render(report, dead_letters), page.CONTENT_TYPE)
 
 
 def get_metrics(request: Request, services: Services) -> Response:
@@ -191,9 +196,10 @@ def delete_dead_letter(request: Request, services: Services) -> Response:
 
 
 def dead_letter_id(request: Request) -> int:
+    """A dead letter's id from the path: ASCII digits that SQLite can hold, else 404."""
     text = request.params["id"]
-    if not text.isdigit():
-        raise RouteNotFoundError(f"no dead letter {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        raise RouteNotFoundError("no such dead letter")
     return int(text)
 
 
