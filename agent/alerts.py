@@ -10,13 +10,14 @@ from email.message import EmailMessage
 import requests
 
 from agent.config import AlertsSettings
-from agent.health import FAILING, Health
+from agent.health import DEGRADED, FAILING, Health
 from agent.ledger import DeadLetter, DeadLetters
 from agent.logs import redact
 
 log = logging.getLogger(__name__)
 
 DESTINATION_PREFIX = "destination:"
+FORECAST = "storage:forecast"  # agent.forecast.COMPONENT: the store is filling up
 MAX_LINES = 50
 
 
@@ -35,6 +36,7 @@ class Alerts:
         self._health = board
         self._identity = identity
         self._halts_told: set[str] = set()
+        self._forecast_told = False
 
     @property
     def enabled(self) -> bool:
@@ -44,17 +46,27 @@ class Alerts:
         """Send one digest if anything is new; raise if sending fails (kept for the next run)."""
         letters = self._dead_letters.unnotified()
         halted = self._newly_halted()
-        if not self.enabled or not (letters or halted):
+        filling = self._new_forecast()
+        if not self.enabled or not (letters or halted or filling):
             return False
-        subject, text = self._compose(letters, halted)
+        subject, text = self._compose(letters, halted, filling)
         if self._settings.smtp_host:
             self._send_mail(subject, text)
         if self._settings.webhook_url:
-            self._send_webhook(subject, letters, halted)
+            self._send_webhook(subject, letters, halted, filling)
         self._dead_letters.mark_notified([d.id for d in letters], time.time())
         self._halts_told |= set(halted)
+        self._forecast_told = self._forecast_told or filling is not None
         log.info("sent an alert digest", extra={"deadLetters": len(letters), "halted": halted})
         return True
+
+    def _new_forecast(self) -> str | None:
+        """The forecast's words once it falls under the setting (again after it recovered)."""
+        state = self._health.get(FORECAST)
+        if state is None or state.state != DEGRADED:
+            self._forecast_told = False
+            return None
+        return None if self._forecast_told else state.detail
 
     def _newly_halted(self) -> list[str]:
         halted = {
@@ -65,15 +77,22 @@ class Alerts:
         self._halts_told &= halted  # a destination that recovered may be told again later
         return sorted(halted - self._halts_told)
 
-    def _compose(self, letters: list[DeadLetter], halted: list[str]) -> tuple[str, str]:
+    def _compose(
+        self, letters: list[DeadLetter], halted: list[str], filling: str | None
+    ) -> tuple[str, str]:
         store, till = self._identity
-        parts = []
+        parts = [filling] if filling else []
         if letters:
             parts.append(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
         if halted:
             parts.append(f"halted: {', '.join(halted)}")
         subject = f"[till-agent] store {store} till {till}: {'; '.join(parts)}"
         lines = [subject, ""]
+        if filling:
+            lines.append(
+                f"storage: {filling} (warned below "
+                f"{self._settings.store_full_warning_hours:g} hours): see the status page"
+            )
         lines += [f"destination {name}: credentials refused, queue kept" for name in halted]
         lines += [_line(d) for d in letters[:MAX_LINES]]
         if len(letters) > MAX_LINES:
@@ -94,12 +113,15 @@ class Alerts:
                 smtp.starttls()
             smtp.send_message(message)
 
-    def _send_webhook(self, subject: str, letters: list[DeadLetter], halted: list[str]) -> None:
+    def _send_webhook(
+        self, subject: str, letters: list[DeadLetter], halted: list[str], filling: str | None
+    ) -> None:
         body = {
             "summary": subject,
             "store": self._identity[0],
             "till": self._identity[1],
             "halted": halted,
+            "storeFilling": filling,
             "deadLetters": [
                 {
                     "id": d.id,

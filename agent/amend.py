@@ -23,13 +23,14 @@ def difference(
     """A receipt that, added to `delivered`, makes the cloud's totals equal `latest`.
 
     Lines that grew are PURCHASE lines, lines that shrank are RETURN lines (negative quantity,
-    positive price, as Engage wants returns); a price change alone is an ADJUSTMENT line.
-    None when nothing a cloud counts has changed.
+    positive price, as Engage wants returns); a price or tax change alone is an ADJUSTMENT
+    line, and so is a change of tenders alone (a zero line with the tenders' differences), so
+    the cloud's tax and tender totals end equal too. None when nothing a cloud counts changed.
     """
     items = _difference_items(_totals(delivered), _totals(latest))
     payments = _difference_payments(delivered, latest)
     total = latest.total_gross_price - delivered.total_gross_price
-    if not items and total == 0:
+    if not items and not payments and total == 0:
         return None
     return msgspec.structs.replace(
         latest,
@@ -70,7 +71,7 @@ def _difference_items(
     for key in sorted(set(before) | set(after)):
         q0, paid0, tax0, rate0 = before.get(key, ZERO)
         q1, paid1, tax1, rate1 = after.get(key, ZERO)
-        if q1 != q0 or paid1 != paid0:
+        if q1 != q0 or paid1 != paid0 or tax1 != tax0:
             rate = rate1 if key in after else rate0
             items.append(_adjustment(key, q1 - q0, paid1 - paid0, tax1 - tax0, rate))
     return items

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,12 +30,14 @@ from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
 from agent.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
 from agent.failpoints import failpoint
+from agent.forecast import Forecast
 from agent.intake import Intake
 from agent.ledger import DeadLetters, Journal, Ledger
 from agent.lookup import LiveLookup, Lookup
 from agent.metrics import Metrics
 from agent.privacy import Privacy
 from agent.ratelimit import RateBudget
+from agent.reconcile import Reconciler
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 from agent.sync import ContactSync
@@ -47,6 +50,7 @@ LOCK_FILE = "till-agent.lock"
 # scheduler job can be a long initial contact download.
 DISPATCH_STUCK_SECONDS = 300.0
 BACKLOG_CHECK_SECONDS = 60
+FORECAST_SECONDS = 60
 SCHEDULER_STUCK_SECONDS = 1800.0
 Beats = Callable[[str, float], Callable[[], None] | None]
 
@@ -176,9 +180,12 @@ def _start_services(
         live_timeout_seconds=settings.contacts.lookup_timeout_seconds,
     )
     token = read_or_create_token(settings.api.token_file)
-    services = _services(settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers)
+    forecast = store_forecast(settings, box, intake, board)
+    services = _services(
+        settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers, forecast
+    )
     server = _server(settings, services, token)  # binds now: a taken port fails here
-    scheduler = _scheduler(settings, box, board, privacy, sync, beats, dispatchers)
+    scheduler = _scheduler(settings, box, board, privacy, sync, beats, dispatchers, forecast)
     for dispatcher in dispatchers:
         dispatcher.start()
     scheduler.start()
@@ -210,11 +217,13 @@ def _scheduler(
     sync: ContactSync | None,
     beats: Beats,
     dispatchers: Sequence[Dispatcher],
+    forecast: Forecast,
 ) -> Scheduler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     alerts = Alerts(settings.alerts, DeadLetters(box), board, identity)
     jobs = [
         Job("purge", settings.privacy.purge_interval_minutes * 60, privacy.purge),
+        Job("forecast", FORECAST_SECONDS, forecast.sample, at_start=True),
         Job("alerts", settings.alerts.digest_minutes * 60, alerts.send_digest),
         Job(
             "backlog",
@@ -234,6 +243,34 @@ def _scheduler(
             )
         )
     return Scheduler(jobs, board, heartbeat=beats("scheduler loop", SCHEDULER_STUCK_SECONDS))
+
+
+def store_forecast(
+    settings: config.Settings,
+    box: outbox.Outbox,
+    intake: Intake,
+    board: health.Health,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Forecast:
+    """Hours until the store is full at the intake rate: the size cap or the disk, first."""
+    limit = settings.storage.max_size_mb * 1024 * 1024
+
+    def measure() -> tuple[int, int]:
+        used, free_inside = box.page_bytes()
+        disk = shutil.disk_usage(settings.agent.data_dir).free + free_inside
+        return used, max(0, min(limit - used, disk))
+
+    def records() -> int:
+        counters = intake.counters()
+        return sum(counters[name] for name in ("accepted", "amended", "contacts", "quarantined"))
+
+    return Forecast(
+        measure=measure,
+        records=records,
+        health=board,
+        warn_below_hours=settings.alerts.store_full_warning_hours,
+        monotonic=monotonic,
+    )
 
 
 def _snapshots(
@@ -454,6 +491,7 @@ class Maintenance:
     journal: Journal
     settings: config.Settings
     contacts: ContactCache
+    reconciler: Reconciler
 
     def contact_sync(self) -> ContactSync | None:
         """The sync of [contacts] source, on these stores (None when no source is set)."""
@@ -478,7 +516,15 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
                 settings.agent.default_region,
             )
             privacy = Privacy(box, keyring, settings, stores=[cache])
-            yield Maintenance(privacy, DeadLetters(box), intake, Journal(box), settings, cache)
+            yield Maintenance(
+                privacy,
+                DeadLetters(box),
+                intake,
+                Journal(box, amends_of(settings)),
+                settings,
+                cache,
+                reconciler(settings, box),
+            )
         finally:
             cache.close()
             box.close()
@@ -496,6 +542,7 @@ def _services(
     metrics: Metrics,
     sync: ContactSync | None = None,
     dispatchers: Sequence[Dispatcher] = (),
+    forecast: Forecast | None = None,
 ) -> Services:
     reporter = StatusReporter(
         outbox=box,
@@ -507,6 +554,7 @@ def _services(
         limit_bytes=settings.storage.max_size_mb * 1024 * 1024,
         cache=lookup.cache,
         workers=_snapshots({d.destination: d for d in dispatchers}),
+        forecast=forecast,
     )
     metrics.add_status(reporter.report)
     openapi = msgspec.json.encode(schemas.openapi_document())
@@ -516,13 +564,24 @@ def _services(
         health=board,
         privacy=privacy,
         dead_letters=DeadLetters(box),
-        journal=Journal(box),
+        journal=Journal(box, amends_of(settings)),
         lookup=lookup,
         metrics=metrics,
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
         retry_now=_retry_now({d.destination: d for d in dispatchers}),
+        reconciler=reconciler(settings, box),
     )
+
+
+def amends_of(settings: config.Settings) -> dict[str, str]:
+    """How each destination takes a changed receipt (config.KIND_AMENDS by its kind)."""
+    return {d.name: config.KIND_AMENDS.get(d.kind, "replace") for d in settings.destinations}
+
+
+def reconciler(settings: config.Settings, box: outbox.Outbox) -> Reconciler:
+    identity = (settings.agent.store_id, settings.agent.till_id)
+    return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity)
 
 
 def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import requests
 from tqdm import tqdm
 
-from agent import __version__, app, backfill, config, logs, support
+from agent import __version__, app, backfill, config, logs, qareport, render, support
+from agent.api.routes import replay_plan
 from agent.errors import (
     AgentError,
     AlreadyRunningError,
@@ -264,16 +266,35 @@ def call_agent(
 @click.option("--from", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--to", "last_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--destination", default=None, help="Only this destination (default: all).")
-def replay(config_file: str | None, first_day: Any, last_day: Any, destination: str | None) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="Only say what would be sent and what each cloud will do."
+)
+def replay(
+    config_file: str | None,
+    first_day: Any,
+    last_day: Any,
+    destination: str | None,
+    dry_run: bool,
+) -> None:
     """Send the receipts of a date range again (by their createdDate), at low priority."""
     settings = load_settings(config_file)
     start, end = first_day.date().isoformat(), last_day.date().isoformat()
-    body = {"from": start, "to": end} | ({"destination": destination} if destination else {})
+    body: dict[str, Any] = {"from": start, "to": end}
+    body |= ({"destination": destination} if destination else {}) | (
+        {"dryRun": True} if dry_run else {}
+    )
     answer = on_stores_or_agent(
         settings,
         ("POST", "/v1/replay", body),
-        lambda m: {"queued": m.journal.replay(start, end, destination)},
+        lambda m: (
+            msgspec.to_builtins(replay_plan(m.journal.plan(start, end, destination)))
+            if dry_run
+            else {"queued": m.journal.replay(start, end, destination)}
+        ),
     )
+    if dry_run:
+        click.echo(format_plan(answer))
+        return
     click.echo(f"queued {answer['queued']} receipts again, behind live sales")
 
 
@@ -293,6 +314,96 @@ def retry_now(config_file: str | None, destination: str | None) -> None:
             "the agent is not running: everything waiting is tried as soon as it starts"
         ) from exc
     click.echo(f"trying now: {', '.join(answer['destinations']) or 'no destination delivers'}")
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    """A replay's dry run: each item, the id it goes out under, what the cloud will do."""
+    lines = [
+        f"{step['destination']:<12} {step['uniqueReceiptId']:<28} rev {step['revision']:<3} "
+        f"as {step['sendsAs']:<32} {EFFECTS[step['effect']]}"
+        for step in plan["steps"]
+    ]
+    lines.append(
+        f"would queue {plan['wouldQueue']}: {plan['replaces']} replace what the cloud holds, "
+        f"{plan['duplicates']} the cloud has and will ignore as duplicates (nothing queued)"
+    )
+    return "\n".join(lines)
+
+
+EFFECTS = {
+    "replaces": "replaces the cloud's copy",
+    "duplicate": "ignored: the cloud has this id",
+}
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--date", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "last_day", default=None, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--destination", default=None, help="Only this destination (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the /v1/reconciliation answer.")
+def reconcile(
+    config_file: str | None,
+    first_day: Any,
+    last_day: Any,
+    destination: str | None,
+    as_json: bool,
+) -> None:
+    """Did the day's takings arrive in each cloud to the cent? What differs, and how to fix it."""
+    settings = load_settings(config_file)
+    start = first_day.date().isoformat()
+    end = (last_day or first_day).date().isoformat()
+    query = f"from={start}&to={end}" + (f"&destination={destination}" if destination else "")
+    try:
+        answer = on_stores_or_agent(
+            settings,
+            ("GET", f"/v1/reconciliation?{query}", None),
+            lambda m: m.reconciler.reconcile(start, end, destination),
+        )
+    except InvalidRequestError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(json.dumps(answer, indent=2) if as_json else render.reconciliation_text(answer))
+
+
+@main.command("qa-report")
+@CONFIG_OPTION
+@click.option("--from", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "last_day", default=None, type=click.DateTime(["%Y-%m-%d"]))
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The file to write (default: qa-report-STORE-TILL-FROM-TO.md or .json here).",
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["md", "json"]),
+    default="md",
+    show_default=True,
+    help="md: Markdown with the JSON at its end; json: the JSON alone.",
+)
+def qa_report(
+    config_file: str | None, first_day: Any, last_day: Any, output: str | None, form: str
+) -> None:
+    """The go-live QA report for a vendor: what was tested, when, and whether it all arrived."""
+    settings = load_settings(config_file)
+    start = first_day.date().isoformat()
+    end = (last_day or first_day).date().isoformat()
+    try:
+        report = on_stores_or_agent(
+            settings,
+            ("GET", f"/v1/qa-report?from={start}&to={end}", None),
+            lambda m: qareport.qa_report(m.reconciler, start, end),
+        )
+    except InvalidRequestError as exc:
+        raise click.UsageError(str(exc)) from exc
+    agent = settings.agent
+    target = Path(output or f"qa-report-{agent.store_id}-{agent.till_id}-{start}-{end}.{form}")
+    text = render.qa_markdown(report) if form == "md" else json.dumps(report, indent=2) + "\n"
+    target.write_text(text, encoding="utf-8")
+    verdict = "every number adds up" if report["allMatch"] else "some numbers differ"
+    click.echo(f"wrote {target}: {len(report['receipts'])} receipts, {verdict}")
 
 
 @main.group()

@@ -133,6 +133,7 @@ class AlertsSettings:
     smtp_to: tuple[str, ...] = ()
     webhook_url: str = ""
     timeout_seconds: float = 10.0
+    store_full_warning_hours: float = 24.0  # the forecast says full sooner: alert
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def _validate_contacts(settings: Settings) -> list[str]:
 
 def _validate_alerts(alerts: AlertsSettings) -> list[str]:
     problems = _positive("alerts.digest_minutes", alerts.digest_minutes)
+    problems += _positive("alerts.store_full_warning_hours", alerts.store_full_warning_hours)
     if alerts.smtp_host and not (alerts.smtp_from and alerts.smtp_to):
         problems.append("alerts.smtp_host: smtp_from and smtp_to are needed too (got none)")
     if alerts.webhook_url and urlsplit(alerts.webhook_url).scheme not in ("http", "https"):

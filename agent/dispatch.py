@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from agent import amend, health, models
+from agent import amend, figures, health, models
 from agent.bulk import BulkContacts
 from agent.config import DeliverySettings
 from agent.errors import (
@@ -281,7 +281,7 @@ class Dispatcher:
             return
         failpoint("dispatch.after_send")
         self._remember_cloud_contact(claimed.item, result)
-        self._on_success(claimed)
+        self._on_success(claimed, message)
         self._honour_rate_limit_headers(result)
 
     def _settle(self, claimed: Claimed, error: BaseException) -> None:
@@ -485,7 +485,8 @@ class Dispatcher:
 
     # -- outcomes ------------------------------------------------------------------------
 
-    def _on_success(self, claimed: Claimed) -> None:
+    def _on_success(self, claimed: Claimed, sent: models.OutboundMessage | None = None) -> None:
+        """The cloud took it (sent: what went out, when anything did)."""
         self._count("delivered")
         if self._bulk is not None:
             self._bulk.settled(claimed)
@@ -498,6 +499,8 @@ class Dispatcher:
             "delivered",
             body=item.get("body"),
             journal=item,
+            sent=_figures_sent(sent),
+            append_only=self._amends == "difference",
         )
         self._outbox.ack(claimed)
         self._done_failing(claimed.item)
@@ -648,6 +651,13 @@ def watch_backlog(dispatchers: Sequence[Dispatcher], board: health.Health, alarm
             board.report(name, health.FAILING, f"nothing delivered for {minutes} min; items wait")
         else:
             board.report(name, health.OK, "moving")
+
+
+def _figures_sent(sent: models.OutboundMessage | None) -> tuple[str, figures.Amounts] | None:
+    """The key a receipt went out under and the figures of what went (reconciliation's view)."""
+    if sent is None or sent.receipt is None:
+        return None
+    return sent.idempotency_key, figures.amounts_of(sent.receipt)
 
 
 def buyer_keys(contact: models.ReceiptContact) -> tuple[str | None, str | None]:

@@ -15,8 +15,8 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from agent import crypto, models, schema
-from agent.config import DestinationSettings, IntakeSettings
+from agent import crypto, figures, models, schema, takings
+from agent.config import KIND_AMENDS, DestinationSettings, IntakeSettings
 from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.failpoints import failpoint
@@ -57,6 +57,7 @@ class Prepared:
     item: dict[str, Any]
     encoded: bytes  # the item as the queue stores it
     subjects: list[str]  # keyed hashes of the person's email and phone
+    facts: figures.Facts | None = None  # a receipt's figures, for reconciliation
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Intake:
         self._health = health
         self._keyring = keyring
         self._destinations = tuple(d for d in destinations if d.enabled)
+        self._append_only = frozenset(
+            d.name for d in self._destinations if KIND_AMENDS.get(d.kind) == "difference"
+        )
         self._settings = settings
         outbox.migrate(schema.STEPS)
 
@@ -216,6 +220,7 @@ class Intake:
         for destination in targets:
             queue_id = batch.put_encoded(destination + lane, prepared.encoded)
             _insert_delivery(batch.conn, key, destination, 1, queue_id, now, destination + lane)
+        self._record_taken(batch, key, 1, prepared, targets, ())
         return Accepted("queued", key, 1, targets, warnings)
 
     def _amend(
@@ -241,7 +246,28 @@ class Intake:
         item = {**prepared.item, "revision": revision}
         for destination in targets:
             self._amend_one(batch, key, destination + lane, revision, item, now)
+        self._record_taken(batch, key, revision, prepared, targets, earlier)
         return Accepted("amended", key, revision, targets, warnings)
+
+    def _record_taken(
+        self,
+        batch: Batch,
+        key: str,
+        revision: int,
+        prepared: Prepared,
+        targets: tuple[str, ...],
+        earlier: tuple[str, ...],
+    ) -> None:
+        assert prepared.facts is not None
+        takings.record_taken(
+            batch.conn,
+            key,
+            revision,
+            prepared.facts,
+            targets,
+            earlier=earlier,
+            append_only=self._append_only,
+        )
 
     def _amend_one(
         self,
@@ -282,7 +308,7 @@ class Intake:
     def _prepare_receipt(self, receipt: models.Receipt) -> Prepared:
         item = self._receipt_item(receipt, 1)
         subjects = self._subject_hashes(receipt_subject_fields(receipt))
-        return Prepared(item, encode(item), subjects)
+        return Prepared(item, encode(item), subjects, figures.facts_of(receipt))
 
     def destinations_for(self, receipt: models.Receipt) -> tuple[str, ...]:
         """The enabled destinations that take this receipt (DESIGN §3 routing)."""

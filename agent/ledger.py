@@ -6,15 +6,16 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
 
-from agent import crypto, models
+from agent import crypto, models, takings
 from agent.crypto import Keyring
 from agent.errors import NotFoundError
+from agent.figures import Amounts
 from agent.outbox import BULK, Batch, Claimed, Outbox
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,25 @@ class Ledger:
         state: str,
         body: dict[str, Any] | None = None,
         journal: dict[str, Any] | None = None,
+        sent: tuple[str, Amounts] | None = None,
+        append_only: bool = False,
     ) -> None:
         """Record what became of one revision at one destination (delivery calls this).
 
         body: the business fields as delivered (never the personal ones), kept so a later
         amendment can be sent to an append-only cloud as a difference. journal: the delivered
-        queue item (personal part still sealed), kept for `till-agent replay`.
+        queue item (personal part still sealed), kept for `till-agent replay`. sent: the key a
+        receipt went out under and the figures of what went (the whole receipt, or its
+        difference to an append-only cloud), for reconciliation.
         """
 
         def work(batch: Batch) -> None:
             if journal is not None and journal.get("kind") == "receipt":
                 _journal(batch, destination, journal)
+            if sent is not None:
+                takings.record_sent(
+                    batch.conn, key, destination, revision, sent, append_only=append_only
+                )
             batch.conn.execute(
                 "UPDATE deliveries SET state = ?, updated_at = ?, attempts = attempts + 1, "
                 "delivered_body = ? WHERE record_key = ? AND destination = ? AND revision = ?",
@@ -286,11 +295,27 @@ def _journal(batch: Batch, destination: str, item: dict[str, Any]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class ReplayStep:
+    """One item a replay would queue again, and what the cloud will make of it."""
+
+    destination: str
+    key: str
+    revision: int
+    sends_as: str  # the id it went out under when it was delivered
+    effect: str  # REPLACES or DUPLICATE
+
+
+REPLACES = "replaces"  # the cloud replaces its copy by id
+DUPLICATE = "duplicate"  # the cloud has this id and ignores it; it keeps only what it lacks
+
+
 class Journal:
     """Delivered receipts kept (sealed, retention-limited) so a date range can be sent again."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, amends: Mapping[str, str]) -> None:
         self._outbox = outbox
+        self._amends = amends  # destination -> "replace" | "difference" (config.KIND_AMENDS)
 
     def replay(self, first_day: str, last_day: str, destination: str | None = None) -> int:
         """Queue again, in each destination's low-priority lane, what was delivered for those days.
@@ -298,27 +323,64 @@ class Journal:
         The same items with the same idempotency keys: a cloud that replaces by id replaces, an
         append-only one ignores what it has and takes only what it lacks.
         """
-        where = "business_date BETWEEN ? AND ?" + (" AND destination = ?" if destination else "")
-        args = (first_day, last_day, destination) if destination else (first_day, last_day)
 
         def work(batch: Batch) -> int:
-            rows = batch.conn.execute(
-                f"SELECT destination, item FROM journal WHERE {where} ORDER BY id", args
-            ).fetchall()
-            # Every revision, in the order delivered: an append-only cloud gets the original
-            # receipt and each difference again, and keeps only those it lacks.
-            items = {(d, (i := json.loads(t))["key"], i["revision"]): i for d, t in rows}
-            for (name, key, _), item in items.items():
+            items = _replayed(batch.conn, first_day, last_day, destination)
+            for name, item, _ in items:
                 queue = name + BULK
                 queue_id = batch.put(queue, item)
                 batch.conn.execute(
                     "UPDATE deliveries SET state = 'queued', queue_id = ?, queue = ?, "
                     "updated_at = ? WHERE record_key = ? AND destination = ? AND revision = ?",
-                    (queue_id, queue, time.time(), key, name, item["revision"]),
+                    (queue_id, queue, time.time(), item["key"], name, item["revision"]),
                 )
             return len(items)
 
         return self._outbox.run(work)
+
+    def plan(
+        self, first_day: str, last_day: str, destination: str | None = None
+    ) -> list[ReplayStep]:
+        """What replay would queue, in order, and what each cloud will do with it (a dry run)."""
+        with self._outbox.read() as conn:
+            items = _replayed(conn, first_day, last_day, destination)
+        return [
+            ReplayStep(
+                name,
+                item["key"],
+                item["revision"],
+                sent_key or item["key"],
+                DUPLICATE if self._amends.get(name) == "difference" else REPLACES,
+            )
+            for name, item, sent_key in items
+        ]
+
+
+def _replayed(
+    conn: sqlite3.Connection, first_day: str, last_day: str, destination: str | None
+) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(destination, item, the id it went out under) of every revision delivered on those days.
+
+    Receipts in the order first delivered, each one's revisions in order: an append-only cloud
+    gets the original and each difference again and keeps only those it lacks; a cloud that
+    replaces by id ends with the latest revision, whatever order they first went in.
+    """
+    where = "j.business_date BETWEEN ? AND ?" + (" AND j.destination = ?" if destination else "")
+    args = (first_day, last_day, destination) if destination else (first_day, last_day)
+    rows = conn.execute(
+        "SELECT j.destination, j.item, d.sent_key FROM journal j LEFT JOIN deliveries d "
+        "ON d.record_key = j.record_key AND d.destination = j.destination "
+        f"AND d.revision = j.revision WHERE {where} ORDER BY j.id",
+        args,
+    ).fetchall()
+    items: dict[tuple[str, str, int], tuple[dict[str, Any], str | None]] = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    for name, text, sent_key in rows:
+        item = json.loads(text)
+        first_seen.setdefault((name, item["key"]), len(first_seen))
+        items[name, item["key"], item["revision"]] = (item, sent_key)
+    ordered = sorted(items, key=lambda k: (first_seen[k[0], k[1]], k[2]))
+    return [(k[0], *items[k]) for k in ordered]
 
 
 class DeadLetters:

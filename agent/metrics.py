@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -68,9 +69,18 @@ class _StatusCollector(Collector):
         for d in status["destinations"]:
             depth.add_metric([d["name"]], d["depth"])
             oldest.add_metric([d["name"]], d["oldestAgeSeconds"] or 0.0)
+        full = GaugeMetricFamily(
+            "till_agent_store_full_in_hours",
+            "At the last hour's intake rate, hours until the store is full (+Inf: not filling)",
+        )
+        full.add_metric([], _hours(status.get("forecast", {}).get("hoursToFull")))
         cache = status.get("contacts", {})
         size = GaugeMetricFamily("till_agent_cache_contacts", "Contacts in the local cache")
         size.add_metric([], cache.get("contacts", 0))
         lag = GaugeMetricFamily("till_agent_cache_sync_lag_seconds", "Seconds since the last sync")
         lag.add_metric([], cache.get("syncLagSeconds") or 0.0)
-        yield from (depth, oldest, size, lag)
+        yield from (depth, oldest, size, lag, full)
+
+
+def _hours(value: float | None) -> float:
+    return math.inf if value is None else float(value)

@@ -593,6 +593,13 @@ class Outbox:
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         return free, pages
 
+    def page_bytes(self) -> tuple[int, int]:
+        """(bytes the outbox file holds, bytes of free pages inside it that writes reuse)."""
+        with self.read() as conn:
+            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        free, pages = self.page_counts()
+        return (pages - free) * size, free * size
+
     def shrink(self, pages_per_step: int = SHRINK_PAGES_PER_STEP) -> int:
         """Hand free pages back to the file system in small steps; returns how many.
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent import config, crypto
+from agent import config, crypto, takings
 from agent.errors import StorageError
 from agent.failpoints import failpoint
 from agent.matchkeys import subject_keys
@@ -374,6 +374,8 @@ def purge_ledger(conn: sqlite3.Connection, cutoff: float) -> int:
         _delete_record(conn, "receipt", key)
     for key in contacts:
         _delete_record(conn, "contact", key)
+    cutoff_day = dt.datetime.fromtimestamp(cutoff, dt.UTC).date().isoformat()
+    takings.purge_days(conn, cutoff_day)
     return len(receipts) + len(contacts)
 
 
@@ -381,6 +383,7 @@ def _delete_record(conn: sqlite3.Connection, kind: str, key: str) -> None:
     if kind == "receipt":
         conn.execute("DELETE FROM receipts WHERE unique_receipt_id = ?", (key,))
         conn.execute("DELETE FROM receipt_revisions WHERE unique_receipt_id = ?", (key,))
+        takings.forget_figures(conn, key)
     else:
         conn.execute("DELETE FROM outbound_contacts WHERE local_id = ?", (key,))
     conn.execute("DELETE FROM deliveries WHERE record_key = ?", (key,))

@@ -97,6 +97,36 @@ STEPS = [
     CREATE INDEX journal_by_date ON journal (business_date, destination)
     """,
     """
+    CREATE TABLE receipt_figures (
+        unique_receipt_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        business_date TEXT NOT NULL,
+        created_date TEXT NOT NULL,
+        receipt_number TEXT NOT NULL,
+        store_id TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        order_id TEXT,
+        refund_of TEXT,
+        amounts TEXT NOT NULL,
+        PRIMARY KEY (unique_receipt_id, revision)
+    );
+    CREATE INDEX receipt_figures_by_date ON receipt_figures (business_date);
+    ALTER TABLE deliveries ADD COLUMN sent_key TEXT;
+    ALTER TABLE deliveries ADD COLUMN sent_amounts TEXT;
+    ALTER TABLE deliveries ADD COLUMN delivered_at REAL;
+    CREATE INDEX deliveries_waiting ON deliveries (destination)
+        WHERE state IN ('queued', 'retrying');
+    CREATE TABLE day_totals (
+        business_date TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        taken_count INTEGER NOT NULL DEFAULT 0,
+        taken_gross TEXT NOT NULL DEFAULT '0',
+        delivered_count INTEGER NOT NULL DEFAULT 0,
+        delivered_gross TEXT NOT NULL DEFAULT '0',
+        PRIMARY KEY (business_date, destination)
+    )
+    """,
+    """
     ALTER TABLE quarantine ADD COLUMN content_hash TEXT;
     ALTER TABLE quarantine ADD COLUMN times INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE quarantine ADD COLUMN last_at REAL;

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, takings
 from agent.config import DestinationSettings
 from agent.contacts import ContactCache
+from agent.forecast import Forecast, Outlook
 from agent.health import Health
 from agent.intake import Intake
 from agent.outbox import Outbox
@@ -40,7 +41,9 @@ class StatusReporter:
         limit_bytes: int,
         workers: Callable[[str], Mapping[str, Any] | None] = lambda name: None,
         cache: ContactCache | None = None,
+        forecast: Forecast | None = None,
     ) -> None:
+        self._forecast = forecast
         self._workers = workers
         self._cache = cache
         self._outbox = outbox
@@ -80,7 +83,14 @@ class StatusReporter:
             ],
             "storage": self._storage(),
             "contacts": self._contacts(),
+            "forecast": self._outlook(),
         }
+
+    def _outlook(self) -> dict[str, Any]:
+        """The last outage forecast (a scheduler job measures once a minute; nothing here)."""
+        if self._forecast is None:
+            return Outlook().wire(0.0)
+        return self._forecast.last.wire(self._forecast.warn_below_hours)
 
     def _contacts(self) -> dict[str, Any]:
         if self._cache is None:
@@ -113,7 +123,21 @@ class StatusReporter:
             "sent": worker["sent"] if worker else 0,
             "failed": worker["failed"] if worker else 0,
             "pausedSeconds": worker["pausedSeconds"] if worker else 0.0,
+            **self._takings(destination.name),
         }
+
+    def _takings(self, name: str) -> dict[str, Any]:
+        """Today's totals (kept as counters: one row) and the oldest receipt still waiting."""
+        with self._outbox.read() as conn:
+            today = takings.day_totals(conn, dt.date.today().isoformat(), name).wire()
+            oldest = takings.oldest_waiting(conn, name)
+        del today["destination"]
+        waiting = None
+        if oldest is not None:
+            key, taken_at = oldest
+            age = round(max(0.0, time.time() - taken_at), 1)
+            waiting = {"uniqueReceiptId": key, "takenAt": iso(taken_at), "ageSeconds": age}
+        return {"today": today, "oldestUndelivered": waiting}
 
     def _storage(self) -> dict[str, int]:
         used = sum(entry.stat().st_size for entry in os.scandir(self._data_dir) if entry.is_file())

@@ -65,3 +65,29 @@ def test_no_difference_in_what_a_cloud_counts_means_nothing_to_send():
     renamed = make_receipt(lines=2)
     renamed["receiptNumber"] = "other"
     assert amend.difference(first, receipt(renamed), revision=2) is None
+
+
+def test_a_change_of_tenders_alone_is_sent_so_the_clouds_tenders_end_equal():
+    first = receipt(make_receipt(lines=2))
+    cash = make_receipt(lines=2)
+    cash["paymentMethods"] = [{"type": "cash", "value": "20.00"}]
+    diff = diff_of(first, receipt(cash))
+    assert diff.total_gross_price == 0
+    assert [(i.type, i.quantity, i.gross_paid_price) for i in diff.items] == [
+        ("ADJUSTMENT", 0, Decimal(0))
+    ]
+    assert sorted((p.type, p.value) for p in diff.payment_methods) == [
+        ("card", Decimal("-20.00")),
+        ("cash", Decimal("20.00")),
+    ]
+
+
+def test_a_change_of_tax_alone_is_an_adjustment_of_the_tax():
+    first = receipt(make_receipt(lines=1))
+    retaxed = make_receipt(lines=1)
+    retaxed["items"][0]["taxAmount"] = "1.07"
+    retaxed["items"][0]["taxPercent"] = "12"
+    diff = diff_of(first, receipt(retaxed))
+    assert [(i.type, i.gross_paid_price, i.tax_amount) for i in diff.items] == [
+        ("ADJUSTMENT", Decimal(0), Decimal("-0.93"))
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.conftest import make_receipt
 from tests.fakes.senders import ScriptedSender
@@ -68,3 +69,55 @@ def test_the_journal_keeps_the_buyer_sealed_and_forget_strips_it(start_agent):
     with agent.outbox.read() as conn:
         (item,) = conn.execute("SELECT item FROM journal").fetchone()
     assert json.loads(item)["personal"] is None
+
+
+def test_a_dry_run_says_what_each_cloud_will_do_and_queues_nothing(start_agent):
+    agent, till = start_agent()
+    loaded, engage = ScriptedSender(), ScriptedSender()
+    workers = [
+        dispatcher_for(agent, loaded, "loaded"),
+        dispatcher_for(agent, engage, "engage", amends="difference"),
+    ]
+    till.post("/v1/receipts", dated("A", "2026-11-01"))
+    amended: dict[str, Any] = dated("A", "2026-11-01")
+    amended["items"][0]["quantity"] = 2
+    amended["items"][0]["grossPaidPrice"] = "20.00"
+    amended["totalGrossPrice"] = "30.00"
+    amended["paymentMethods"][0]["value"] = "30.00"
+    for worker in workers:
+        while worker.step():
+            pass
+    till.post("/v1/receipts", amended)
+    for worker in workers:
+        while worker.step():
+            pass
+    answer = till.post("/v1/replay", {"from": "2026-11-01", "to": "2026-11-01", "dryRun": True})
+    assert answer.status_code == 200
+    plan = answer.json()
+    steps = [(s["destination"], s["revision"], s["sendsAs"], s["effect"]) for s in plan["steps"]]
+    assert sorted(steps) == [
+        ("engage", 1, "A", "duplicate"),
+        ("engage", 2, "A~r2", "duplicate"),
+        ("loaded", 1, "A", "replaces"),
+        ("loaded", 2, "A", "replaces"),
+    ]
+    assert (plan["wouldQueue"], plan["replaces"], plan["duplicates"]) == (4, 2, 2)
+    for name in ("loaded", "engage"):
+        assert agent.outbox.depth(name).pending == 0  # a dry run queues nothing
+
+
+def test_a_dry_run_from_the_command_line(start_agent, tmp_path):
+    from tests.conftest import base_config, write_toml
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    till.post("/v1/receipts", dated("A", "2026-10-10"))
+    dispatcher_for(agent, ScriptedSender()).step()
+    till.close()
+    agent.stop()
+    config = write_toml(tmp_path / "config.toml", base_config(tmp_path))
+    result = till_agent(
+        "replay", "--from", "2026-10-01", "--to", "2026-10-31", "--dry-run", "--config", str(config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "replaces the cloud's copy" in result.stdout
+    assert "would queue 1: 1 replace what the cloud holds" in result.stdout

@@ -210,7 +210,11 @@ def test_an_io_error_that_turns_the_filesystem_read_only_never_gets_a_2xx(
 def fill(directory: Path) -> Path:
     """Write a ballast file until the filesystem has no space left."""
     ballast = directory / "ballast"
-    with ballast.open("wb") as handle, pytest.raises(OSError, match="No space left") as full:
+    # Unbuffered: a short last write leaves nothing behind for close() to flush (and fail on).
+    with (
+        ballast.open("wb", buffering=0) as handle,
+        pytest.raises(OSError, match="No space left") as full,
+    ):
         _write_forever(handle)
     assert full.value.errno == errno.ENOSPC
     return ballast

@@ -105,9 +105,7 @@ class App:
         again); a store that cannot keep it never changes the answer."""
         route = request.route or request.path[:LOGGED_PATH_CHARS]
         try:
-            return self._services.intake.quarantine(
-                error_id, route, request.body(), code, str(exc)
-            )
+            return self._services.intake.quarantine(error_id, route, request.body(), code, str(exc))
         except StorageError:
             log.exception("could not quarantine a refused body", extra={"errorId": error_id})
             return error_id

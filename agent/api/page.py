@@ -31,6 +31,7 @@ def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
         f"<h1>Till {_e(status['tillId'])} · store {_e(status['storeId'])} "
         f"{_badge(status['status'])}</h1>",
         _destinations(status["destinations"]),
+        _takings(status["destinations"]),
         _summary(status, dead_letters),
         _components(status["components"]),
         f'<p class="muted">Till Agent {_e(status["version"])} · refreshes every '
@@ -54,6 +55,42 @@ def _destinations(destinations: list[Mapping[str, Any]]) -> str:
     return f"<h2>Delivery</h2><table>{head}{rows}</table>"
 
 
+def _takings(destinations: list[Mapping[str, Any]]) -> str:
+    """Today's receipts per destination; the oldest one still waiting (an id, never a person)."""
+    rows = "".join(
+        f"<tr><td>{_e(d['name'])}</td>{_count_gross(d['today']['taken'])}"
+        f"{_count_gross(d['today']['delivered'])}{_count_gross(d['today']['pending'])}"
+        f"<td>{_waiting(d['oldestUndelivered'])}</td></tr>"
+        for d in destinations
+    )
+    head = (
+        "<tr><th>Destination</th><th class=num>Taken</th><th class=num>Delivered</th>"
+        "<th class=num>Still to go</th><th>Oldest undelivered receipt</th></tr>"
+    )
+    note = '<p class="muted">till-agent reconcile --date DAY: every receipt that differs</p>'
+    return f"<h2>Today's takings</h2><table>{head}{rows}</table>{note}"
+
+
+def _count_gross(part: Mapping[str, Any]) -> str:
+    return f"<td class=num>{part['count']} · {_e(part['gross'])}</td>"
+
+
+def _waiting(oldest: Mapping[str, Any] | None) -> str:
+    if oldest is None:
+        return "-"
+    return f"{_e(oldest['uniqueReceiptId'])} ({_age(oldest['ageSeconds'])})"
+
+
+def _forecast(forecast: Mapping[str, Any]) -> str:
+    hours, rate = forecast["hoursToFull"], forecast["recordsPerHour"]
+    if rate is None:
+        return "measuring the intake rate"
+    if hours is None:
+        return f"not filling ({rate:g} receipts and changes an hour)"
+    warn = " (under the warning level)" if hours < forecast["warnBelowHours"] else ""
+    return f"full in {hours:g} hours at {rate:g} receipts and changes an hour{warn}"
+
+
 def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
     storage, cache, counters = status["storage"], status["contacts"], status["counters"]
     rows = [
@@ -64,6 +101,7 @@ def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
             f"{storage['dataDirBytes'] / 1e6:.1f} MB of {storage['limitBytes'] / 1e6:.0f} MB "
             f"allowed, {storage['freeBytes'] / 1e9:.1f} GB free",
         ),
+        ("Store", _forecast(status["forecast"])),
         ("Since install", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items())),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)

@@ -12,18 +12,19 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from agent import __version__, models
+from agent import __version__, models, qareport
 from agent.api import page, schemas
 from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
 from agent.intake import Accepted, Intake, ReceiptState
-from agent.ledger import DeadLetter, DeadLetters, Journal
+from agent.ledger import DUPLICATE, REPLACES, DeadLetter, DeadLetters, Journal, ReplayStep
 from agent.lookup import KINDS, Found, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.metrics import Metrics
 from agent.privacy import Privacy
+from agent.reconcile import Reconciler
 from agent.status import StatusReporter
 
 
@@ -41,6 +42,7 @@ class Services:
     metrics: Metrics
     sync_now: Callable[[], dict[str, float] | None]
     openapi: bytes
+    reconciler: Reconciler
     retry_now: Callable[[str | None], list[str]] = lambda destination: []
 
 
@@ -129,10 +131,28 @@ def post_replay(request: Request, services: Services) -> Response:
     span = decode_private(request, schemas.ReplayRequest)
     if span.last_day < span.first_day:
         raise BadRequestError("to is before from")
-    queued = services.journal.replay(
-        span.first_day.isoformat(), span.last_day.isoformat(), span.destination
+    days = (span.first_day.isoformat(), span.last_day.isoformat(), span.destination)
+    if span.dry_run:
+        return Response.json(replay_plan(services.journal.plan(*days)))
+    return Response.json({"queued": services.journal.replay(*days)}, status=202)
+
+
+def replay_plan(steps: list[ReplayStep]) -> schemas.ReplayPlan:
+    return schemas.ReplayPlan(
+        len(steps),
+        sum(1 for step in steps if step.effect == REPLACES),
+        sum(1 for step in steps if step.effect == DUPLICATE),
+        [
+            schemas.ReplayStepView(
+                s.destination,
+                s.key,
+                s.revision,
+                s.sends_as,
+                s.effect,  # type: ignore[arg-type]
+            )
+            for s in steps
+        ],
     )
-    return Response.json({"queued": queued}, status=202)
 
 
 def post_contacts_sync(request: Request, services: Services) -> Response:
@@ -175,6 +195,42 @@ def lookup_key(request: Request) -> tuple[str, str]:
     if len(given) != 1 or not given[0][1].strip() or set(query) - set(KINDS):
         raise BadRequestError("give exactly one of mobilePhone, email or memberNumber")
     return given[0]
+
+
+def get_reconciliation(request: Request, services: Services) -> Response:
+    query = single_values(request, required=("from",), optional=("to", "destination"))
+    try:
+        answer = services.reconciler.reconcile(
+            query["from"], query.get("to", query["from"]), query.get("destination")
+        )
+    except InvalidRequestError as exc:
+        raise BadRequestError(str(exc)) from None
+    return Response.json(answer)
+
+
+def get_qa_report(request: Request, services: Services) -> Response:
+    query = single_values(request, required=("from",), optional=("to",))
+    try:
+        report = qareport.qa_report(
+            services.reconciler, query["from"], query.get("to", query["from"])
+        )
+    except InvalidRequestError as exc:
+        raise BadRequestError(str(exc)) from None
+    return Response.json(report)
+
+
+def single_values(
+    request: Request, *, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, str]:
+    """The query string as one value per name; BadRequestError names what is missing or odd."""
+    query = urllib.parse.parse_qs(str(request.environ.get("QUERY_STRING", "")))
+    unknown = sorted(set(query) - set(required) - set(optional))
+    missing = [name for name in required if name not in query]
+    if unknown or missing or any(len(values) > 1 for values in query.values()):
+        raise BadRequestError(
+            f"give {', '.join(required)} once each (optional: {', '.join(optional)})"
+        )
+    return {name: values[0] for name, values in query.items()}
 
 
 def list_dead_letters(request: Request, services: Services) -> Response:
@@ -235,6 +291,8 @@ ROUTES = (
     Route("POST", "/v1/privacy/forget", post_forget),
     Route("POST", "/v1/replay", post_replay),
     Route("POST", "/v1/delivery/retry-now", post_retry_now),
+    Route("GET", "/v1/reconciliation", get_reconciliation),
+    Route("GET", "/v1/qa-report", get_qa_report),
     Route("GET", "/v1/dead-letters", list_dead_letters),
     Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
     Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agent import __version__, models
+from agent import models
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=False):
@@ -58,6 +59,25 @@ class HealthAnswer(_Out):
     version: str
 
 
+class CountGross(_Out):
+    count: int
+    gross: str
+
+
+class TodayTotals(_Out):
+    """Today's receipts (the till's local date): taken, delivered and the rest still to go."""
+
+    taken: CountGross
+    delivered: CountGross
+    pending: CountGross
+
+
+class WaitingReceipt(_Out):
+    unique_receipt_id: str
+    taken_at: str
+    age_seconds: float
+
+
 class DestinationStatus(_Out):
     name: str
     kind: str
@@ -71,6 +91,8 @@ class DestinationStatus(_Out):
     sent: int
     failed: int
     paused_seconds: float
+    today: TodayTotals
+    oldest_undelivered: WaitingReceipt | None
 
 
 class ComponentStatus(_Out):
@@ -91,6 +113,17 @@ class CacheStatus(_Out):
     sync_lag_seconds: float | None
 
 
+class StoreForecast(_Out):
+    """At the last hour's intake rate, hours until the store is full (null: not filling, or
+    not measured for five minutes yet)."""
+
+    hours_to_full: float | None
+    records_per_hour: float | None
+    bytes_per_record: float | None
+    room_bytes: int | None
+    warn_below_hours: float
+
+
 class StatusAnswer(_Out):
     status: Literal["ok", "degraded", "failing"]
     version: str
@@ -101,6 +134,7 @@ class StatusAnswer(_Out):
     components: list[ComponentStatus]
     storage: StorageStatus
     contacts: CacheStatus
+    forecast: StoreForecast
 
 
 class ForgetRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -116,6 +150,7 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
     first_day: dt.date = msgspec.field(name="from")
     last_day: dt.date = msgspec.field(name="to")
     destination: str | None = None
+    dry_run: bool = msgspec.field(default=False, name="dryRun")
 
 
 class ReplayAnswer(_Out):
@@ -132,6 +167,23 @@ class RetryNowAnswer(_Out):
     """The destinations whose back-off was skipped."""
 
     destinations: list[str]
+
+
+class ReplayStepView(_Out):
+    destination: str
+    unique_receipt_id: str
+    revision: int
+    sends_as: str
+    effect: Literal["replaces", "duplicate"]
+
+
+class ReplayPlan(_Out):
+    """A dry run: what would be queued, and what each cloud will do with it."""
+
+    would_queue: int
+    replaces: int
+    duplicates: int
+    steps: list[ReplayStepView]
 
 
 class PurgeAnswer(_Out):
@@ -190,6 +242,100 @@ class DeadLetterView(_Out):
     redacted: bool
 
 
+class Takings(_Out):
+    """Receipts added up; money as exact decimal strings."""
+
+    count: int
+    gross: str
+    tax: str
+    tenders: dict[str, str]
+    returns: CountGross
+
+
+class Difference(_Out):
+    """A receipt the cloud does not hold as the till took it, and what to do about it."""
+
+    unique_receipt_id: str
+    state: Literal["pending", "deadLettered", "erased", "differs"]
+    taken: str
+    delivered: str | None
+    dead_letter_ids: list[int]
+    fix: str
+
+
+class DestinationReconciliation(_Out):
+    destination: str
+    kind: str
+    status: Literal["match", "pending", "mismatch"]
+    taken: Takings
+    delivered: Takings
+    pending: CountGross
+    dead_lettered: CountGross
+    differing: CountGross
+    differences: list[str]
+    details: list[Difference]
+
+
+class DayReconciliation(_Out):
+    date: str
+    destinations: list[DestinationReconciliation]
+
+
+class Reconciliation(_Out):
+    """Per store-day (the till's local date of createdDate) and destination."""
+
+    first_day: str = msgspec.field(name="from")
+    last_day: str = msgspec.field(name="to")
+    store_id: str
+    till_id: str
+    days: list[DayReconciliation]
+
+
+class ReceiptFate(_Out):
+    state: str
+    verification: str
+    delivered: str | None
+
+
+class QaReceipt(_Out):
+    unique_receipt_id: str
+    receipt_number: str
+    created_date: str
+    kinds: list[Literal["purchase", "refund", "split", "amended"]]
+    revision: int
+    currency: str
+    gross: str
+    tax: str
+    tenders: dict[str, str]
+    destinations: dict[str, ReceiptFate]
+
+
+class TestsRan(_Out):
+    first: str | None
+    last: str | None
+
+
+class DestinationName(_Out):
+    name: str
+    kind: str
+
+
+class QaReport(_Out):
+    """The go-live QA report for a vendor (no personal data)."""
+
+    first_day: str = msgspec.field(name="from")
+    last_day: str = msgspec.field(name="to")
+    store_id: str
+    till_id: str
+    agent_version: str
+    generated_at: str
+    tests_ran: TestsRan
+    destinations: list[DestinationName]
+    receipts: list[QaReceipt]
+    reconciliation: Reconciliation
+    all_match: bool
+
+
 class ErrorDetail(_Out):
     path: str
     message: str
@@ -205,6 +351,10 @@ class ErrorInfo(_Out):
 class ErrorBody(_Out):
     error: ErrorInfo
 
+
+# The version of the POS contract this document describes (the /v1 routes), not the package's:
+# the committed docs/openapi.json must not change with every build of the agent.
+API_VERSION = "1.0.0"
 
 ERROR_STATUSES = {
     "400": "Not JSON",
@@ -232,10 +382,13 @@ SHAPES = (
     ReplayAnswer,
     RetryNowRequest,
     RetryNowAnswer,
+    ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
     DeadLetterView,
     LookupAnswer,
+    Reconciliation,
+    QaReport,
     ErrorBody,
 )
 
@@ -249,17 +402,31 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Till Agent local API",
-            "version": __version__,
+            "version": API_VERSION,
             "description": "The POS contract on loopback. See docs/api.md.",
         },
         "servers": [{"url": "http://127.0.0.1:8765"}],
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {
-            "schemas": components,
+            "schemas": _cleaned(components),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _cleaned(node: Any) -> Any:
+    """Descriptions as inspect.cleandoc gives them, whichever way msgspec's version indents them."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _cleaned(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_cleaned(value) for value in node]
+    return node
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -273,6 +440,16 @@ def _answers(ok: dict[str, tuple[str, str]], errors: tuple[str, ...]) -> dict[st
     for code in errors:
         answers[code] = {"description": ERROR_STATUSES[code], **_ref("ErrorBody")}
     return answers
+
+
+def _query(name: str, description: str, required: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -376,7 +553,11 @@ def _paths() -> dict[str, Any]:
                 "summary": "Send a date range of delivered receipts again (low-priority lane)",
                 "requestBody": {"required": True, **_ref("ReplayRequest")},
                 "responses": _answers(
-                    {"202": ("Queued again", "ReplayAnswer")}, ("400", "413", "415", *common)
+                    {
+                        "202": ("Queued again", "ReplayAnswer"),
+                        "200": ("dryRun: what would be queued, nothing queued", "ReplayPlan"),
+                    },
+                    ("400", "413", "415", *common),
                 ),
             }
         },
@@ -387,6 +568,27 @@ def _paths() -> dict[str, Any]:
                 "responses": _answers(
                     {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
                 ),
+            }
+        },
+        "/v1/reconciliation": {
+            "get": {
+                "summary": "Per store-day and destination: taken, delivered, pending, differences",
+                "parameters": [
+                    _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
+                    _query("to", "Last day, included (default: from)", False),
+                    _query("destination", "Only this destination (default: all)", False),
+                ],
+                "responses": _answers({"200": ("Reconciled", "Reconciliation")}, ("400", *common)),
+            }
+        },
+        "/v1/qa-report": {
+            "get": {
+                "summary": "The go-live QA report of a date range, as JSON",
+                "parameters": [
+                    _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
+                    _query("to", "Last day, included (default: from)", False),
+                ],
+                "responses": _answers({"200": ("The report", "QaReport")}, ("400", *common)),
             }
         },
         "/v1/dead-letters": {
