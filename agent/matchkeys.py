@@ -36,7 +36,9 @@ def normalise_phone(value: str, default_region: str) -> str | None:
 
 
 def normalise_email(value: str) -> str | None:
-    """email-validator's normalised form (no DNS lookup), lower-cased; None when invalid."""
+    """email-validator's normalised form (no DNS lookup), lower-cased, without the spaces a
+    till may leave around it; None when invalid."""
+    value = value.strip()
     if _is_plain(value):
         return value.lower()
     try:

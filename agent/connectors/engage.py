@@ -198,7 +198,10 @@ class EngageConnector:
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
         """GET contacts/id by email or phone: the id, None on 404; 409 (several) RejectedError."""
-        params = {"email": email or None, "mobilePhone": self.phone_out(mobile_phone)}
+        params = {
+            "email": (email or "").strip() or None,
+            "mobilePhone": self.phone_out(mobile_phone),
+        }
         params = {k: v for k, v in params.items() if v}
         if not params:
             return None
@@ -321,6 +324,8 @@ class EngageConnector:
         body = to_builtins(contact)
         for key in ("contactId", "storeExternalId"):
             body.pop(key, None)
+        if contact.email:
+            body["email"] = contact.email.strip()  # the till's stray spaces; intake checked it
         if contact.mobile_phone:
             body["mobilePhone"] = self.phone_out(contact.mobile_phone)
         prefs = {k: body.pop(k) for k in ("acceptsEmail", "acceptsSms") if k in body}
