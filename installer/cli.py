@@ -89,8 +89,9 @@ def install(
     """Install: config, secrets, POS token and service; start it, wait for it, check the clouds."""
     if non_interactive and answers_file is None:
         raise click.UsageError("--non-interactive needs --answers FILE.toml")
-    given = _answers(answers_file) if answers_file else wizard.ask()
     where = steps.layout(root)
+    _check_interpreter(where)
+    given = _answers(answers_file) if answers_file else wizard.ask()
     raw, new_secrets = answers.config_and_secrets(given, where.config_paths())
     _guarded(lambda: steps.check_config(raw, where, new_secrets))
     owner = steps.ensure_user(commands, where)
@@ -320,6 +321,23 @@ def _migration(
         commands.run([*python, "installer", "migrate", *(["--root", str(root)] if root else [])])
 
     return replace_then_migrate
+
+
+def _check_interpreter(where: steps.Layout) -> None:
+    """Refuse (warn, when staging) a program the unit's sandbox would hide from the service."""
+    problems = steps.interpreter_problems()
+    if not problems or sys.platform == "win32":
+        return
+    text = (
+        f"the service could not start the agent installed here: {'; '.join(problems)}, which "
+        "the unit hides from it (ProtectHome=yes, PrivateTmp=yes). Install it into an "
+        "environment made with the system's Python: `sudo /usr/bin/python3 -m venv "
+        "/opt/till-agent`, `sudo /opt/till-agent/bin/pip install till_agent-*.whl`, then run "
+        "`sudo /opt/till-agent/bin/till-install install` (docs/install.md)"
+    )
+    if where.root is None:
+        raise click.ClickException(text)
+    click.echo(f"warning: {text}", err=True)
 
 
 def _wait(settings: config.Settings, wait_seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from pathlib import Path
 
 import pytest
 import requests
@@ -157,30 +158,80 @@ def test_verify_flags_a_stopped_service(host, invoke, installed):
     assert "FAIL  port" in result.output
 
 
-def test_install_as_root_gives_files_to_the_service_user(root, tmp_path, answers_file):
+SERVICE_IDS = (4242, 4243)  # an account that exists only in the fake (the tests run as root)
+
+
+def _owners(path):
+    return path.stat().st_uid, path.stat().st_gid
+
+
+def test_install_as_root_gives_the_service_its_data_and_keeps_secrets_roots(
+    root, tmp_path, answers_file
+):
+    # Changed deliberately (issue 19): the secrets were the service user's, so the agent could
+    # rewrite its own credentials; now they are root's and systemd hands the agent a copy.
     from click.testing import CliRunner
 
     from installer.cli import main
     from tests.installer.fakes import FakeHost
 
-    host = FakeHost(steps.layout(root).config_file, admin=True, account=(os.getuid(), os.getgid()))
+    where = steps.layout(root)
+    where.log_dir.mkdir(parents=True)
+    stale = where.log_dir / "till-agent-2026-11-23.log"  # left by a run as root
+    stale.write_text("{}\n")
+    host = FakeHost(where.config_file, admin=True, account=SERVICE_IDS)
     try:
         args = ["install", "--non-interactive", "--answers", str(answers_file()), "--offline"]
         result = CliRunner().invoke(main, [*args, "--root", str(root)], obj=host)
     finally:
         host.stop()
     assert result.exit_code == 0, result.output
-    token = steps.layout(root).token_file
-    assert (token.stat().st_uid, token.stat().st_gid) == (os.getuid(), os.getgid())
+    assert _owners(where.token_file) == (0, 0)
+    assert _owners(where.credentials_dir / "engage-test-api-key") == (0, 0)
+    assert _owners(where.credentials_dir) == (0, 0)
+    assert _owners(where.config_file) == (0, SERVICE_IDS[1])
+    assert _owners(where.data_dir) == SERVICE_IDS
+    assert _owners(stale) == SERVICE_IDS
     assert not host.commands_named("useradd")  # a staged root never touches the host's users
 
 
-def test_ensure_user_makes_the_system_user_once(root):
+def test_verify_flags_a_secret_the_service_owns(root, answers_file):
+    from click.testing import CliRunner
+
+    from installer.cli import main
     from tests.installer.fakes import FakeHost
 
-    host = FakeHost(root / "none", admin=True, account=None)
-    assert steps.ensure_user(host, steps.layout(None)) == steps.Owner()
-    (useradd,) = host.commands_named("useradd")
-    assert useradd[-1] == "till-agent"
-    assert "--system" in useradd
-    assert "/usr/sbin/nologin" in useradd
+    where = steps.layout(root)
+    host = FakeHost(where.config_file, admin=True, account=SERVICE_IDS)
+    try:
+        args = ["install", "--non-interactive", "--answers", str(answers_file()), "--offline"]
+        assert CliRunner().invoke(main, [*args, "--root", str(root)], obj=host).exit_code == 0
+        os.chown(where.credentials_dir / "engage-test-api-key", *SERVICE_IDS)
+        result = CliRunner().invoke(main, ["verify", "--offline", "--root", str(root)], obj=host)
+    finally:
+        host.stop()
+    assert result.exit_code == 1
+    assert "FAIL  secret engage-test-api-key" in result.output
+    assert "belongs to uid 4242, not root" in result.output
+
+
+@pytest.mark.parametrize(
+    ("program", "python", "home", "hidden"),
+    [
+        ("/opt/till-agent/bin/till-agent", "/usr/bin/python3.11", "/usr", []),
+        (
+            "/opt/till-agent/bin/till-agent",
+            "/root/.pyenv/versions/3.11.7/bin/python3.11",
+            "/root/.pyenv/versions/3.11.7",
+            ["its Python", "the Python's library"],
+        ),
+        ("/home/tech/venv/bin/till-agent", "/usr/bin/python3.11", "/usr", ["the program"]),
+        ("/tmp/x/bin/till-agent", "/usr/bin/python3.11", "/usr", ["the program"]),
+        ("/var/tmp/x/bin/till-agent", "/usr/bin/python3.11", "/usr", ["the program"]),
+        ("/run/user/0/x/till-agent", "/usr/bin/python3.11", "/usr", ["the program"]),
+        ("/rootless/bin/till-agent", "/usr/bin/python3.11", "/usr", []),
+    ],
+)
+def test_a_program_the_unit_would_hide_is_named(program, python, home, hidden):
+    found = steps.hidden_from_service(Path(program), Path(python), Path(home))
+    assert [f.split(" is under ")[0] for f in found] == hidden
