@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from agent import app, config, crypto, db
+from agent import app, config, crypto, db, wording
 from agent.errors import AgentError
 
 MIN_FREE_BYTES = 500 * 1024 * 1024
@@ -53,7 +53,11 @@ def _data_dir(settings: config.Settings) -> list[Check]:
     free = shutil.disk_usage(data_dir).free
     return [
         Check("data directory", os.access(data_dir, os.W_OK), f"{data_dir} writable"),
-        Check("disk space", free >= MIN_FREE_BYTES, f"{free / 1e9:.1f} GB free"),
+        Check(
+            "disk space",
+            free >= MIN_FREE_BYTES,
+            f"{wording.size(free)} free (at least {wording.size(MIN_FREE_BYTES)} wanted)",
+        ),
     ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors
+from agent import app, config, connectors, wording
 from agent.doctor import MIN_FREE_BYTES, Check, clock_check
 from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
 from installer import steps
@@ -70,7 +70,8 @@ def _disk(data_dir: Path) -> Check:
     if not data_dir.exists():
         return Check("disk space", False, f"{data_dir} does not exist")
     free = shutil.disk_usage(data_dir).free
-    return Check("disk space", free >= MIN_FREE_BYTES, f"{free / 1e9:.1f} GB free on {data_dir}")
+    wanted = f"at least {wording.size(MIN_FREE_BYTES)} wanted"
+    return Check("disk space", free >= MIN_FREE_BYTES, f"{wording.size(free)} free ({wanted})")
 
 
 def clouds(settings: config.Settings) -> list[Check]:
