@@ -15,16 +15,15 @@ from agent import app, config, connectors, wording
 from agent.doctor import MIN_FREE_BYTES, Check, clock_check
 from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
 from installer import steps
-from installer.services import ServiceManager
+from installer.services import SERVICE_STATES, ServiceManager
 
 
 def local(
     settings: config.Settings, layout: steps.Layout, manager: ServiceManager, owner: steps.Owner
 ) -> list[Check]:
     """Everything on this till: the service, the API port, permissions, disk space."""
-    state = manager.state()
-    checks = [Check("service", state == "active", state)]
-    checks.append(_port(settings))
+    checks = [_service(manager)]
+    checks += _port(settings)
     checks.append(_mode("config file", layout.config_file, forbidden=0o027))
     secret_files = sorted(p for p in layout.credentials_dir.glob("*") if p.is_file())
     checks += [_secret(p, owner) for p in secret_files]
@@ -32,13 +31,41 @@ def local(
     return checks
 
 
-def _port(settings: config.Settings) -> Check:
+def _service(manager: ServiceManager) -> Check:
+    """The service manager's word for the agent, and what it means for the technician."""
+    reason = manager.unavailable()
+    if reason is not None:
+        return Check("service", False, f"{reason}: cannot check it; see docs/install.md")
+    state = manager.state()
+    return Check("service", state == "active", f"{state}: {SERVICE_STATES.get(state, state)}")
+
+
+def _port(settings: config.Settings) -> list[Check]:
+    """The port answers at all (the agent runs); then what its health says, with the cause."""
     url = steps.health_url(settings)
     try:
         answer = requests.get(url, timeout=3)
-    except requests.RequestException:
-        return Check("port", False, f"nothing answers at {url}")
-    return Check("port", answer.status_code == 200, f"{url} answered {answer.status_code}")
+    except requests.ConnectionError:
+        return [Check("port", False, f"nothing answers at {url}: the agent is not running")]
+    except requests.Timeout:
+        return [Check("port", False, f"{url} did not answer within 3 s: the agent may be stuck")]
+    port = Check("port", True, f"the agent answers at {url}")
+    if answer.status_code == 200:
+        return [port, Check("health", True, answer.json().get("status", "ok"))]
+    return [port, Check("health", False, f"the agent reports a problem: {_problems(settings)}")]
+
+
+def _problems(settings: config.Settings) -> str:
+    """The failing parts, from /v1/status (the token is readable: verify runs as root)."""
+    url = steps.health_url(settings).replace("/v1/health", "/v1/status")
+    try:
+        token = settings.api.token_file.read_text(encoding="ascii").strip()
+        answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        components = answer.json()["components"]
+    except (OSError, ValueError, KeyError, requests.RequestException):
+        return "see `till-agent status`"
+    failing = [f"{c['name']}: {c['detail']}" for c in components if c["state"] == "failing"]
+    return "; ".join(failing) or "see `till-agent status`"
 
 
 def _mode(name: str, path: Path, *, forbidden: int) -> Check:

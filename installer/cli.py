@@ -16,7 +16,7 @@ import click
 from agent import __version__, config, paths
 from agent.doctor import Check
 from agent.errors import AgentError, ConfigError
-from installer import answers, checks, steps, tomlfile, wizard
+from installer import answers, checks, services, steps, tomlfile, wizard
 from installer.services import ServiceManager, Systemd, WindowsServices
 from installer.system import CommandError, Commands, HostCommands
 
@@ -77,6 +77,11 @@ def show_paths(as_json: bool) -> None:
 )
 @OFFLINE_OPTION
 @WAIT_OPTION
+@click.option(
+    "--no-start",
+    is_flag=True,
+    help="Write and enable everything, start nothing (an image being staged; with --root).",
+)
 @click.pass_obj
 def install(
     commands: Commands,
@@ -85,6 +90,7 @@ def install(
     answers_file: Path | None,
     offline: bool,
     wait_seconds: float,
+    no_start: bool,
 ) -> None:
     """Install: config, secrets, POS token and service; start it, wait for it, check the clouds."""
     if non_interactive and answers_file is None:
@@ -100,13 +106,46 @@ def install(
         steps.write_secrets(where, new_secrets, owner)
         token = steps.ensure_token(where, owner)
         steps.write_config(where, raw, owner)
-        _register(commands, where).restart()
+    click.echo(_token_line(where, token))
+    manager = _manager(commands, where)
+    not_starting = "--no-start was given" if no_start else manager.unavailable()
+    with _os_errors():
+        _register(commands, where, manager, offline=no_start and root is not None)
+        if not_starting is None:
+            manager.restart()
+    if not_starting is not None:
+        click.echo(_not_started(where, not_starting))
+        return
     settings = _settings(where)
     _wait(settings, wait_seconds)
     click.echo(f"Installed; the agent answers at {steps.health_url(settings)}")
-    click.echo(f"POS token: in {token} (give it to the POS; it is not shown here)")
     if not offline:
         _report(checks.clouds(settings), failure="installed, but a cloud check failed")
+
+
+def _token_line(where: steps.Layout, token: Path) -> str:
+    on_till = "" if where.root is None else f" (on the till: {where.target(token)})"
+    return f"POS token: in {token}{on_till}; give it to the POS (it is not shown here)"
+
+
+def _not_started(where: steps.Layout, reason: str) -> str:
+    """What an install that could not start the agent did, did not do, and how to finish."""
+    unit = where.target(where.unit_dir / services.UNIT_NAME)
+    program = where.target(steps.program_path())
+    return "\n".join(
+        [
+            f"Installed, not started: {reason}.",
+            f"  written: {where.target(where.config_file)}, the secrets and the POS token in "
+            f"{where.target(where.credentials_dir)}, the unit {unit} and its drop-in; the unit "
+            "is enabled, so it starts at the next boot",
+            "  not done: systemctl daemon-reload and start, the wait for the agent to answer, "
+            "the cloud checks",
+            "  to finish on the till once systemd runs: sudo systemctl daemon-reload && sudo "
+            f"systemctl start till-agent && sudo {program.parent / 'till-install'} verify",
+            f"  in a container without systemd: run `{program} run` as its main process "
+            "(docs/install.md, Containers)",
+        ]
+    )
 
 
 @main.command()
@@ -194,8 +233,13 @@ def upgrade(commands: Commands, root: Path | None, wheel: Path | None, wait_seco
         ) from exc
     waiting = sum(steps.waiting(settings).values())
     with _os_errors():
-        _register(commands, where).start()
-    _wait(settings, wait_seconds)
+        _register(commands, where, manager)
+        if manager.unavailable() is None:
+            manager.start()
+    if manager.unavailable() is None:
+        _wait(settings, wait_seconds)
+    else:
+        click.echo(f"Not started: {manager.unavailable()}.")
     click.echo(f"Upgraded; {waiting} items waiting to be delivered are kept.")
     click.echo(f"Store backups from before the upgrade: {', '.join(str(p) for p in backups)}")
 
@@ -225,7 +269,8 @@ def uninstall(commands: Commands, root: Path | None, force: bool, purge_data: bo
         waiting = steps.waiting(_settings(where))
         if sum(waiting.values()) and not force:
             with _os_errors():
-                manager.start()
+                if manager.unavailable() is None:
+                    manager.start()
             counts = ", ".join(f"{name} {n}" for name, n in waiting.items() if n)
             raise click.ClickException(
                 f"items not delivered yet ({counts}); the agent is running again to send them. "
@@ -298,13 +343,21 @@ def _secret_name(name: str) -> str:
 def _manager(commands: Commands, where: steps.Layout) -> ServiceManager:
     if sys.platform == "win32":
         return WindowsServices(commands)
-    return Systemd(commands, where.unit_dir, where.credentials_dir)
+    return Systemd(commands, where.unit_dir, where.credentials_dir, where.root)
 
 
-def _register(commands: Commands, where: steps.Layout) -> ServiceManager:
-    manager = _manager(commands, where)
+def _register(
+    commands: Commands,
+    where: steps.Layout,
+    manager: ServiceManager | None = None,
+    *,
+    offline: bool = False,
+) -> ServiceManager:
+    """The service definition, naming the target system's paths (a staged root taken off)."""
+    manager = manager or _manager(commands, where)
     credentials = sorted(p for p in where.credentials_dir.glob("*") if p.is_file())
-    manager.register(steps.program_path(), credentials)
+    targets = [where.target(p) for p in credentials]
+    manager.register(where.target(steps.program_path()), targets, offline=offline)
     return manager
 
 

@@ -27,7 +27,10 @@ BACKUP_SUFFIX = ".pre-upgrade"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where an install puts things: the system locations, under `root` when one is given."""
+    """Where an install puts things: the system locations, under `root` when one is given.
+
+    What is written *into* files (the config, the unit, its drop-in) always names the target
+    system's paths, so an image staged under a root works once booted from it."""
 
     root: Path | None
     config_dir: Path
@@ -35,6 +38,7 @@ class Layout:
     log_dir: Path
     credentials_dir: Path
     unit_dir: Path
+    platform: str = sys.platform
 
     @property
     def config_file(self) -> Path:
@@ -44,9 +48,28 @@ class Layout:
     def token_file(self) -> Path:
         return self.credentials_dir / paths.TOKEN_FILE_NAME
 
+    def target(self, path: Path) -> Path:
+        """The path as the target system will see it (the root taken off, when under it)."""
+        if self.root is None or not path.is_relative_to(self.root):
+            return path
+        return Path(path.anchor) / path.relative_to(self.root)
+
+    def environ(self) -> dict[str, str]:
+        """What systemd gives the agent (the *_DIRECTORY variables), here: how the installer
+        itself finds the agent's folders when it reads the config it wrote."""
+        if self.root is None or self.platform == "win32":
+            return {}
+        return {
+            "CONFIGURATION_DIRECTORY": str(self.config_dir),
+            "STATE_DIRECTORY": str(self.data_dir),
+            "LOGS_DIRECTORY": str(self.log_dir),
+            "CREDENTIALS_DIRECTORY": str(self.credentials_dir),
+        }
+
     def config_paths(self) -> dict[str, dict[str, str]]:
-        """Paths to write into the config: none for a system install (systemd gives them)."""
-        if self.root is None:
+        """Paths to write into the config: none on Linux (systemd gives the target's); on
+        Windows, staged under a root, the paths under it."""
+        if self.root is None or self.platform != "win32":
             return {}
         names = ("data_dir", "log_dir", "credentials_dir")
         return {"agent": {n: str(getattr(self, n)) for n in names}}
@@ -65,6 +88,7 @@ def layout(root: Path | None, platform: str = sys.platform) -> Layout:
         log_dir=under(system.log_dir),
         credentials_dir=under(system.credentials_dir),
         unit_dir=under(Path("/etc/systemd/system")),
+        platform=platform,
     )
 
 
@@ -215,7 +239,7 @@ def check_config(
 
     new_secrets are ones not yet written: they are looked up before the credentials directory.
     """
-    settings = config.from_mapping(raw, {})
+    settings = config.from_mapping(raw, layout.environ())
     on_disk = app.secret_reader(layout.credentials_dir)
     pending = dict(new_secrets or {})
 
@@ -238,7 +262,8 @@ def check_config(
 
 
 def load_settings(layout: Layout) -> config.Settings:
-    return config.load(layout.config_file, {})
+    """The installed config as the agent under systemd reads it (its folders under the root)."""
+    return config.load(layout.config_file, layout.environ())
 
 
 def health_url(settings: config.Settings) -> str:

@@ -53,8 +53,11 @@ def test_install_registers_the_unit_and_its_credentials(root, host, installed):
     unit = (unit_dir / "till-agent.service").read_text()
     assert f"ExecStart={steps.program_path()} run" in unit
     dropin = (unit_dir / "till-agent.service.d" / "credentials.conf").read_text()
-    credentials = steps.layout(root).credentials_dir
-    assert f"LoadCredential=engage-test-api-key:{credentials}/engage-test-api-key" in dropin
+    # Changed deliberately (issue 19): a staged root writes the target system's paths, as the
+    # unit does; the drop-in named the staging directory before.
+    target = "/etc/till-agent/credentials"
+    assert f"LoadCredential=engage-test-api-key:{target}/engage-test-api-key" in dropin
+    assert str(root) not in dropin
     assert "pos-token" not in dropin  # the unit loads it itself
     assert ["systemctl", "daemon-reload"] in host.calls
     assert ["systemctl", "enable", "till-agent.service"] in host.calls
@@ -179,7 +182,7 @@ def test_install_as_root_gives_the_service_its_data_and_keeps_secrets_roots(
     where.log_dir.mkdir(parents=True)
     stale = where.log_dir / "till-agent-2026-11-23.log"  # left by a run as root
     stale.write_text("{}\n")
-    host = FakeHost(where.config_file, admin=True, account=SERVICE_IDS)
+    host = FakeHost(where, admin=True, account=SERVICE_IDS)
     try:
         args = ["install", "--non-interactive", "--answers", str(answers_file()), "--offline"]
         result = CliRunner().invoke(main, [*args, "--root", str(root)], obj=host)
@@ -202,7 +205,7 @@ def test_verify_flags_a_secret_the_service_owns(root, answers_file):
     from tests.installer.fakes import FakeHost
 
     where = steps.layout(root)
-    host = FakeHost(where.config_file, admin=True, account=SERVICE_IDS)
+    host = FakeHost(where, admin=True, account=SERVICE_IDS)
     try:
         args = ["install", "--non-interactive", "--answers", str(answers_file()), "--offline"]
         assert CliRunner().invoke(main, [*args, "--root", str(root)], obj=host).exit_code == 0
@@ -235,3 +238,132 @@ def test_verify_flags_a_secret_the_service_owns(root, answers_file):
 def test_a_program_the_unit_would_hide_is_named(program, python, home, hidden):
     found = steps.hidden_from_service(Path(program), Path(python), Path(home))
     assert [f.split(" is under ")[0] for f in found] == hidden
+
+
+def test_ensure_user_makes_the_system_user_once(root):
+    from tests.installer.fakes import FakeHost
+
+    host = FakeHost(steps.layout(root), admin=True, account=None)
+    assert steps.ensure_user(host, steps.layout(None)) == steps.Owner()
+    (useradd,) = host.commands_named("useradd")
+    assert useradd[-1] == "till-agent"
+    assert "--system" in useradd
+    assert "/usr/sbin/nologin" in useradd
+
+
+def _install(host, root, *extra):
+    from click.testing import CliRunner
+
+    from installer.cli import main
+    from tests.installer.conftest import answers_text
+
+    path = root.parent / "answers.toml"
+    path.write_text(answers_text(free_port()))
+    args = ["install", "--non-interactive", "--answers", str(path), "--offline", *extra]
+    return CliRunner().invoke(main, [*args, "--root", str(root)], obj=host)
+
+
+def test_install_without_systemd_writes_everything_and_says_how_to_finish(root):
+    from tests.installer.fakes import FakeHost
+
+    host = FakeHost(steps.layout(root), systemd=False)
+    result = _install(host, root)
+    assert result.exit_code == 0, result.output
+    where = steps.layout(root)
+    assert where.config_file.exists()
+    assert (where.unit_dir / "till-agent.service").exists()
+    assert "Installed, not started: no systemd is running on this machine" in result.output
+    assert "not done: systemctl daemon-reload and start" in result.output
+    assert "sudo systemctl daemon-reload && sudo systemctl start till-agent" in result.output
+    assert "in a container without systemd: run" in result.output
+    assert f"POS token: in {where.token_file}" in result.output
+    assert ["systemctl", f"--root={root}", "enable", "till-agent.service"] in host.calls
+    assert not [
+        c for c in host.calls if c[:2] in (["systemctl", "start"], ["systemctl", "restart"])
+    ]
+    assert host.agent is None
+
+
+def test_install_no_start_stages_an_image_without_touching_this_machines_services(root):
+    from tests.installer.fakes import FakeHost
+
+    host = FakeHost(steps.layout(root))
+    result = _install(host, root, "--no-start")
+    assert result.exit_code == 0, result.output
+    assert "Installed, not started: --no-start was given" in result.output
+    assert [c for c in host.calls if c[0] == "systemctl"] == [
+        ["systemctl", f"--root={root}", "enable", "till-agent.service"]
+    ]
+    assert host.agent is None
+
+
+def test_a_staged_root_writes_the_target_systems_paths_in_every_file(root):
+    from tests.installer.fakes import FakeHost
+
+    host = FakeHost(steps.layout(root))
+    assert _install(host, root, "--no-start").exit_code == 0
+    written = [p for p in root.rglob("*") if p.is_file() and p.parent.name != "credentials"]
+    assert {p.name for p in written} >= {"config.toml", "till-agent.service", "credentials.conf"}
+    for path in written:
+        assert str(root) not in path.read_text(errors="replace"), path
+    raw = tomllib.loads(steps.layout(root).config_file.read_text())
+    assert set(raw["agent"]) == {"store_id", "till_id"}  # systemd gives the folders
+
+
+def test_verify_without_systemd_says_why_the_service_cannot_be_checked(root):
+    from click.testing import CliRunner
+
+    from installer.cli import main
+    from tests.installer.fakes import FakeHost
+
+    host = FakeHost(steps.layout(root), systemd=False)
+    assert _install(host, root).exit_code == 0
+    result = CliRunner().invoke(main, ["verify", "--offline", "--root", str(root)], obj=host)
+    assert result.exit_code == 1
+    assert "FAIL  service" in result.output
+    assert "no systemd is running on this machine" in result.output
+    assert "nothing answers at http://127.0.0.1:" in result.output
+    assert "the agent is not running" in result.output
+
+
+def test_verify_explains_a_stopped_service(host, invoke, installed):
+    host.stop()
+    result = invoke("verify", "--offline")
+    assert "inactive: not running: start it with `systemctl start till-agent`" in result.output
+
+
+def test_verify_tells_a_running_agent_with_a_problem_from_a_silent_one(host, invoke, installed):
+    assert host.agent is not None
+    host.agent.health.report("storage", "failing", "the disk is full")
+    result = invoke("verify", "--offline")
+    assert result.exit_code == 1
+    assert "ok    port" in result.output  # it answers: the port is fine
+    assert "FAIL  health" in result.output
+    assert "the agent reports a problem: storage: the disk is full" in result.output
+
+
+def test_staging_an_image_for_real_needs_no_running_systemd(root, tmp_path):
+    """The real installer and the real systemctl (offline, --root): this machine has no
+    systemd as PID 1, like an image build or a chroot."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.installer.conftest import answers_text
+
+    answers = tmp_path / "answers.toml"
+    answers.write_text(answers_text(free_port()))
+    args = ["--non-interactive", "--answers", str(answers), "--offline", "--no-start"]
+    done = subprocess.run(
+        [sys.executable, "-m", "installer", "install", *args, "--root", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Installed, not started" in done.stdout
+    wants = root / "etc/systemd/system/multi-user.target.wants/till-agent.service"
+    assert wants.is_symlink()
+    assert str(wants.readlink()) == "/etc/systemd/system/till-agent.service"  # the target's

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from agent import app, config
+from agent import app
 from installer import steps
 from tests.conftest import Till, make_receipt
 
@@ -15,7 +15,7 @@ RECEIPTS = 7
 
 
 def queue(root):
-    return steps.waiting(config.load(steps.layout(root).config_file, {}))
+    return steps.waiting(steps.load_settings(steps.layout(root)))
 
 
 def post_receipts(host, root, count=RECEIPTS):
@@ -59,7 +59,7 @@ def test_failed_migration_puts_the_stores_back(root, host, invoke, installed, tm
 def test_upgrade_stores_restores_a_store_a_migration_broke(root, host, installed):
     post_receipts(host, root)
     host.stop()
-    settings = config.load(steps.layout(root).config_file, {})
+    settings = steps.load_settings(steps.layout(root))
     outbox = settings.agent.data_dir / "outbox.db"
 
     def broken_migration():

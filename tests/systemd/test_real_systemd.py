@@ -146,6 +146,9 @@ def test_the_shipped_unit_reaches_ready_and_answers(container, installed):
     status = container.run(f"{VENV}/bin/till-agent", "status", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "Till T03 of store S042" in status.stdout
+    verify = container.run(f"{VENV}/bin/till-install", "verify", "--offline", check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "active: running" in verify.stdout
 
 
 def test_the_agent_runs_sandboxed_and_cannot_touch_its_secrets(container, installed):
