@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,13 @@ def _disk(data_dir: Path) -> Check:
     return Check("disk space", free >= MIN_FREE_BYTES, f"{wording.size(free)} free ({wanted})")
 
 
-def clouds(settings: config.Settings) -> list[Check]:
-    """Each enabled destination probed with its credentials, and the clock against its Date."""
+def clouds(
+    settings: config.Settings,
+    read_secret: Callable[[str], str] | None = None,
+    only: Collection[str] | None = None,
+) -> list[Check]:
+    """Each enabled destination (or those named) probed with its credentials (read_secret:
+    ones not written yet first), and the clock against its Date."""
     dates: list[str] = []
 
     def remember_date(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -111,10 +117,12 @@ def clouds(settings: config.Settings) -> list[Check]:
 
     session = connectors.make_session("TillAgent-installer", timeout_seconds=10.0)
     session.hooks["response"].append(remember_date)
-    reader = app.secret_reader(settings.agent.credentials_dir)
+    reader = read_secret or app.secret_reader(settings.agent.credentials_dir)
     checks = []
     try:
         for destination in settings.enabled_destinations:
+            if only is not None and destination.name not in only:
+                continue
             dates.clear()
             checks.append(_probe(destination, session, reader))
             if dates:

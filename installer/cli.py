@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import click
 from agent import __version__, config, paths
 from agent.doctor import Check
 from agent.errors import AgentError, ConfigError
-from installer import answers, checks, services, steps, tomlfile, wizard
+from installer import answers, checks, environments, services, steps, tomlfile, wizard
 from installer.services import ServiceManager, Systemd, WindowsServices
 from installer.system import CommandError, Commands, HostCommands
 
@@ -179,6 +180,9 @@ def verify(commands: Commands, root: Path | None, offline: bool) -> None:
     help="Replace the secret file NAME; its value is asked for, not shown.",
 )
 @click.option("--no-restart", is_flag=True, help="Leave a running agent as it is.")
+@click.option(
+    "--offline", is_flag=True, help="Do not check changed credentials against the clouds."
+)
 @WAIT_OPTION
 @click.pass_obj
 def configure(
@@ -187,25 +191,104 @@ def configure(
     assignments: tuple[str, ...],
     secret_names: tuple[str, ...],
     no_restart: bool,
+    offline: bool,
     wait_seconds: float,
 ) -> None:
-    """Change settings or secrets, checked as a whole before writing; the queue is untouched."""
+    """Change settings or secrets, checked as a whole (and each changed cloud's credentials
+    against it) before writing; the queue is untouched."""
     where = steps.layout(root)
     raw = _read_config(where)
+    old = copy.deepcopy(raw)
     _guarded(lambda: _apply(raw, assignments))
     new_secrets = {_secret_name(n): click.prompt(n, hide_input=True) for n in secret_names}
     settings = _guarded(lambda: steps.check_config(raw, where, new_secrets))
+    changed = environments.touched(old, raw, new_secrets)
+    if changed and not offline:
+        reader = steps.pending_first(where, new_secrets)
+        _require_working(settings, reader, changed, "nothing was changed")
+    restarted = _write_and_restart(
+        commands, where, (raw, new_secrets), restart=not no_restart, wait_seconds=wait_seconds
+    )
+    click.echo("Configuration written" + ("; the agent restarted" if restarted else ""))
+
+
+@main.command("switch-environment")
+@ROOT_OPTION
+@click.argument("environment", type=click.Choice(answers.ENVIRONMENTS))
+@click.option(
+    "--force", is_flag=True, help="Switch although items wait (they go to the new clouds)."
+)
+@click.option("--no-restart", is_flag=True, help="Leave a running agent as it is.")
+@WAIT_OPTION
+@click.pass_obj
+def switch_environment(
+    commands: Commands,
+    root: Path | None,
+    environment: str,
+    force: bool,
+    no_restart: bool,
+    wait_seconds: float,
+) -> None:
+    """Put every cloud on its test or production credentials: each checked against its cloud
+    first; nothing changes unless all work."""
+    where = steps.layout(root)
+    raw = _guarded(lambda: environments.switched(_read_config(where), environment))
+    settings = _guarded(lambda: steps.check_config(raw, where))
+    names = [d.name for d in settings.enabled_destinations]
+    _require_working(settings, None, names, "the till stays as it was")
+    waiting = sum(steps.waiting(settings).values())
+    if waiting and not force:
+        raise click.ClickException(
+            f"{waiting} items wait to be delivered; they would go to the {environment} clouds. "
+            "Let them drain (`till-agent status`), or add --force"
+        )
+    restarted = _write_and_restart(
+        commands, where, (raw, {}), restart=not no_restart, wait_seconds=wait_seconds
+    )
+    click.echo(
+        f"Switched to {environment}: {', '.join(names)}"
+        + ("; the agent restarted" if restarted else " (restart the agent to use it)")
+    )
+
+
+def _require_working(
+    settings: config.Settings,
+    read_secret: Callable[[str], str] | None,
+    names: Collection[str],
+    otherwise: str,
+) -> None:
+    """Each named cloud accepts its (new) credentials, or the command stops: `otherwise`."""
+    found = [c for c in checks.clouds(settings, read_secret, names) if c.name.startswith("cloud")]
+    for check in found:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<28} {check.detail}")
+    failed = [c.name for c in found if not c.ok]
+    if failed:
+        raise click.ClickException(
+            f"the new settings do not work for {', '.join(failed)}; {otherwise}"
+        )
+
+
+def _write_and_restart(
+    commands: Commands,
+    where: steps.Layout,
+    change: tuple[dict[str, Any], dict[str, str]],
+    *,
+    restart: bool,
+    wait_seconds: float,
+) -> bool:
+    """Write the secrets and the config; restart a running agent and wait for it (True)."""
+    raw, new_secrets = change
     owner = steps.owner_of(commands)
     with _os_errors():
         steps.write_secrets(where, new_secrets, owner)
         steps.write_config(where, raw, owner)
         manager = _register(commands, where) if new_secrets else _manager(commands, where)
-        restart = manager.state() == "active" and not no_restart
-        if restart:
+        restarted = restart and manager.unavailable() is None and manager.state() == "active"
+        if restarted:
             manager.restart()
-    if restart:
-        _wait(settings, wait_seconds)
-    click.echo("Configuration written" + ("; the agent restarted" if restart else ""))
+    if restarted:
+        _wait(steps.load_settings(where), wait_seconds)
+    return restarted
 
 
 @main.command()

@@ -240,11 +240,7 @@ def check_config(
     new_secrets are ones not yet written: they are looked up before the credentials directory.
     """
     settings = config.from_mapping(raw, layout.environ())
-    on_disk = app.secret_reader(layout.credentials_dir)
-    pending = dict(new_secrets or {})
-
-    def read(name: str) -> str:
-        return pending[name] if name in pending else on_disk(name)
+    read = pending_first(layout, new_secrets or {})
 
     session = connectors.make_session("TillAgent-installer")
     problems: list[str] = []
@@ -259,6 +255,17 @@ def check_config(
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[str], str]:
+    """A secret reader that sees secrets not written yet before those on disk."""
+    on_disk = app.secret_reader(layout.credentials_dir)
+    pending = dict(new_secrets)
+
+    def read(name: str) -> str:
+        return pending[name] if name in pending else on_disk(name)
+
+    return read
 
 
 def load_settings(layout: Layout) -> config.Settings:
