@@ -47,7 +47,7 @@ def main() -> None:
 @CONFIG_OPTION
 def run(config_file: str | None) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT."""
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, every_connector=True)
     logs.setup(
         settings.agent.log_level,
         log_dir=settings.agent.log_dir,
@@ -555,10 +555,14 @@ def openapi() -> None:
     click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
 
 
-def load_settings(config_file: str | None) -> config.Settings:
+def load_settings(config_file: str | None, *, every_connector: bool = False) -> config.Settings:
+    """The settings; with every_connector, each connector's keys and secrets checked too, in
+    the same pass (what `run` needs before it starts anything)."""
     environ = config.environment()
     path = config.config_path(config_file, environ)
     try:
+        if every_connector:
+            return app.load_checked(path, environ)
         return config.load(path, environ)
     except ConfigError as exc:
         lines = "\n".join(f"  - {problem}" for problem in exc.problems)

@@ -98,9 +98,15 @@ def install(
         raise click.UsageError("--non-interactive needs --answers FILE.toml")
     where = steps.layout(root)
     _check_interpreter(where)
-    given = _answers(answers_file) if answers_file else wizard.ask()
+    given, problems = _answers(answers_file) if answers_file else (wizard.ask(), [])
     raw, new_secrets = answers.config_and_secrets(given, where.config_paths())
-    _guarded(lambda: steps.check_config(raw, where, new_secrets))
+    try:
+        steps.check_config(raw, where, new_secrets)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:  # every problem of every kind, in one pass; nothing is written
+        title = "the answers file has problems" if answers_file else "the answers have problems"
+        raise click.ClickException(_lines(title, problems))
     owner = steps.ensure_user(commands, where)
     with _os_errors():
         steps.make_dirs(where, owner)
@@ -369,9 +375,9 @@ def uninstall(commands: Commands, root: Path | None, force: bool, purge_data: bo
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _answers(path: Path) -> answers.Answers:
+def _answers(path: Path) -> tuple[answers.Answers, list[str]]:
     try:
-        return answers.load(path)
+        return answers.check(answers.read(path))
     except answers.AnswersError as exc:
         raise click.ClickException(_lines("the answers file has problems", exc.problems)) from exc
 

@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 import requests
 
-from agent import app, config, connectors, paths
-from agent.errors import ConfigError
+from agent import app, config, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands
@@ -235,26 +234,9 @@ def write_config(layout: Layout, raw: Mapping[str, Any], owner: Owner) -> None:
 def check_config(
     raw: Mapping[str, Any], layout: Layout, new_secrets: Mapping[str, str] | None = None
 ) -> config.Settings:
-    """The whole config as the agent would take it, every connector built; ConfigError lists all.
-
-    new_secrets are ones not yet written: they are looked up before the credentials directory.
-    """
-    settings = config.from_mapping(raw, layout.environ())
-    read = pending_first(layout, new_secrets or {})
-
-    session = connectors.make_session("TillAgent-installer")
-    problems: list[str] = []
-    try:
-        for destination in settings.enabled_destinations:
-            try:
-                connectors.build(destination, session, read)
-            except ConfigError as exc:
-                problems += exc.problems
-    finally:
-        session.close()
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    """The whole config as the agent would take it, every connector built: ConfigError lists
+    every problem of every kind at once. new_secrets (not written yet) are read first."""
+    return app.checked_settings(raw, layout.environ(), pending_first(layout, new_secrets or {}))
 
 
 def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[str], str]:

@@ -218,3 +218,29 @@ def test_serve_demo_runs_on_a_fresh_machine_and_its_curl_works(tmp_path):
     assert not Path(folder[1]).exists()  # the throw-away folder goes with it
     for system_path in ("/etc/till-agent", "/var/log/till-agent", "/var/lib/till-agent"):
         assert not Path(system_path).exists()
+
+
+def test_run_lists_every_problem_of_every_kind_in_one_pass(tmp_path):
+    raw = merged(
+        base_config(tmp_path),
+        {
+            "telemetry": {"on": True},  # structure: an unknown section
+            "api": {"threads": -1},  # a value
+            "delivery": {"retries": 3},  # an unknown key
+            "destinations": {
+                "engage": {"api_key_secret": "no-such-secret", "api_versoin": "v2"},
+            },
+        },
+    )
+    path = write_toml(tmp_path / "config.toml", raw)
+    result = till_agent("run", "--config", str(path))
+    assert result.returncode == 1
+    for problem in (
+        "telemetry: unknown section",
+        "api.threads: must be positive (got -1)",
+        "delivery.retries: unknown key",
+        "destinations.engage.api_key_secret: secret 'no-such-secret' unreadable",
+        "destinations.engage.api_versoin: unknown key",
+    ):
+        assert problem in result.stderr, problem
+    assert not (tmp_path / "data").exists()  # nothing was started

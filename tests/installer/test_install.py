@@ -367,3 +367,60 @@ def test_staging_an_image_for_real_needs_no_running_systemd(root, tmp_path):
     wants = root / "etc/systemd/system/multi-user.target.wants/till-agent.service"
     assert wants.is_symlink()
     assert str(wants.readlink()) == "/etc/systemd/system/till-agent.service"  # the target's
+
+
+def test_the_wizard_asks_again_until_each_answer_is_right(root, host, invoke):
+    port = free_port()
+    typed = [
+        "  ",  # store id: blank, asked again
+        "S042",
+        "T03",
+        "test",
+        "99999",  # port out of range: asked again
+        str(port),
+        "engage",
+        "Engage Cloud",  # not a name: asked again
+        "",  # the default: engage
+        "acme.staging.voyado.com",  # no scheme: asked again, at once
+        "http://127.0.0.1:9/",
+        " ",  # the secret: blank, asked again
+        "wizard-engage-key",
+        "",  # done
+    ]
+    result = invoke("install", "--offline", input="\n".join(typed) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "Error: an answer is required" in result.output
+    assert "99999 is not in the range" in result.output
+    assert "Error: 1-32 of a-z, 0-9 and _, starting with a letter" in result.output
+    assert "an http:// or https:// URL with a host (got 'acme.staging.voyado.com')" in (
+        result.output
+    )
+    raw = tomllib.loads(steps.layout(root).config_file.read_text())
+    assert raw["api"]["listen"] == f"127.0.0.1:{port}"
+    assert raw["destinations"]["engage"]["base_url"] == "http://127.0.0.1:9/"
+
+
+def test_an_answers_file_lists_every_problem_of_every_kind_in_one_pass(root, invoke, tmp_path):
+    path = tmp_path / "answers.toml"
+    text = answers_text(free_port()).replace("port = ", "colour = 'red'\nport = 99999\n#")
+    text = text.replace('api_key = "sandbox-engage-key"', 'api_versoin = "v2"')
+    text = text.replace(
+        'base_url = "http://127.0.0.1:9/"\nclient_id', 'base_url = "loaded.example"\nclient_id', 1
+    )
+    text += "\n[config.delivery]\nmax_attempts = -1\nretries = 3\n"
+    path.write_text(text)
+    result = invoke("install", "--non-interactive", "--answers", str(path), "--offline")
+    assert result.exit_code == 1
+    for problem in (
+        "colour: unknown key",  # structure
+        "port: a port number 1-65535 (got 99999)",  # a value
+        "destinations.engage.test.api_key: required (a secret)",  # a secret
+        "destinations.loaded.test.base_url: an http:// or https:// URL",  # a value
+        "delivery.max_attempts: must be positive (got -1)",  # a config value
+        "delivery.retries: unknown key",  # a config key
+        "destinations.engage.api_versoin: unknown key",  # a connector's key
+    ):
+        assert problem in result.output, problem
+    assert "answer-missing" not in result.output  # the placeholders never show
+    assert not steps.layout(root).config_file.exists()
