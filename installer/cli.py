@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from agent import __version__, config, paths
+from agent import __version__, config, doctor, paths
 from agent.doctor import Check
 from agent.errors import AgentError, ConfigError
 from installer import answers, checks, environments, services, steps, tomlfile, wizard
@@ -127,7 +127,7 @@ def install(
     _wait(settings, wait_seconds)
     click.echo(f"Installed; the agent answers at {steps.health_url(settings)}")
     if not offline:
-        _report(checks.clouds(settings), failure="installed, but a cloud check failed")
+        _report(doctor.clouds(settings), failure="installed, but a cloud check failed")
 
 
 def _token_line(where: steps.Layout, token: Path) -> str:
@@ -165,7 +165,7 @@ def verify(commands: Commands, root: Path | None, offline: bool) -> None:
     settings = _settings(where)
     found = checks.local(settings, where, _manager(commands, where), steps.owner_of(commands))
     if not offline:
-        found += checks.clouds(settings)
+        found += doctor.clouds(settings)
     _report(found, failure="some checks failed")
 
 
@@ -264,7 +264,7 @@ def _require_working(
     otherwise: str,
 ) -> None:
     """Each named cloud accepts its (new) credentials, or the command stops: `otherwise`."""
-    found = [c for c in checks.clouds(settings, read_secret, names) if c.name.startswith("cloud")]
+    found = [c for c in doctor.clouds(settings, read_secret, names) if c.name.startswith("cloud")]
     for check in found:
         click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<28} {check.detail}")
     failed = [c.name for c in found if not c.ok]
