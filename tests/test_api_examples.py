@@ -199,3 +199,25 @@ def test_every_python_snippet_in_api_md_answers_as_documented(rig, capsys):
             assert line.startswith(f"{example.status} "), (example.name, line)
         same(example.answers[-1], response.json(), renames, example.name)
     namespace["agent"].close()
+
+
+def test_api_md_error_table_has_every_code_the_code_gives():
+    """Every error code the HTTP edge can answer is in api.md's table, with its status."""
+    from agent.api import errors
+
+    table = API_DOC.read_text("utf-8").split("## Errors", 1)[1]
+    rows = re.findall(r"^\| (\d{3}) \| (.+?) \|", table, re.MULTILINE)
+    documented = {
+        (int(status), code) for status, codes in rows for code in re.findall(r"`([a-z_]+)`", codes)
+    }
+    given = {(cls.status, cls.code) for cls in _subclasses(errors.HttpError)}
+    given |= set(errors.STATUS_FOR.values()) - {(422, "invalid_request")}  # each 422 has its own
+    given.add(errors.INTERNAL)
+    for path in (ROOT / "agent").rglob("*.py"):
+        given |= {(422, code) for code in re.findall(r'code="([a-z_]+)"', path.read_text("utf-8"))}
+    assert given - documented == set()
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    return found | {sub for child in found for sub in _subclasses(child)}
