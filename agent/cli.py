@@ -663,6 +663,8 @@ def format_status(answer: Mapping[str, Any]) -> str:
         )
         if d["state"] not in ("online", "not delivering"):
             lines.append(f"{'':<14}{wording.destination_detail(d)}")
+        if hint := wording.state_hint(d["state"]):
+            lines.append(f"{'':<14}what to do: {hint}")
     problems = [c for c in answer["components"] if c["state"] != "ok"]
     lines += ["", "problems: " + ("none" if not problems else "")]
     lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]

@@ -35,6 +35,23 @@ def next_try(seconds: float) -> str:
     return "trying now" if seconds <= 0.5 else f"next try in {duration(seconds)}"
 
 
+# What a destination's state asks of the technician (status page, `till-agent status`).
+STATE_HINTS = {
+    "online": "",
+    "offline": "the agent tries again by itself; `till-install verify` checks the way to the cloud",
+    "throttled": "the cloud asked for a pause, or a call budget is used up; it resumes by itself",
+    "halted": "credentials refused: put the right secret in place with `till-install configure "
+    "--secret NAME`; the queue is kept",
+    "not delivering": "delivery is off (`[delivery] enabled = false`) or its worker stopped; "
+    "restart the agent to deliver",
+}
+
+
+def state_hint(state: str) -> str:
+    """What to do about a destination in this state ('' when nothing)."""
+    return STATE_HINTS.get(state, "")
+
+
 def destination_detail(destination: Mapping[str, Any]) -> str:
     """A destination's detail from /v1/status, with the countdown to its next try worked out
     when it is shown (the page refreshes, `status` is run again: the countdown moves)."""

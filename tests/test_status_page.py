@@ -116,3 +116,37 @@ def _waiting_engage(till):
             return engage
         time.sleep(0.1)
     raise AssertionError(f"engage never backed off: {engage}")
+
+
+def test_a_halted_destination_says_what_to_do_on_the_page_and_in_status(start_agent):
+    from agent.cli import format_status
+    from agent.sandbox import SandboxCloud
+
+    cloud = SandboxCloud(seed=3).serve()
+    try:
+        cloud.faults.set_auth_failure("engage")
+        _, till = start_agent(
+            {
+                "delivery": {"enabled": True},
+                "destinations": {
+                    "engage": {"base_url": cloud.url},
+                    "loaded": {"base_url": cloud.url + "/loaded"},
+                },
+            }
+        )
+        till.post("/v1/receipts", make_receipt())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answer = till.get("/v1/status").json()
+            states = {d["name"]: d["state"] for d in answer["destinations"]}
+            if states["engage"] == "halted":
+                break
+            time.sleep(0.1)
+        assert states == {"engage": "halted", "loaded": "online"}
+        page = requests.get(till.url + "/", timeout=5).text
+        assert "till-install configure --secret NAME" in page
+        printed = format_status(answer)
+        assert "what to do: credentials refused" in printed
+        assert printed.count("what to do") == 1  # nothing to do for the online one
+    finally:
+        cloud.stop()

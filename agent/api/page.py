@@ -46,7 +46,7 @@ def _destinations(destinations: list[Mapping[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{_e(d['name'])}<br><span class=muted>{_e(d['kind'])}</span></td>"
         f"<td>{_badge(d['state'])}<br><span class=muted>{_e(wording.destination_detail(d))}"
-        f"</span></td><td class=num>{d['depth']}</td>"
+        f"</span>{_hint(d['state'])}</td><td class=num>{d['depth']}</td>"
         f"<td class=num>{_age(d['oldestAgeSeconds'])}</td>"
         f"<td>{_e(d['lastSuccessAt'] or '-')}</td><td class=num>{d['setAside']}</td></tr>"
         for d in destinations
@@ -105,6 +105,11 @@ def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Till</h2><table>{body}</table>"
+
+
+def _hint(state: str) -> str:
+    hint = wording.state_hint(state)
+    return f"<br><small>{_e(hint)}</small>" if hint else ""
 
 
 def _components(components: list[Mapping[str, Any]]) -> str:
