@@ -226,6 +226,8 @@ def single_values(
             f"give {', '.join(required)} once each (optional: {', '.join(optional)})"
         )
     return {name: values[0] for name, values in query.items()}
+
+
 LIST_LIMIT, LIST_LIMIT_MAX = 100, 500
 
 
