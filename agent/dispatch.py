@@ -517,7 +517,10 @@ class Dispatcher:
             self._metrics.throttled.labels(self.destination).inc()
         self._outbox.release(claimed)
         self._pause(exc.retry_after_seconds)
-        self._report(THROTTLED, reason_in_words(exc))
+        if exc.status is None:  # our own budget, not the cloud
+            self._report(THROTTLED, str(exc))
+        else:
+            self._report(THROTTLED, "the cloud asked us to wait")
 
     def _on_halted(self, claimed: Claimed, exc: BaseException, failure: Failure) -> None:
         """401/403 or the destination's settings: no item can succeed; keep the queue, alert,
@@ -550,7 +553,7 @@ class Dispatcher:
         self._outbox.release(claimed)
         self._pause(delay)
         self._next_probe_at = self._monotonic() + self._settings.recovery_probe_seconds
-        self._report(OFFLINE, f"unreachable: {failure.reason}; retrying in {delay:.0f}s")
+        self._report(OFFLINE, f"cloud unreachable: {failure.reason}")
 
     def _retry(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
         """The cloud answers, this item failed: it keeps its place for a short back-off."""
@@ -560,7 +563,7 @@ class Dispatcher:
         self._ledger.record_failure(self.destination, claimed.item, _later(failure, delay))
         self._outbox.release(claimed)
         self._pause(delay)
-        self._report(ONLINE, f"retrying one item in {delay:.0f}s: {failure.reason}")
+        self._report(ONLINE, f"retrying one item: {failure.reason}")
 
     def _set_aside(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
         """This item fails on its own: it waits its own back-off; the next one goes now."""
