@@ -63,6 +63,11 @@ class ContactResolver(Protocol):
 
     def create_contact(self, contact: models.Contact) -> str: ...
 
+    @property
+    def create_unknown_members(self) -> bool:
+        """Whether a receipt's buyer the cloud does not know is created as a member."""
+        ...
+
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
 
@@ -294,6 +299,12 @@ class Dispatcher:
             if exc.status == MULTIPLE_MATCHES:
                 return message  # several contacts share the key: let the cloud choose, as-is
             raise
+        if cloud_id is None and not self._resolver.create_unknown_members:
+            raise RejectedError(
+                f"its buyer is not a member, and destinations.{self.destination}."
+                "create_unknown_members is false: no member is created",
+                connector=self.destination,
+            )
         if cloud_id is None:
             self._spend()
             cloud_id = self._resolver.create_contact(
