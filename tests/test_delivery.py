@@ -187,3 +187,36 @@ def test_with_create_unknown_members_off_an_unknown_buyer_is_not_made_a_member(
     assert len(cloud.engage.contacts) == 1  # nobody was created
     assert "R-STRANGER" not in cloud.engage.receipts
     wait_for(lambda: "R-STRANGER" in cloud.loaded.sales)  # the analytics cloud still has it
+
+
+def test_a_recovered_cloud_is_noticed_by_the_probe_while_backing_off(delivering, cloud):
+    """Issue 19 §5: the back-off may have grown to minutes; the probe notices recovery."""
+    _, till = delivering(
+        backoff_initial_seconds=60.0, backoff_max_seconds=300.0, recovery_probe_seconds=1.0
+    )
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    loaded = status_of(till, "loaded")
+    assert str(loaded["detail"]).startswith("cloud unreachable:")
+    assert float(str(loaded["pausedSeconds"])) > 30
+    cloud.faults.set_offline(None)
+    back = time.monotonic()
+    wait_for(lambda: "R-1" in cloud.loaded.sales, seconds=10)
+    assert time.monotonic() - back < 5  # the probe, not the 60 s back-off
+    assert status_of(till, "loaded")["state"] == "online"
+
+
+def test_retry_now_skips_the_back_off(delivering, cloud):
+    _, till = delivering(backoff_initial_seconds=60.0, recovery_probe_seconds=120.0)
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    cloud.faults.set_offline(None)
+    answer = till.post("/v1/delivery/retry-now", {"destination": "loaded"})
+    assert answer.status_code == 202
+    assert answer.json() == {"destinations": ["loaded"]}
+    wait_for(lambda: "R-1" in cloud.loaded.sales, seconds=5)
+    assert till.post("/v1/delivery/retry-now", {"destination": "nope"}).status_code == 404
+    everyone = till.session.post(till.url + "/v1/delivery/retry-now", timeout=5)
+    assert everyone.json() == {"destinations": ["engage", "loaded"]}
