@@ -70,6 +70,11 @@ class ContactResolver(Protocol):
 
     def create_contact(self, contact: models.Contact) -> str: ...
 
+    @property
+    def create_unknown_members(self) -> bool:
+        """Whether a receipt's buyer the cloud does not know is created as a member."""
+        ...
+
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
 
@@ -418,23 +423,37 @@ class Dispatcher:
         email, phone = buyer_keys(contact)
         if email is None and phone is None:
             return message  # a member number, card id ...: the cloud resolves those itself
+        cloud_id = self._find_or_create(self._resolver, email, phone, receipt.store_external_id)
+        if cloud_id is None:
+            return message  # several contacts share the key: let the cloud choose, as-is
+        return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+
+    def _find_or_create(
+        self, resolver: ContactResolver, email: str | None, phone: str | None, store: str
+    ) -> str | None:
+        """The buyer's cloud id, created when unknown (unless create_unknown_members is off);
+        None when several contacts share the key."""
         # The vendor's advice: look before creating, on every attempt, so a retried create
         # never makes a duplicate.
         try:
             self._spend()
-            cloud_id = self._resolver.find_contact_id(email=email, mobile_phone=phone)
+            cloud_id = resolver.find_contact_id(email=email, mobile_phone=phone)
         except RejectedError as exc:
             if exc.status == MULTIPLE_MATCHES:
-                return message  # several contacts share the key: let the cloud choose, as-is
+                return None
             raise
-        if cloud_id is None:
-            self._spend()
-            cloud_id = self._resolver.create_contact(
-                models.Contact(
-                    email=email, mobile_phone=phone, store_external_id=receipt.store_external_id
-                )
+        if cloud_id is not None:
+            return cloud_id
+        if not resolver.create_unknown_members:
+            raise RejectedError(
+                f"its buyer is not a member, and destinations.{self.destination}."
+                "create_unknown_members is false: no member is created",
+                connector=self.destination,
             )
-        return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+        self._spend()
+        return resolver.create_contact(
+            models.Contact(email=email, mobile_phone=phone, store_external_id=store)
+        )
 
     def _remember_cloud_contact(self, item: dict[str, object], result: object) -> None:
         """A member registered here now has a cloud id: later receipts refer to it by that."""

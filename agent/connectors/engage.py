@@ -67,6 +67,7 @@ class EngageSettings:
     changes_utc_offset_minutes: int = 0
     bulk_max: int = BULK_MAX
     avoid_triggering_export: bool = False
+    create_unknown_members: bool = True  # a receipt's unknown buyer becomes a member
     bulk_contacts: bool = True  # queued contact changes go out through contacts/bulk
     bulk_min: int = 3  # a shorter run of contacts goes one by one (bulk costs ≥ 2 calls)
     bulk_status_poll_seconds: float = 0.5
@@ -94,6 +95,7 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         ),
         bulk_max=int(opts.number("bulk_max", BULK_MAX, low=1, high=BULK_MAX)),
         avoid_triggering_export=opts.flag("avoid_triggering_export", False),
+        create_unknown_members=opts.flag("create_unknown_members", True),
         bulk_contacts=opts.flag("bulk_contacts", True),
         bulk_min=int(opts.number("bulk_min", 3, low=1, high=BULK_MAX)),
         bulk_status_poll_seconds=opts.number("bulk_status_poll_seconds", 0.5, low=0.05, high=60),
@@ -133,6 +135,12 @@ class EngageConnector:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
+
+    @property
+    def create_unknown_members(self) -> bool:
+        """A receipt's buyer Engage does not know is created as a member (the intelligent
+        buffer) unless `create_unknown_members = false`."""
+        return self.settings.create_unknown_members
 
     # --- plumbing -----------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class DirectoryResolver:
         self.by_key: dict[str, str] = {}
         self.created: list[models.Contact] = []
         self.lookups = 0
+        self.create_unknown_members = True
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
         self.lookups += 1
