@@ -95,6 +95,15 @@ class RateBudget:
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
+    def close(self) -> None:
+        """Stop the limiters' leak threads (each holds an event loop: an epoll and a socket
+        pair); the budget file keeps what was spent."""
+        self._rate.close()
+        self._background.close()
+        if self._budget is not None:
+            for bucket in self._budget.buckets():
+                self._budget.dispose(bucket)
+
     def acquire(self) -> Verdict:
         """Count one call if both the rate and the budget allow it."""
         wait = self._rate.take(self._name)
@@ -190,6 +199,9 @@ class _Window:
             clock=MonotonicClock(),  # type: ignore[no-untyped-call]
             raise_when_fail=False,
         )
+
+    def close(self) -> None:
+        self._limiter.dispose(self._bucket)
 
     def take(self, name: str) -> float:
         """0.0: one call counted; else the seconds until the window's oldest call leaves it."""

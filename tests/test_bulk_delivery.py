@@ -74,7 +74,7 @@ def calls(cloud, method, suffix, ok_only=True):
 
 
 def emails(first, count):
-    return [f"member{n}@example.test" for n in range(first, first + count)]
+    return [f"member{n}@example.com" for n in range(first, first + count)]
 
 
 @pytest.fixture
@@ -110,20 +110,23 @@ def test_registrations_from_an_outage_go_in_bulk_and_receipts_follow_with_cloud_
     by_email = {c["email"]: cid for cid, c in cloud.engage.contacts.items()}
     sent = {r.json["uniqueReceiptId"]: r for r in calls(cloud, "POST", "/receipts")}
     assert sent["R-1"].json["contact"] == {
-        "matchKey": by_email["member0@example.test"],
+        "matchKey": by_email["member0@example.com"],
         "matchKeyType": "contactId",
     }
-    assert sent["R-2"].json["contact"]["matchKey"] == by_email["member8@example.test"]
+    assert sent["R-2"].json["contact"]["matchKey"] == by_email["member8@example.com"]
     # Per destination order: R-1 between the two runs it sits between in the queue.
     order = [r for r in cloud.requests if r in bulk_posts or r is sent["R-1"]]
     assert order == [bulk_posts[0], sent["R-1"], bulk_posts[1]]
-    assert agent.ledger.cloud_contact_id(second[2]) == by_email["member8@example.test"]
+    assert agent.ledger.cloud_contact_id(second[2]) == by_email["member8@example.com"]
 
 
 def test_only_the_rejected_row_of_a_batch_is_retried_alone_and_dead_lettered(start_agent, cloud):
     agent, till, dispatcher, clock = bulk_rig(start_agent, cloud)
     good = emails(0, 4)
-    local_ids = register(till, good[0], good[1], "member-bad@invalid", good[2], good[3])
+    # Well formed, so intake takes it (issue 14 refuses malformed ones at the door), but the
+    # tenant refuses it: the one row of the batch that does not go in.
+    cloud.engage.refused_emails.add("member-bad@example.com")
+    local_ids = register(till, good[0], good[1], "member-bad@example.com", good[2], good[3])
     drain(dispatcher, clock)
     assert len(calls(cloud, "POST", "/contacts/bulk")) == 1
     assert sorted(c["email"] for c in cloud.engage.contacts.values()) == sorted(good)
@@ -217,15 +220,15 @@ def test_a_batch_in_progress_is_polled_and_an_unknown_word_is_not_taken_for_fini
     cloud.engage.bulk_seconds = 1.0
     agent, till, dispatcher, clock = bulk_rig(start_agent, cloud, status_poll_seconds=0.2)
     good = emails(0, 3)
-    local_ids = register(till, good[0], "member-bad@invalid", good[1], good[2])
+    cloud.engage.refused_emails.add("member-bad@example.com")
+    local_ids = register(till, good[0], "member-bad@example.com", good[1], good[2])
     drain(dispatcher, clock)
     polls = calls(cloud, "GET", "/contacts/bulk/status")
     assert len(polls) >= 3  # in progress for a second, polled every 0.2 s
     assert len(polls) <= 1.0 / 0.2 + 3
     assert len(calls(cloud, "POST", "/contacts/bulk")) == 1
-    assert calls(cloud, "POST", "/contacts", ok_only=False) == []  # nothing created twice
-    asked = [r.query["email"] for r in calls(cloud, "GET", "/contacts/id", ok_only=False)]
-    assert sorted(asked) == sorted([*good, "member-bad@invalid", "member-bad@invalid"])
+    alone = calls(cloud, "POST", "/contacts", ok_only=False)
+    assert [r.json["email"] for r in alone] == ["member-bad@example.com"]  # the failed row only
     assert len(cloud.engage.contacts) == 3
     assert [d.record_key for d in DeadLetters(agent.outbox).all("engage")] == [local_ids[1]]
 
@@ -239,5 +242,4 @@ def test_a_batch_that_never_finishes_is_polled_within_its_bound_then_retried(sta
     dispatcher.step()
     polls = calls(cloud, "GET", "/contacts/bulk/status")
     assert 2 <= len(polls) <= 0.5 / 0.1 + 2
-    assert dispatcher.state.state == "offline"  # retried later, its creates looked up first
     assert agent.outbox.depth("engage").pending == 3

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from agent.connectors.base import idempotency_header
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config, make_receipt, merged
 
@@ -160,6 +161,67 @@ def test_sigkill_during_delivery_resends_with_the_same_key_and_the_cloud_holds_o
     assert sum(accepted.values()) <= len(ids) + 1, accepted  # one kill: one send resent at most
     for key in (k for k, n in accepted.items() if n > 1):  # a resend: the same key, the same body
         sends = [r for r in sales_requests(cloud) if (r.json or {}).get("externalId") == key]
-        assert {r.headers["Idempotency-Key"] for r in sends} == {key}
+        assert {r.headers["Idempotency-Key"] for r in sends} == {idempotency_header(key)}
         assert len({r.body for r in sends}) == 1
     assert process.terminate() == 0
+
+
+def test_an_unknown_buyer_is_never_made_a_member_and_its_sale_goes_by_its_key(
+    start_agent, tmp_path, cloud
+):
+    """A phone typed at the till is not consent to join a loyalty programme: the sale goes to
+    Engage tagged with its key in one request, and Engage matches it; nobody is created."""
+    cloud.engage.add_contact(mobilePhone="+46700000002")
+    overrides = {
+        "delivery": {"enabled": True, "backoff_initial_seconds": 0.2},
+        "destinations": {
+            "engage": {"base_url": cloud.url},
+            "loaded": {"base_url": cloud.url + "/loaded"},
+        },
+    }
+    _, till = start_agent(merged(base_config(tmp_path), overrides))
+    stranger = make_receipt("R-STRANGER")  # +46700000001: nobody in Engage
+    known = make_receipt("R-KNOWN")
+    known["contact"]["matchKey"] = "+46700000002"
+    till.post("/v1/receipts", stranger)
+    till.post("/v1/receipts", known)
+    wait_for(lambda: {"R-STRANGER", "R-KNOWN"} <= set(cloud.engage.receipts))
+    assert len(cloud.engage.contacts) == 1  # nobody was created
+    sent = cloud.engage.receipts["R-STRANGER"]["contact"]
+    assert (sent["matchKey"], sent["matchKeyType"]) == ("+46700000001", "mobilePhone")
+    engage_paths = {r.path for r in cloud.requests if r.api == "engage"}
+    assert engage_paths == {"/api/v2/receipts"}  # no lookup, no create: one request a sale
+    assert till.get("/v1/dead-letters").json() == []
+
+
+def test_a_recovered_cloud_is_noticed_by_the_probe_while_backing_off(delivering, cloud):
+    """Issue 19 §5: the back-off may have grown to minutes; the probe notices recovery."""
+    _, till = delivering(
+        backoff_initial_seconds=60.0, backoff_max_seconds=300.0, recovery_probe_seconds=1.0
+    )
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    loaded = status_of(till, "loaded")
+    assert str(loaded["detail"]).startswith("cloud unreachable:")
+    assert float(str(loaded["pausedSeconds"])) > 30
+    cloud.faults.set_offline(None)
+    back = time.monotonic()
+    wait_for(lambda: "R-1" in cloud.loaded.orders, seconds=10)
+    assert time.monotonic() - back < 5  # the probe, not the 60 s back-off
+    assert status_of(till, "loaded")["state"] == "online"
+
+
+def test_retry_now_skips_the_back_off(delivering, cloud):
+    _, till = delivering(backoff_initial_seconds=60.0, recovery_probe_seconds=120.0)
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    cloud.faults.set_offline(None)
+    answer = till.post("/v1/delivery/retry-now", {"destination": "loaded"})
+    assert answer.status_code == 202
+    assert answer.json() == {"destinations": ["loaded"]}
+    wait_for(lambda: "R-1" in cloud.loaded.orders, seconds=5)
+    assert till.post("/v1/delivery/retry-now", {"destination": "nope"}).status_code == 404
+    everyone = till.session.post(till.url + "/v1/delivery/retry-now", timeout=5)
+    assert everyone.json() == {"destinations": ["engage", "loaded"]}

@@ -22,11 +22,13 @@ from agent.connectors.base import (
     Sender,
     SendResult,
     call,
+    header_value,
     join,
     json_body,
+    path_segment,
     rate_limit,
 )
-from agent.errors import AuthError, RejectedError, RetryableError
+from agent.errors import AuthError, RejectedError, RetryableError, UnsendableError
 from agent.models import (
     Contact,
     ContactPage,
@@ -187,10 +189,9 @@ class EngageConnector:
             email=contact.email, mobile_phone=contact.mobile_phone
         )
         if cloud_id is not None:  # v2 updates with POST, v3 with PATCH (Voyado's v3 reference)
+            segment = path_segment(cloud_id, connector=self.name)
             method = "PATCH" if self.settings.api_version == "v3" else "POST"
-            response = self._call(
-                method, f"contacts/{cloud_id}", json=self.contact_payload(contact)
-            )
+            response = self._call(method, f"contacts/{segment}", json=self.contact_payload(contact))
             return self._result(response, cloud_id)
         response = self._create(contact)
         return self._result(response, self._id_of(response))
@@ -209,13 +210,16 @@ class EngageConnector:
         extras = {k: v for k, v in extras.items() if v}
         if self.settings.api_version == "v2":  # v2 reads these as headers, v3 from the query
             return self._call(
-                "POST", "contacts", json=self.contact_payload(contact), headers=extras
+                "POST", "contacts", json=self.contact_payload(contact), headers=_headers(extras)
             )
         return self._call("POST", "contacts", json=self.contact_payload(contact), params=extras)
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
         """GET contacts/id by email or phone: the id, None on 404; 409 (several) RejectedError."""
-        params = {"email": email or None, "mobilePhone": self.phone_out(mobile_phone)}
+        params = {
+            "email": (email or "").strip() or None,
+            "mobilePhone": self.phone_out(mobile_phone),
+        }
         params = {k: v for k, v in params.items() if v}
         if not params:
             return None
@@ -228,9 +232,13 @@ class EngageConnector:
         return self._id_of(response)
 
     def fetch_contact(self, contact_id: str) -> SourceContact | None:
-        """GET contacts/{id} as a SourceContact; None when Engage no longer has it (404)."""
+        """GET contacts/{id} as a SourceContact; None when Engage no longer has it (404) or the
+        id (from the changes feed) could name no contact at all."""
         try:
-            response = self._call("GET", f"contacts/{contact_id}")
+            segment = path_segment(contact_id, connector=self.name)
+            response = self._call("GET", f"contacts/{segment}")
+        except UnsendableError:
+            return None
         except RejectedError as exc:
             if exc.status == 404:
                 return None
@@ -334,6 +342,8 @@ class EngageConnector:
         body = to_builtins(contact)
         for key in ("contactId", "storeExternalId"):
             body.pop(key, None)
+        if contact.email:
+            body["email"] = contact.email.strip()  # the till's stray spaces; intake checked it
         if contact.mobile_phone:
             body["mobilePhone"] = self.phone_out(contact.mobile_phone)
         prefs = {k: body.pop(k) for k in ("acceptsEmail", "acceptsSms") if k in body}
@@ -518,6 +528,17 @@ def engage_signs(receipt: Receipt) -> Receipt:
             msgspec.structs.replace(p, value=-abs(p.value)) for p in receipt.payment_methods
         ],
     )
+
+
+def _headers(values: dict[str, str]) -> dict[str, str]:
+    """The values a header can carry as they are. A store id no header can carry (Łódź, a
+    leading space) is left out rather than sent mangled: the member is still created, without
+    the store (v2 takes it only as a header)."""
+    kept = {name: value for name, value in values.items() if header_value(value) is not None}
+    dropped = sorted(values.keys() - kept.keys())
+    if dropped:
+        log.warning("engage: %s cannot go in a header; created without it", ", ".join(dropped))
+    return kept
 
 
 def to_e164(phone: str, region: str, *, connector: str = "engage") -> str:
