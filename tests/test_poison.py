@@ -9,8 +9,10 @@ destination is never shown unreachable for it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import socket
 import sqlite3
 import statistics
@@ -18,11 +20,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
+from agent.reasons import printable
 from agent.sandbox import SandboxCloud
 from tests.conftest import Till, base_config, make_receipt, merged
 
@@ -79,28 +85,39 @@ def states(till) -> dict[str, str]:
     return {d["name"]: d["state"] for d in till.get("/v1/status").json()["destinations"]}
 
 
-def test_an_undecodable_queue_row_is_dead_lettered_and_the_rest_flow(delivering, cloud, tmp_path):
+IN_CLOUD: dict[str, Callable[[SandboxCloud], Any]] = {
+    "engage": lambda sandbox: sandbox.engage.receipts,
+    "loaded": lambda sandbox: sandbox.loaded.sales,
+    "webhook": lambda sandbox: webhook_keys(sandbox),
+}
+
+
+@pytest.mark.parametrize("kind", ["engage", "loaded", "webhook"])
+def test_an_undecodable_queue_row_is_dead_lettered_and_the_rest_flow(
+    delivering, cloud, tmp_path, kind
+):
     """Failure matrix 21 from the disk: a row whose bytes are not even UTF-8."""
     agent, till = delivering(enabled=False)
-    assert till.post("/v1/receipts", make_receipt("SPOILED", contact=False)).status_code == 202
+    assert till.post("/v1/receipts", make_receipt("SPOILED")).status_code == 202
     till.close()
     agent.stop()
     with sqlite3.connect(tmp_path / "data" / "outbox.db") as conn:
-        assert conn.execute("UPDATE ack_queue_loaded SET data = X'FFFE00'").rowcount == 1
+        assert conn.execute(f"UPDATE ack_queue_{kind} SET data = X'FFFE00'").rowcount == 1
     conn.close()
     agent, till = delivering()
-    till.post("/v1/receipts", make_receipt("GOOD-1", contact=False))
-    wait_for(lambda: "GOOD-1" in cloud.loaded.sales)
+    till.post("/v1/receipts", make_receipt("GOOD-1"))
+    wait_for(lambda: "GOOD-1" in IN_CLOUD[kind](cloud))
     wait_for(lambda: len(till.get("/v1/dead-letters").json()) == 1)
     (letter,) = till.get("/v1/dead-letters").json()
+    assert letter["destination"] == kind
     assert (
         letter["reason"] == "cannot be sent as it is: the queued item cannot be read back: "
         "its bytes are not UTF-8"
     )
-    assert agent.outbox.depth("loaded").claimed == 0
-    assert states(till)["loaded"] == "online"
+    assert agent.outbox.depth(kind).claimed == 0
+    assert set(states(till).values()) == {"online"}
     spoiled = till.get("/v1/receipts/SPOILED").json()["destinations"]
-    assert {d["destination"]: d["state"] for d in spoiled}["loaded"] == "dead_lettered"
+    assert {d["destination"]: d["state"] for d in spoiled}[kind] == "dead_lettered"
 
 
 def webhook_keys(cloud) -> set[str]:
@@ -402,3 +419,317 @@ def test_a_large_body_is_never_spilled_outside_the_data_directory(agent_till, tm
     spilled = [p for p in opened if "(deleted)" in p or p.startswith(tempfile.gettempdir())]
     assert [p for p in spilled if not p.startswith(data_dir)] == []
     assert answer.startswith(b"HTTP/1.1 422")  # read whole, then refused: "note" is unknown
+
+
+# -- the poison corpus (R12, issue 14 §7): every record through every destination kind -------
+
+PERSON = "Anna Andersson, Storgatan 12, 123 45 Stockholm, anna.andersson@example.com, 0701234567"
+CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*(?:Error|Exception)\b")
+REFUSED_EMAIL = "refused.member@example.com"
+HOSTILE_ID = "../../../loaded/pos/sales/eid:PWNED?x=1#y"
+
+
+@dataclass(frozen=True)
+class Poison:
+    """One record: what the POS sends (and what the cloud is told to do with it first)."""
+
+    name: str
+    body: Callable[[str], dict[str, Any]]  # built from a fresh, harmless id
+    expect: str  # "refused" (4xx at the door), "delivered", "dead" (dead-lettered), "taken"
+    route: str = "/v1/receipts"
+    path: str | None = None  # the field a 422 names
+    receipt_id: str | None = None  # the id the record goes under (default: the fresh id)
+    cloud: Callable[[SandboxCloud, str], None] | None = None  # the cloud's part, set first
+    kinds: frozenset[str] = frozenset({"engage", "loaded", "webhook"})
+
+
+def receipt(receipt_id: str, **fields: Any) -> dict[str, Any]:
+    return make_receipt(receipt_id) | fields
+
+
+def with_item(receipt_id: str, **fields: Any) -> dict[str, Any]:
+    body = make_receipt(receipt_id)
+    body["items"][0].update(fields)
+    return body
+
+
+def with_contact(contact: dict[str, Any]) -> Callable[[str], dict[str, Any]]:
+    return lambda rid: receipt(rid, contact=contact)
+
+
+def named(receipt_id: str) -> Poison:
+    """A receipt id the POS may well send: it goes everywhere, unchanged."""
+    return Poison(f"id {receipt_id!r}", receipt, "delivered", receipt_id=receipt_id)
+
+
+def refused_by_cloud(name: str, message: str) -> Poison:
+    def cloud(sandbox: SandboxCloud, rid: str) -> None:
+        sandbox.faults.reject_ids([rid], 400, message=message)
+
+    return Poison(name, receipt, "dead", cloud=cloud)
+
+
+def store(store_id: str) -> Poison:
+    def body(rid: str) -> dict[str, Any]:
+        return receipt(rid, storeExternalId=store_id)
+
+    return Poison(f"store {store_id!r}", body, "delivered")
+
+
+def total(value: str) -> Poison:
+    def body(rid: str) -> dict[str, Any]:
+        return receipt(rid, totalGrossPrice=value)
+
+    return Poison(f"total {value[:12]!r}", body, "refused", path="$.totalGrossPrice")
+
+
+def match_key(kind: str, key: str) -> Poison:
+    contact = {"matchKey": key, "matchKeyType": kind}
+    return Poison(
+        f"{kind} {key[:20]!r}", with_contact(contact), "refused", path="$.contact.matchKey"
+    )
+
+
+def member(**fields: Any) -> Callable[[str], dict[str, Any]]:
+    return lambda rid: {"email": f"m.{abs(hash(rid)) % 10**8}@example.com", **fields}
+
+
+CORPUS = [
+    # -- from the POS: ids in many scripts, with spaces, bidi and zero-width characters
+    *(
+        named(receipt_id)
+        for receipt_id in (
+            "S042-Łódź-000124",
+            "東京-0001",
+            "متجر-0001",
+            "חנות-0001",
+            "Москва-0001",
+            "Αθήνα-0001",
+            "मुंबई-0001",
+            "กรุงเทพ-0001",
+            "서울-0001",
+            "🧾-0001",
+            " LEADING-SPACE",
+            "TRAILING-SPACE ",
+            "IN NER SPACE",
+            "a\u202eb",
+            "a\u200fb",
+            "a\u2066b\u2069",
+            "a\u200bb",
+            "../../etc/passwd",
+            "a?b=c&d",
+            "a#b",
+            "a%2Fb",
+            "a/b",
+        )
+    ),
+    # -- control characters in an id: refused at the door
+    *(
+        Poison(f"id {rid!r}", receipt, "refused", receipt_id=rid, path="$.uniqueReceiptId")
+        for rid in ("a\x00b", "\x1b[31mRED", "a\tb", "a\nb")
+    ),
+    # -- store ids no header can carry
+    *(store(sid) for sid in ("S042-Łódź", " S042", "S042\u202e")),
+    # -- amounts that are no amount
+    *(total(value) for value in ("Infinity", "-Infinity", "NaN", "sNaN", "1e400", "1e999999999")),
+    total("9" * 5000),
+    Poison(
+        "line price 1e15",
+        lambda rid: with_item(rid, grossPaidPrice="1e15"),
+        "refused",
+        path="$.items[0].grossPaidPrice",
+    ),
+    Poison(
+        "tax percent NaN",
+        lambda rid: with_item(rid, taxPercent="NaN"),
+        "refused",
+        path="$.items[0].taxPercent",
+    ),
+    Poison(
+        "payment of 9 decimal places",
+        lambda rid: receipt(rid, paymentMethods=[{"type": "card", "value": "20.000000001"}]),
+        "refused",
+        path="$.paymentMethods[0].value",
+    ),
+    # -- members: a localId never issued, one whose registration the cloud refused
+    Poison(
+        "unknown localId",
+        with_contact({"localId": "loc_000000000000000000000000"}),
+        "refused",
+        path="$.contact.localId",
+    ),
+    Poison("refused localId", lambda rid: receipt(rid), "taken"),  # built in run_poison
+    # -- match keys no cloud can match
+    match_key("MobilePhone", "hello"),
+    match_key("MobilePhone", "+1" + "9" * 30),
+    match_key("Email", "not-an-email"),
+    match_key("Email", "anna@exa\u202emple.com"),
+    match_key("MemberNumber", "   "),
+    # -- members registered at the till
+    Poison("member email 'x@'", lambda rid: {"email": "x@"}, "refused", "/v1/contacts", "$.email"),
+    Poison(
+        "member phone 'hello'",
+        lambda rid: {"mobilePhone": "hello"},
+        "refused",
+        "/v1/contacts",
+        "$.mobilePhone",
+    ),
+    Poison(
+        "member store 'S042-Łódź'", member(storeExternalId="S042-Łódź"), "taken", "/v1/contacts"
+    ),
+    Poison("member store ' S042'", member(storeExternalId=" S042"), "taken", "/v1/contacts"),
+    Poison("member contactId '../'", member(contactId=HOSTILE_ID), "taken", "/v1/contacts"),
+    # -- from the cloud: error bodies with personal data, markup, control characters
+    refused_by_cloud("cloud error with personal data", PERSON),
+    refused_by_cloud("cloud error with markup", "<script>alert(1)</script><b>refused</b>"),
+    refused_by_cloud("cloud error with escapes", "\x1b[2J\x1b]0;pwned\x07\u202erefused\x00"),
+    refused_by_cloud("cloud error of 100 kB", "refused " * 12_500),
+    # -- from the cloud: a contact id with ../, ? and # (Engage's own id for a member)
+    Poison(
+        "cloud contact id '../?#'",
+        lambda rid: {"email": "cloud.id@example.com", "firstName": "X"},
+        "taken",
+        "/v1/contacts",
+        cloud=lambda sandbox, rid: seed_hostile_contact(sandbox),
+        kinds=frozenset({"engage"}),
+    ),
+]
+
+
+def seed_hostile_contact(sandbox: SandboxCloud) -> None:
+    """Engage's own id for a member is a path: the agent must keep it one URL segment."""
+    sandbox.engage.add_contact(contact_id=HOSTILE_ID, email="cloud.id@example.com")
+
+
+def destination_config(kind: str, url: str) -> dict[str, Any]:
+    """Only this kind delivers: the others in base_config are switched off."""
+    others = {"engage": {"enabled": False}, "loaded": {"enabled": False}}
+    if kind == "engage":
+        return others | {"engage": {"base_url": url}}
+    if kind == "loaded":
+        return others | {"loaded": {"base_url": url + "/loaded"}}
+    hook = {"kind": "webhook", "base_url": url + "/webhook/till", "takes": ["receipts", "contacts"]}
+    return others | {"webhook": hook}
+
+
+class Watch:
+    """Polls health and the destination's state all along: red or unreachable is recorded."""
+
+    def __init__(self, till: Till, destination: str) -> None:
+        self.seen: list[str] = []
+        self._till, self._destination = Till(till.url, till.token), destination
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            if (health := self._till.get("/v1/health")).status_code != 200:
+                self.seen.append(f"health {health.status_code}: {health.text[:200]}")
+            for d in self._till.get("/v1/status").json()["destinations"]:
+                if d["name"] == self._destination and (
+                    d["state"] == "offline" or "unreachable" in d["detail"]
+                ):
+                    self.seen.append(f"{d['state']}: {d['detail']}")
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(10)
+        self._till.close()
+        return self.seen
+
+
+def state_in(till: Till, receipt_id: str, destination: str) -> str | None:
+    answer = till.get("/v1/receipts/" + quote(receipt_id, safe=""))
+    if answer.status_code != 200:
+        return None
+    states = {d["destination"]: d["state"] for d in answer.json()["destinations"]}
+    return states.get(destination)
+
+
+def test_the_corpus_is_large_and_covers_pos_cloud_and_disk():
+    assert len(CORPUS) >= 40
+    assert len({p.name for p in CORPUS}) == len(CORPUS)
+    # the disk's own poison, an undecodable row, is the parametrised test above
+    assert any(p.cloud for p in CORPUS)
+    assert any(p.route == "/v1/contacts" for p in CORPUS)
+
+
+@pytest.mark.parametrize("kind", ["engage", "loaded", "webhook"])
+def test_no_poison_record_stops_a_destination(start_agent, tmp_path, cloud, kind):
+    """Each record: refused with a 4xx, or taken and then delivered or dead-lettered with a
+    reason in words; the good sale behind it delivered within 10 s; health never red and the
+    destination never shown unreachable."""
+    overrides = {"delivery": FAST, "destinations": destination_config(kind, cloud.url)}
+    _, till = start_agent(merged(base_config(tmp_path), overrides))
+    cloud.engage.refused_emails.add(REFUSED_EMAIL)
+    watch = Watch(till, kind)
+    taken: dict[str, Poison] = {}
+    try:
+        for n, poison in enumerate(p for p in CORPUS if kind in p.kinds):
+            rid = poison.receipt_id or f"P-{kind}-{n:03d}"
+            taken |= run_poison(till, cloud, kind, poison, rid)
+            good = f"GOOD-{kind}-{n:03d}"
+            assert till.post("/v1/receipts", make_receipt(good)).status_code == 202
+            wait_for(functools.partial(delivered, till, good, kind))
+        wait_for(lambda: settled(till, kind), 30)
+    finally:
+        troubles = watch.stop()
+    assert troubles == []
+    check_fates(till, kind, taken)
+    requests_seen = [(r.path, r.headers.get("Apikey")) for r in cloud.requests]
+    assert not [p for p, key in requests_seen if key and not p.startswith("/api/v2/")]
+    assert "PWNED" not in json.dumps(list(cloud.loaded.sales))
+
+
+def run_poison(
+    till: Till, cloud: SandboxCloud, kind: str, poison: Poison, rid: str
+) -> dict[str, Poison]:
+    """Sends one record; {id: poison} when it was taken (its fate is checked at the end)."""
+    if poison.cloud is not None:
+        poison.cloud(cloud, rid)
+    body = poison.body(rid)
+    if poison.name == "refused localId":
+        registered = till.post("/v1/contacts", {"email": REFUSED_EMAIL})
+        assert registered.status_code == 202, registered.text
+        body["contact"] = {"localId": registered.json()["localId"]}
+    answer = till.post(poison.route, body)
+    assert answer.status_code < 500, (poison.name, answer.text)
+    if poison.expect == "refused":
+        assert 400 <= answer.status_code < 500, (poison.name, answer.status_code)
+        error = answer.json()["error"]
+        assert error["errorId"].startswith("err_")
+        if poison.path is not None:
+            assert error["details"][0]["path"] == poison.path, (poison.name, error)
+        return {}
+    assert answer.status_code in (200, 202), (poison.name, answer.text)
+    return {rid: poison} if poison.route == "/v1/receipts" else {}
+
+
+def delivered(till: Till, receipt_id: str, kind: str) -> bool:
+    return state_in(till, receipt_id, kind) == "delivered"
+
+
+def settled(till: Till, kind: str) -> bool:
+    (mine,) = [d for d in till.get("/v1/status").json()["destinations"] if d["name"] == kind]
+    return mine["depth"] + mine["inFlight"] + mine["setAside"] == 0
+
+
+def check_fates(till: Till, kind: str, taken: dict[str, Poison]) -> None:
+    letters = {d["recordKey"]: d for d in till.get("/v1/dead-letters").json()}
+    for rid, poison in taken.items():
+        fate = state_in(till, rid, kind)
+        if kind == "engage" and poison.name == "refused localId":
+            assert fate == "dead_lettered", (poison.name, fate)
+        elif poison.expect in ("delivered", "dead"):
+            wanted = "delivered" if poison.expect == "delivered" else "dead_lettered"
+            assert fate == wanted, (poison.name, fate)
+        else:
+            assert fate in ("delivered", "dead_lettered"), (poison.name, fate)
+    for letter in letters.values():
+        reason = letter["reason"]
+        assert reason, letter
+        assert printable(reason) == reason, reason
+        assert not CLASS_NAME.search(reason), reason
+        for personal in ("Anna", "Storgatan", "anna.andersson", "0701234567", "<script"):
+            assert personal not in reason, reason

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote
 
 from agent.api.errors import (
     MethodNotAllowedError,
@@ -57,13 +59,15 @@ class App:
         return route.handler(request, self._services)
 
     def _route(self, request: Request) -> Route:
+        """The route for the path as sent (an id's %2F stays inside its segment), else for
+        the decoded path; the parameters are decoded (UTF-8)."""
         allowed = []
         for route, pattern in self._routes:
-            match = pattern.match(request.path)
-            if match is None:
+            params = _match(pattern, request)
+            if params is None:
                 continue
             if route.method == request.method:
-                request.params = match.groupdict()
+                request.params = params
                 request.route = route.template
                 return route
             allowed.append(route.method)
@@ -109,6 +113,14 @@ class App:
         except StorageError:
             log.exception("could not quarantine a refused body", extra={"errorId": error_id})
             return error_id
+
+
+def _match(pattern: re.Pattern[str], request: Request) -> dict[str, str] | None:
+    raw = request.segments_path
+    if raw is not None and (match := pattern.match(raw)) is not None:
+        return {k: unquote(v, errors="replace") for k, v in match.groupdict().items()}
+    match = pattern.match(request.path)
+    return None if match is None else match.groupdict()
 
 
 def create_app(

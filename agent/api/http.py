@@ -6,6 +6,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -38,6 +39,15 @@ class Request:
         receipt id like S042-Łódź-000124 arrives as UTF-8 (invalid bytes replaced)."""
         raw = str(self.environ.get("PATH_INFO", "/"))
         return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+    @property
+    def segments_path(self) -> str | None:
+        """The path still percent-encoded, as sent (REQUEST_URI), so an id holding '/'
+        or '?' stays one segment; None where the server does not give it."""
+        raw = self.environ.get("REQUEST_URI")
+        if not isinstance(raw, str):
+            return None
+        return urlsplit(raw).path or "/"
 
     def header(self, name: str) -> str:
         if name.lower() == "content-type":

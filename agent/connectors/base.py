@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import quote, urlsplit
 
@@ -41,6 +42,10 @@ RETRYABLE_STATUSES = frozenset({408, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 # Keys a cloud's JSON error body names its error by, most specific first.
 ERROR_ID_KEYS = ("errorId", "error_id", "errorCode", "code", "name", "error")
+# What can be an error's id or name and is provably no one's data: one token, no spaces, no
+# '@', no markup; anything else (a message, a name, an address) is not kept as an id.
+REASON_PHRASES = frozenset(status.phrase for status in HTTPStatus)
+ERROR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 
 
 @dataclass(frozen=True)
@@ -227,9 +232,14 @@ def cloud_error_id(text: str) -> str | None:
             continue
         for key in ERROR_ID_KEYS:
             value = candidate.get(key)
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-                return str(value)[:100]
+            if isinstance(value, str | int) and not isinstance(value, bool) and is_id(value):
+                return str(value)
     return None
+
+
+def is_id(value: str | int) -> bool:
+    """One token, or an HTTP reason phrase ("Too Many Requests"): nothing else is kept."""
+    return ERROR_ID.match(str(value)) is not None or str(value) in REASON_PHRASES
 
 
 def retry_after_seconds(value: str | None) -> float | None:

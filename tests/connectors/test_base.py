@@ -111,6 +111,11 @@ def test_retry_after_garbage_is_none():
         ('{"error": "Too Many Requests"}', "Too Many Requests"),
         ("not json", None),
         ("[1, 2]", None),
+        # a cloud's words are not an id: a person's name, an address, markup stay out
+        ('{"error": "Anna Andersson, Storgatan 12"}', None),
+        ('{"errorId": "anna@example.com"}', None),
+        ('{"error": "<script>alert(1)</script>"}', None),
+        ('{"code": "E\\u001b[31m"}', None),
     ],
 )
 def test_cloud_error_id(body: str, expected: str | None):
