@@ -56,6 +56,13 @@ class ReceiptStatus(_Out):
     destinations: list[DeliveryState]
 
 
+class ReceiptList(_Out):
+    """A page of GET /v1/receipts: oldest first; `next` is the cursor of the next page, or null."""
+
+    receipts: list[ReceiptStatus]
+    next: str | None
+
+
 class HealthAnswer(_Out):
     status: Literal["ok", "degraded", "failing"]
     version: str
@@ -159,6 +166,18 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReplayAnswer(_Out):
     queued: int
+
+
+class RetryNowRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One destination, or none for every destination."""
+
+    destination: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class RetryNowAnswer(_Out):
+    """The destinations whose back-off was skipped."""
+
+    destinations: list[str]
 
 
 class ReplayStepView(_Out):
@@ -387,11 +406,14 @@ SHAPES = (
     ReceiptAccepted,
     ContactAccepted,
     ReceiptStatus,
+    ReceiptList,
     HealthAnswer,
     StatusAnswer,
     ForgetRequest,
     ReplayRequest,
     ReplayAnswer,
+    RetryNowRequest,
+    RetryNowAnswer,
     ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
@@ -467,6 +489,38 @@ def _paths() -> dict[str, Any]:
     body_errors = ("400", "413", "415", "422", *common)
     return {
         "/v1/receipts": {
+            "get": {
+                "summary": "Receipts still to deliver, or dead-lettered somewhere, oldest first",
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"enum": ["undelivered", "dead_lettered"]},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Received at or after (ISO 8601 with an offset)",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next` of the page before",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": _answers({"200": ("A page", "ReceiptList")}, ("400", *common)),
+            },
             "post": {
                 "summary": "Queue a finished purchase or return",
                 "requestBody": {"required": True, **_ref("Receipt")},
@@ -477,7 +531,7 @@ def _paths() -> dict[str, Any]:
                     },
                     body_errors,
                 ),
-            }
+            },
         },
         "/v1/receipts/{uniqueReceiptId}": {
             "get": {
@@ -568,6 +622,15 @@ def _paths() -> dict[str, Any]:
                         "200": ("dryRun: what would be queued, nothing queued", "ReplayPlan"),
                     },
                     ("400", "413", "415", *common),
+                ),
+            }
+        },
+        "/v1/delivery/retry-now": {
+            "post": {
+                "summary": "Skip the back-off now: of one destination, or of every destination",
+                "requestBody": {"required": False, **_ref("RetryNowRequest")},
+                "responses": _answers(
+                    {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
                 ),
             }
         },
