@@ -332,7 +332,8 @@ def ask_agent(
     except requests.Timeout as exc:
         raise click.ClickException(
             f"the agent at {agent_url(settings)} did not answer within "
-            f"{read_timeout_seconds or 0:.0f} s; it may be stuck: see `journalctl -u till-agent` (Linux) or its log folder"
+            f"{read_timeout_seconds or 0:.0f} s; it may be stuck: see "
+            "`journalctl -u till-agent` (Linux) or its log folder"
         ) from exc
     if response.status_code >= 300:
         raise click.ClickException(_refusal(url, response))
