@@ -327,3 +327,13 @@ def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_pr
         till.close()
     finally:
         cloud.stop()
+
+
+def test_retry_now_with_the_agent_stopped_is_one_line_that_says_what_happens(tmp_path):
+    path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 9))
+    (tmp_path / "pos-token").write_text("x" * 20, encoding="ascii")
+    result = till_agent("retry-now", "loaded", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr == (
+        "Error: the agent is not running: everything waiting is tried as soon as it starts\n"
+    )
