@@ -247,13 +247,7 @@ class Dispatcher:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
-            if (claimed.lane_queue, claimed.id) in self._condemned:
-                self._condemned.discard((claimed.lane_queue, claimed.id))
-                self._dead_letter(claimed, Failure(BY_HAND, new_error_id()))
-            elif self._bulk is not None and self._bulk.takes(claimed):
-                self._deliver_run(claimed)
-            else:
-                self._deliver(claimed)
+            self._handle(claimed)
         except StoppingError:
             self._outbox.release(claimed)  # stopping mid-send: back in its place, uncharged
             return False
@@ -266,6 +260,16 @@ class Dispatcher:
                 self._stranded.append(claimed)  # a full or failing disk: again next step
             raise
         return True
+
+    def _handle(self, claimed: Claimed) -> None:
+        """A technician's dead-letter order, a run of contact changes, or one item's send."""
+        if (claimed.lane_queue, claimed.id) in self._condemned:
+            self._condemned.discard((claimed.lane_queue, claimed.id))
+            self._dead_letter(claimed, Failure(BY_HAND, new_error_id()))
+        elif self._bulk is not None and self._bulk.takes(claimed):
+            self._deliver_run(claimed)
+        else:
+            self._deliver(claimed)
 
     def _paused(self) -> bool:
         """Wait (a second at most) while the destination is paused; during an outage, ask the

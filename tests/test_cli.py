@@ -289,7 +289,8 @@ def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_pr
         config_path = str(process.config_path)
         deadline = time.monotonic() + 20
         while (
-            len(till.get("/v1/set-aside").json()["items"]) < 2 or "GOOD-1" not in cloud.loaded.sales
+            len(till.get("/v1/set-aside").json()["items"]) < 2
+            or "GOOD-1" not in cloud.loaded.orders
         ):
             assert time.monotonic() < deadline, till.get("/v1/set-aside").text
             time.sleep(0.1)
@@ -311,7 +312,7 @@ def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_pr
         assert released.returncode == 0, released.stderr
         dead = till_agent("set-aside", "dead-letter", stuck_2, "--config", config_path)
         assert dead.returncode == 0, dead.stderr
-        while "STUCK-1" not in cloud.loaded.sales or not till.get("/v1/dead-letters").json():
+        while "STUCK-1" not in cloud.loaded.orders or not till.get("/v1/dead-letters").json():
             assert time.monotonic() < deadline + 10
             time.sleep(0.1)
         (letter,) = till.get("/v1/dead-letters").json()
@@ -319,7 +320,7 @@ def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_pr
         assert (
             letter["reason"] == "dead-lettered by a technician (till-agent set-aside dead-letter)"
         )
-        assert "STUCK-2" not in cloud.loaded.sales
+        assert "STUCK-2" not in cloud.loaded.orders
         assert till.get("/v1/set-aside").json()["items"] == []
         again = till_agent("set-aside", "release", stuck_1, "--config", config_path)
         assert again.returncode != 0
