@@ -148,8 +148,9 @@ class LoadedConnector:
     # --- Sender -------------------------------------------------------------------------
 
     def probe(self) -> None:
-        """A usable access token proves the credentials (and a refresh, if one was due)."""
-        self.tokens.access_token()
+        """One authenticated read (the default category, there or not): a token alone may come
+        from the vault without a word to Loaded, and proves nothing about reaching it."""
+        self._exists("categories", self.settings.default_category)
 
     def send(self, message: OutboundMessage) -> SendResult:
         """The catalogue entries the receipt names, then the order (created, or replaced)."""
