@@ -805,7 +805,7 @@ def format_status(answer: Mapping[str, Any]) -> str:
         if hint := wording.state_hint(d["state"]):
             lines.append(f"{'':<14}what to do: {hint}")
     problems = [c for c in answer["components"] if c["state"] != "ok"]
-    lines += ["", "problems: " + ("none" if not problems else "")]
+    lines += ["", "problems: none" if not problems else "problems:"]
     lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]
     lines.append(f"contact cache: {describe_cache(answer['contacts'])}")
     counters = answer["counters"]
