@@ -111,3 +111,21 @@ def _exact(takings):
             "gross": Decimal(takings["returns"]["gross"]),
         },
     }
+
+
+def test_inside_the_read_back_delay_a_receipt_is_accepted_and_nothing_is_read(start_agent, cloud):
+    overrides = {
+        "delivery": {"enabled": True, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1},
+        "destinations": {
+            "loaded": {"base_url": cloud.url + "/loaded", "readback_after_seconds": 3600},
+        },
+    }
+    _, till = start_agent(overrides)
+    assert till.post("/v1/receipts", SALES[0]).status_code == 202
+    wait_for(lambda: reconciled(till, "loaded", verify=False)["status"] == "match", seconds=30)
+    cloud.clear_requests()
+    loaded = reconciled(till, "loaded")
+    assert loaded["status"] == "match"  # accepted at its 2xx; verified only once read back
+    assert loaded["verification"] == {"verified": 0, "accepted": 1, "notVerified": 0}
+    assert read_backs(cloud) == []
+    assert till.get("/v1/reconciliation", params={"from": DAY, "verify": "yes"}).status_code == 400

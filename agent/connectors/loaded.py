@@ -66,6 +66,7 @@ class LoadedSettings:
     default_category_name: str = "Till Agent"
     order_status: str = "Completed"
     refund_status: str = "Refunded"
+    readback_after_seconds: float = READBACK_AFTER_SECONDS
     user_agent: str = f"TillAgent/{__version__}"
 
 
@@ -92,6 +93,9 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         default_category_name=opts.text("default_category_name", "Till Agent"),
         order_status=opts.text("order_status", "Completed"),
         refund_status=opts.text("refund_status", "Refunded"),
+        readback_after_seconds=opts.number(
+            "readback_after_seconds", READBACK_AFTER_SECONDS, high=86400
+        ),
         user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
     )
     if not settings.client_id:
@@ -200,7 +204,10 @@ class LoadedConnector:
 
     # --- read-back (agent/reconcile.py) -------------------------------------------------
 
-    readback_after_seconds = READBACK_AFTER_SECONDS
+    @property
+    def readback_after_seconds(self) -> float:
+        """How long after its 2xx an order is read back (setting; Loaded: at once)."""
+        return self.settings.readback_after_seconds
 
     def read_back(self, key: str) -> Amounts | None:
         """What Loaded holds of the order sent under key, added up; None: Loaded has no such
