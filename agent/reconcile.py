@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from agent import ratelimit, takings
 from agent.config import KIND_AMENDS, DestinationSettings
-from agent.errors import CloudError, InvalidRequestError, StoppingError
+from agent.errors import CloudError, DeadlineError, InvalidRequestError, StoppingError
 from agent.figures import ZERO, Amounts, held_of, money, totals
 from agent.ledger import DeadLetters
 from agent.outbox import Outbox
@@ -90,6 +90,16 @@ def state_of(taken: Amounts, held: Amounts | None, states: set[str]) -> str:
     return DIFFERS
 
 
+@dataclass(frozen=True)
+class ReadBack:
+    """What one receipt was last read back as (in memory: a restart reads it again)."""
+
+    acknowledged_at: float  # of the part read: a later send makes this stale
+    read_at: float  # monotonic
+    verification: str
+    cloud: Amounts | None
+
+
 def days_between(first_day: str, last_day: str) -> list[str]:
     """Every date from first to last, both included; InvalidRequestError for a bad range."""
     try:
@@ -122,6 +132,7 @@ class Reconciler:
         self._now = now
         self._wait = wait
         self._reading = threading.Lock()  # one read-back at a time: its share is per window
+        self._read: dict[tuple[str, str], ReadBack] = {}  # (destination, key): the last read
         self._dead_letters = dead_letters
         self.identity = identity
         takes = ("receipts", "receipts_with_contact")
@@ -189,18 +200,37 @@ class Reconciler:
                 self._verify_at(name, reader, chosen)
 
     def _verify_at(self, name: str, reader: CloudReader, standings: list[Standing]) -> None:
+        """Read the receipts read least lately first, so that runs cut short by the share or
+        the time still reach every receipt; one not read this run keeps what it was read as,
+        as long as nothing was sent for it since."""
         ripe = self._now() - reader.readback_after_seconds
-        for standing in sorted(standings, key=lambda s: s.key):
-            if standing.acknowledged_at > ripe:
-                continue  # inside the cloud's batch window: accepted, not yet readable
+        readable = [s for s in standings if s.acknowledged_at <= ripe]  # else: batch window
+        for standing in readable:
+            remembered = self._read.get((name, standing.key))
+            if remembered is not None and remembered.acknowledged_at == standing.acknowledged_at:
+                standing.cloud, standing.verification = remembered.cloud, remembered.verification
+        readable.sort(key=lambda s: (self._last_read(name, s), s.key))
+        for standing in readable:
             try:
                 found = [reader.read_back(key) for key in standing.read_keys]
             except (CloudError, StoppingError) as exc:
                 log.info("read-back at %s ended: %s", name, type(exc).__name__)
-                return  # the rest stay accepted; the next reconciliation reads them
+                if not isinstance(exc, DeadlineError | StoppingError):  # the cloud failed it:
+                    self._remember(name, standing)  # next time it comes last, not first
+                return  # the rest keep what they were read as, or stay accepted
             held = [amounts for amounts in found if amounts is not None]
             standing.cloud = sum(held[1:], held[0]) if held else None
             standing.verification = verdict_of(standing.taken, standing.cloud)
+            self._remember(name, standing)
+
+    def _remember(self, name: str, standing: Standing) -> None:
+        self._read[name, standing.key] = ReadBack(
+            standing.acknowledged_at, time.monotonic(), standing.verification, standing.cloud
+        )
+
+    def _last_read(self, name: str, standing: Standing) -> float:
+        remembered = self._read.get((name, standing.key))
+        return float("-inf") if remembered is None else remembered.read_at
 
     def reconcile(
         self,

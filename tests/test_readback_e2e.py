@@ -129,3 +129,31 @@ def test_inside_the_read_back_delay_a_receipt_is_accepted_and_nothing_is_read(st
     assert loaded["verification"] == {"verified": 0, "accepted": 1, "notVerified": 0}
     assert read_backs(cloud) == []
     assert till.get("/v1/reconciliation", params={"from": DAY, "verify": "yes"}).status_code == 400
+
+
+def test_runs_cut_short_reach_every_receipt_and_remember_what_they_read(start_agent, cloud):
+    overrides = {
+        "delivery": {"enabled": True, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1},
+        "destinations": {"loaded": {"base_url": cloud.url + "/loaded", "requests_per_second": 40}},
+    }
+    sales = [body for body in SALES if body["uniqueReceiptId"] != "X-1"]
+    _, till = start_agent(overrides)
+    for body in sales:
+        assert till.post("/v1/receipts", body).status_code == 202
+    wait_for(lambda: reconciled(till, "loaded", verify=False)["status"] == "match", seconds=30)
+
+    cloud.faults.reject_ids(["S-1a"], status=503, api="loaded")  # the cloud fails one read
+    first = reconciled(till, "loaded")
+    assert first["verification"] == {"verified": 5, "accepted": 2, "notVerified": 0}
+    assert first["status"] == "match"  # the 2xx stands; the read-back is not a delivery
+
+    cloud.faults.reject_ids(["S-1b"], status=503, api="loaded")
+    cloud.clear_requests()
+    second = reconciled(till, "loaded")
+    assert [r.path.rsplit(":", 1)[-1] for r in cloud.requests] == ["S-1b"]  # never read: first
+    assert second["verification"] == {"verified": 5, "accepted": 2, "notVerified": 0}
+
+    cloud.faults.reject_ids([], api="loaded")
+    third = reconciled(till, "loaded")
+    assert third["status"] == "verified"
+    assert third["verification"] == {"verified": len(sales), "accepted": 0, "notVerified": 0}
