@@ -95,6 +95,7 @@ class Agent:
     dispatchers: tuple[Dispatcher, ...] = ()
     status: StatusReporter | None = None
     sync: SyncWorker | None = None
+    budgets: tuple[RateBudget, ...] = ()
     stopped: bool = False
 
     @property
@@ -116,6 +117,8 @@ class Agent:
         for dispatcher in self.dispatchers:
             dispatcher.stop(self.settings.api.stop_timeout_seconds)
         self.http.close()
+        for budget in self.budgets:
+            budget.close()
         self.lookup.close()
         self.contacts.close()
         self.vault.close()
@@ -266,6 +269,7 @@ def _start_services(
         dispatchers=tuple(dispatchers),
         status=services.status,
         sync=worker,
+        budgets=tuple(budgets.values()),
     )
 
 

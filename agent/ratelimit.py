@@ -99,6 +99,18 @@ class RateBudget:
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
+    def close(self) -> None:
+        """Let go of the limiters: pyrate-limiter leaks each bucket on a thread with its own
+        event loop (descriptors held) until the bucket is disposed of; the budget file too."""
+        limiters = [self._rate.limiter, self._background.limiter]
+        if self._budget is not None:
+            limiters.append(self._budget)
+        for limiter in limiters:
+            for bucket in limiter.buckets():
+                limiter.dispose(bucket)
+                if isinstance(bucket, SQLiteBucket):
+                    bucket.conn.close()
+
     def acquire(self) -> Verdict:
         """Count one call if both the rate and the budget allow it."""
         wait = self._rate.take(self._name)
@@ -207,7 +219,7 @@ class _Window:
 
     def __init__(self, rate: Rate) -> None:
         self._bucket = InMemoryBucket([rate])
-        self._limiter = Limiter(
+        self.limiter = Limiter(
             self._bucket,
             clock=MonotonicClock(),  # type: ignore[no-untyped-call]
             raise_when_fail=False,
@@ -215,7 +227,7 @@ class _Window:
 
     def take(self, name: str) -> float:
         """0.0: one call counted; else the seconds until the window's oldest call leaves it."""
-        if self._limiter.try_acquire(name):
+        if self.limiter.try_acquire(name):
             return 0.0
         waiting = self._bucket.waiting(RateItem(name, int(1000 * time.monotonic())))
         assert isinstance(waiting, int)  # an in-memory bucket answers at once
