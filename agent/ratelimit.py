@@ -102,7 +102,7 @@ class RateBudget:
     def close(self) -> None:
         """Let go of the limiters: pyrate-limiter leaks each bucket on a thread with its own
         event loop (descriptors held) until the bucket is disposed of; the budget file too."""
-        limiters = [self._rate.limiter, self._background.limiter]
+        limiters = [self._rate.limiter, self._background.limiter, self._readback.limiter]
         if self._budget is not None:
             limiters.append(self._budget)
         for limiter in limiters:
