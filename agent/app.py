@@ -40,7 +40,7 @@ from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
-from agent.errors import AlreadyRunningError, ConfigError, StorageError
+from agent.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
 from agent.failpoints import ENV, failpoint, hooked
 from agent.forecast import Forecast
 from agent.intake import Intake
@@ -356,6 +356,36 @@ def _snapshots(
         return None if worker is None else worker.snapshot()
 
     return snapshot
+
+
+def load_checked(path: Path, environ: Mapping[str, str]) -> config.Settings:
+    """The config file and every connector's settings and secrets, checked in one pass."""
+    return checked_settings(config.read(path), environ)
+
+
+def checked_settings(
+    raw: Mapping[str, Any],
+    environ: Mapping[str, str],
+    read_secret: Callable[[str], str] | None = None,
+) -> config.Settings:
+    """Structure, values, unknown keys and each connector (its keys and secrets) at once:
+    ConfigError lists every problem of every kind."""
+    settings, problems = config.parse(raw, environ)
+    reader = read_secret or secret_reader(settings.agent.credentials_dir)
+    session = connectors.make_session(f"TillAgent/{__version__}")
+    try:
+        for destination in settings.enabled_destinations:
+            if destination.kind not in connectors.REGISTRY:
+                continue  # config.parse said so already
+            try:
+                connectors.build(destination, session, reader)
+            except ConfigError as exc:
+                problems += exc.problems
+    finally:
+        session.close()
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def rate_budgets(settings: config.Settings) -> dict[str, RateBudget]:
@@ -701,6 +731,8 @@ def _services(
         metrics=metrics,
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
+        retry_now=_retry_now({d.destination: d for d in dispatchers}),
+        set_aside=SetAsideDesk({d.destination: d for d in dispatchers}),
         reconciler=reconciler(settings, box),
     )
 
@@ -719,6 +751,40 @@ def reconciler(
     return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity, readers)
 
 
+class SetAsideDesk:
+    """Every dispatcher's set-aside items; an item's id is "queue:number" (its lane's queue)."""
+
+    def __init__(self, workers: Mapping[str, Dispatcher]) -> None:
+        self._workers = workers
+
+    def items(self, destination: str | None, limit: int = -1) -> list[dict[str, Any]]:
+        if destination is not None and destination not in self._workers:
+            raise NotFoundError(f"no destination {destination!r} is delivering")
+        chosen = [destination] if destination is not None else sorted(self._workers)
+        return [item for name in chosen for item in self._workers[name].set_aside(limit)]
+
+    def ask(self, action: str, item_id: str) -> None:
+        queue, _, number = item_id.rpartition(":")
+        worker = self._workers.get(queue.removesuffix(outbox.BULK))
+        if worker is None or not (number.isascii() and number.isdigit() and len(number) < 19):
+            raise NotFoundError("no such set-aside item")
+        worker.ask(action, (queue, int(number)))
+
+
+def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:
+    """retry-now for one destination (NotFoundError if none delivers under that name) or all."""
+
+    def hurry(name: str | None) -> list[str]:
+        if name is not None and name not in workers:
+            raise NotFoundError(f"no destination {name!r} is delivering")
+        chosen = [name] if name is not None else sorted(workers)
+        for chosen_name in chosen:
+            workers[chosen_name].retry_now()
+        return chosen
+
+    return hurry
+
+
 def _server(settings: config.Settings, services: Services, token: str) -> Server:
     host, port = config.parse_listen(settings.api.listen)
     app = api.create_app(
@@ -734,6 +800,8 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
             port,
             threads=settings.api.threads,
             max_body_bytes=settings.api.max_body_bytes,
+            max_connections=settings.api.max_connections,
+            idle_timeout_seconds=settings.api.idle_timeout_seconds,
         )
     except OSError as exc:
         problem = f"cannot listen on {settings.api.listen}: {exc.strerror or exc}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent import wording
+from agent.reasons import printable
 from agent.status import describe_cache
 
 REFRESH_SECONDS = 5
@@ -22,8 +24,13 @@ th{font-weight:600;background:#eee}.num{text-align:right}
 """
 
 
-def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
-    """The page for one /v1/status answer (everything on it is ids, counts and states)."""
+def render(
+    status: Mapping[str, Any],
+    dead_letters: int,
+    set_aside: Sequence[Mapping[str, Any]] = (),
+) -> bytes:
+    """The page for one /v1/status answer (everything on it is ids, counts and states) and
+    the set-aside items, each with its reason in words."""
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
@@ -33,6 +40,7 @@ def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
         f"<h1>Till {_e(status['tillId'])} · store {_e(status['storeId'])} "
         f"{_badge(status['status'])}</h1>",
         _destinations(status["destinations"]),
+        _set_aside(set_aside),
         _takings(status["destinations"]),
         _summary(status, dead_letters),
         _components(status["components"]),
@@ -45,8 +53,9 @@ def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
 def _destinations(destinations: list[Mapping[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{_e(d['name'])}<br><span class=muted>{_e(d['kind'])}</span></td>"
-        f"<td>{_badge(d['state'])}<br><span class=muted>{_e(d['detail'])}</span></td>"
-        f"<td class=num>{d['depth']}</td><td class=num>{_age(d['oldestAgeSeconds'])}</td>"
+        f"<td>{_badge(d['state'])}<br><span class=muted>{_e(wording.destination_detail(d))}"
+        f"</span>{_hint(d['state'])}</td><td class=num>{d['depth']}</td>"
+        f"<td class=num>{_age(d['oldestAgeSeconds'])}</td>"
         f"<td>{_e(d['lastSuccessAt'] or '-')}</td><td class=num>{d['setAside']}</td></tr>"
         for d in destinations
     )
@@ -55,6 +64,31 @@ def _destinations(destinations: list[Mapping[str, Any]]) -> str:
         "<th class=num>Oldest</th><th>Last success</th><th class=num>Set aside</th></tr>"
     )
     return f"<h2>Delivery</h2><table>{head}{rows}</table>"
+
+
+SET_ASIDE_SHOWN = 20
+
+
+def _set_aside(items: Sequence[Mapping[str, Any]]) -> str:
+    """Items that failed on their own: why, in words, and the command that unsticks them."""
+    if not items:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(i['id'])}</td><td>{_e(i['destination'])}</td>"
+        f"<td>{_e(printable(i['record_key'], 40))}</td><td class=num>{i['attempts']}</td>"
+        f"<td>{_e(printable(i['reason'] or '-'))}</td></tr>"
+        for i in items[:SET_ASIDE_SHOWN]
+    )
+    head = (
+        "<tr><th>Item</th><th>Destination</th><th>Record</th><th class=num>Tries</th>"
+        "<th>Why</th></tr>"
+    )
+    more = f" (the first {SET_ASIDE_SHOWN})" if len(items) > SET_ASIDE_SHOWN else ""
+    return (
+        f"<h2>Set aside{more}</h2><table>{head}{rows}</table><p class=muted>"
+        "till-agent set-aside release ITEM (try it now) · till-agent set-aside dead-letter ITEM"
+        " · till-agent retry-now</p>"
+    )
 
 
 def _takings(destinations: list[Mapping[str, Any]]) -> str:
@@ -98,16 +132,17 @@ def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
     rows = [
         ("Dead letters", f"{dead_letters} (till-agent dead-letters list)"),
         ("Contact cache", describe_cache(cache)),
-        (
-            "Disk",
-            f"{storage['dataDirBytes'] / 1e6:.1f} MB of {storage['limitBytes'] / 1e6:.0f} MB "
-            f"allowed, {storage['freeBytes'] / 1e9:.1f} GB free",
-        ),
+        ("Disk", wording.storage(storage)),
         ("Store", _forecast(status["forecast"])),
         ("Since install", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items())),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Till</h2><table>{body}</table>"
+
+
+def _hint(state: str) -> str:
+    hint = wording.state_hint(state)
+    return f"<br><small>{_e(hint)}</small>" if hint else ""
 
 
 def _components(components: list[Mapping[str, Any]]) -> str:
@@ -130,13 +165,7 @@ def _badge(state: str) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return "-" if seconds is None else wording.duration(seconds)
 
 
 def _e(value: object) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import json
 import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -18,7 +20,7 @@ from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
-from agent.intake import Accepted, Intake, ReceiptState
+from agent.intake import LISTED_STATES, Accepted, Intake, ReceiptState
 from agent.ledger import DUPLICATE, REPLACES, DeadLetter, DeadLetters, Journal, ReplayStep
 from agent.lookup import KINDS, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -43,9 +45,21 @@ class Services:
     sync_now: Callable[[], dict[str, float] | None]
     openapi: bytes
     reconciler: Reconciler
+    retry_now: Callable[[str | None], list[str]] = lambda destination: []
+    set_aside: SetAsideDesk | None = None
+
+
+class SetAsideDesk(Protocol):
+    """The dispatchers' set-aside items, for a technician (agent.app puts it together)."""
+
+    def items(self, destination: str | None, limit: int = -1) -> list[dict[str, Any]]: ...
+
+    def ask(self, action: str, item_id: str) -> None: ...
 
 
 Handler = Callable[[Request, Services], Response]
+PAGE_MAX_AGE_SECONDS = 1.0
+MAX_ID_DIGITS = 18  # below 2**63
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,13 @@ def post_receipt(request: Request, services: Services) -> Response:
     return Response.json(receipt_accepted(accepted), status=_accepted_status(accepted))
 
 
+def list_receipts(request: Request, services: Services) -> Response:
+    state, since, after, limit = receipt_query(request)
+    page, more = services.intake.list_receipts(state, since, after, limit)
+    cursor = None if more is None else encode_cursor(more)
+    return Response.json(schemas.ReceiptList([receipt_status(r) for r in page], cursor))
+
+
 def get_receipt(request: Request, services: Services) -> Response:
     state = services.intake.receipt_state(request.params["uniqueReceiptId"])
     return Response.json(receipt_status(state))
@@ -76,6 +97,7 @@ def get_receipt(request: Request, services: Services) -> Response:
 def post_contact(request: Request, services: Services) -> Response:
     contact = decode(request, models.Contact)
     models.check_contact(contact)
+    services.intake.check_contact(contact)
     found = None if contact.contact_id is not None else services.lookup.existing(contact)
     if found is not None and found.contact is not None:
         return Response.json(existing_contact(found.source, found.contact))
@@ -164,9 +186,21 @@ def post_contacts_sync(request: Request, services: Services) -> Response:
     return Response.json(report)
 
 
+def post_retry_now(request: Request, services: Services) -> Response:
+    """Skip the back-off of one destination (or every one): set-aside items are due now."""
+    ask = decode_private(request, schemas.RetryNowRequest) if request.body() else None
+    hurried = services.retry_now(ask.destination if ask else None)
+    return Response.json(schemas.RetryNowAnswer(hurried), status=202)
+
+
 def get_page(request: Request, services: Services) -> Response:
-    dead_letters = len(services.dead_letters.all())
-    return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
+    """The status page: anyone on the till can load it, so it costs one report a second at
+    most however often it is asked for, and its counts are O(1)."""
+    report = services.status.report(max_age_seconds=PAGE_MAX_AGE_SECONDS)
+    dead_letters = services.dead_letters.count()
+    desk = services.set_aside
+    set_aside = desk.items(None, page.SET_ASIDE_SHOWN + 1) if desk is not None else []
+    return Response(200, page.render(report, dead_letters, set_aside), page.CONTENT_TYPE)
 
 
 def get_metrics(request: Request, services: Services) -> Response:
@@ -248,6 +282,85 @@ def single_values(
     return {name: values[0] for name, values in query.items()}
 
 
+LIST_LIMIT, LIST_LIMIT_MAX = 100, 500
+
+
+def receipt_query(request: Request) -> tuple[str, float, tuple[float, str] | None, int]:
+    """state (required), since (ISO 8601 with an offset), limit, cursor: BadRequestError if off."""
+    query = single_values(request, required=("state",), optional=("since", "limit", "cursor"))
+    state = query["state"]
+    if state not in LISTED_STATES:
+        raise BadRequestError("state must be undelivered or dead_lettered")
+    limit_text = query.get("limit", str(LIST_LIMIT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
+        raise BadRequestError(f"limit must be 1 to {LIST_LIMIT_MAX}")
+    cursor = decode_cursor(query["cursor"]) if "cursor" in query else None
+    return state, since_timestamp(query.get("since")), cursor, int(limit_text)
+
+
+def since_timestamp(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadRequestError("since must be ISO 8601 with an offset, e.g. 2026-11-23T00:00:00Z")
+    return moment.timestamp()
+
+
+def encode_cursor(position: tuple[float, str]) -> str:
+    raw = json.dumps([position[0], position[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    try:
+        received_at, key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return float(received_at), str(key)
+    except (ValueError, TypeError):
+        raise BadRequestError("cursor is not one this agent gave") from None
+
+
+def _desk(services: Services) -> SetAsideDesk:
+    if services.set_aside is None:
+        raise RouteNotFoundError("delivery is off: nothing is set aside")
+    return services.set_aside
+
+
+def list_set_aside(request: Request, services: Services) -> Response:
+    """Items that failed on their own and wait their own back-off, with why in words."""
+    query = single_values(request, required=(), optional=("destination",))
+    items = _desk(services).items(query.get("destination"))
+    return Response.json(schemas.SetAsideList([schemas.SetAsideView(**_item(i)) for i in items]))
+
+
+def get_set_aside(request: Request, services: Services) -> Response:
+    wanted = request.params["id"]
+    for item in _desk(services).items(None):
+        if item["id"] == wanted:
+            return Response.json(schemas.SetAsideView(**_item(item)))
+    raise RouteNotFoundError("no such set-aside item")
+
+
+def release_set_aside(request: Request, services: Services) -> Response:
+    """Try it now, ahead of its back-off (it keeps its place in line)."""
+    _desk(services).ask("release", request.params["id"])
+    return Response.json({"status": "released"}, status=202)
+
+
+def dead_letter_set_aside(request: Request, services: Services) -> Response:
+    """Give up on it: a dead letter, with "dead-lettered by a technician" as its reason."""
+    _desk(services).ask("dead_letter", request.params["id"])
+    return Response.json({"status": "dead_lettered"}, status=202)
+
+
+def _item(item: dict[str, Any]) -> dict[str, Any]:
+    at = item.get("next_attempt_at")
+    return item | {"next_attempt_at": iso(at)}
+
+
 def list_dead_letters(request: Request, services: Services) -> Response:
     return Response.json([dead_letter_view(d) for d in services.dead_letters.all()])
 
@@ -267,9 +380,10 @@ def delete_dead_letter(request: Request, services: Services) -> Response:
 
 
 def dead_letter_id(request: Request) -> int:
+    """A dead letter's id from the path: ASCII digits that SQLite can hold, else 404."""
     text = request.params["id"]
-    if not text.isdigit():
-        raise RouteNotFoundError(f"no dead letter {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        raise RouteNotFoundError("no such dead letter")
     return int(text)
 
 
@@ -291,6 +405,7 @@ def dead_letter_view(letter: DeadLetter) -> schemas.DeadLetterView:
 
 
 ROUTES = (
+    Route("GET", "/v1/receipts", list_receipts),
     Route("POST", "/v1/receipts", post_receipt),
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
     Route("POST", "/v1/contacts", post_contact),
@@ -304,8 +419,13 @@ ROUTES = (
     Route("POST", "/v1/privacy/purge", post_purge),
     Route("POST", "/v1/privacy/forget", post_forget),
     Route("POST", "/v1/replay", post_replay),
+    Route("POST", "/v1/delivery/retry-now", post_retry_now),
     Route("GET", "/v1/reconciliation", get_reconciliation),
     Route("GET", "/v1/qa-report", get_qa_report),
+    Route("GET", "/v1/set-aside", list_set_aside),
+    Route("GET", "/v1/set-aside/{id}", get_set_aside),
+    Route("POST", "/v1/set-aside/{id}/release", release_set_aside),
+    Route("POST", "/v1/set-aside/{id}/dead-letter", dead_letter_set_aside),
     Route("GET", "/v1/dead-letters", list_dead_letters),
     Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
     Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),

@@ -56,6 +56,13 @@ class ReceiptStatus(_Out):
     destinations: list[DeliveryState]
 
 
+class ReceiptList(_Out):
+    """A page of GET /v1/receipts: oldest first; `next` is the cursor of the next page, or null."""
+
+    receipts: list[ReceiptStatus]
+    next: str | None
+
+
 class HealthAnswer(_Out):
     status: Literal["ok", "degraded", "failing"]
     version: str
@@ -159,6 +166,37 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReplayAnswer(_Out):
     queued: int
+
+
+class RetryNowRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One destination, or none for every destination."""
+
+    destination: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class RetryNowAnswer(_Out):
+    """The destinations whose back-off was skipped."""
+
+    destinations: list[str]
+
+
+class SetAsideView(_Out):
+    """An item that failed on its own and waits its own back-off; reason in words."""
+
+    id: str
+    destination: str
+    kind: str
+    record_key: str
+    revision: int
+    attempts: int
+    reason: str | None
+    error_id: str | None
+    cloud_error_id: str | None
+    next_attempt_at: str | None
+
+
+class SetAsideList(_Out):
+    items: list[SetAsideView]
 
 
 class ReplayStepView(_Out):
@@ -404,11 +442,16 @@ SHAPES = (
     ReceiptAccepted,
     ContactAccepted,
     ReceiptStatus,
+    ReceiptList,
     HealthAnswer,
     StatusAnswer,
     ForgetRequest,
     ReplayRequest,
     ReplayAnswer,
+    RetryNowRequest,
+    RetryNowAnswer,
+    SetAsideView,
+    SetAsideList,
     ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
@@ -484,6 +527,38 @@ def _paths() -> dict[str, Any]:
     body_errors = ("400", "413", "415", "422", *common)
     return {
         "/v1/receipts": {
+            "get": {
+                "summary": "Receipts still to deliver, or dead-lettered somewhere, oldest first",
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"enum": ["undelivered", "dead_lettered"]},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Received at or after (ISO 8601 with an offset)",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next` of the page before",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": _answers({"200": ("A page", "ReceiptList")}, ("400", *common)),
+            },
             "post": {
                 "summary": "Queue a finished purchase or return",
                 "requestBody": {"required": True, **_ref("Receipt")},
@@ -494,7 +569,7 @@ def _paths() -> dict[str, Any]:
                     },
                     body_errors,
                 ),
-            }
+            },
         },
         "/v1/receipts/{uniqueReceiptId}": {
             "get": {
@@ -587,6 +662,56 @@ def _paths() -> dict[str, Any]:
                     ("400", "413", "415", *common),
                 ),
             }
+        },
+        "/v1/delivery/retry-now": {
+            "post": {
+                "summary": "Skip the back-off now: of one destination, or of every destination",
+                "requestBody": {"required": False, **_ref("RetryNowRequest")},
+                "responses": _answers(
+                    {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
+                ),
+            }
+        },
+        "/v1/set-aside": {
+            "get": {
+                "summary": "Items set aside after failing on their own, with the reason in words",
+                "parameters": [
+                    _query("destination", "Only this destination (default: all)", False)
+                ],
+                "responses": _answers(
+                    {"200": ("The items", "SetAsideList")}, ("400", "404", *common)
+                ),
+            }
+        },
+        "/v1/set-aside/{id}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "One set-aside item (id: queue:number, as listed)",
+                "responses": _answers({"200": ("The item", "SetAsideView")}, ("404", *common)),
+            },
+        },
+        "/v1/set-aside/{id}/release": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Try a set-aside item now, ahead of its back-off",
+                "responses": {"202": {"description": "Released"}, **_answers({}, ("404", *common))},
+            },
+        },
+        "/v1/set-aside/{id}/dead-letter": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Give up on a set-aside item: it becomes a dead letter",
+                "responses": {
+                    "202": {"description": "Dead-lettered"},
+                    **_answers({}, ("404", *common)),
+                },
+            },
         },
         "/v1/reconciliation": {
             "get": {

@@ -31,6 +31,7 @@ from agent.connectors.base import (
     Sender,
     SendResult,
     Vault,
+    idempotency_header,
     join,
     rate_limit,
 )
@@ -305,7 +306,7 @@ class LoadedConnector:
         headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         body = kwargs.get("json")
         if path.startswith("orders") and isinstance(body, dict):
-            headers["Idempotency-Key"] = str(body["externalId"])
+            headers["Idempotency-Key"] = idempotency_header(str(body["externalId"]))
         return call_with_token(
             self.tokens, self._http, method, url, connector=self.name, headers=headers, **kwargs
         )

@@ -324,3 +324,15 @@ def test_read_back_of_an_order(sandbox: Any, http, vault):
     conn.send(message("R-1"))
     assert conn.fetch_order("R-1")["externalId"] == "R-1"
     assert conn.fetch_order("R-NONE") is None
+
+
+def test_any_receipt_id_goes_as_an_ascii_idempotency_header(sandbox: Any, http, vault):
+    import hashlib
+
+    conn = connector(http, sandbox.url, vault)
+    key = "S042-Łódź-000124"
+    conn.send(message(key))
+    sent = [r for r in sandbox.requests if "/pos/orders" in r.path and r.method == "POST"][-1]
+    headers = {k.lower(): v for k, v in sent.headers.items()}
+    assert headers["idempotency-key"] == hashlib.sha256(key.encode()).hexdigest()
+    assert key in sandbox.loaded.orders
