@@ -49,7 +49,7 @@ from agent.lookup import LiveLookup, Lookup
 from agent.metrics import Metrics
 from agent.privacy import Privacy
 from agent.ratelimit import RateBudget
-from agent.reconcile import Reconciler
+from agent.reconcile import CloudReader, Reconciler, readers_of
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 from agent.sync import ContactSync, SyncWorker
@@ -241,6 +241,7 @@ def _start_services(
     services = _services(
         settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers, forecast
     )
+    services.reconciler.readers.update(readers_of(connectors_by_name))
     server = _server(settings, services, token)  # binds now: a taken port fails here
     scheduler = _scheduler(settings, box, board, privacy, worker, beats, dispatchers, forecast)
     for dispatcher in dispatchers:
@@ -649,6 +650,12 @@ class Maintenance:
         built = build_connectors(self.settings, rate_budgets(self.settings), self.vault)
         return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
+    def verifying_reconciler(self) -> Reconciler:
+        """The reconciler with the connectors that can read back (each charging its budget)."""
+        built = build_connectors(self.settings, rate_budgets(self.settings), self.vault)
+        self.reconciler.readers.update(readers_of(built))
+        return self.reconciler
+
 
 @contextlib.contextmanager
 def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
@@ -735,9 +742,13 @@ def amends_of(settings: config.Settings) -> dict[str, str]:
     return {d.name: config.KIND_AMENDS.get(d.kind, "replace") for d in settings.destinations}
 
 
-def reconciler(settings: config.Settings, box: outbox.Outbox) -> Reconciler:
+def reconciler(
+    settings: config.Settings,
+    box: outbox.Outbox,
+    readers: Mapping[str, CloudReader] | None = None,
+) -> Reconciler:
     identity = (settings.agent.store_id, settings.agent.till_id)
-    return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity)
+    return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity, readers)
 
 
 class SetAsideDesk:

@@ -30,6 +30,7 @@ from agent.errors import (
     NotFoundError,
 )
 from agent.reasons import printable
+from agent.reconcile import Reconciler
 from agent.status import describe_cache
 
 CONFIG_OPTION = click.option(
@@ -491,29 +492,43 @@ EFFECTS = {
 }
 
 
+VERIFY_OPTION = click.option(
+    "--verify",
+    is_flag=True,
+    help="Read back what each cloud holds, where it can be read (a small share of its rate).",
+)
+
+
+def _reconciler(stores: app.Maintenance, verify: bool) -> Reconciler:
+    return stores.verifying_reconciler() if verify else stores.reconciler
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option("--date", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--to", "last_day", default=None, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--destination", default=None, help="Only this destination (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the /v1/reconciliation answer.")
+@VERIFY_OPTION
 def reconcile(
     config_file: str | None,
     first_day: Any,
     last_day: Any,
     destination: str | None,
     as_json: bool,
+    verify: bool,
 ) -> None:
     """Did the day's takings arrive in each cloud to the cent? What differs, and how to fix it."""
     settings = load_settings(config_file)
     start = first_day.date().isoformat()
     end = (last_day or first_day).date().isoformat()
     query = f"from={start}&to={end}" + (f"&destination={destination}" if destination else "")
+    query += "&verify=true" if verify else ""
     try:
         answer = on_stores_or_agent(
             settings,
             ("GET", f"/v1/reconciliation?{query}", None),
-            lambda m: m.reconciler.reconcile(start, end, destination),
+            lambda m: _reconciler(m, verify).reconcile(start, end, destination, verify=verify),
         )
     except InvalidRequestError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -538,18 +553,25 @@ def reconcile(
     show_default=True,
     help="md: Markdown with the JSON at its end; json: the JSON alone.",
 )
+@VERIFY_OPTION
 def qa_report(
-    config_file: str | None, first_day: Any, last_day: Any, output: str | None, form: str
+    config_file: str | None,
+    first_day: Any,
+    last_day: Any,
+    output: str | None,
+    form: str,
+    verify: bool,
 ) -> None:
     """The go-live QA report for a vendor: what was tested, when, and whether it all arrived."""
     settings = load_settings(config_file)
     start = first_day.date().isoformat()
     end = (last_day or first_day).date().isoformat()
+    query = f"from={start}&to={end}" + ("&verify=true" if verify else "")
     try:
         report = on_stores_or_agent(
             settings,
-            ("GET", f"/v1/qa-report?from={start}&to={end}", None),
-            lambda m: qareport.qa_report(m.reconciler, start, end),
+            ("GET", f"/v1/qa-report?{query}", None),
+            lambda m: qareport.qa_report(_reconciler(m, verify), start, end, verify=verify),
         )
     except InvalidRequestError as exc:
         raise click.UsageError(str(exc)) from exc

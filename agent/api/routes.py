@@ -233,10 +233,13 @@ def lookup_key(request: Request) -> tuple[str, str]:
 
 
 def get_reconciliation(request: Request, services: Services) -> Response:
-    query = single_values(request, required=("from",), optional=("to", "destination"))
+    query = single_values(request, required=("from",), optional=("to", "destination", "verify"))
     try:
         answer = services.reconciler.reconcile(
-            query["from"], query.get("to", query["from"]), query.get("destination")
+            query["from"],
+            query.get("to", query["from"]),
+            query.get("destination"),
+            verify=verify_flag(query),
         )
     except InvalidRequestError as exc:
         raise BadRequestError(str(exc)) from None
@@ -244,14 +247,25 @@ def get_reconciliation(request: Request, services: Services) -> Response:
 
 
 def get_qa_report(request: Request, services: Services) -> Response:
-    query = single_values(request, required=("from",), optional=("to",))
+    query = single_values(request, required=("from",), optional=("to", "verify"))
     try:
         report = qareport.qa_report(
-            services.reconciler, query["from"], query.get("to", query["from"])
+            services.reconciler,
+            query["from"],
+            query.get("to", query["from"]),
+            verify=verify_flag(query),
         )
     except InvalidRequestError as exc:
         raise BadRequestError(str(exc)) from None
     return Response.json(report)
+
+
+def verify_flag(query: dict[str, str]) -> bool:
+    """verify=true: read back from the clouds that allow it; false (the default): do not."""
+    value = query.get("verify", "false")
+    if value not in ("true", "false"):
+        raise BadRequestError(f"verify is true or false (got {value!r})")
+    return value == "true"
 
 
 def single_values(

@@ -306,17 +306,27 @@ class Difference(_Out):
     """A receipt the cloud does not hold as the till took it, and what to do about it."""
 
     unique_receipt_id: str
-    state: Literal["pending", "deadLettered", "erased", "differs"]
+    state: Literal["pending", "deadLettered", "erased", "differs", "lost", "altered"]
     taken: str
     delivered: str | None
+    cloud: str | None  # what a read-back found (verify=true); lost: nothing
     dead_letter_ids: list[int]
     fix: str
+
+
+class Verification(_Out):
+    """verify=true: receipts read back as taken, only acknowledged (2xx), or read back lost or
+    altered."""
+
+    verified: int
+    accepted: int
+    not_verified: int
 
 
 class DestinationReconciliation(_Out):
     destination: str
     kind: str
-    status: Literal["match", "pending", "mismatch"]
+    status: Literal["match", "pending", "mismatch", "verified"]
     taken: Takings
     delivered: Takings
     pending: CountGross
@@ -324,6 +334,8 @@ class DestinationReconciliation(_Out):
     differing: CountGross
     differences: list[str]
     details: list[Difference]
+    cloud: Takings | None  # verify=true: what the read-backs found; else null
+    verification: Verification | None
 
 
 class DayReconciliation(_Out):
@@ -343,8 +355,9 @@ class Reconciliation(_Out):
 
 class ReceiptFate(_Out):
     state: str
-    verification: str
+    verification: Literal["not delivered", "accepted", "verified", "lost", "altered"]
     delivered: str | None
+    cloud: str | None
 
 
 class QaReceipt(_Out):
@@ -405,6 +418,10 @@ class ErrorBody(_Out):
 # The version of the POS contract this document describes (the /v1 routes), not the package's:
 # the committed docs/openapi.json must not change with every build of the agent.
 API_VERSION = "1.0.0"
+VERIFY_HELP = (
+    "true: read back from the clouds that allow it (a small share of each one's rate); "
+    "default false"
+)
 
 ERROR_STATUSES = {
     "400": "Not JSON",
@@ -703,6 +720,7 @@ def _paths() -> dict[str, Any]:
                     _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
                     _query("to", "Last day, included (default: from)", False),
                     _query("destination", "Only this destination (default: all)", False),
+                    _query("verify", VERIFY_HELP, False),
                 ],
                 "responses": _answers({"200": ("Reconciled", "Reconciliation")}, ("400", *common)),
             }
@@ -713,6 +731,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
                     _query("to", "Last day, included (default: from)", False),
+                    _query("verify", VERIFY_HELP, False),
                 ],
                 "responses": _answers({"200": ("The report", "QaReport")}, ("400", *common)),
             }
