@@ -11,25 +11,49 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors
+from agent import acl, app, config, connectors
 from agent.doctor import MIN_FREE_BYTES, Check, clock_check
 from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
 from installer import steps
 from installer.services import ServiceManager
+from installer.system import CommandError
 
 
 def local(
     settings: config.Settings, layout: steps.Layout, manager: ServiceManager, owner: steps.Owner
 ) -> list[Check]:
     """Everything on this till: the service, the API port, permissions, disk space."""
-    state = manager.state()
-    checks = [Check("service", state == "active", state)]
-    checks.append(_port(settings))
+    checks = [_service(manager), _port(settings)]
     checks.append(_mode("config file", layout.config_file, forbidden=0o027))
     secret_files = sorted(p for p in layout.credentials_dir.glob("*") if p.is_file())
     checks += [_secret(p, owner) for p in secret_files]
+    if os.name == "nt":
+        checks += [_folder(name, path) for name, path in _folders(layout)]
     checks.append(_disk(settings.agent.data_dir))
     return checks
+
+
+def _service(manager: ServiceManager) -> Check:
+    try:
+        state = manager.state()
+    except CommandError as exc:
+        return Check("service", False, str(exc))
+    return Check("service", state == "active", state)
+
+
+def _folders(layout: steps.Layout) -> list[tuple[str, Path]]:
+    return [
+        ("config folder", layout.config_dir),
+        ("credentials folder", layout.credentials_dir),
+        ("data folder", layout.data_dir),
+    ]
+
+
+def _folder(name: str, path: Path) -> Check:
+    """Windows: the folder's DACL read back (SYSTEM and Administrators only, not inherited)."""
+    if not path.exists():
+        return Check(name, False, f"{path} is missing")
+    return Check(name, *acl.describe(path, folder=True))
 
 
 def _port(settings: config.Settings) -> Check:
@@ -44,8 +68,10 @@ def _port(settings: config.Settings) -> Check:
 def _mode(name: str, path: Path, *, forbidden: int) -> Check:
     if not path.exists():
         return Check(name, False, f"{path} is missing")
+    if os.name == "nt":
+        return Check(name, *acl.describe(path, folder=False))  # the DACL, not chmod
     mode = stat.S_IMODE(path.stat().st_mode)
-    ok = os.name != "posix" or mode & forbidden == 0
+    ok = mode & forbidden == 0
     return Check(
         name,
         ok,

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors, paths
+from agent import acl, app, config, connectors, paths
 from agent.errors import ConfigError
 from installer import tomlfile
 from installer.services import SERVICE_USER
@@ -108,16 +108,21 @@ def owner_of(commands: Commands) -> Owner:
     return Owner() if ids is None else Owner(*ids)
 
 
-def program_path() -> Path:
-    """The program the service runs: till-agent beside this Python (the frozen exe on Windows)."""
+def program_path(platform: str = sys.platform) -> Path:
+    """The program the service runs: till-agent beside this Python on Linux; on Windows the
+    frozen till-agent-service.exe beside till-install.exe, or, in a Python installed from the
+    wheel, the service script (run by this Python: services.image_path)."""
     here = Path(sys.executable).parent
-    if sys.platform == "win32":
+    if platform != "win32":
+        return here / "till-agent"
+    if getattr(sys, "frozen", False):
         return here / "till-agent-service.exe"
-    return here / "till-agent"
+    return Path(__file__).resolve().parents[1] / "service" / "windows.py"  # same wheel
 
 
 def make_dirs(layout: Layout, owner: Owner) -> None:
-    """config 0750 (root, the service's group), credentials and data 0700, logs 0750."""
+    """config 0750 (root, the service's group), credentials and data 0700, logs 0750; on
+    Windows each folder SYSTEM and Administrators only instead (agent.acl)."""
     for path, mode, group_only in (
         (layout.config_dir, 0o750, True),
         (layout.credentials_dir, 0o700, False),
@@ -127,6 +132,12 @@ def make_dirs(layout: Layout, owner: Owner) -> None:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(mode)
         owner.own(path, group_only=group_only)
+        _restrict_on_windows(path)
+
+
+def _restrict_on_windows(path: Path) -> None:
+    if sys.platform == "win32":
+        acl.restrict(path)
 
 
 def write_file(path: Path, text: str, owner: Owner, *, mode: int, group_only: bool) -> None:
@@ -141,6 +152,7 @@ def write_file(path: Path, text: str, owner: Owner, *, mode: int, group_only: bo
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)  # the umask may have taken bits off
         owner.own(temporary, group_only=group_only)
+        _restrict_on_windows(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

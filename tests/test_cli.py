@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, base_config, make_receipt, merged, write_toml
 
 
@@ -52,6 +54,9 @@ def test_status_says_clearly_when_the_agent_is_not_running(tmp_path):
     assert "does not answer" in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_sigterm_stops_the_agent_cleanly(agent_process):
     process = agent_process()
     process.start()
@@ -67,6 +72,9 @@ def test_second_agent_on_the_same_data_directory_refuses(agent_process, tmp_path
     assert "another till-agent is already running" in second.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_process):
     process = agent_process()
     process.start()
@@ -107,6 +115,9 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(agent_process,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_the_sandbox_command_serves_the_cloud_until_stopped():
     import signal as signals
     import time

@@ -20,6 +20,7 @@ def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.linux_only("POSIX modes; the Windows DACLs are checked under Wine (tests/wine)")
 def test_install_from_answers_file_writes_everything_and_starts_the_agent(root, host, installed):
     where = steps.layout(root)
     assert mode(where.config_file) == 0o640
@@ -47,6 +48,7 @@ def test_install_prints_where_the_token_is_never_a_secret(root, host, installed)
         assert secret not in installed.output
 
 
+@pytest.mark.linux_only("the systemd unit")
 def test_install_registers_the_unit_and_its_credentials(root, host, installed):
     unit_dir = steps.layout(root).unit_dir
     unit = (unit_dir / "till-agent.service").read_text()
@@ -135,6 +137,7 @@ def test_install_reports_refused_credentials_clearly(root, invoke, answers_file,
     assert steps.layout(root).config_file.exists()  # installed: fix it with configure --secret
 
 
+@pytest.mark.linux_only("POSIX modes; verify's DACL checks run under Wine (tests/wine)")
 def test_verify_passes_on_a_fresh_install(invoke, installed):
     result = invoke("verify", "--offline")
     assert result.exit_code == 0, result.output
@@ -157,6 +160,7 @@ def test_verify_flags_a_stopped_service(host, invoke, installed):
     assert "FAIL  port" in result.output
 
 
+@pytest.mark.linux_only("the till-agent user and chown")
 def test_install_as_root_gives_files_to_the_service_user(root, tmp_path, answers_file):
     from click.testing import CliRunner
 
@@ -175,6 +179,7 @@ def test_install_as_root_gives_files_to_the_service_user(root, tmp_path, answers
     assert not host.commands_named("useradd")  # a staged root never touches the host's users
 
 
+@pytest.mark.linux_only("useradd")
 def test_ensure_user_makes_the_system_user_once(root):
     from tests.installer.fakes import FakeHost
 

@@ -17,6 +17,7 @@ from tests.installer.fakes import FakeHost
 from tests.service.listener import NotifyListener
 from tests.service.supervisor import Directories, Supervisor, read_unit
 
+pytestmark = pytest.mark.linux_only("the systemd unit under a systemd stand-in")
 SYSTEM_PATH_KEYS = re.compile(r"^(data_dir|log_dir|credentials_dir) = .*\n", re.MULTILINE)
 
 
