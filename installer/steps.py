@@ -290,6 +290,22 @@ def waiting(settings: config.Settings) -> dict[str, int]:
     return app.undelivered(settings)
 
 
+def waiting_now(settings: config.Settings) -> dict[str, int]:
+    """As waiting(), asked of the running agent (GET /v1/status); of the stores when nothing
+    answers (the agent is stopped, so they are ours to open)."""
+    host, port = config.parse_listen(settings.api.listen)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/status"
+    token = settings.api.token_file.read_text(encoding="ascii").strip()
+    try:
+        answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    except requests.RequestException:
+        return waiting(settings)
+    answer.raise_for_status()
+    return {
+        d["name"]: d["depth"] + d["inFlight"] + d["setAside"] for d in answer.json()["destinations"]
+    }
+
+
 def erase_file(path: Path) -> None:
     """Overwrite with zeros, flush to disk, then unlink (on flash, erasure is best effort)."""
     size = path.stat().st_size

@@ -1,67 +1,57 @@
-"""Freezes the three Windows programs with PyInstaller into one folder: the MSI's input.
+"""Freezes the Windows programs with PyInstaller into one folder: the MSI's input.
 
-Run by the Windows build machine's Python (docs/install.md, "Build the MSI") and, under Wine,
-by `make test-windows`: one recipe, so the two cannot drift. The Python must hold the lock
-file's packages, PyInstaller among them, and this project.
+One PyInstaller build of installer/windows/frozen.py, its executable copied under the three
+names the MSI installs (till-agent-service.exe, till-agent.exe, till-install.exe); each copy
+runs the program its name says. Run by the Windows build machine's Python (docs/install.md,
+"Build the MSI") and, under Wine, by `make test-windows`: one recipe, so they cannot drift.
+The Python must hold the lock file's packages, PyInstaller among them, and this project.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# program name -> (the module whose file is its entry script, imports PyInstaller cannot see)
-PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    # pywin32 imports win32timezone at run time, by name, to convert dates.
-    "till-agent-service": ("service.windows", ("win32timezone",)),
-    "till-agent": ("agent.__main__", ()),
-    "till-install": ("installer.__main__", ()),
-}
+from installer.windows import frozen
+
+BUILD_NAME = "till-agent-service"
+# Imports PyInstaller cannot see: pywin32 imports win32timezone by name at run time.
+HIDDEN_IMPORTS = ("win32timezone",)
 
 
 class FreezeError(Exception):
     """PyInstaller failed, or a program is missing from its output."""
 
 
-def entry_script(module: str) -> Path:
-    """The file of a module, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise FreezeError(f"{module} is not installed in this Python")
-    return Path(spec.origin)
-
-
-def pyinstaller_command(name: str, work: Path) -> list[str]:
-    """The PyInstaller command line for one program (--onedir: no unpacking at each start)."""
-    module, hidden = PROGRAMS[name]
+def pyinstaller_command(work: Path) -> list[str]:
+    """The PyInstaller command line (--onedir: nothing unpacked at each start)."""
     command = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--onedir", "--console"]
-    command += ["--log-level", "WARN", "--name", name]
+    command += ["--log-level", "WARN", "--name", BUILD_NAME]
     command += ["--distpath", str(work / "dist"), "--workpath", str(work / "build")]
     command += ["--specpath", str(work)]
-    for hidden_import in hidden:
+    for hidden_import in HIDDEN_IMPORTS:
         command += ["--hidden-import", hidden_import]
-    return [*command, str(entry_script(module))]
+    return [*command, str(Path(frozen.__file__).resolve())]
 
 
 def freeze(output: Path, work: Path) -> Path:
-    """Each program frozen, then the three output folders merged into output (they share
-    _internal); till-install.exe finds till-agent-service.exe beside itself."""
-    for name in PROGRAMS:
-        done = subprocess.run(pyinstaller_command(name, work), capture_output=True, text=True)
-        if done.returncode != 0:
-            said = (done.stderr or done.stdout)[-3000:]
-            raise FreezeError(f"PyInstaller failed for {name} ({done.returncode}):\n{said}")
+    """The build in output, its executable under each program's name."""
+    done = subprocess.run(pyinstaller_command(work), capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout)[-3000:]
+        raise FreezeError(f"PyInstaller failed ({done.returncode}):\n{said}")
     shutil.rmtree(output, ignore_errors=True)
-    for name in PROGRAMS:
-        shutil.copytree(work / "dist" / name, output, dirs_exist_ok=True)
-    missing = [f"{name}.exe" for name in PROGRAMS if not (output / f"{name}.exe").is_file()]
-    if missing:
-        raise FreezeError(f"{output} lacks {', '.join(missing)} after PyInstaller")
+    shutil.copytree(work / "dist" / BUILD_NAME, output)
+    built = output / f"{BUILD_NAME}.exe"
+    if not built.is_file():
+        raise FreezeError(f"PyInstaller wrote no {built.name} in {output}")
+    for name in frozen.PROGRAMS:
+        if name != BUILD_NAME:
+            shutil.copy2(built, output / f"{name}.exe")
     return output
 
 
@@ -69,18 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m installer.windows.freeze", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("output", type=Path, help="the folder for the three programs")
+    parser.add_argument("output", type=Path, help="the folder for the programs")
     parser.add_argument(
         "--work", type=Path, help="PyInstaller's build folder (default: OUTPUT.work)"
     )
     args = parser.parse_args(argv)
     work = args.work or args.output.with_name(args.output.name + ".work")
     try:
-        frozen = freeze(args.output.resolve(), work.resolve())
+        made = freeze(args.output.resolve(), work.resolve())
     except FreezeError as exc:
         sys.stderr.write(f"freeze: {exc}\n")
         return 1
-    sys.stdout.write(f"{frozen}\n")
+    sys.stdout.write(f"{made}\n")
     return 0
 
 

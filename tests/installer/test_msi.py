@@ -66,7 +66,9 @@ def test_the_public_properties_reach_the_elevated_side_and_the_product_is_upgrad
     assert properties["UpgradeCode"] == "{3D1F0A52-6C2E-4B8F-9A47-1E5C2B7D9F10}"
     assert properties["ALLUSERS"] == "1"
     secure = properties["SecureCustomProperties"].split(";")
-    assert {"ANSWERS", "OFFLINE", "INSTALLFOLDER", "WIX_UPGRADE_DETECTED"} <= set(secure)
+    assert {"ANSWERS", "OFFLINE", "PURGEDATA", "INSTALLFOLDER", "WIX_UPGRADE_DETECTED"} <= set(
+        secure
+    )
     assert "ANSWERS" not in properties  # no default: a silent install must give it
     upgrades = {row["ActionProperty"]: row for row in table(msi, "Upgrade")}
     assert upgrades["WIX_UPGRADE_DETECTED"]["VersionMax"] == __version__
@@ -85,16 +87,20 @@ def test_the_custom_actions_run_till_install_deferred_elevated_and_checked(msi):
         "TillInstall": 'install --non-interactive --answers "[ANSWERS]"',
         "TillInstallOffline": 'install --non-interactive --answers "[ANSWERS]" --offline',
         "TillUpgrade": "upgrade",
+        "TillUninstallCheck": "uninstall --check",
         "TillUninstall": "uninstall",
+        "TillUninstallPurge": "uninstall --purge-data",
     }
     files = keyed(msi, "File", "File")
-    for row in actions.values():
+    for name, row in actions.items():
         kind = int(row["Type"])
         assert kind & 0x3F == EXE_FROM_FILE
-        assert kind & DEFERRED
-        assert kind & NO_IMPERSONATE
         assert not kind & (RETURN_IGNORE | ROLLBACK)  # a non-zero exit fails the install
         assert files[row["Source"]]["FileName"] == "till-install.exe"
+        # The check changes nothing and runs before the script: a refusal needs no rollback.
+        immediate = name == "TillUninstallCheck"
+        assert bool(kind & DEFERRED) != immediate
+        assert immediate or kind & NO_IMPERSONATE  # deferred ones run as LocalSystem
 
 
 @needs_msitools
@@ -104,14 +110,19 @@ def test_install_runs_after_the_files_and_uninstall_before_they_go(msi):
     assert at["InstallValidate"] < at["RemoveExistingProducts"] < at["InstallInitialize"]
     for action in ("TillInstall", "TillInstallOffline", "TillUpgrade"):
         assert at["InstallFiles"] < at[action] < at["StartServices"] < at["InstallFinalize"]
-    assert at["InstallInitialize"] < at["StopServices"] < at["TillUninstall"] < at["RemoveFiles"]
+    assert at["InstallValidate"] < at["TillUninstallCheck"] < at["InstallInitialize"]
+    for action in ("TillUninstall", "TillUninstallPurge"):
+        assert at["InstallInitialize"] < at["StopServices"] < at[action] < at["RemoveFiles"]
     when = {name: row["Condition"] for name, row in sequence.items()}
     assert when["TillInstall"] == 'NOT Installed AND NOT WIX_UPGRADE_DETECTED AND OFFLINE<>"1"'
     assert (
         when["TillInstallOffline"] == 'NOT Installed AND NOT WIX_UPGRADE_DETECTED AND OFFLINE="1"'
     )
     assert when["TillUpgrade"] == "NOT Installed AND WIX_UPGRADE_DETECTED"
-    assert when["TillUninstall"] == 'REMOVE~="ALL" AND NOT UPGRADINGPRODUCTCODE'
+    removal = 'REMOVE~="ALL" AND NOT UPGRADINGPRODUCTCODE'
+    assert when["TillUninstallCheck"] == removal
+    assert when["TillUninstall"] == removal + ' AND PURGEDATA<>"1"'
+    assert when["TillUninstallPurge"] == removal + ' AND PURGEDATA="1"'
     (stop,) = table(msi, "ServiceControl")
     assert (stop["Name"], int(stop["Event"]), stop["Wait"]) == ("TillAgent", 0x2 | 0x20, "1")
 

@@ -7,15 +7,20 @@ MSI installs the frozen one. What Wine cannot show is listed in docs/install.md.
 
 from __future__ import annotations
 
+import json
 import re
+import stat
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from agent.sandbox import SandboxCloud
+from installer.windows import build_msi
 from service import windows
 from tests.conftest import ROOT, base_config, free_port, merged, write_toml
+from tests.wine import prepare
 from tests.wine.prefix import Prefix, Ran, windows_path
 from tests.wine.till import Till, cloud_received, json_line, wait_answering
 
@@ -39,6 +44,8 @@ WINDOWS_SUITE = (
     "tests/test_support_bundle.py",
 )
 PROGRAM_DATA = ("ProgramData", "TillAgent")
+INSTALLED_TILL_INSTALL = r"C:\Program Files\TillAgent\till-install.exe"
+INSTALLED_TILL_AGENT = r"C:\Program Files\TillAgent\till-agent.exe"
 STATE = re.compile(r"STATE\s+:\s+\d+\s+(\w+)")
 IMAGE = re.compile(r"BINARY_PATH_NAME\s+:\s+(.*)")
 
@@ -235,3 +242,128 @@ def test_pywin32s_own_command_line_registers_python_with_the_service_script(
     finally:
         assert prefix.python(script, "remove").returncode == 0
     assert service_state(prefix) == "NOT-INSTALLED"
+
+
+# --- the frozen programs and the MSI --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def frozen(prefix: Prefix) -> Path:
+    """The programs frozen under Wine by the recipe docs/install.md gives a Windows build."""
+    output = prepare.CACHE / "frozen"
+    work = prepare.CACHE / "freeze-work"
+    done = prefix.python(
+        "-m", "installer.windows.freeze", windows_path(output), "--work", windows_path(work),
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    return output
+
+
+@pytest.fixture(scope="module")
+def msi(frozen: Path) -> Path:
+    """The MSI built from them with wixl, as docs/install.md says."""
+    return build_msi.build(frozen, prepare.CACHE / "TillAgent.msi")
+
+
+def test_the_frozen_programs_are_built_and_run(prefix: Prefix, frozen: Path) -> None:
+    for name in ("till-agent-service.exe", "till-agent.exe", "till-install.exe"):
+        assert (frozen / name).is_file(), name
+    # win32crypt was once imported by a name PyInstaller cannot see: the service then died.
+    assert list(frozen.glob("_internal/**/win32crypt.pyd"))
+    version = prefix.run([str(frozen / "till-agent.exe"), "--version"])
+    assert version.returncode == 0, version
+    assert "till-agent, version" in version.output
+    where = prefix.run([str(frozen / "till-install.exe"), "paths", "--json"])
+    assert where.returncode == 0, where
+    locations = json.loads(where.output[where.output.index("{") :])
+    assert locations["data_dir"] == r"C:\ProgramData\TillAgent\data"
+
+
+def msiexec(prefix: Prefix, *args: str) -> Ran:
+    """msiexec's exit code (0, or 1603 for a failed action); it hands its output on to
+    explorer.exe, so the run ends when msiexec exits, not when the output closes."""
+    log = r"C:\windows\temp\msiexec.log"
+    return prefix.run(["msiexec", *args, "/qn", "/l*v", log], timeout=600)
+
+
+def test_the_msi_installs_silently_and_the_service_answers_and_delivers(
+    prefix: Prefix, cloud: SandboxCloud, msi: Path, answers: tuple[Path, int]
+) -> None:
+    path, port = answers
+    done = msiexec(prefix, "/i", windows_path(msi), f"ANSWERS={windows_path(path)}", "OFFLINE=1")
+    assert done.returncode == 0, done
+    assert service_state(prefix) == "RUNNING"
+    program = r"C:\Program Files\TillAgent\till-agent-service.exe"
+    assert image_path(prefix) == f'"{program}"'  # quoted: it holds a space
+    till = installed_till(prefix, port)
+    assert till.health() == 200
+    _sell_and_see_it_delivered(till, cloud, "S042-T03-000301")
+    # The Event Log's message file is the frozen win32service.pyd, where it really is.
+    message_file = _event_message_file(prefix)
+    assert message_file.is_file()
+    assert "_internal" in message_file.parts
+
+
+def test_the_installed_folders_and_secrets_are_closed_to_other_users(prefix: Prefix) -> None:
+    """What Wine can show of the DACLs: it keeps one as Unix mode bits, an entry for the owner
+    (SYSTEM and Administrators become the Wine user) and one for Everyone. Nothing is open to
+    other users, where before every secret was readable by them."""
+    closed = [
+        program_data(prefix),
+        program_data(prefix, "credentials"),
+        program_data(prefix, "data"),
+        program_data(prefix, "config.toml"),
+        *program_data(prefix, "credentials").iterdir(),
+    ]
+    for path in closed:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0, path
+    verify = prefix.run([INSTALLED_TILL_INSTALL, "verify", "--offline"], timeout=120)
+    checked = [line for line in verify.output.splitlines() if "SYSTEM and Administrators" in line]
+    assert len(checked) == len(closed), verify
+    assert not [line for line in checked if "Everyone" in line or "Users" in line], verify
+
+
+def test_the_doctor_on_windows_checks_the_dpapi_key_file(prefix: Prefix) -> None:
+    doctor = prefix.run([INSTALLED_TILL_AGENT, "doctor"], timeout=120)
+    lines = {
+        line[6:30].strip(): line
+        for line in doctor.output.splitlines()
+        if line[:4] in ("ok  ", "FAIL")
+    }
+    assert "wrapped by dpapi for the service's account" in lines["key file"], doctor
+    for name in ("store outbox.db", "agent", "cloud engage", "cloud loaded"):
+        assert lines[name].startswith("ok  "), doctor
+
+
+def test_the_msi_refuses_removal_while_sales_wait(
+    prefix: Prefix, cloud: SandboxCloud, msi: Path
+) -> None:
+    config = tomllib.loads(program_data(prefix, "config.toml").read_text(encoding="utf-8"))
+    till = Till(config["api"]["listen"], program_data(prefix, "credentials", "pos-token"))
+    cloud.faults.set_offline("refused")
+    try:
+        till.sell("S042-T03-000302")
+        done = msiexec(prefix, "/x", windows_path(msi))
+        # Windows exits 1603 (a custom action failed); Wine's msiexec 1627, of which Linux
+        # sees the low byte. Either way the removal failed and was rolled back.
+        assert done.returncode in (1603 & 0xFF, 1627 & 0xFF), done
+        assert "items not delivered yet (engage 1, loaded 1)" in done.output
+        assert prefix.drive_c("Program Files", "TillAgent", "till-install.exe").is_file()
+        assert service_state(prefix) == "RUNNING"  # started again, to send them
+        assert program_data(prefix, "config.toml").is_file()
+    finally:
+        cloud.faults.set_offline(None)
+    till.wait_delivered("S042-T03-000302")
+
+
+def test_the_msi_removes_the_service_config_and_secrets_and_keeps_the_data(
+    prefix: Prefix, msi: Path
+) -> None:
+    done = msiexec(prefix, "/x", windows_path(msi))
+    assert done.returncode == 0, done
+    assert service_state(prefix) == "NOT-INSTALLED"
+    assert not program_data(prefix, "config.toml").exists()
+    assert not program_data(prefix, "credentials").exists()
+    assert program_data(prefix, "data", "outbox.db").is_file()
+    assert not prefix.drive_c("Program Files", "TillAgent", "till-install.exe").exists()
