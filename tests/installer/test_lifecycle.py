@@ -179,3 +179,23 @@ def test_waiting_counts_items_set_aside_after_failures(start_agent):
     agent.stop()
     assert app.undelivered(settings)["engage"] == 3  # two ready, one set aside
     assert steps.waiting(settings)["engage"] == 3
+
+
+def test_uninstall_check_asks_the_running_agent_and_changes_nothing(root, host, invoke, installed):
+    """What the MSI runs before it removes anything (docs/install.md, "Remove")."""
+    clear = invoke("uninstall", "--check")
+    assert clear.exit_code == 0, clear.output
+    assert "Nothing waits to be delivered" in clear.output
+    post_receipts(host, root, count=2)
+    refused = invoke("uninstall", "--check")
+    assert refused.exit_code == 1
+    assert "items not delivered yet (engage 2, loaded 2); nothing was removed" in refused.output
+    assert host.agent is not None  # never stopped
+    assert steps.layout(root).config_file.exists()
+    assert not [c for c in host.calls if "stop" in c or "disable" in c]
+
+
+def test_uninstall_check_leaves_what_it_cannot_read_to_the_removal(invoke):
+    result = invoke("uninstall", "--check")  # nothing installed under this root
+    assert result.exit_code == 0, result.output
+    assert "Cannot tell from here what waits" in result.output

@@ -10,6 +10,7 @@ import pytest
 
 from agent import __version__
 from installer.windows import build_msi
+from tests.conftest import ROOT
 
 TOOLS = ("wixl", "msibuild", "msiinfo", "msiextract")
 needs_msitools = pytest.mark.skipif(
@@ -175,3 +176,17 @@ def test_the_fragment_names_the_programs_for_the_custom_actions(tmp_path):
     assert 'Source="$(var.SourceDir)/_internal/certifi/cacert.pem"' in text
     assert build_msi.main([str(tmp_path), "--fragment-only", str(tmp_path / "f.wxs")]) == 0
     assert (tmp_path / "f.wxs").read_text(encoding="utf-8") == text
+
+
+def test_the_documented_windows_build_is_the_one_make_test_windows_runs():
+    """docs/install.md's recipe and tests/wine run the same two modules, nothing else."""
+    from tests.wine.test_windows import FREEZE
+
+    docs = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    recipe = docs[docs.index("### Building the MSI") : docs.index("### What ran, and where")]
+    assert f"python {' '.join(FREEZE)} C:\\build\\TillAgent" in recipe
+    assert "-m pip install --require-hashes --no-deps -r requirements.lock" in recipe
+    assert "python -m installer.windows.build_msi /path/to/TillAgent -o" in recipe
+    wine_tests = (ROOT / "tests" / "wine" / "test_windows.py").read_text(encoding="utf-8")
+    assert "*FREEZE, windows_path(output)" in wine_tests
+    assert 'build_msi.main([str(frozen), "-o", str(output)])' in wine_tests
