@@ -215,9 +215,13 @@ def load_settings(layout: Layout) -> config.Settings:
     return config.load(layout.config_file, {})
 
 
-def health_url(settings: config.Settings) -> str:
+def agent_url(settings: config.Settings) -> str:
     host, port = config.parse_listen(settings.api.listen)
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/health"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def health_url(settings: config.Settings) -> str:
+    return agent_url(settings) + "/v1/health"
 
 
 def wait_healthy(url: str, timeout_seconds: float, poll_seconds: float = 0.2) -> int | None:
@@ -293,11 +297,13 @@ def waiting(settings: config.Settings) -> dict[str, int]:
 def waiting_now(settings: config.Settings) -> dict[str, int]:
     """As waiting(), asked of the running agent (GET /v1/status); of the stores when nothing
     answers (the agent is stopped, so they are ours to open)."""
-    host, port = config.parse_listen(settings.api.listen)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/status"
     token = settings.api.token_file.read_text(encoding="ascii").strip()
     try:
-        answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        answer = requests.get(
+            agent_url(settings) + "/v1/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
     except requests.RequestException:
         return waiting(settings)
     answer.raise_for_status()

@@ -3,7 +3,7 @@
 One PyInstaller build of installer/windows/frozen.py, its executable copied under the three
 names the MSI installs (till-agent-service.exe, till-agent.exe, till-install.exe); each copy
 runs the program its name says. Run by the Windows build machine's Python (docs/install.md,
-"Build the MSI") and, under Wine, by `make test-windows`: one recipe, so they cannot drift.
+"Building the MSI") and, under Wine, by `make test-windows`: one recipe, so they cannot drift.
 The Python must hold the lock file's packages, PyInstaller among them, and this project.
 """
 
