@@ -1,23 +1,34 @@
-# One place for every developer and CI command. Each target creates .venv from python3 first.
+# One place for every developer and CI command. Each target creates .venv from python3 first,
+# installing exactly what requirements.lock pins (with hashes), then the project itself.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+# APT=no: never install Debian packages; the tests that need them skip (and fail under CI=true).
+APT ?= yes
+APT_GET := apt-get -o DPkg::Lock::Timeout=600 -qq
 
-.PHONY: help demo test check lint format typecheck layers unit test-long bench clean browser \
-	systemd-tools msi-tools faketime
+.PHONY: help demo test check lint format typecheck layers unit test-long bench clean tools lock \
+	dist fix openapi
 
 help:
-	@echo "make demo   - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
-	@echo "make test   - every check: format, lint, types, import layers, tests"
-	@echo "make bench  - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
+	@echo "make demo      - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
+	@echo "make test      - every check: format, lint, types, import layers, tests"
+	@echo "make bench     - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
 	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"
+	@echo "make lock      - resolve pyproject.toml's ranges again into requirements.lock (needs PyPI)"
+	@echo "make dist      - the wheel and sdist in dist/, versioned from git tags"
 
-$(STAMP): pyproject.toml
+# A fresh venv whenever pyproject.toml or the lock changes, so nothing unlocked lingers in it.
+# --no-deps: the lock lists every package, transitive ones included; pip check proves it.
+$(STAMP): pyproject.toml $(LOCK)
+	@echo "make: creating $(VENV) from $(LOCK) (every package pinned, hashes checked)"
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -39,46 +50,54 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-# The status page is tested in Debian's Chromium; install it where we can (root, apt), else the
-# browser test skips and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
-	  || echo "chromium not installed: the browser test will skip"; }
+# Debian packages some tests need, as command:package. Installed (root with apt-get only) after
+# saying so; anywhere else the tests that need them skip with the reason, and fail under CI=true.
+#   chromium         the status page rendered in a real browser (tests/test_status_page.py)
+#   systemd-analyze  the unit file verified and its hardening scored (tests/service/test_unit.py)
+#   wixl, msiinfo    the Windows MSI built and read back (tests/installer/test_msi.py)
+#   faketime         wall-clock jumps under libfaketime (tests/test_clock_jumps.py)
+TOOLS := chromium:chromium systemd-analyze:systemd wixl:wixl msiinfo:msitools faketime:faketime
 
-# The systemd unit is checked with systemd-analyze verify/security; install it where we can.
-systemd-tools:
-	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && (apt-get update -qq && apt-get install -y -qq systemd) >/dev/null 2>&1 \
-	  || echo "systemd-analyze not installed: the unit checks will skip"; }
+tools:
+	@missing=""; for pair in $(TOOLS); do command -v "$${pair%%:*}" >/dev/null 2>&1 \
+	  || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$(APT)" = yes ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian packages for the tests:$$missing (apt-get as root; APT=no to skip)"; \
+	  { $(APT_GET) update && $(APT_GET) install -y $$missing; } >/dev/null \
+	    || echo "make: apt-get could not install$$missing: the tests that need them will skip"; \
+	else \
+	  echo "make: not installed:$$missing (needs root with apt-get, and APT=yes): the tests that need them will skip"; \
+	fi
 
-# The MSI is built with wixl and read back with msitools (msiinfo, msiextract); install them
-# where we can, else the MSI tests skip.
-msi-tools:
-	@command -v wixl >/dev/null 2>&1 && command -v msiinfo >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
-	  && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq wixl msitools) \
-	  >/dev/null 2>&1 || echo "wixl/msitools not installed: the MSI tests will skip"; }
-
-# The clock-jump tests run the agent under libfaketime (Debian's faketime); install it where we
-# can (root, apt), else those tests skip and say why.
-faketime:
-	@command -v faketime >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
-	  && command -v apt-get >/dev/null \
-	  && (apt-get update -qq && apt-get install -y -qq faketime) >/dev/null 2>&1 \
-	  || echo "libfaketime not installed: the clock-jump tests will skip"; }
-
-unit: $(STAMP) browser systemd-tools msi-tools faketime
+unit: $(STAMP) tools
 	$(BIN)/pytest -q
 
-test-long: $(STAMP)
+test-long: $(STAMP) tools
 	FUZZ_EXAMPLES=800 OUTBOX_MODEL_EXAMPLES=500 $(BIN)/pytest -q -m "not perf"
 
 bench: $(STAMP)
 	$(BIN)/pytest -q -m perf -p no:randomly tests/perf -s
+
+# Resolve the ranges in pyproject.toml again, for every platform (pywin32 for Windows included),
+# with the hash of every file; then a new venv from it. Commit requirements.lock with the change.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes \
+	  --python-version 3.11 --custom-compile-command "make lock" --quiet -o $(LOCK)
+
+# The wheel and sdist, offline: the build backend comes from the lock, the version from git tags.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	@ls -1 dist
+
+# docs/openapi.json from the shapes in agent/api/schemas.py (tests/test_openapi.py keeps it fresh).
+openapi: $(STAMP)
+	$(BIN)/till-agent openapi > docs/openapi.json
 
 fix: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache agent/_version.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +18,9 @@ import pytest
 import requests
 
 from agent import app, config
+
+# tests/ci.py: under CI=true a skip fails; `need(available, reason)` for tool-dependent tests.
+pytest_plugins = ["tests.ci"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,9 +153,21 @@ def agent_till(start_agent: Callable[..., tuple[app.Agent, Till]]) -> tuple[app.
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, for a process that binds it a moment later.
+
+    Taken below Linux's ephemeral range (32768-60999), from which every outgoing connection on
+    the machine draws its local port: a port picked there can be taken by some client's
+    connection before the agent binds it (seen when several suites run at once).
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def write_toml(path: Path, raw: dict[str, Any]) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agent.sandbox import SandboxCloud
+from tests.ci import need
 from tests.conftest import ROOT, AgentProcess, Till, make_receipt
 
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
@@ -28,8 +29,7 @@ JUMPS = ("+1d", "-1d", "@1970-01-01 00:00:00")
 @pytest.fixture
 def fake_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The timestamp file; subprocesses started while this is set run on its clock."""
-    if LIBFAKETIME is None:
-        pytest.skip("libfaketime is not installed (Debian: faketime); run `make faketime` as root")
+    need(LIBFAKETIME, "libfaketime is not installed (Debian: faketime; make test installs it)")
     stamp = tmp_path / "faketime"
     stamp.write_text("+0\n")
     shim = tmp_path / "faketime-shim"

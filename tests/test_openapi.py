@@ -14,9 +14,7 @@ COMMITTED = ROOT / "docs" / "openapi.json"
 
 def test_committed_openapi_document_is_fresh():
     committed = json.loads(COMMITTED.read_text(encoding="utf-8"))
-    assert committed == schemas.openapi_document(), (
-        "docs/openapi.json is stale: run `.venv/bin/till-agent openapi > docs/openapi.json`"
-    )
+    assert committed == schemas.openapi_document(), "docs/openapi.json is stale: run `make openapi`"
 
 
 def test_openapi_document_is_served_with_the_token(agent_till):

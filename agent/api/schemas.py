@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agent import __version__, models
+from agent import models
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=False):
@@ -339,6 +340,10 @@ class ErrorBody(_Out):
     error: ErrorInfo
 
 
+# The version of the POS contract this document describes (the /v1 routes), not the package's:
+# the committed docs/openapi.json must not change with every build of the agent.
+API_VERSION = "1.0.0"
+
 ERROR_STATUSES = {
     "400": "Not JSON",
     "401": "No or wrong bearer token",
@@ -383,17 +388,31 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Till Agent local API",
-            "version": __version__,
+            "version": API_VERSION,
             "description": "The POS contract on loopback. See docs/api.md.",
         },
         "servers": [{"url": "http://127.0.0.1:8765"}],
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {
-            "schemas": components,
+            "schemas": _cleaned(components),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _cleaned(node: Any) -> Any:
+    """Descriptions as inspect.cleandoc gives them, whichever way msgspec's version indents them."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _cleaned(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_cleaned(value) for value in node]
+    return node
 
 
 def _ref(name: str) -> dict[str, Any]:

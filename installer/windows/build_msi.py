@@ -54,6 +54,17 @@ def check_dist(dist: Path) -> None:
         )
 
 
+def msi_version(version: str) -> str:
+    """The package's PEP 440 version as an MSI ProductVersion: its release numbers, three of them.
+
+    A development build between tags (0.2.1.dev3+g1a2b3c) becomes 0.2.1: MSI compares only
+    major.minor.build, so builds between two tags are one product version to Windows.
+    """
+    release = re.match(r"^(?:\d+!)?(\d+(?:\.\d+)*)", version)
+    numbers = (release[1].split(".") if release else []) + ["0", "0", "0"]
+    return ".".join(numbers[:3])
+
+
 def check_version(version: str) -> None:
     """ProductVersion is major.minor.build, at most 255.255.65535."""
     found = VERSION.match(version)
@@ -104,7 +115,7 @@ def _id(kind: str, relative: str) -> str:
     return f"{kind}_{hashlib.sha1(relative.encode()).hexdigest()[:24]}"
 
 
-def build(dist: Path, output: Path, version: str = __version__) -> Path:
+def build(dist: Path, output: Path, version: str = msi_version(__version__)) -> Path:
     """wixl builds output from TillAgent.wxs and dist's file list; then the secure properties."""
     dist, output = dist.resolve(), output.resolve()
     check_dist(dist)
@@ -161,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("dist", type=Path, help="the folder holding the three programs")
     parser.add_argument("-o", "--output", type=Path, help="the MSI (TillAgent-VERSION.msi)")
-    parser.add_argument("--version", default=__version__, help="ProductVersion (the package's)")
+    parser.add_argument(
+        "--version", default=msi_version(__version__), help="ProductVersion (the package's)"
+    )
     parser.add_argument(
         "--fragment-only",
         type=Path,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import requests
 
 from agent.config import DestinationSettings
 from agent.connectors import make_session
+from agent.sandbox import SandboxCloud
 
 SECRETS = {
     "engage-api-key": "sandbox-engage-key",
@@ -47,13 +47,9 @@ def http() -> Iterator[requests.Session]:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Any]:
-    """The sandbox cloud on loopback (agent/sandbox); skipped until it exists."""
-    module = importlib.import_module("agent.sandbox")
-    cloud_class: Callable[..., Any] | None = getattr(module, "SandboxCloud", None)
-    if cloud_class is None:
-        pytest.skip("agent.sandbox.SandboxCloud not available yet")
-    cloud = cloud_class(seed=1).serve()
+def sandbox() -> Iterator[SandboxCloud]:
+    """The sandbox cloud on loopback (agent/sandbox)."""
+    cloud = SandboxCloud(seed=1).serve()
     try:
         yield cloud
     finally:

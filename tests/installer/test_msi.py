@@ -10,13 +10,14 @@ import pytest
 
 from agent import __version__
 from installer.windows import build_msi
+from tests.ci import need
 from tests.conftest import ROOT
 
 TOOLS = ("wixl", "msibuild", "msiinfo", "msiextract")
 needs_msitools = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in TOOLS),
-    reason="wixl/msitools not installed (`make msi-tools` as root, or apt-get install wixl "
-    "msitools): the MSI is not built or checked",
+    reason="wixl/msitools not installed (`make test` installs them as root, or apt-get install "
+    "wixl msitools): the MSI is not built or checked",
 )
 
 # Stand-ins for the three --onedir outputs merged into one folder, with PyInstaller's
@@ -54,8 +55,7 @@ def keyed(msi: Path, name: str, key: str) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def msi(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not all(shutil.which(tool) for tool in TOOLS):
-        pytest.skip("wixl/msitools not installed")
+    need(all(shutil.which(tool) for tool in TOOLS), "wixl/msitools not installed")
     dist = make_dist(tmp_path_factory.mktemp("dist"))
     return build_msi.build(dist, tmp_path_factory.mktemp("out") / "TillAgent.msi")
 
@@ -63,7 +63,7 @@ def msi(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_msitools
 def test_the_public_properties_reach_the_elevated_side_and_the_product_is_upgradable(msi):
     properties = {name: row["Value"] for name, row in keyed(msi, "Property", "Property").items()}
-    assert properties["ProductVersion"] == __version__
+    assert properties["ProductVersion"] == build_msi.msi_version(__version__)
     assert properties["UpgradeCode"] == "{3D1F0A52-6C2E-4B8F-9A47-1E5C2B7D9F10}"
     assert properties["ALLUSERS"] == "1"
     secure = properties["SecureCustomProperties"].split(";")
@@ -72,8 +72,8 @@ def test_the_public_properties_reach_the_elevated_side_and_the_product_is_upgrad
     )
     assert "ANSWERS" not in properties  # no default: a silent install must give it
     upgrades = {row["ActionProperty"]: row for row in table(msi, "Upgrade")}
-    assert upgrades["WIX_UPGRADE_DETECTED"]["VersionMax"] == __version__
-    assert upgrades["WIX_DOWNGRADE_DETECTED"]["VersionMin"] == __version__
+    assert upgrades["WIX_UPGRADE_DETECTED"]["VersionMax"] == build_msi.msi_version(__version__)
+    assert upgrades["WIX_DOWNGRADE_DETECTED"]["VersionMin"] == build_msi.msi_version(__version__)
     conditions = {row["Condition"] for row in table(msi, "LaunchCondition")}
     assert conditions == {
         "NOT WIX_DOWNGRADE_DETECTED",
@@ -162,6 +162,14 @@ def test_the_builder_refuses_a_folder_without_the_programs(tmp_path):
         build_msi.build(tmp_path, tmp_path / "x.msi")
     assert build_msi.main([str(tmp_path), "-o", str(tmp_path / "x.msi")]) == 1
     assert not (tmp_path / "x.msi").exists()
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("0.1.0", "0.1.0"), ("0.2.1.dev3+g1a2b3c4", "0.2.1"), ("1!2.3", "2.3.0"), ("0.0.0", "0.0.0")],
+)
+def test_a_package_version_becomes_its_release_numbers_for_msi(version, expected):
+    assert build_msi.msi_version(version) == expected
 
 
 @pytest.mark.parametrize("version", ["0.1", "0.1.0.dev1", "256.0.0", "1.2.65536"])
