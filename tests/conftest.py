@@ -272,12 +272,27 @@ def agent_process(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         process.stop_quietly()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """On Windows a test marked linux_only skips and says why; `make test` runs it on Linux."""
-    if os.name != "nt":
-        return
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--wine",
+        action="store_true",
+        help="run the tests marked wine: the Windows path under Wine (make test-windows)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that run in another target skip, saying which: the Wine tests unless --wine (they
+    run in `make test-windows`), and on Windows the tests marked linux_only (`make test`)."""
     for item in items:
-        marker = item.get_closest_marker("linux_only")
-        if marker is not None:
-            reason = f"runs elsewhere: on Linux (make test): {marker.args[0]}"
+        reason = _runs_elsewhere(item, wine=bool(config.getoption("--wine")))
+        if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _runs_elsewhere(item: pytest.Item, *, wine: bool) -> str | None:
+    if item.get_closest_marker("wine") is not None and not wine:
+        return "runs elsewhere: make test-windows (the Windows path under Wine)"
+    marker = item.get_closest_marker("linux_only")
+    if marker is not None and os.name == "nt":
+        return f"runs elsewhere: on Linux (make test): {marker.args[0]}"
+    return None
