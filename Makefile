@@ -10,7 +10,7 @@ APT ?= yes
 APT_GET := apt-get -o DPkg::Lock::Timeout=600 -qq
 
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean tools lock \
-	dist fix openapi test-windows
+	dist fix openapi test-systemd python3-venv test-windows
 
 help:
 	@echo "make demo      - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench     - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
 	@echo "make test-windows - the Windows path under Wine: service, DPAPI, PyInstaller, the MSI"
 	@echo "make test-long - the long reliability runs (200 crash cycles, >10,000 fuzzed requests)"
+	@echo "make test-systemd - the installed unit under real systemd in a container (root, ~1 min)"
 	@echo "make lock      - resolve pyproject.toml's ranges again into requirements.lock (needs PyPI)"
 	@echo "make dist      - the wheel and sdist in dist/, versioned from git tags"
 
@@ -70,6 +71,23 @@ tools:
 	else \
 	  echo "make: not installed:$$missing (needs root with apt-get, and APT=yes): the tests that need them will skip"; \
 	fi
+
+# The real-systemd test installs the agent the documented way, into a venv made with Debian's
+# /usr/bin/python3; that needs python3-venv (ensurepip). Installed like the tools above.
+python3-venv:
+	@/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 && exit 0; \
+	if [ "$(APT)" = yes ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian package python3-venv for make test-systemd (apt-get as root; APT=no to skip)"; \
+	  { $(APT_GET) update && $(APT_GET) install -y python3-venv; } >/dev/null \
+	    || echo "make: apt-get could not install python3-venv: the real-systemd tests will skip"; \
+	else \
+	  echo "make: not installed: python3-venv (needs root with apt-get, and APT=yes): the real-systemd tests will skip"; \
+	fi
+
+# The unit under real systemd: PID 1 of a throw-away container made from this machine's root
+# (util-linux unshare, no systemd-nspawn). Root only; under CI=true a missing tool fails it.
+test-systemd: $(STAMP) tools python3-venv
+	$(BIN)/pytest -q -m systemd -p no:randomly tests/systemd
 
 unit: $(STAMP) tools
 	$(BIN)/pytest -q

@@ -283,6 +283,36 @@ def _snapshots(
     return snapshot
 
 
+def load_checked(path: Path, environ: Mapping[str, str]) -> config.Settings:
+    """The config file and every connector's settings and secrets, checked in one pass."""
+    return checked_settings(config.read(path), environ)
+
+
+def checked_settings(
+    raw: Mapping[str, Any],
+    environ: Mapping[str, str],
+    read_secret: Callable[[str], str] | None = None,
+) -> config.Settings:
+    """Structure, values, unknown keys and each connector (its keys and secrets) at once:
+    ConfigError lists every problem of every kind."""
+    settings, problems = config.parse(raw, environ)
+    reader = read_secret or secret_reader(settings.agent.credentials_dir)
+    session = connectors.make_session(f"TillAgent/{__version__}")
+    try:
+        for destination in settings.enabled_destinations:
+            if destination.kind not in connectors.REGISTRY:
+                continue  # config.parse said so already
+            try:
+                connectors.build(destination, session, reader)
+            except ConfigError as exc:
+                problems += exc.problems
+    finally:
+        session.close()
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
 def build_connectors(settings: config.Settings) -> dict[str, connectors.Connector]:
     """One connector per enabled destination, sharing one HTTP session; ConfigError lists all."""
     session = connectors.make_session(f"TillAgent/{__version__}")

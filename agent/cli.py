@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -17,7 +18,7 @@ import msgspec
 import requests
 from tqdm import tqdm
 
-from agent import __version__, app, backfill, config, logs, qareport, render, support
+from agent import __version__, app, backfill, config, logs, qareport, render, support, wording
 from agent.api.routes import replay_plan
 from agent.errors import (
     AgentError,
@@ -46,7 +47,7 @@ def main() -> None:
 @CONFIG_OPTION
 def run(config_file: str | None) -> None:
     """Run the agent in the foreground until SIGTERM or SIGINT."""
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, every_connector=True)
     logs.setup(
         settings.agent.log_level,
         log_dir=settings.agent.log_dir,
@@ -103,6 +104,7 @@ def sandbox(port: int, seed: int, lightspeed_customers: int, lightspeed_rate_lim
     from agent.sandbox import SandboxCloud  # the sandbox is for rehearsals, the demo and tests
 
     logs.setup("WARNING")
+    _check_port_free(port)  # before any server starts: a clean one-line refusal
     cloud = SandboxCloud(seed=seed, lightspeed_rate_limit=lightspeed_rate_limit)
     cloud.lightspeed.seed_customers(lightspeed_customers)
     cloud.serve(port=port)
@@ -116,13 +118,39 @@ def sandbox(port: int, seed: int, lightspeed_customers: int, lightspeed_rate_lim
         cloud.stop()
 
 
+def _check_port_free(port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} (choose another --port)"
+            ) from exc
+
+
 @main.command("serve-demo")
-def serve_demo() -> None:
-    """The agent alone on a throw-away data directory, in the foreground; prints URL and token."""
+@click.option(
+    "--port", default=8765, show_default=True, help="Loopback port for the agent (0: any free)."
+)
+def serve_demo(port: int) -> None:
+    """The agent and the sandbox cloud on throw-away folders, in the foreground; prints the
+    agent's URL and token and a curl to try. Nothing outside its temporary folder is touched."""
+    from agent import demo as demo_run  # the sandbox is for the demo and tests only
+    from agent.sandbox import SandboxCloud
+
+    _check_port_free(port)
     with tempfile.TemporaryDirectory(prefix="till-agent-demo-") as directory:
-        settings = demo_settings(Path(directory))
-        logs.setup("WARNING")
-        serve_until_signalled(settings, announce=True)
+        cloud = SandboxCloud(seed=1).serve()
+        try:
+            settings = demo_run.demo_settings(Path(directory), cloud.url, port=port)
+            logs.setup("WARNING", log_dir=settings.agent.log_dir)
+            serve_until_signalled(
+                settings, announce=lambda url, token: announcement(url, token, directory, cloud.url)
+            )
+        finally:
+            cloud.stop()
 
 
 @main.command()
@@ -249,16 +277,45 @@ def on_stores_or_agent(
 def call_agent(
     settings: config.Settings, method: str, path: str, body: dict[str, str] | None
 ) -> Any:
+    return ask_agent(settings, method, path, body, timeout_seconds=120)
+
+
+def ask_agent(
+    settings: config.Settings,
+    method: str,
+    path: str,
+    body: dict[str, str] | None = None,
+    *,
+    timeout_seconds: float = 5,
+) -> Any:
+    """One call on the running agent's API; every way it can fail is one line of words."""
     url = agent_url(settings) + path
+    headers = auth_header(settings)
     try:
         response = requests.request(
-            method, url, json=body, headers=auth_header(settings), timeout=120
+            method, url, json=body, headers=headers, timeout=timeout_seconds
         )
-    except requests.RequestException as exc:
-        raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
+    except requests.ConnectionError as exc:
+        raise click.ClickException(
+            f"the agent is not running: nothing answers at {agent_url(settings)} (start it: "
+            "`systemctl start till-agent`, or `sc.exe start TillAgent` on Windows)"
+        ) from exc
+    except requests.Timeout as exc:
+        raise click.ClickException(
+            f"the agent at {agent_url(settings)} did not answer within {timeout_seconds:.0f} s; "
+            "it may be stuck: see `journalctl -u till-agent` (Linux) or its log folder"
+        ) from exc
     if response.status_code >= 300:
-        raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
+        raise click.ClickException(_refusal(url, response))
     return response.json()
+
+
+def _refusal(url: str, response: requests.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    return f"{url} answered HTTP {response.status_code}: {message}"
 
 
 @main.command()
@@ -498,25 +555,31 @@ def openapi() -> None:
     click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
 
 
-def load_settings(config_file: str | None) -> config.Settings:
+def load_settings(config_file: str | None, *, every_connector: bool = False) -> config.Settings:
+    """The settings; with every_connector, each connector's keys and secrets checked too, in
+    the same pass (what `run` needs before it starts anything)."""
     environ = config.environment()
     path = config.config_path(config_file, environ)
     try:
+        if every_connector:
+            return app.load_checked(path, environ)
         return config.load(path, environ)
     except ConfigError as exc:
         lines = "\n".join(f"  - {problem}" for problem in exc.problems)
         raise click.ClickException(f"the configuration in {path} has problems:\n{lines}") from exc
 
 
-def serve_until_signalled(settings: config.Settings, *, announce: bool = False) -> None:
+def serve_until_signalled(
+    settings: config.Settings, *, announce: Callable[[str, str], str] | None = None
+) -> None:
     """Start the agent, stop it cleanly on SIGTERM/SIGINT."""
     stop = _stop_on_signals()
     try:
         agent = app.start(settings)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from exc
-    if announce:
-        click.echo(announcement(agent.url, agent.token, settings))
+    if announce is not None:
+        click.echo(announce(agent.url, agent.token))
     try:
         stop.wait()
     finally:
@@ -531,33 +594,35 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def announcement(url: str, token: str, settings: config.Settings) -> str:
+DEMO_RECEIPT = (
+    '{"uniqueReceiptId": "DEMO-0001", "receiptNumber": "0001", '
+    '"createdDate": "2026-11-23T10:15:00+01:00", "storeExternalId": "demo-store", '
+    '"currency": "SEK", "totalGrossPrice": "249.00", '
+    '"paymentMethods": [{"type": "card", "value": "249.00"}], '
+    '"items": [{"type": "PURCHASE", "sku": "1001", "articleNumber": "A-1001", '
+    '"articleName": "Mug", "quantity": 1, "grossPaidPrice": "249.00", '
+    '"taxAmount": "49.80", "taxPercent": "25"}]}'
+)
+
+
+def announcement(url: str, token: str, directory: str, cloud_url: str) -> str:
+    """What serve-demo prints: where to call, the token, and calls to paste."""
+    auth = f"-H 'Authorization: Bearer {token}'"
     return "\n".join(
         [
-            "Till Agent is running (Ctrl-C stops it).",
-            f"  URL:    {url}",
-            f"  Token:  {token}",
-            f"  Data:   {settings.agent.data_dir} (removed when it stops)",
-            "Try:",
-            f"  curl -s -H 'Authorization: Bearer {token}' {url}/v1/status",
+            "Till Agent is running (Ctrl-C stops it and removes its folder).",
+            f"  URL:     {url}",
+            f"  Token:   {token}",
+            f"  Folder:  {directory} (data, logs, throw-away credentials)",
+            f"  Cloud:   the sandbox cloud at {cloud_url} (docs/sandbox.md)",
+            "Try (docs/api.md has more):",
+            f"  curl -s {auth} -H 'Content-Type: application/json' \\",
+            f"       -d '{DEMO_RECEIPT}' \\",
+            f"       {url}/v1/receipts",
+            f"  curl -s {auth} {url}/v1/receipts/DEMO-0001",
+            f"  open {url}/ in a browser for the status page",
         ]
     )
-
-
-def demo_settings(directory: Path) -> config.Settings:
-    raw: dict[str, Any] = {
-        "agent": {
-            "store_id": "demo-store",
-            "till_id": "till-1",
-            "data_dir": str(directory / "data"),
-        },
-        "api": {"listen": "127.0.0.1:0", "token_file": str(directory / "pos-token")},
-        "destinations": {
-            "engage": {"kind": "engage", "base_url": "http://127.0.0.1:9/"},
-            "loaded": {"kind": "loaded", "base_url": "http://127.0.0.1:9/"},
-        },
-    }
-    return config.from_mapping(raw, {})
 
 
 def agent_url(settings: config.Settings) -> str:
@@ -566,19 +631,19 @@ def agent_url(settings: config.Settings) -> str:
 
 
 def auth_header(settings: config.Settings) -> dict[str, str]:
-    token = settings.api.token_file.read_text(encoding="ascii").strip()
+    path = settings.api.token_file
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read the POS token {path}: {exc.strerror or exc} (run as root, or give "
+            "--config of the agent you mean)"
+        ) from exc
     return {"Authorization": f"Bearer {token}"}
 
 
 def fetch_status(settings: config.Settings) -> dict[str, Any]:
-    url = agent_url(settings) + "/v1/status"
-    try:
-        response = requests.get(url, headers=auth_header(settings), timeout=5)
-    except requests.RequestException as exc:
-        raise click.ClickException(f"the agent does not answer at {url}: {exc}") from exc
-    if response.status_code != 200:
-        raise click.ClickException(f"{url} answered {response.status_code}: {response.text[:300]}")
-    answer: dict[str, Any] = response.json()
+    answer: dict[str, Any] = ask_agent(settings, "GET", "/v1/status")
     return answer
 
 
@@ -591,13 +656,15 @@ def format_status(answer: Mapping[str, Any]) -> str:
         f"{'destination':<14}{'state':<16}{'queued':>7}{'oldest':>8}{'aside':>6}  last success",
     ]
     for d in answer["destinations"]:
-        oldest = "-" if d["oldestAgeSeconds"] is None else f"{d['oldestAgeSeconds']:.0f}s"
+        oldest = "-" if d["oldestAgeSeconds"] is None else wording.duration(d["oldestAgeSeconds"])
         lines.append(
             f"{d['name']:<14}{d['state']:<16}{d['depth']:>7}{oldest:>8}{d['setAside']:>6}"
             f"  {d['lastSuccessAt'] or '-'}"
         )
         if d["state"] not in ("online", "not delivering"):
-            lines.append(f"{'':<14}{d['detail']}")
+            lines.append(f"{'':<14}{wording.destination_detail(d)}")
+        if hint := wording.state_hint(d["state"]):
+            lines.append(f"{'':<14}what to do: {hint}")
     problems = [c for c in answer["components"] if c["state"] != "ok"]
     lines += ["", "problems: " + ("none" if not problems else "")]
     lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]
@@ -607,10 +674,7 @@ def format_status(answer: Mapping[str, Any]) -> str:
     )
     counters = answer["counters"]
     lines.append("since install: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
-    storage = answer["storage"]
-    used, limit = storage["dataDirBytes"] / 1e6, storage["limitBytes"] / 1e6
-    free = storage["freeBytes"] / 1e9
-    lines.append(f"storage: {used:.1f} MB used of {limit:.0f} MB, {free:.1f} GB free on disk")
+    lines.append("storage: " + wording.storage(answer["storage"]))
     return "\n".join(lines)
 
 

@@ -223,17 +223,30 @@ def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
 
 def load(path: Path, environ: Mapping[str, str]) -> Settings:
     """Read, fill OS defaults, validate. Raises ConfigError with every problem found."""
+    return from_mapping(read(path), environ)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The parsed TOML file; ConfigError (one line) when it is missing or not TOML."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError([f"config: file not found (got {path})"]) from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([f"config: cannot read {path}: {exc}"]) from exc
-    return from_mapping(raw, environ)
 
 
 def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
     """Build Settings from a parsed TOML table; raise ConfigError with every problem."""
+    settings, problems = parse(raw, environ)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def parse(raw: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Settings as far as they can be built, and every problem (structure, values, unknown
+    keys) found on the way: a caller can check more (the connectors) in the same pass."""
     problems: list[str] = []
     for unknown in sorted(set(raw) - set(SECTIONS) - {"destinations"}):
         problems.append(f"{unknown}: unknown section")
@@ -247,9 +260,7 @@ def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings
         environ,
     )
     problems.extend(validate(settings))
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    return settings, problems
 
 
 def validate(settings: Settings) -> list[str]:

@@ -64,7 +64,8 @@ def _resends(cloud: SandboxCloud) -> int:
     return sum(n - 1 for n in seen.values())
 
 
-def demo_settings(directory: Path, cloud_url: str) -> config.Settings:
+def demo_settings(directory: Path, cloud_url: str, *, port: int = 0) -> config.Settings:
+    """An agent on its own folder (data, logs, the sandbox's credentials) sending to cloud_url."""
     credentials = directory / "credentials"
     credentials.mkdir(mode=0o700)
     for name, value in SECRETS.items():
@@ -77,7 +78,7 @@ def demo_settings(directory: Path, cloud_url: str) -> config.Settings:
             "log_dir": str(directory / "logs"),
             "credentials_dir": str(credentials),
         },
-        "api": {"listen": "127.0.0.1:0", "token_file": str(directory / "pos-token")},
+        "api": {"listen": f"127.0.0.1:{port}", "token_file": str(directory / "pos-token")},
         "delivery": {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 4.0},
         "destinations": {
             "engage": {"kind": "engage", "base_url": cloud_url, "requests_per_second": 50},

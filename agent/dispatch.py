@@ -400,7 +400,7 @@ class Dispatcher:
         if exc.status is None:  # our own budget, not the cloud
             self._report(THROTTLED, str(exc))
         else:
-            self._report(THROTTLED, f"cloud asked to wait {exc.retry_after_seconds:.0f}s")
+            self._report(THROTTLED, "the cloud asked us to wait")
 
     def _on_auth(self, claimed: Claimed, exc: AuthError) -> None:
         """401/403: no item can succeed; keep the queue, alert, re-probe slowly."""
@@ -432,7 +432,7 @@ class Dispatcher:
         if attempts < self._settings.set_aside_after_attempts:
             self._outbox.release(claimed)
             self._pause(delay)
-            self._report(OFFLINE, f"{failure.reason}; retrying in {delay:.0f}s")
+            self._report(OFFLINE, failure.reason)
         elif self._given_up(claimed, attempts):
             self._dead_letter(claimed, failure)
         else:
@@ -445,7 +445,7 @@ class Dispatcher:
             self._unpark(ticket, forgive=True)
         self._probing = None
         self._pause(delay)
-        self._report(OFFLINE, f"cloud unreachable; retrying in {delay:.0f}s")
+        self._report(OFFLINE, "cloud unreachable")
 
     def _set_aside(self, claimed: Claimed, attempts: int) -> None:
         """This item failed again: park it with its own next attempt; try the next one now."""

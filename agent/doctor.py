@@ -7,14 +7,15 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from agent import acl, app, config, crypto, db
-from agent.errors import AgentError
+from agent import acl, app, config, connectors, crypto, db, wording
+from agent.errors import AgentError, AuthError, ConfigError, RetryableError
 
 MIN_FREE_BYTES = 500 * 1024 * 1024
 MAX_CLOCK_SKEW_SECONDS = 120.0
@@ -34,15 +35,15 @@ def examine(settings: config.Settings) -> list[Check]:
         _stores,
         _key_file,
         _token_file,
-        _agent,
-        _clouds,
+        answering,
+        clouds,
     ]
     checks = []
     for step in steps:
         try:
             checks += step(settings)
         except (AgentError, OSError) as exc:
-            checks.append(Check(step.__name__.strip("_"), False, str(exc)))
+            checks.append(Check(step.__name__.strip("_").replace("_", " "), False, str(exc)))
     return checks
 
 
@@ -53,7 +54,11 @@ def _data_dir(settings: config.Settings) -> list[Check]:
     free = shutil.disk_usage(data_dir).free
     return [
         Check("data directory", os.access(data_dir, os.W_OK), f"{data_dir} writable"),
-        Check("disk space", free >= MIN_FREE_BYTES, f"{free / 1e9:.1f} GB free"),
+        Check(
+            "disk space",
+            free >= MIN_FREE_BYTES,
+            f"{wording.size(free)} free (at least {wording.size(MIN_FREE_BYTES)} wanted)",
+        ),
     ]
 
 
@@ -94,42 +99,97 @@ def _owner_only(name: str, path: Path) -> Check:
     return Check(name, ok, f"{path} mode {mode:o}" + ("" if ok else " (must be owner-only)"))
 
 
-def _agent(settings: config.Settings) -> list[Check]:
+def agent_url(settings: config.Settings) -> str:
     host, port = config.parse_listen(settings.api.listen)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/health"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def answering(settings: config.Settings) -> list[Check]:
+    """The port answers at all (the agent runs); then its health, naming what fails."""
+    url = agent_url(settings) + "/v1/health"
     try:
         answer = requests.get(url, timeout=3)
-    except requests.RequestException:
-        return [Check("agent", False, f"not answering at {url}")]
-    status = answer.json().get("status", "?")
-    return [Check("agent", answer.status_code == 200, f"{url}: {status}")]
+    except requests.ConnectionError:
+        return [Check("port", False, f"nothing answers at {url}: the agent is not running")]
+    except requests.Timeout:
+        return [Check("port", False, f"{url} did not answer within 3 s: the agent may be stuck")]
+    port = Check("port", True, f"the agent answers at {url}")
+    if answer.status_code == 200:
+        return [port, Check("health", True, str(answer.json().get("status", "ok")))]
+    return [port, Check("health", False, f"the agent reports a problem: {_problems(settings)}")]
 
 
-def _clouds(settings: config.Settings) -> list[Check]:
-    """Each destination reachable and authorised (its connector's probe), and the clock."""
-    built = app.build_connectors(settings)
+def _problems(settings: config.Settings) -> str:
+    """The failing parts, from /v1/status (the token file is readable to whoever checks)."""
+    try:
+        token = settings.api.token_file.read_text(encoding="ascii").strip()
+        answer = requests.get(
+            agent_url(settings) + "/v1/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
+        components = answer.json()["components"]
+    except (OSError, ValueError, KeyError, requests.RequestException):
+        return "see `till-agent status`"
+    failing = [f"{c['name']}: {c['detail']}" for c in components if c["state"] == "failing"]
+    return "; ".join(failing) or "see `till-agent status`"
+
+
+def clouds(
+    settings: config.Settings,
+    read_secret: Callable[[str], str] | None = None,
+    only: Collection[str] | None = None,
+) -> list[Check]:
+    """Each enabled destination (or those named) probed with its credentials (read_secret:
+    ones not written yet first), and the till's clock against the Date it answered with."""
+    dates: list[str] = []
+
+    def remember_date(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.headers.get("Date"):
+            dates.append(response.headers["Date"])
+
+    session = connectors.make_session("TillAgent-doctor", timeout_seconds=10.0)
+    session.hooks["response"].append(remember_date)
+    reader = read_secret or app.secret_reader(settings.agent.credentials_dir)
     checks = []
-    for destination in settings.enabled_destinations:
-        connector = built[destination.name]
-        try:
-            connector.probe()  # type: ignore[union-attr]
-            checks.append(Check(f"cloud {destination.name}", True, "reachable and authorised"))
-        except AgentError as exc:
-            checks.append(Check(f"cloud {destination.name}", False, f"{type(exc).__name__}"))
-        checks.append(_clock(destination.name, destination.base_url))
+    try:
+        for destination in settings.enabled_destinations:
+            if only is not None and destination.name not in only:
+                continue
+            dates.clear()
+            checks.append(probe(destination, session, reader))
+            if dates:
+                checks.append(clock_check(destination.name, dates[-1], time.time()))
+    finally:
+        session.close()
     return checks
 
 
-def _clock(name: str, base_url: str) -> Check:
-    """The till's clock against the cloud's Date header (receipt times and tokens depend on it)."""
+def probe(
+    destination: config.DestinationSettings,
+    session: requests.Session,
+    reader: Callable[[str], str],
+) -> Check:
+    """One cloud asked with its credentials: what it said, in words, and what to do."""
+    name = f"cloud {destination.name}"
     try:
-        answer = requests.head(base_url, timeout=5)
-    except requests.RequestException as exc:
-        return Check(f"clock vs {name}", False, f"no answer: {type(exc).__name__}")
-    header = answer.headers.get("Date")
-    if not header:
-        return Check(f"clock vs {name}", True, "the cloud sends no Date header")
-    return clock_check(name, header, time.time())
+        connectors.build(destination, session, reader).probe()  # type: ignore[union-attr]
+    except ConfigError as exc:
+        return Check(name, False, "misconfigured: " + "; ".join(exc.problems))
+    except AuthError as exc:
+        return Check(name, False, f"credentials refused (HTTP {exc.status}); check the secret")
+    except RetryableError as exc:
+        if exc.status is not None:  # it answered: not unreachable
+            return Check(name, False, f"the cloud answered HTTP {exc.status}; try again later")
+        return Check(name, False, f"unreachable: nothing answered ({_reason(exc)})")
+    except AgentError as exc:
+        return Check(name, False, f"unexpected answer ({_reason(exc)})")
+    return Check(name, True, "reachable and authorised")
+
+
+def _reason(exc: AgentError) -> str:
+    status = getattr(exc, "status", None)
+    return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
 
 
 def clock_check(name: str, date_header: str, now: float) -> Check:

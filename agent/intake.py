@@ -81,6 +81,10 @@ class ReceiptState:
     deliveries: tuple[Delivery, ...] = field(default=())
 
 
+# GET /v1/receipts?state=...: which delivery states each listed state means.
+LISTED_STATES = {"undelivered": ("queued", "retrying"), "dead_lettered": ("dead_lettered",)}
+
+
 class Intake:
     """The POS-facing write path. Every write is one fsync'd transaction in the outbox file."""
 
@@ -386,6 +390,27 @@ class Intake:
         return ReceiptState(
             unique_receipt_id, row[0], row[1], tuple(json.loads(row[2])), deliveries
         )
+
+    def list_receipts(
+        self, state: str, since: float, after: tuple[float, str] | None, limit: int
+    ) -> tuple[list[ReceiptState], tuple[float, str] | None]:
+        """Receipts received at or after `since` with a delivery in `state` ("undelivered":
+        queued, being sent or retrying; "dead_lettered"), oldest first, `limit` at a time after
+        the (received_at, id) cursor `after`; the cursor of the next page, or None."""
+        wanted = LISTED_STATES[state]
+        marks = ", ".join("?" for _ in wanted)
+        cursor = after or (since, "")
+        with self._outbox.read() as conn:
+            rows = conn.execute(
+                "SELECT unique_receipt_id, received_at FROM receipts r WHERE received_at >= ? "
+                "AND (received_at, unique_receipt_id) > (?, ?) AND EXISTS (SELECT 1 FROM "
+                f"deliveries d WHERE d.record_key = r.unique_receipt_id AND d.state IN ({marks})) "
+                "ORDER BY received_at, unique_receipt_id LIMIT ?",
+                (since, cursor[0], cursor[1], *wanted, limit + 1),
+            ).fetchall()
+        page = [self.receipt_state(row[0]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return page, ((rows[limit - 1][1], rows[limit - 1][0]) if more else None)
 
     def _delivery(self, row: tuple[Any, ...]) -> Delivery:
         state = row[2]

@@ -23,6 +23,7 @@ _PATTERNS = [
     re.compile(r"(?i)(bearer|apikey|api[_-]?key|secret|token|password)([\"':= ]+)[^\s\"',}]+"),
 ]
 LOG_FILE_PREFIX = "till-agent-"
+log = logging.getLogger(__name__)
 
 
 def redact(text: str) -> str:
@@ -62,18 +63,38 @@ class DailyFileHandler(logging.Handler):
         self._day: dt.date | None = None
         self._stream: TextIO | None = None
         self._io_lock = threading.Lock()
+        self._failed_day: dt.date | None = None
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
 
     def emit(self, record: logging.LogRecord) -> None:
+        day = dt.datetime.fromtimestamp(record.created, dt.UTC).date()
+        if day == self._failed_day:
+            return  # said once already; stderr (the journal) still has every line
         try:
             line = self.format(record)
             with self._io_lock:
-                self._stream_for(dt.datetime.fromtimestamp(record.created, dt.UTC).date())
+                self._stream_for(day)
                 assert self._stream is not None
                 self._stream.write(line + "\n")
                 self._stream.flush()
+        except OSError as exc:
+            self._give_up(day, exc)
         except Exception:  # logging must never take the agent down
             self.handleError(record)
+
+    def _give_up(self, day: dt.date, exc: OSError) -> None:
+        """One warning through the other handlers instead of a traceback for every line (a file
+        left by another user, a full disk); the file is tried again the next day."""
+        self._failed_day = day
+        with self._io_lock:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream, self._day = None, None
+        log.warning(
+            "cannot write the log file in %s (%s); logging to stderr only until tomorrow",
+            self._directory,
+            exc.strerror or exc,
+        )
 
     def _stream_for(self, day: dt.date) -> None:
         if day == self._day and self._stream is not None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("test", "production")
 DEFAULT_PORT = 8765
@@ -58,32 +59,56 @@ def secret_file_name(destination: str, environment: str, answer_key: str) -> str
 
 def load(path: Path) -> Answers:
     """Read and check an answers file (TOML); AnswersError lists every problem."""
+    return from_mapping(read(path))
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The answers file parsed (TOML); AnswersError when it cannot be read."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise AnswersError([f"answers: cannot read {path}: {exc}"]) from exc
-    return from_mapping(raw)
 
 
 def from_mapping(raw: Mapping[str, Any]) -> Answers:
+    """Answers from a parsed table; AnswersError lists every problem."""
+    answers, problems = check(raw)
+    if problems:
+        raise AnswersError(problems)
+    return answers
+
+
+# Stands in for a missing or wrong answer (its problem is reported) so that the config the
+# other answers make can still be checked in the same pass: every problem is listed at once.
+PLACEHOLDER = "answer-missing"
+PLACEHOLDER_URL = "https://answer-missing.invalid"
+
+
+def check(raw: Mapping[str, Any]) -> tuple[Answers, list[str]]:
+    """Answers as far as they go (placeholders where one is missing), and every problem."""
     problems = [f"{key}: unknown key" for key in sorted(set(raw) - set(TOP_KEYS))]
     texts = {k: raw.get(k, "") for k in ("store_id", "till_id")}
-    problems += [f"{k}: required, a string" for k, v in texts.items() if not _text(v)]
+    for key, value in texts.items():
+        if not _text(value):
+            problems.append(f"{key}: required, a string")
+            texts[key] = PLACEHOLDER
     environment = raw.get("environment", "test")
     if environment not in ENVIRONMENTS:
         problems.append(f"environment: one of {', '.join(ENVIRONMENTS)} (got {environment!r})")
+        environment = "test"
     port = raw.get("port", DEFAULT_PORT)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         problems.append(f"port: a port number 1-65535 (got {port!r})")
+        port = DEFAULT_PORT
     destinations = _destinations(raw.get("destinations", {}), str(environment), problems)
     extra = raw.get("config", {})
     if not isinstance(extra, Mapping):
         problems.append("config: must be a table of config sections")
-    if problems:
-        raise AnswersError(problems)
-    return Answers(
+        extra = {}
+    answers = Answers(
         str(texts["store_id"]), str(texts["till_id"]), environment, port, destinations, extra
     )
+    return answers, problems
 
 
 def _text(value: object) -> bool:
@@ -101,13 +126,16 @@ def _destinations(
         if not isinstance(raw, Mapping):
             problems.append(f"destinations.{name}: must be a table")
             continue
-        built.append(_destination(name, raw, environment, problems))
+        destination = _destination(name, raw, environment, problems)
+        if destination is not None:
+            built.append(destination)
     return tuple(built)
 
 
 def _destination(
     name: str, raw: Mapping[str, Any], environment: str, problems: list[str]
-) -> DestinationAnswers:
+) -> DestinationAnswers | None:
+    """One cloud's answers, or None when too little is known to build its config."""
     prefix = f"destinations.{name}"
     kind = raw.get("kind", "")
     if kind not in SECRET_KEYS:
@@ -116,16 +144,43 @@ def _destination(
     options = {k: v for k, v in raw.items() if k not in ENVIRONMENTS and k != "kind"}
     if environment not in environments:
         problems.append(f"{prefix}.{environment}: required (the environment this till uses)")
-    for env, values in environments.items():
-        if not isinstance(values, Mapping):
-            problems.append(f"{prefix}.{env}: must be a table")
-            continue
-        if not _text(values.get("base_url")):
-            problems.append(f"{prefix}.{env}.base_url: required")
-        for secret in SECRET_KEYS.get(kind, {}):
-            if not _text(values.get(secret)):
-                problems.append(f"{prefix}.{env}.{secret}: required (a secret)")
-    return DestinationAnswers(name, str(kind), environments, options)
+    checked = {
+        env: _environment(f"{prefix}.{env}", str(kind), values, problems)
+        for env, values in environments.items()
+    }
+    usable = {env: values for env, values in checked.items() if values is not None}
+    if kind not in SECRET_KEYS or environment not in usable:
+        return None
+    return DestinationAnswers(name, str(kind), usable, options)
+
+
+def _environment(
+    prefix: str, kind: str, values: object, problems: list[str]
+) -> dict[str, Any] | None:
+    """One environment's table, with placeholders where an answer is missing or wrong."""
+    if not isinstance(values, Mapping):
+        problems.append(f"{prefix}: must be a table")
+        return None
+    table = dict(values)
+    problem = base_url_problem(table.get("base_url"))
+    if problem:
+        problems.append(f"{prefix}.base_url: {problem}")
+        table["base_url"] = PLACEHOLDER_URL
+    for secret in SECRET_KEYS.get(kind, {}):
+        if not _text(table.get(secret)):
+            problems.append(f"{prefix}.{secret}: required (a secret)")
+            table[secret] = PLACEHOLDER
+    return table
+
+
+def base_url_problem(value: object) -> str | None:
+    """What is wrong with a cloud's base URL as typed, or None."""
+    if not _text(value):
+        return "required"
+    parts = urlsplit(str(value).strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"an http:// or https:// URL with a host (got {value!r})"
+    return None
 
 
 def config_and_secrets(

@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import time
 from pathlib import Path
-from typing import Any
 
-import requests
-
-from agent import acl, app, config, connectors
-from agent.doctor import MIN_FREE_BYTES, Check, clock_check
-from agent.errors import AgentError, AuthError, CloudError, ConfigError, RetryableError
+from agent import acl, config, wording
+from agent.doctor import MIN_FREE_BYTES, Check, answering
 from installer import steps
-from installer.services import ServiceManager
+from installer.services import SERVICE_STATES, ServiceManager
 from installer.system import CommandError
 
 
@@ -23,7 +18,8 @@ def local(
     settings: config.Settings, layout: steps.Layout, manager: ServiceManager, owner: steps.Owner
 ) -> list[Check]:
     """Everything on this till: the service, the API port, permissions, disk space."""
-    checks = [_service(manager), _port(settings)]
+    checks = [_service(manager)]
+    checks += answering(settings)
     checks.append(_mode("config file", layout.config_file, forbidden=0o027))
     secret_files = sorted(p for p in layout.credentials_dir.glob("*") if p.is_file())
     checks += [_secret(p, owner) for p in secret_files]
@@ -34,11 +30,15 @@ def local(
 
 
 def _service(manager: ServiceManager) -> Check:
+    """The service manager's word for the agent, and what it means for the technician."""
+    reason = manager.unavailable()
+    if reason is not None:
+        return Check("service", False, f"{reason}: cannot check it; see docs/install.md")
     try:
         state = manager.state()
-    except CommandError as exc:
+    except CommandError as exc:  # sc.exe query failed for another reason than "no such service"
         return Check("service", False, str(exc))
-    return Check("service", state == "active", state)
+    return Check("service", state == "active", f"{state}: {SERVICE_STATES.get(state, state)}")
 
 
 def _folders(layout: steps.Layout) -> list[tuple[str, Path]]:
@@ -56,15 +56,6 @@ def _folder(name: str, path: Path) -> Check:
     return Check(name, *acl.describe(path, folder=True))
 
 
-def _port(settings: config.Settings) -> Check:
-    url = steps.health_url(settings)
-    try:
-        answer = requests.get(url, timeout=3)
-    except requests.RequestException:
-        return Check("port", False, f"nothing answers at {url}")
-    return Check("port", answer.status_code == 200, f"{url} answered {answer.status_code}")
-
-
 def _mode(name: str, path: Path, *, forbidden: int) -> Check:
     if not path.exists():
         return Check(name, False, f"{path} is missing")
@@ -80,9 +71,15 @@ def _mode(name: str, path: Path, *, forbidden: int) -> Check:
 
 
 def _secret(path: Path, owner: steps.Owner) -> Check:
+    """Owner-only, and root's: systemd hands the agent a read-only copy; the file stays out of
+    its reach (as the agent's own, a compromised agent could rewrite its credentials)."""
     check = _mode(f"secret {path.name}", path, forbidden=0o077)
-    if check.ok and owner.uid is not None and path.stat().st_uid != owner.uid:
-        return Check(check.name, False, f"{path} is not owned by the service user")
+    if check.ok and owner.uid is not None and path.stat().st_uid != 0:
+        return Check(
+            check.name,
+            False,
+            f"{path} belongs to uid {path.stat().st_uid}, not root (till-install install fixes it)",
+        )
     return check
 
 
@@ -90,49 +87,5 @@ def _disk(data_dir: Path) -> Check:
     if not data_dir.exists():
         return Check("disk space", False, f"{data_dir} does not exist")
     free = shutil.disk_usage(data_dir).free
-    return Check("disk space", free >= MIN_FREE_BYTES, f"{free / 1e9:.1f} GB free on {data_dir}")
-
-
-def clouds(settings: config.Settings) -> list[Check]:
-    """Each enabled destination probed with its credentials, and the clock against its Date."""
-    dates: list[str] = []
-
-    def remember_date(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        if response.headers.get("Date"):
-            dates.append(response.headers["Date"])
-
-    session = connectors.make_session("TillAgent-installer", timeout_seconds=10.0)
-    session.hooks["response"].append(remember_date)
-    reader = app.secret_reader(settings.agent.credentials_dir)
-    checks = []
-    try:
-        for destination in settings.enabled_destinations:
-            dates.clear()
-            checks.append(_probe(destination, session, reader))
-            if dates:
-                checks.append(clock_check(destination.name, dates[-1], time.time()))
-    finally:
-        session.close()
-    return checks
-
-
-def _probe(
-    destination: config.DestinationSettings, session: requests.Session, reader: Any
-) -> Check:
-    name = f"cloud {destination.name}"
-    try:
-        connectors.build(destination, session, reader).probe()  # type: ignore[union-attr]
-    except ConfigError as exc:
-        return Check(name, False, "misconfigured: " + "; ".join(exc.problems))
-    except AuthError as exc:
-        return Check(name, False, f"credentials refused (HTTP {exc.status}); check the secret")
-    except RetryableError as exc:
-        return Check(name, False, f"unreachable ({_reason(exc)})")
-    except (CloudError, AgentError) as exc:
-        return Check(name, False, f"unexpected answer ({_reason(exc)})")
-    return Check(name, True, "reachable and authorised")
-
-
-def _reason(exc: AgentError) -> str:
-    status = getattr(exc, "status", None)
-    return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
+    wanted = f"at least {wording.size(MIN_FREE_BYTES)} wanted"
+    return Check("disk space", free >= MIN_FREE_BYTES, f"{wording.size(free)} free ({wanted})")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,10 +15,10 @@ from typing import Any, TypeVar
 import click
 import requests
 
-from agent import __version__, config, paths
+from agent import __version__, config, doctor, paths
 from agent.doctor import Check
 from agent.errors import AgentError, ConfigError
-from installer import answers, checks, steps, tomlfile, wizard
+from installer import answers, checks, environments, services, steps, tomlfile, wizard
 from installer.services import ServiceManager, Systemd, WindowsServices
 from installer.system import CommandError, Commands, HostCommands
 
@@ -78,6 +79,11 @@ def show_paths(as_json: bool) -> None:
 )
 @OFFLINE_OPTION
 @WAIT_OPTION
+@click.option(
+    "--no-start",
+    is_flag=True,
+    help="Write and enable everything, start nothing (an image being staged; with --root).",
+)
 @click.pass_obj
 def install(
     commands: Commands,
@@ -86,27 +92,68 @@ def install(
     answers_file: Path | None,
     offline: bool,
     wait_seconds: float,
+    no_start: bool,
 ) -> None:
     """Install: config, secrets, POS token and service; start it, wait for it, check the clouds."""
     if non_interactive and answers_file is None:
         raise click.UsageError("--non-interactive needs --answers FILE.toml")
-    given = _answers(answers_file) if answers_file else wizard.ask()
     where = steps.layout(root)
+    _check_interpreter(where)
+    given, problems = _answers(answers_file) if answers_file else (wizard.ask(), [])
     raw, new_secrets = answers.config_and_secrets(given, where.config_paths())
-    _guarded(lambda: steps.check_config(raw, where, new_secrets))
+    try:
+        steps.check_config(raw, where, new_secrets)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:  # every problem of every kind, in one pass; nothing is written
+        title = "the answers file has problems" if answers_file else "the answers have problems"
+        raise click.ClickException(_lines(title, problems))
     owner = steps.ensure_user(commands, where)
     with _os_errors():
         steps.make_dirs(where, owner)
         steps.write_secrets(where, new_secrets, owner)
         token = steps.ensure_token(where, owner)
         steps.write_config(where, raw, owner)
-        _register(commands, where).restart()
+    click.echo(_token_line(where, token))
+    manager = _manager(commands, where)
+    not_starting = "--no-start was given" if no_start else manager.unavailable()
+    with _os_errors():
+        _register(commands, where, manager, offline=no_start and root is not None)
+        if not_starting is None:
+            manager.restart()
+    if not_starting is not None:
+        click.echo(_not_started(where, not_starting))
+        return
     settings = _settings(where)
     _wait(settings, wait_seconds)
     click.echo(f"Installed; the agent answers at {steps.health_url(settings)}")
-    click.echo(f"POS token: in {token} (give it to the POS; it is not shown here)")
     if not offline:
-        _report(checks.clouds(settings), failure="installed, but a cloud check failed")
+        _report(doctor.clouds(settings), failure="installed, but a cloud check failed")
+
+
+def _token_line(where: steps.Layout, token: Path) -> str:
+    on_till = "" if where.root is None else f" (on the till: {where.target(token)})"
+    return f"POS token: in {token}{on_till}; give it to the POS (it is not shown here)"
+
+
+def _not_started(where: steps.Layout, reason: str) -> str:
+    """What an install that could not start the agent did, did not do, and how to finish."""
+    unit = where.target(where.unit_dir / services.UNIT_NAME)
+    program = where.target(steps.program_path())
+    return "\n".join(
+        [
+            f"Installed, not started: {reason}.",
+            f"  written: {where.target(where.config_file)}, the secrets and the POS token in "
+            f"{where.target(where.credentials_dir)}, the unit {unit} and its drop-in; the unit "
+            "is enabled, so it starts at the next boot",
+            "  not done: systemctl daemon-reload and start, the wait for the agent to answer, "
+            "the cloud checks",
+            "  to finish on the till once systemd runs: sudo systemctl daemon-reload && sudo "
+            f"systemctl start till-agent && sudo {program.parent / 'till-install'} verify",
+            f"  in a container without systemd: run `{program} run` as its main process "
+            "(docs/install.md, Containers)",
+        ]
+    )
 
 
 @main.command()
@@ -119,7 +166,7 @@ def verify(commands: Commands, root: Path | None, offline: bool) -> None:
     settings = _settings(where)
     found = checks.local(settings, where, _manager(commands, where), steps.owner_of(commands))
     if not offline:
-        found += checks.clouds(settings)
+        found += doctor.clouds(settings)
     _report(found, failure="some checks failed")
 
 
@@ -140,6 +187,9 @@ def verify(commands: Commands, root: Path | None, offline: bool) -> None:
     help="Replace the secret file NAME; its value is asked for, not shown.",
 )
 @click.option("--no-restart", is_flag=True, help="Leave a running agent as it is.")
+@click.option(
+    "--offline", is_flag=True, help="Do not check changed credentials against the clouds."
+)
 @WAIT_OPTION
 @click.pass_obj
 def configure(
@@ -148,25 +198,104 @@ def configure(
     assignments: tuple[str, ...],
     secret_names: tuple[str, ...],
     no_restart: bool,
+    offline: bool,
     wait_seconds: float,
 ) -> None:
-    """Change settings or secrets, checked as a whole before writing; the queue is untouched."""
+    """Change settings or secrets, checked as a whole (and each changed cloud's credentials
+    against it) before writing; the queue is untouched."""
     where = steps.layout(root)
     raw = _read_config(where)
+    old = copy.deepcopy(raw)
     _guarded(lambda: _apply(raw, assignments))
     new_secrets = {_secret_name(n): click.prompt(n, hide_input=True) for n in secret_names}
     settings = _guarded(lambda: steps.check_config(raw, where, new_secrets))
+    changed = environments.touched(old, raw, new_secrets)
+    if changed and not offline:
+        reader = steps.pending_first(where, new_secrets)
+        _require_working(settings, reader, changed, "nothing was changed")
+    restarted = _write_and_restart(
+        commands, where, (raw, new_secrets), restart=not no_restart, wait_seconds=wait_seconds
+    )
+    click.echo("Configuration written" + ("; the agent restarted" if restarted else ""))
+
+
+@main.command("switch-environment")
+@ROOT_OPTION
+@click.argument("environment", type=click.Choice(answers.ENVIRONMENTS))
+@click.option(
+    "--force", is_flag=True, help="Switch although items wait (they go to the new clouds)."
+)
+@click.option("--no-restart", is_flag=True, help="Leave a running agent as it is.")
+@WAIT_OPTION
+@click.pass_obj
+def switch_environment(
+    commands: Commands,
+    root: Path | None,
+    environment: str,
+    force: bool,
+    no_restart: bool,
+    wait_seconds: float,
+) -> None:
+    """Put every cloud on its test or production credentials: each checked against its cloud
+    first; nothing changes unless all work."""
+    where = steps.layout(root)
+    raw = _guarded(lambda: environments.switched(_read_config(where), environment))
+    settings = _guarded(lambda: steps.check_config(raw, where))
+    names = [d.name for d in settings.enabled_destinations]
+    _require_working(settings, None, names, "the till stays as it was")
+    waiting = sum(steps.waiting(settings).values())
+    if waiting and not force:
+        raise click.ClickException(
+            f"{waiting} items wait to be delivered; they would go to the {environment} clouds. "
+            "Let them drain (`till-agent status`), or add --force"
+        )
+    restarted = _write_and_restart(
+        commands, where, (raw, {}), restart=not no_restart, wait_seconds=wait_seconds
+    )
+    click.echo(
+        f"Switched to {environment}: {', '.join(names)}"
+        + ("; the agent restarted" if restarted else " (restart the agent to use it)")
+    )
+
+
+def _require_working(
+    settings: config.Settings,
+    read_secret: Callable[[str], str] | None,
+    names: Collection[str],
+    otherwise: str,
+) -> None:
+    """Each named cloud accepts its (new) credentials, or the command stops: `otherwise`."""
+    found = [c for c in doctor.clouds(settings, read_secret, names) if c.name.startswith("cloud")]
+    for check in found:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<28} {check.detail}")
+    failed = [c.name for c in found if not c.ok]
+    if failed:
+        raise click.ClickException(
+            f"the new settings do not work for {', '.join(failed)}; {otherwise}"
+        )
+
+
+def _write_and_restart(
+    commands: Commands,
+    where: steps.Layout,
+    change: tuple[dict[str, Any], dict[str, str]],
+    *,
+    restart: bool,
+    wait_seconds: float,
+) -> bool:
+    """Write the secrets and the config; restart a running agent and wait for it (True)."""
+    raw, new_secrets = change
     owner = steps.owner_of(commands)
     with _os_errors():
         steps.write_secrets(where, new_secrets, owner)
         steps.write_config(where, raw, owner)
         manager = _register(commands, where) if new_secrets else _manager(commands, where)
-        restart = manager.state() == "active" and not no_restart
-        if restart:
+        restarted = restart and manager.unavailable() is None and manager.state() == "active"
+        if restarted:
             manager.restart()
-    if restart:
-        _wait(settings, wait_seconds)
-    click.echo("Configuration written" + ("; the agent restarted" if restart else ""))
+    if restarted:
+        _wait(steps.load_settings(where), wait_seconds)
+    return restarted
 
 
 @main.command()
@@ -194,8 +323,13 @@ def upgrade(commands: Commands, root: Path | None, wheel: Path | None, wait_seco
         ) from exc
     waiting = sum(steps.waiting(settings).values())
     with _os_errors():
-        _register(commands, where).start()
-    _wait(settings, wait_seconds)
+        _register(commands, where, manager)
+        if manager.unavailable() is None:
+            manager.start()
+    if manager.unavailable() is None:
+        _wait(settings, wait_seconds)
+    else:
+        click.echo(f"Not started: {manager.unavailable()}.")
     click.echo(f"Upgraded; {waiting} items waiting to be delivered are kept.")
     click.echo(f"Store backups from before the upgrade: {', '.join(str(p) for p in backups)}")
 
@@ -235,7 +369,8 @@ def uninstall(
         waiting = steps.waiting(_settings(where))
         if sum(waiting.values()) and not force:
             with _os_errors():
-                manager.start()
+                if manager.unavailable() is None:
+                    manager.start()
             counts = ", ".join(f"{name} {n}" for name, n in waiting.items() if n)
             raise click.ClickException(
                 f"items not delivered yet ({counts}); the agent is running again to send them. "
@@ -268,9 +403,9 @@ def _refuse_while_waiting(where: steps.Layout) -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _answers(path: Path) -> answers.Answers:
+def _answers(path: Path) -> tuple[answers.Answers, list[str]]:
     try:
-        return answers.load(path)
+        return answers.check(answers.read(path))
     except answers.AnswersError as exc:
         raise click.ClickException(_lines("the answers file has problems", exc.problems)) from exc
 
@@ -325,13 +460,21 @@ def _secret_name(name: str) -> str:
 def _manager(commands: Commands, where: steps.Layout) -> ServiceManager:
     if sys.platform == "win32":
         return WindowsServices(commands)
-    return Systemd(commands, where.unit_dir, where.credentials_dir)
+    return Systemd(commands, where.unit_dir, where.credentials_dir, where.root)
 
 
-def _register(commands: Commands, where: steps.Layout) -> ServiceManager:
-    manager = _manager(commands, where)
+def _register(
+    commands: Commands,
+    where: steps.Layout,
+    manager: ServiceManager | None = None,
+    *,
+    offline: bool = False,
+) -> ServiceManager:
+    """The service definition, naming the target system's paths (a staged root taken off)."""
+    manager = manager or _manager(commands, where)
     credentials = sorted(p for p in where.credentials_dir.glob("*") if p.is_file())
-    manager.register(steps.program_path(), credentials)
+    targets = [where.target(p) for p in credentials]
+    manager.register(where.target(steps.program_path()), targets, offline=offline)
     return manager
 
 
@@ -348,6 +491,23 @@ def _migration(
         commands.run([*python, "installer", "migrate", *(["--root", str(root)] if root else [])])
 
     return replace_then_migrate
+
+
+def _check_interpreter(where: steps.Layout) -> None:
+    """Refuse (warn, when staging) a program the unit's sandbox would hide from the service."""
+    problems = steps.interpreter_problems()
+    if not problems or sys.platform == "win32":
+        return
+    text = (
+        f"the service could not start the agent installed here: {'; '.join(problems)}, which "
+        "the unit hides from it (ProtectHome=yes, PrivateTmp=yes). Install it into an "
+        "environment made with the system's Python: `sudo /usr/bin/python3 -m venv "
+        "/opt/till-agent`, `sudo /opt/till-agent/bin/pip install till_agent-*.whl`, then run "
+        "`sudo /opt/till-agent/bin/till-install install` (docs/install.md)"
+    )
+    if where.root is None:
+        raise click.ClickException(text)
+    click.echo(f"warning: {text}", err=True)
 
 
 def _wait(settings: config.Settings, wait_seconds: float) -> None:

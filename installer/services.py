@@ -21,8 +21,16 @@ TOKEN_CREDENTIAL = "pos-token"
 class ServiceManager(Protocol):
     """One OS's service manager, as far as the installer needs it."""
 
-    def register(self, program: Path, credentials: Iterable[Path]) -> None:
-        """Install (or refresh) the service definition for `program`; enable it at boot."""
+    def unavailable(self) -> str | None:
+        """Why services cannot be started on this machine now, in words; None when they can."""
+        ...
+
+    def register(
+        self, program: Path, credentials: Iterable[Path], *, offline: bool = False
+    ) -> None:
+        """Install (or refresh) the service definition for `program`; enable it at boot. Paths
+        are the target system's. Offline (staging), or where unavailable(), only the definition
+        is written, and enabled without asking the running service manager."""
         ...
 
     def start(self) -> None: ...
@@ -61,19 +69,49 @@ def credentials_dropin(credentials: Iterable[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Systemd:
-    """systemctl over a unit directory (normally /etc/systemd/system)."""
+NO_SYSTEMD = (
+    "no systemd is running on this machine (a container, a chroot or an image being staged)"
+)
+# systemctl is-active's words, said so a technician knows what to do next.
+SERVICE_STATES = {
+    "active": "running",
+    "inactive": "not running: start it with `systemctl start till-agent`; why it stopped: "
+    "`journalctl -u till-agent -n 50`",
+    "failed": "failed: it exited with an error; see `journalctl -u till-agent -n 50`, then "
+    "`systemctl restart till-agent`",
+    "activating": "starting, or waiting to be restarted after a crash (RestartSec=5 s); run "
+    "verify again in a minute",
+    "deactivating": "stopping",
+    "reloading": "reloading",
+    "unknown": "not installed as a service here (`till-install install`)",
+}
 
-    def __init__(self, commands: Commands, unit_dir: Path, credentials_dir: Path) -> None:
+
+class Systemd:
+    """systemctl over a unit directory (normally /etc/systemd/system), under `root` if staged."""
+
+    def __init__(
+        self, commands: Commands, unit_dir: Path, credentials_dir: Path, root: Path | None = None
+    ) -> None:
         self._commands = commands
         self.unit_file = unit_dir / UNIT_NAME
         self.dropin_file = unit_dir / f"{UNIT_NAME}.d" / "credentials.conf"
         self._credentials_dir = credentials_dir
+        self._root = root
 
-    def register(self, program: Path, credentials: Iterable[Path]) -> None:
+    def unavailable(self) -> str | None:
+        return None if self._commands.systemd_running() else NO_SYSTEMD
+
+    def register(
+        self, program: Path, credentials: Iterable[Path], *, offline: bool = False
+    ) -> None:
         # systemd reads LoadCredential= paths as root on the real system: name them there.
         _write(self.unit_file, unit_text(program))
         _write(self.dropin_file, credentials_dropin(credentials))
+        if offline or self.unavailable() is not None:
+            # Enabled offline (a symlink under the root): a staged image starts it at boot.
+            self._systemctl(f"--root={self._root or '/'}", "enable", UNIT_NAME)
+            return
         self._systemctl("daemon-reload")
         self._systemctl("enable", UNIT_NAME)
 
@@ -81,22 +119,30 @@ class Systemd:
         self._systemctl("start", UNIT_NAME)
 
     def stop(self) -> None:
-        self._systemctl("stop", UNIT_NAME)  # returns once stopped (or TimeoutStopSec killed it)
+        if self.unavailable() is None:
+            self._systemctl("stop", UNIT_NAME)  # returns once stopped (or TimeoutStopSec killed)
 
     def restart(self) -> None:
         self._systemctl("restart", UNIT_NAME)
 
     def state(self) -> str:
+        if self.unavailable() is not None:
+            return "unavailable"
         done = self._commands.run(["systemctl", "is-active", UNIT_NAME], check=False)
         return done.stdout.strip() or "unknown"
 
     def unregister(self) -> None:
-        self._commands.run(["systemctl", "disable", "--now", UNIT_NAME], check=False)
+        if self.unavailable() is None:
+            self._commands.run(["systemctl", "disable", "--now", UNIT_NAME], check=False)
+        else:
+            root = f"--root={self._root or '/'}"
+            self._commands.run(["systemctl", root, "disable", UNIT_NAME], check=False)
         for path in (self.dropin_file, self.unit_file):
             path.unlink(missing_ok=True)
         if self.dropin_file.parent.exists() and not any(self.dropin_file.parent.iterdir()):
             self.dropin_file.parent.rmdir()
-        self._systemctl("daemon-reload")
+        if self.unavailable() is None:
+            self._systemctl("daemon-reload")
 
     def _systemctl(self, *args: str) -> None:
         self._commands.run(["systemctl", *args])
@@ -112,7 +158,12 @@ class WindowsServices:
         self._wait_seconds = wait_seconds
         self._poll_seconds = poll_seconds
 
-    def register(self, program: Path, credentials: Iterable[Path]) -> None:
+    def unavailable(self) -> str | None:
+        return None
+
+    def register(
+        self, program: Path, credentials: Iterable[Path], *, offline: bool = False
+    ) -> None:
         sc = ["sc.exe"]
         image = image_path(program)
         if self.state() == "not-installed":

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
-from agent import acl, app, config, connectors, paths
-from agent.errors import ConfigError
+from agent import acl, app, config, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands
@@ -27,7 +26,10 @@ BACKUP_SUFFIX = ".pre-upgrade"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where an install puts things: the system locations, under `root` when one is given."""
+    """Where an install puts things: the system locations, under `root` when one is given.
+
+    What is written *into* files (the config, the unit, its drop-in) always names the target
+    system's paths, so an image staged under a root works once booted from it."""
 
     root: Path | None
     config_dir: Path
@@ -35,6 +37,7 @@ class Layout:
     log_dir: Path
     credentials_dir: Path
     unit_dir: Path
+    platform: str = sys.platform
 
     @property
     def config_file(self) -> Path:
@@ -44,9 +47,28 @@ class Layout:
     def token_file(self) -> Path:
         return self.credentials_dir / paths.TOKEN_FILE_NAME
 
+    def target(self, path: Path) -> Path:
+        """The path as the target system will see it (the root taken off, when under it)."""
+        if self.root is None or not path.is_relative_to(self.root):
+            return path
+        return Path(path.anchor) / path.relative_to(self.root)
+
+    def environ(self) -> dict[str, str]:
+        """What systemd gives the agent (the *_DIRECTORY variables), here: how the installer
+        itself finds the agent's folders when it reads the config it wrote."""
+        if self.root is None or self.platform == "win32":
+            return {}
+        return {
+            "CONFIGURATION_DIRECTORY": str(self.config_dir),
+            "STATE_DIRECTORY": str(self.data_dir),
+            "LOGS_DIRECTORY": str(self.log_dir),
+            "CREDENTIALS_DIRECTORY": str(self.credentials_dir),
+        }
+
     def config_paths(self) -> dict[str, dict[str, str]]:
-        """Paths to write into the config: none for a system install (systemd gives them)."""
-        if self.root is None:
+        """Paths to write into the config: none on Linux (systemd gives the target's); on
+        Windows, staged under a root, the paths under it."""
+        if self.root is None or self.platform != "win32":
             return {}
         names = ("data_dir", "log_dir", "credentials_dir")
         return {"agent": {n: str(getattr(self, n)) for n in names}}
@@ -65,7 +87,13 @@ def layout(root: Path | None, platform: str = sys.platform) -> Layout:
         log_dir=under(system.log_dir),
         credentials_dir=under(system.credentials_dir),
         unit_dir=under(Path("/etc/systemd/system")),
+        platform=platform,
     )
+
+
+# Who a file or directory belongs to: the service user; root with the service's group (it may
+# read); root alone (systemd reads it as root: the agent may not change it, nor read it directly).
+Holder = Literal["service", "group", "root"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +103,11 @@ class Owner:
     uid: int | None = None
     gid: int | None = None
 
-    def own(self, path: Path, *, group_only: bool = False) -> None:
+    def own(self, path: Path, holder: Holder = "service") -> None:
         if self.uid is None or self.gid is None:
             return
-        os.chown(path, 0 if group_only else self.uid, self.gid)
+        uid = self.uid if holder == "service" else 0
+        os.chown(path, uid, 0 if holder == "root" else self.gid)
 
 
 def ensure_user(commands: Commands, layout: Layout) -> Owner:
@@ -120,19 +149,47 @@ def program_path(platform: str = sys.platform) -> Path:
     return Path(__file__).resolve().parents[1] / "service" / "windows.py"  # same wheel
 
 
+# The unit hides these from the agent (ProtectHome=yes; PrivateTmp=yes gives it an empty /tmp):
+# a program, or the Python it runs on, under one of them fails to start (status=203/EXEC).
+HIDDEN_FROM_SERVICE = ("/root", "/home", "/run/user", "/tmp", "/var/tmp")
+
+
+def hidden_from_service(program: Path, python: Path, python_home: Path) -> list[str]:
+    """What of the agent's program lies where the service cannot see it (real paths)."""
+    places = {"the program": program, "its Python": python, "the Python's library": python_home}
+    found = []
+    for what, path in places.items():
+        real = Path(os.path.realpath(path))
+        hidden = [h for h in HIDDEN_FROM_SERVICE if real.is_relative_to(h)]
+        if hidden:
+            found.append(f"{what} is under {hidden[0]} ({real})")
+    return found
+
+
+def interpreter_problems() -> list[str]:
+    """hidden_from_service for the program this installer would register."""
+    return hidden_from_service(program_path(), Path(sys.executable), Path(sys.base_prefix))
+
+
 def make_dirs(layout: Layout, owner: Owner) -> None:
-    """config 0750 (root, the service's group), credentials and data 0700, logs 0750; on
-    Windows each folder SYSTEM and Administrators only instead (agent.acl)."""
-    for path, mode, group_only in (
-        (layout.config_dir, 0o750, True),
-        (layout.credentials_dir, 0o700, False),
-        (layout.data_dir, 0o700, False),
-        (layout.log_dir, 0o750, False),
-    ):
+    """config 0750 (root, the service's group), credentials 0700 root's, data 0700 and logs
+    0750 the service's; on Windows each folder SYSTEM and Administrators only instead
+    (agent.acl). Files already in the log directory become the service's too: one left
+    by a run as root would otherwise refuse every log line the service writes."""
+    dirs: tuple[tuple[Path, int, Holder], ...] = (
+        (layout.config_dir, 0o750, "group"),
+        (layout.credentials_dir, 0o700, "root"),
+        (layout.data_dir, 0o700, "service"),
+        (layout.log_dir, 0o750, "service"),
+    )
+    for path, mode, holder in dirs:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(mode)
-        owner.own(path, group_only=group_only)
+        owner.own(path, holder)
         _restrict_on_windows(path)
+    for stale in layout.log_dir.iterdir():
+        if stale.is_file() and not stale.is_symlink():
+            owner.own(stale)
 
 
 def _restrict_on_windows(path: Path) -> None:
@@ -140,7 +197,7 @@ def _restrict_on_windows(path: Path) -> None:
         acl.restrict(path)
 
 
-def write_file(path: Path, text: str, owner: Owner, *, mode: int, group_only: bool) -> None:
+def write_file(path: Path, text: str, owner: Owner, *, mode: int, holder: Holder) -> None:
     """Replace path atomically; the new file has its mode and owner before it gets its name."""
     temporary = path.with_name(f".{path.name}.new")
     temporary.unlink(missing_ok=True)
@@ -151,7 +208,7 @@ def write_file(path: Path, text: str, owner: Owner, *, mode: int, group_only: bo
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)  # the umask may have taken bits off
-        owner.own(temporary, group_only=group_only)
+        owner.own(temporary, holder)
         _restrict_on_windows(temporary)
         os.replace(temporary, path)
     finally:
@@ -159,11 +216,12 @@ def write_file(path: Path, text: str, owner: Owner, *, mode: int, group_only: bo
 
 
 def write_secrets(layout: Layout, values: Mapping[str, str], owner: Owner) -> list[Path]:
-    """Each secret a 0600 file named by its key, owned by the service user."""
+    """Each secret a 0600 file named by its key, root's: systemd hands the agent a read-only
+    copy (LoadCredential=), so the agent can neither change nor leak the file itself."""
     written = []
     for name, value in values.items():
         path = layout.credentials_dir / name
-        write_file(path, value + "\n", owner, mode=0o600, group_only=False)
+        write_file(path, value + "\n", owner, mode=0o600, holder="root")
         written.append(path)
     return written
 
@@ -172,47 +230,41 @@ def ensure_token(layout: Layout, owner: Owner) -> Path:
     """The POS token: made once (a re-install keeps it, so the POS need not be told again)."""
     path = layout.token_file
     if not path.exists():
-        write_file(path, secrets.token_urlsafe(32) + "\n", owner, mode=0o600, group_only=False)
+        write_file(path, secrets.token_urlsafe(32) + "\n", owner, mode=0o600, holder="root")
+    for existing in layout.credentials_dir.iterdir():  # an earlier version gave them the service
+        if existing.is_file() and not existing.is_symlink():
+            owner.own(existing, "root")
     return path
 
 
 def write_config(layout: Layout, raw: Mapping[str, Any], owner: Owner) -> None:
     """The config file, 0640: root writes it, the service's group reads it. No secret in it."""
     text = tomlfile.dumps(raw)
-    write_file(layout.config_file, text, owner, mode=0o640, group_only=True)
+    write_file(layout.config_file, text, owner, mode=0o640, holder="group")
 
 
 def check_config(
     raw: Mapping[str, Any], layout: Layout, new_secrets: Mapping[str, str] | None = None
 ) -> config.Settings:
-    """The whole config as the agent would take it, every connector built; ConfigError lists all.
+    """The whole config as the agent would take it, every connector built: ConfigError lists
+    every problem of every kind at once. new_secrets (not written yet) are read first."""
+    return app.checked_settings(raw, layout.environ(), pending_first(layout, new_secrets or {}))
 
-    new_secrets are ones not yet written: they are looked up before the credentials directory.
-    """
-    settings = config.from_mapping(raw, {})
+
+def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[str], str]:
+    """A secret reader that sees secrets not written yet before those on disk."""
     on_disk = app.secret_reader(layout.credentials_dir)
-    pending = dict(new_secrets or {})
+    pending = dict(new_secrets)
 
     def read(name: str) -> str:
         return pending[name] if name in pending else on_disk(name)
 
-    session = connectors.make_session("TillAgent-installer")
-    problems: list[str] = []
-    try:
-        for destination in settings.enabled_destinations:
-            try:
-                connectors.build(destination, session, read)
-            except ConfigError as exc:
-                problems += exc.problems
-    finally:
-        session.close()
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    return read
 
 
 def load_settings(layout: Layout) -> config.Settings:
-    return config.load(layout.config_file, {})
+    """The installed config as the agent under systemd reads it (its folders under the root)."""
+    return config.load(layout.config_file, layout.environ())
 
 
 def agent_url(settings: config.Settings) -> str:

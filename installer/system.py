@@ -35,6 +35,10 @@ class Commands(Protocol):
         """Whether we may create users, chown files and register services."""
         ...
 
+    def systemd_running(self) -> bool:
+        """Whether systemd is this machine's service manager now (PID 1), as sd_booted() says."""
+        ...
+
 
 class HostCommands:
     """The real OS: subprocess, pwd/grp, the effective user id."""
@@ -59,6 +63,9 @@ class HostCommands:
         except KeyError:
             return None
         return entry.pw_uid, entry.pw_gid
+
+    def systemd_running(self) -> bool:
+        return os.path.isdir("/run/systemd/system")  # what sd_booted(3) checks
 
     def is_admin(self) -> bool:
         if sys.platform == "win32":

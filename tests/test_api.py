@@ -144,7 +144,8 @@ def test_api_unknown_route_and_wrong_method(agent_till):
     assert_error_shape(till.get("/v1/nothing"), 404, "not_found")
     response = till.session.delete(till.url + "/v1/receipts", timeout=5)
     assert_error_shape(response, 405, "method_not_allowed")
-    assert response.headers["Allow"] == "POST"
+    # Changed deliberately (issue 19): GET /v1/receipts lists what is undelivered.
+    assert response.headers["Allow"] == "GET, POST"
 
 
 def test_api_unknown_receipt_is_404_in_the_error_shape(agent_till):
@@ -178,3 +179,41 @@ def test_api_garbage_request_line_does_not_kill_the_server(agent_till):
 def test_api_binds_loopback_only(agent_till):
     agent, _ = agent_till
     assert agent.server.host == "127.0.0.1"
+
+
+def test_listing_pages_through_every_undelivered_receipt_once(agent_till):
+    _, till = agent_till  # delivery is off here: everything stays queued
+    for n in range(7):
+        assert till.post("/v1/receipts", make_receipt(f"R-{n:04d}")).status_code == 202
+    seen, cursor = [], None
+    while True:
+        params = {"state": "undelivered", "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = till.get("/v1/receipts", params=params).json()
+        seen += [r["uniqueReceiptId"] for r in page["receipts"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [f"R-{n:04d}" for n in range(7)]
+    empty = till.get("/v1/receipts", params={"state": "dead_lettered"}).json()
+    assert empty == {"receipts": [], "next": None}
+    later = till.get(
+        "/v1/receipts", params={"state": "undelivered", "since": "2999-01-01T00:00:00Z"}
+    )
+    assert later.json()["receipts"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"state": "lost"},
+        {"state": "undelivered", "since": "2026-11-01"},
+        {"state": "undelivered", "limit": "0"},
+        {"state": "undelivered", "limit": "501"},
+        {"state": "undelivered", "cursor": "not-ours"},
+        {"state": "undelivered", "colour": "red"},
+    ],
+)
+def test_listing_refuses_a_bad_query_in_words(agent_till, query):
+    _, till = agent_till
+    assert_error_shape(till.get("/v1/receipts", params=query), 400, "bad_request")

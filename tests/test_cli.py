@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +57,45 @@ def test_status_says_clearly_when_the_agent_is_not_running(tmp_path):
     (tmp_path / "pos-token").write_text("x" * 20, encoding="ascii")
     result = till_agent("status", "--config", str(path))
     assert result.returncode != 0
-    assert "does not answer" in result.stderr
+    # Changed deliberately (issue 19): one line saying so and what to do, not the raw
+    # HTTPConnectionPool error it printed before.
+    assert result.stderr.count("\n") == 1
+    assert "the agent is not running: nothing answers at http://127.0.0.1:9" in result.stderr
+    assert "systemctl start till-agent" in result.stderr
+    assert "HTTPConnectionPool" not in result.stderr
+
+
+def test_status_without_the_token_file_is_one_line(tmp_path):
+    path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 9))
+    result = till_agent("status", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert f"cannot read the POS token {tmp_path / 'pos-token'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sandbox_on_a_busy_port_is_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = till_agent("sandbox", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: cannot listen on 127.0.0.1:")
+    assert "choose another --port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_on_a_busy_port_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        path = write_toml(tmp_path / "config.toml", base_config(tmp_path, taken.getsockname()[1]))
+        result = till_agent("run", "--config", str(path))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ")
+    assert "cannot listen on 127.0.0.1:" in last
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.linux_only(
@@ -149,3 +193,65 @@ def test_the_sandbox_command_serves_the_cloud_until_stopped():
         out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
     assert f"127.0.0.1:{port}" in out
+
+
+def test_serve_demo_runs_on_a_fresh_machine_and_its_curl_works(tmp_path):
+    """Its own folder for everything (no /etc or /var/log), a URL, a token and a curl to paste."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "serve-demo", "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert process.stdout is not None
+        printed = [process.stdout.readline() for _ in range(11)]
+        text = "".join(printed)
+        url = re.search(r"URL: +(\S+)", text)
+        folder = re.search(r"Folder: +(\S+)", text)
+        assert url, text
+        assert folder, text
+        curl = "".join(printed[6:9]).replace("\\\n", " ").strip()
+        posted = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert json.loads(posted.stdout)["status"] == "queued", posted.stdout + posted.stderr
+        shown = subprocess.run(
+            printed[9].strip(), shell=True, capture_output=True, text=True, timeout=30
+        )
+        assert json.loads(shown.stdout)["uniqueReceiptId"] == "DEMO-0001"
+        assert (Path(folder[1]) / "logs").is_dir()
+        assert (Path(folder[1]) / "credentials" / "engage-api-key").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert not Path(folder[1]).exists()  # the throw-away folder goes with it
+    for system_path in ("/etc/till-agent", "/var/log/till-agent", "/var/lib/till-agent"):
+        assert not Path(system_path).exists()
+
+
+def test_run_lists_every_problem_of_every_kind_in_one_pass(tmp_path):
+    raw = merged(
+        base_config(tmp_path),
+        {
+            "telemetry": {"on": True},  # structure: an unknown section
+            "api": {"threads": -1},  # a value
+            "delivery": {"retries": 3},  # an unknown key
+            "destinations": {
+                "engage": {"api_key_secret": "no-such-secret", "api_versoin": "v2"},
+            },
+        },
+    )
+    path = write_toml(tmp_path / "config.toml", raw)
+    result = till_agent("run", "--config", str(path))
+    assert result.returncode == 1
+    for problem in (
+        "telemetry: unknown section",
+        "api.threads: must be positive (got -1)",
+        "delivery.retries: unknown key",
+        "destinations.engage.api_key_secret: secret 'no-such-secret' unreadable",
+        "destinations.engage.api_versoin: unknown key",
+    ):
+        assert problem in result.stderr, problem
+    assert not (tmp_path / "data").exists()  # nothing was started

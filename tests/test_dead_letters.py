@@ -116,3 +116,13 @@ def test_an_id_too_large_for_sqlite_is_simply_not_found(agent_till):
     assert till.get(f"/v1/dead-letters/{huge}").status_code == 404
     assert till.post(f"/v1/dead-letters/{huge}/retry", {}).status_code == 404
     assert till.session.delete(f"{till.url}/v1/dead-letters/{huge}", timeout=5).status_code == 404
+
+
+def test_a_dead_lettered_receipt_is_listed_by_state(start_agent):
+    _, till, *_ = rejected_rig(start_agent)
+    assert till.post("/v1/receipts", make_receipt("R-WAITING")).status_code == 202
+    dead = till.get("/v1/receipts", params={"state": "dead_lettered"}).json()
+    assert [r["uniqueReceiptId"] for r in dead["receipts"]] == ["R-DEAD"]
+    assert dead["receipts"][0]["destinations"][0]["state"] == "dead_lettered"
+    waiting = till.get("/v1/receipts", params={"state": "undelivered"}).json()
+    assert [r["uniqueReceiptId"] for r in waiting["receipts"]] == ["R-WAITING"]

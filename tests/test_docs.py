@@ -46,6 +46,21 @@ def test_configuration_doc_lists_every_setting_in_code_order():
     assert list(documented()) == list(code_settings())
 
 
+def settings_table() -> list[str]:
+    """The lines of the table under '## Settings', up to the first line that is not a row."""
+    lines = CONFIG_DOC.read_text("utf-8").split("## Settings", 1)[1].splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("| key |"))
+    end = next((n for n in range(start, len(lines)) if not lines[n].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_configuration_doc_settings_are_one_table():
+    """A blank line inside a Markdown table ends it: every setting must sit in the one table."""
+    table = "\n".join(settings_table())
+    assert {key for key, _ in ROW.findall(table)} == set(documented())
+    assert settings_table()[1].startswith("|---")
+
+
 def test_configuration_doc_shows_each_default():
     doc = documented()
     for key, default in code_settings().items():

@@ -30,7 +30,7 @@ def test_a_healthy_till_passes_every_check(agent_process):
         process.start()
         result = till_agent("doctor", "--config", str(process.config_path))
         assert result.returncode == 0, result.stdout + result.stderr
-        for name in ("disk space", "store outbox.db", "key file", "POS token", "agent"):
+        for name in ("disk space", "store outbox.db", "key file", "POS token", "port", "health"):
             assert f"ok    {name}" in result.stdout
         assert "ok    cloud engage" in result.stdout
         assert "ok    clock vs loaded" in result.stdout
@@ -55,8 +55,15 @@ def test_refused_credentials_and_a_stopped_agent_are_named(agent_process, tmp_pa
         assert process.terminate() == 0
         result = till_agent("doctor", "--config", str(process.config_path))
         assert result.returncode != 0
-        assert "FAIL  agent" in result.stdout
-        assert "FAIL  cloud engage             AuthError" in result.stdout
+        # Changed deliberately (issue 19): the doctor and verify say the same, in words; before
+        # this read "FAIL agent" and "FAIL cloud engage AuthError" (a Python class name).
+        assert "FAIL  port" in result.stdout
+        assert "the agent is not running" in result.stdout
+        assert (
+            "FAIL  cloud engage             credentials refused (HTTP 401); check the secret"
+            in result.stdout
+        )
+        assert "Error" not in result.stdout
         assert "ok    cloud loaded" in result.stdout
     finally:
         cloud.stop()
@@ -70,3 +77,21 @@ def test_a_key_file_wrapped_for_the_service_account_is_not_a_failure(tmp_path):
     (found,) = [c for c in doctor.examine(settings) if c.name == "key file"]
     assert found.detail.startswith("wrapped by xor-test for the service's account")
     assert found.ok == (os.name == "posix")  # on Windows: the DACL of a temporary folder
+
+
+def test_a_cloud_that_answers_503_is_not_called_unreachable(tmp_path):
+    from tests.conftest import base_config, merged, write_toml
+
+    cloud = SandboxCloud(seed=14).serve()
+    try:
+        cloud.faults.fail_next(503, api="engage")
+        raw = merged(base_config(tmp_path), {"destinations": {"engage": {"base_url": cloud.url}}})
+        path = write_toml(tmp_path / "config.toml", raw)
+        result = till_agent("doctor", "--config", str(path))
+        assert "FAIL  cloud engage             the cloud answered HTTP 503" in result.stdout
+        assert "unreachable" not in result.stdout.split("cloud engage")[1].splitlines()[0]
+        cloud.faults.set_offline("refused")
+        down = till_agent("doctor", "--config", str(path))
+        assert "FAIL  cloud engage             unreachable: nothing answered" in down.stdout
+    finally:
+        cloud.stop()

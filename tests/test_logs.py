@@ -69,3 +69,32 @@ def test_daily_file_handler_writes_the_days_file(tmp_path):
     day = dt.datetime.fromtimestamp(record.created, dt.UTC).date()
     written = (tmp_path / f"till-agent-{day.isoformat()}.log").read_text(encoding="utf-8")
     assert json.loads(written)["message"] == "hello"
+
+
+def test_an_unwritable_day_file_is_one_warning_not_a_traceback_per_line(tmp_path, capsys):
+    # Stands in for a file another user left (the tests run as root, so permissions would not
+    # refuse): a directory where the day's file should be refuses every open the same way.
+    stderr = io.StringIO()
+    handlers = [logging.StreamHandler(stderr), logs.DailyFileHandler(tmp_path, 14)]
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    (tmp_path / f"till-agent-{day}.log").mkdir()
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(logs.JsonFormatter())
+        root.addHandler(handler)
+    logger = logging.getLogger("test.logs.unwritable")
+    try:
+        for n in range(5):
+            logger.warning("line %d", n)
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [e["message"] for e in lines if e["logger"] == "test.logs.unwritable"] == [
+        f"line {n}" for n in range(5)
+    ]  # stderr (the journal) keeps every line
+    warnings = [e for e in lines if e["logger"] == "agent.logs"]
+    assert len(warnings) == 1
+    assert "cannot write the log file" in warnings[0]["message"]
+    assert "Logging error" not in capsys.readouterr().err

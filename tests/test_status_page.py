@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import requests
 
@@ -90,3 +91,62 @@ def test_the_page_in_a_real_headless_browser(agent_till, tmp_path):
         [browser, *flags, f"--screenshot={shot}", till.url + "/"], capture_output=True, timeout=60
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_the_countdown_to_the_next_try_moves_and_storage_is_in_binary_units(start_agent):
+    # Nothing listens on port 9: the first send fails, and the destination waits ~20 s.
+    _, till = start_agent({"delivery": {"enabled": True, "backoff_initial_seconds": 20.0}})
+    till.post("/v1/receipts", make_receipt())
+    first = _waiting_engage(till)
+    time.sleep(1.2)
+    second = _waiting_engage(till)
+    assert first["pausedSeconds"] - second["pausedSeconds"] >= 1.0  # live, not frozen
+    page = requests.get(till.url + "/", timeout=5).text
+    assert re.search(r"next try in \d+ s", page)
+    assert "retrying in" not in page  # the old countdown, frozen when the failure happened
+    assert "2.0 GiB allowed" in page  # storage.max_size_mb = 2048 (MiB)
+
+
+def _waiting_engage(till):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = till.get("/v1/status").json()
+        engage = next(d for d in answer["destinations"] if d["name"] == "engage")
+        if engage["pausedSeconds"] > 5:
+            return engage
+        time.sleep(0.1)
+    raise AssertionError(f"engage never backed off: {engage}")
+
+
+def test_a_halted_destination_says_what_to_do_on_the_page_and_in_status(start_agent):
+    from agent.cli import format_status
+    from agent.sandbox import SandboxCloud
+
+    cloud = SandboxCloud(seed=3).serve()
+    try:
+        cloud.faults.set_auth_failure("engage")
+        _, till = start_agent(
+            {
+                "delivery": {"enabled": True},
+                "destinations": {
+                    "engage": {"base_url": cloud.url},
+                    "loaded": {"base_url": cloud.url + "/loaded"},
+                },
+            }
+        )
+        till.post("/v1/receipts", make_receipt())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answer = till.get("/v1/status").json()
+            states = {d["name"]: d["state"] for d in answer["destinations"]}
+            if states["engage"] == "halted":
+                break
+            time.sleep(0.1)
+        assert states == {"engage": "halted", "loaded": "online"}
+        page = requests.get(till.url + "/", timeout=5).text
+        assert "till-install configure --secret NAME" in page
+        printed = format_status(answer)
+        assert "what to do: credentials refused" in printed
+        assert printed.count("what to do") == 1  # nothing to do for the online one
+    finally:
+        cloud.stop()

@@ -6,6 +6,8 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from agent import wording
+
 REFRESH_SECONDS = 5
 CONTENT_TYPE = "text/html; charset=utf-8"
 STYLE = """
@@ -43,8 +45,9 @@ def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
 def _destinations(destinations: list[Mapping[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{_e(d['name'])}<br><span class=muted>{_e(d['kind'])}</span></td>"
-        f"<td>{_badge(d['state'])}<br><span class=muted>{_e(d['detail'])}</span></td>"
-        f"<td class=num>{d['depth']}</td><td class=num>{_age(d['oldestAgeSeconds'])}</td>"
+        f"<td>{_badge(d['state'])}<br><span class=muted>{_e(wording.destination_detail(d))}"
+        f"</span>{_hint(d['state'])}</td><td class=num>{d['depth']}</td>"
+        f"<td class=num>{_age(d['oldestAgeSeconds'])}</td>"
         f"<td>{_e(d['lastSuccessAt'] or '-')}</td><td class=num>{d['setAside']}</td></tr>"
         for d in destinations
     )
@@ -96,16 +99,17 @@ def _summary(status: Mapping[str, Any], dead_letters: int) -> str:
     rows = [
         ("Dead letters", f"{dead_letters} (till-agent dead-letters list)"),
         ("Contact cache", f"{cache['contacts']} contacts, last sync {cache['lastSyncAt'] or '-'}"),
-        (
-            "Disk",
-            f"{storage['dataDirBytes'] / 1e6:.1f} MB of {storage['limitBytes'] / 1e6:.0f} MB "
-            f"allowed, {storage['freeBytes'] / 1e9:.1f} GB free",
-        ),
+        ("Disk", wording.storage(storage)),
         ("Store", _forecast(status["forecast"])),
         ("Since install", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counters.items())),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Till</h2><table>{body}</table>"
+
+
+def _hint(state: str) -> str:
+    hint = wording.state_hint(state)
+    return f"<br><small>{_e(hint)}</small>" if hint else ""
 
 
 def _components(components: list[Mapping[str, Any]]) -> str:
@@ -128,13 +132,7 @@ def _badge(state: str) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return "-" if seconds is None else wording.duration(seconds)
 
 
 def _e(value: object) -> str:

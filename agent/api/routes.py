@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import json
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
 from agent.errors import InvalidRequestError
 from agent.health import FAILING, Health
-from agent.intake import Accepted, Intake, ReceiptState
+from agent.intake import LISTED_STATES, Accepted, Intake, ReceiptState
 from agent.ledger import DUPLICATE, REPLACES, DeadLetter, DeadLetters, Journal, ReplayStep
 from agent.lookup import KINDS, Found, Lookup
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -66,6 +68,13 @@ def post_receipt(request: Request, services: Services) -> Response:
     low = urllib.parse.parse_qs(str(request.environ.get("QUERY_STRING", ""))).get("lane") == ["low"]
     accepted = services.intake.put_receipt(receipt, low_priority=low)
     return Response.json(receipt_accepted(accepted), status=_accepted_status(accepted))
+
+
+def list_receipts(request: Request, services: Services) -> Response:
+    state, since, after, limit = receipt_query(request)
+    page, more = services.intake.list_receipts(state, since, after, limit)
+    cursor = None if more is None else encode_cursor(more)
+    return Response.json(schemas.ReceiptList([receipt_status(r) for r in page], cursor))
 
 
 def get_receipt(request: Request, services: Services) -> Response:
@@ -219,6 +228,47 @@ def single_values(
     return {name: values[0] for name, values in query.items()}
 
 
+LIST_LIMIT, LIST_LIMIT_MAX = 100, 500
+
+
+def receipt_query(request: Request) -> tuple[str, float, tuple[float, str] | None, int]:
+    """state (required), since (ISO 8601 with an offset), limit, cursor: BadRequestError if off."""
+    query = single_values(request, required=("state",), optional=("since", "limit", "cursor"))
+    state = query["state"]
+    if state not in LISTED_STATES:
+        raise BadRequestError("state must be undelivered or dead_lettered")
+    limit_text = query.get("limit", str(LIST_LIMIT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
+        raise BadRequestError(f"limit must be 1 to {LIST_LIMIT_MAX}")
+    cursor = decode_cursor(query["cursor"]) if "cursor" in query else None
+    return state, since_timestamp(query.get("since")), cursor, int(limit_text)
+
+
+def since_timestamp(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadRequestError("since must be ISO 8601 with an offset, e.g. 2026-11-23T00:00:00Z")
+    return moment.timestamp()
+
+
+def encode_cursor(position: tuple[float, str]) -> str:
+    raw = json.dumps([position[0], position[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    try:
+        received_at, key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return float(received_at), str(key)
+    except (ValueError, TypeError):
+        raise BadRequestError("cursor is not one this agent gave") from None
+
+
 def list_dead_letters(request: Request, services: Services) -> Response:
     return Response.json([dead_letter_view(d) for d in services.dead_letters.all()])
 
@@ -262,6 +312,7 @@ def dead_letter_view(letter: DeadLetter) -> schemas.DeadLetterView:
 
 
 ROUTES = (
+    Route("GET", "/v1/receipts", list_receipts),
     Route("POST", "/v1/receipts", post_receipt),
     Route("GET", "/v1/receipts/{uniqueReceiptId}", get_receipt),
     Route("POST", "/v1/contacts", post_contact),

@@ -54,6 +54,13 @@ class ReceiptStatus(_Out):
     destinations: list[DeliveryState]
 
 
+class ReceiptList(_Out):
+    """A page of GET /v1/receipts: oldest first; `next` is the cursor of the next page, or null."""
+
+    receipts: list[ReceiptStatus]
+    next: str | None
+
+
 class HealthAnswer(_Out):
     status: Literal["ok", "degraded", "failing"]
     version: str
@@ -363,6 +370,7 @@ SHAPES = (
     ReceiptAccepted,
     ContactAccepted,
     ReceiptStatus,
+    ReceiptList,
     HealthAnswer,
     StatusAnswer,
     ForgetRequest,
@@ -443,6 +451,38 @@ def _paths() -> dict[str, Any]:
     body_errors = ("400", "413", "415", "422", *common)
     return {
         "/v1/receipts": {
+            "get": {
+                "summary": "Receipts still to deliver, or dead-lettered somewhere, oldest first",
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"enum": ["undelivered", "dead_lettered"]},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Received at or after (ISO 8601 with an offset)",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next` of the page before",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": _answers({"200": ("A page", "ReceiptList")}, ("400", *common)),
+            },
             "post": {
                 "summary": "Queue a finished purchase or return",
                 "requestBody": {"required": True, **_ref("Receipt")},
@@ -453,7 +493,7 @@ def _paths() -> dict[str, Any]:
                     },
                     body_errors,
                 ),
-            }
+            },
         },
         "/v1/receipts/{uniqueReceiptId}": {
             "get": {

@@ -273,6 +273,7 @@ class Options:
         self.problems: list[str] = []
         self._read_secret = read_secret
         raw = dict(destination.options)
+        self._profile_missing = False
         profiles = raw.pop("profiles", {})
         self.profile = raw.pop("profile", "")
         self.values, self.base_url = raw, destination.base_url
@@ -291,6 +292,7 @@ class Options:
             self.problems.append(
                 f"{self.prefix}.profile: no [profiles.{self.profile}] table (known: {known})"
             )
+            self._profile_missing = True  # its secrets are unknown: no second, misleading error
             return
         self.values.update(chosen)
         self.base_url = str(chosen.get("base_url", self.base_url))
@@ -327,6 +329,8 @@ class Options:
     def secret(self, key: str, default_name: str) -> str:
         """The secret named by `key` (never the secret itself), read from the credential store."""
         name = self.text(key, default_name)
+        if self._profile_missing:
+            return ""
         try:
             value = self._read_secret(name)
         except (ConfigError, OSError, KeyError, ValueError) as exc:

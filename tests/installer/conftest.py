@@ -60,7 +60,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def host(root: Path) -> Iterator[FakeHost]:
-    fake = FakeHost(steps.layout(root).config_file)
+    fake = FakeHost(steps.layout(root))
     yield fake
     fake.stop()
 

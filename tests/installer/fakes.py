@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from agent import app, config
+from agent import app
+from installer import steps
 from installer.services import WINDOWS_NAME
 from installer.system import CommandError, Completed
 
 
 class FakeHost:
-    """What `systemctl start` would do, done for real: the agent on the installed config."""
+    """What `systemctl start` would do, done for real: the agent on the installed config, with
+    the folders systemd would give it under the install's root."""
 
     def __init__(
         self,
-        config_file: Path,
+        layout: steps.Layout,
         *,
         admin: bool = False,
         account: tuple[int, int] | None = None,
         failing: Sequence[str] = (),
+        systemd: bool = True,
     ) -> None:
-        self.config_file = config_file
+        self.layout = layout
+        self.systemd = systemd
         self.admin = admin
         self.ids = account
         self.failing = set(failing)
@@ -49,9 +52,16 @@ class FakeHost:
     def is_admin(self) -> bool:
         return self.admin
 
+    def systemd_running(self) -> bool:
+        return self.systemd
+
     # -- the service -------------------------------------------------------------------
 
     def _systemctl(self, args: list[str]) -> Completed:
+        if args[0].startswith("--root="):
+            return Completed(0, "")  # offline: symlinks under a root, no service touched
+        if not self.systemd:
+            raise CommandError("System has not been booted with systemd as init system (PID 1)")
         verb = args[0]
         if verb in ("stop", "restart") or (verb == "disable" and "--now" in args):
             self.stop()
@@ -84,7 +94,7 @@ class FakeHost:
 
     def start(self) -> None:
         if self.agent is None:
-            self.agent = app.start(config.load(self.config_file, {}))
+            self.agent = app.start(steps.load_settings(self.layout))
 
     def stop(self) -> None:
         if self.agent is not None:

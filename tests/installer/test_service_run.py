@@ -18,7 +18,6 @@ from tests.service.listener import NotifyListener
 from tests.service.supervisor import Directories, Supervisor, read_unit
 
 pytestmark = pytest.mark.linux_only("the systemd unit under a systemd stand-in")
-SYSTEM_PATH_KEYS = re.compile(r"^(data_dir|log_dir|credentials_dir) = .*\n", re.MULTILINE)
 
 
 @pytest.fixture
@@ -33,8 +32,6 @@ def supervisor(root: Path, host: FakeHost, installed, listener) -> Iterator[Supe
     """The unit as installed; the agent's paths come from systemd's variables, as on a till."""
     host.stop()  # the fake's in-process agent: from here on the unit runs it
     layout = steps.layout(root)
-    config = layout.config_file
-    config.write_text(SYSTEM_PATH_KEYS.sub("", config.read_text()))  # a system install's
     made = Supervisor(
         unit=read_unit(layout.unit_dir / "till-agent.service"),
         dirs=Directories(

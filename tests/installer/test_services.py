@@ -40,6 +40,9 @@ class ScriptedCommands:
     def is_admin(self):
         return True
 
+    def systemd_running(self):
+        return True
+
 
 def test_windows_register_creates_the_service_with_restart_actions():
     commands = ScriptedCommands([(1060, "The specified service does not exist")])
