@@ -195,6 +195,7 @@ def test_the_sandbox_command_serves_the_cloud_until_stopped():
     assert f"127.0.0.1:{port}" in out
 
 
+@pytest.mark.linux_only("the printed curl in a POSIX shell, SIGINT, /etc and /var")
 def test_serve_demo_runs_on_a_fresh_machine_and_its_curl_works(tmp_path):
     """Its own folder for everything (no /etc or /var/log), a URL, a token and a curl to paste."""
     process = subprocess.Popen(

@@ -40,10 +40,11 @@ def pyinstaller_command(work: Path) -> list[str]:
 
 def freeze(output: Path, work: Path) -> Path:
     """The build in output, its executable under each program's name."""
-    done = subprocess.run(pyinstaller_command(work), capture_output=True, text=True)
+    # PyInstaller's output goes where ours goes, not through a pipe of ours: a program it starts
+    # may keep a pipe open after it exits (under Wine explorer.exe does), and a read would hang.
+    done = subprocess.run(pyinstaller_command(work), check=False)
     if done.returncode != 0:
-        said = (done.stderr or done.stdout)[-3000:]
-        raise FreezeError(f"PyInstaller failed ({done.returncode}):\n{said}")
+        raise FreezeError(f"PyInstaller failed ({done.returncode}); its output is above")
     shutil.rmtree(output, ignore_errors=True)
     shutil.copytree(work / "dist" / BUILD_NAME, output)
     built = output / f"{BUILD_NAME}.exe"

@@ -270,6 +270,7 @@ def _install(host, root, *extra):
     return CliRunner().invoke(main, [*args, "--root", str(root)], obj=host)
 
 
+@pytest.mark.linux_only("a machine without a running systemd")
 def test_install_without_systemd_writes_everything_and_says_how_to_finish(root):
     from tests.installer.fakes import FakeHost
 
@@ -291,6 +292,7 @@ def test_install_without_systemd_writes_everything_and_says_how_to_finish(root):
     assert host.agent is None
 
 
+@pytest.mark.linux_only("staging a systemd image")
 def test_install_no_start_stages_an_image_without_touching_this_machines_services(root):
     from tests.installer.fakes import FakeHost
 
@@ -304,6 +306,7 @@ def test_install_no_start_stages_an_image_without_touching_this_machines_service
     assert host.agent is None
 
 
+@pytest.mark.linux_only("staging a systemd image")
 def test_a_staged_root_writes_the_target_systems_paths_in_every_file(root):
     from tests.installer.fakes import FakeHost
 
@@ -317,6 +320,7 @@ def test_a_staged_root_writes_the_target_systems_paths_in_every_file(root):
     assert set(raw["agent"]) == {"store_id", "till_id"}  # systemd gives the folders
 
 
+@pytest.mark.linux_only("a machine without a running systemd")
 def test_verify_without_systemd_says_why_the_service_cannot_be_checked(root):
     from click.testing import CliRunner
 
@@ -349,6 +353,7 @@ def test_verify_tells_a_running_agent_with_a_problem_from_a_silent_one(host, inv
     assert "the agent reports a problem: storage: the disk is full" in result.output
 
 
+@pytest.mark.linux_only("staging a systemd image")
 def test_staging_an_image_for_real_needs_no_running_systemd(root, tmp_path):
     """The real installer and the real systemctl (offline, --root): this machine has no
     systemd as PID 1, like an image build or a chroot."""
