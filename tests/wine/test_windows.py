@@ -333,7 +333,7 @@ def test_the_doctor_on_windows_checks_the_dpapi_key_file(prefix: Prefix) -> None
         if line[:4] in ("ok  ", "FAIL")
     }
     assert "wrapped by dpapi for the service's account" in lines["key file"], doctor
-    for name in ("store outbox.db", "agent", "cloud engage", "cloud loaded"):
+    for name in ("store outbox.db", "port", "health", "cloud engage", "cloud loaded"):
         assert lines[name].startswith("ok  "), doctor
 
 
