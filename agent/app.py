@@ -28,7 +28,7 @@ from agent.connectors.base import Sender
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
 from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
-from agent.errors import AlreadyRunningError, ConfigError, StorageError
+from agent.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
 from agent.failpoints import failpoint
 from agent.forecast import Forecast
 from agent.intake import Intake
@@ -599,6 +599,7 @@ def _services(
         metrics=metrics,
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
+        retry_now=_retry_now({d.destination: d for d in dispatchers}),
         reconciler=reconciler(settings, box),
     )
 
@@ -611,6 +612,20 @@ def amends_of(settings: config.Settings) -> dict[str, str]:
 def reconciler(settings: config.Settings, box: outbox.Outbox) -> Reconciler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity)
+
+
+def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:
+    """retry-now for one destination (NotFoundError if none delivers under that name) or all."""
+
+    def hurry(name: str | None) -> list[str]:
+        if name is not None and name not in workers:
+            raise NotFoundError(f"no destination {name!r} is delivering")
+        chosen = [name] if name is not None else sorted(workers)
+        for chosen_name in chosen:
+            workers[chosen_name].retry_now()
+        return chosen
+
+    return hurry
 
 
 def _server(settings: config.Settings, services: Services, token: str) -> Server:
@@ -628,6 +643,8 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
             port,
             threads=settings.api.threads,
             max_body_bytes=settings.api.max_body_bytes,
+            max_connections=settings.api.max_connections,
+            idle_timeout_seconds=settings.api.idle_timeout_seconds,
         )
     except OSError as exc:
         problem = f"cannot listen on {settings.api.listen}: {exc.strerror or exc}"

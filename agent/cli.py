@@ -355,6 +355,24 @@ def replay(
     click.echo(f"queued {answer['queued']} receipts again, behind live sales")
 
 
+@main.command("retry-now")
+@CONFIG_OPTION
+@click.argument("destination", required=False)
+def retry_now(config_file: str | None, destination: str | None) -> None:
+    """Skip the back-off: try DESTINATION (or every destination) now, set-aside items too."""
+    settings = load_settings(config_file)
+    body = {"destination": destination} if destination else {}
+    try:
+        answer = call_agent(settings, "POST", "/v1/delivery/retry-now", body)
+    except click.ClickException as exc:
+        if "does not answer" not in exc.message:
+            raise
+        raise click.ClickException(
+            "the agent is not running: everything waiting is tried as soon as it starts"
+        ) from exc
+    click.echo(f"trying now: {', '.join(answer['destinations']) or 'no destination delivers'}")
+
+
 def format_plan(plan: Mapping[str, Any]) -> str:
     """A replay's dry run: each item, the id it goes out under, what the cloud will do."""
     lines = [

@@ -69,6 +69,8 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     threads: int = 8
     stop_timeout_seconds: float = 10.0
+    max_connections: int = 4096  # held at once; slow ones never block a sale (issue 14)
+    idle_timeout_seconds: float = 30.0  # a connection that sends nothing this long is closed
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class IntakeSettings:
 
     strict_totals: bool = False
     totals_tolerance: Decimal = Decimal("0.05")
+    quarantine_max_mb: int = 64  # refused bodies kept, sealed; the oldest go past this
+
+    @property
+    def quarantine_max_bytes(self) -> int:
+        return self.quarantine_max_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class DeliverySettings:
     max_attempts: int = 10
     max_age_hours: float = 168.0
     auth_probe_seconds: float = 300.0
+    recovery_probe_seconds: float = 15.0  # during an outage, how often the cloud is probed
     stalled_alarm_seconds: float = 3600.0  # items waiting this long with nothing delivered: red
 
 
@@ -271,6 +279,7 @@ def validate(settings: Settings) -> list[str]:
     problems += _positive(
         "intake.totals_tolerance", settings.intake.totals_tolerance, allow_zero=True
     )
+    problems += _positive("intake.quarantine_max_mb", settings.intake.quarantine_max_mb)
     problems += _positive("storage.max_size_mb", settings.storage.max_size_mb)
     problems += _positive("storage.busy_timeout_seconds", settings.storage.busy_timeout_seconds)
     problems += _positive("storage.retry_after_seconds", settings.storage.retry_after_seconds)
@@ -281,7 +290,12 @@ def validate(settings: Settings) -> list[str]:
         "stalled_alarm_seconds",
     ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name))
-    for name in ("backoff_initial_seconds", "max_age_hours", "auth_probe_seconds"):
+    for name in (
+        "backoff_initial_seconds",
+        "max_age_hours",
+        "auth_probe_seconds",
+        "recovery_probe_seconds",
+    ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name), allow_zero=True)
     for name in (
         "quarantine_retention_days",
@@ -356,6 +370,8 @@ def _validate_api(api: ApiSettings) -> list[str]:
     problems += _positive("api.max_body_bytes", api.max_body_bytes)
     problems += _positive("api.threads", api.threads)
     problems += _positive("api.stop_timeout_seconds", api.stop_timeout_seconds)
+    problems += _positive("api.max_connections", api.max_connections)
+    problems += _positive("api.idle_timeout_seconds", api.idle_timeout_seconds)
     return problems
 
 

@@ -134,7 +134,15 @@ def migrate(conn: sqlite3.Connection, steps: Sequence[str]) -> int:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a script; a trigger's body (BEGIN ...; END) stays one statement."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def quick_check(conn: sqlite3.Connection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -20,20 +21,24 @@ from agent.errors import (
     AuthError,
     CloudError,
     ConfigError,
-    KeyStoreError,
     NotFoundError,
     RejectedError,
-    RetryableError,
+    StoppingError,
     StorageError,
     ThrottledError,
+    UnsendableError,
     new_error_id,
 )
 from agent.failpoints import failpoint
 from agent.ledger import Failure, Ledger
 from agent.logs import redact
 from agent.metrics import Metrics
-from agent.outbox import Claimed, Outbox
-from agent.ratelimit import RateBudget, Verdict
+from agent.outbox import UNDECODABLE, Claimed, Outbox
+from agent.outcome import DestinationState as Signals
+from agent.outcome import ItemHistory, Outcome, Verdict, decide, needs_probe
+from agent.ratelimit import RateBudget
+from agent.ratelimit import Verdict as Budget
+from agent.reasons import reason_in_words
 from agent.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,8 @@ class Sender(Protocol):
 
     def send(self, message: models.OutboundMessage) -> object: ...
 
+    def probe(self) -> None: ...
+
 
 class ContactResolver(Protocol):
     """A cloud that keeps contacts: find one by a secondary key, or create one (Engage)."""
@@ -62,6 +69,11 @@ class ContactResolver(Protocol):
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None: ...
 
     def create_contact(self, contact: models.Contact) -> str: ...
+
+    @property
+    def create_unknown_members(self) -> bool:
+        """Whether a receipt's buyer the cloud does not know is created as a member."""
+        ...
 
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
@@ -71,6 +83,16 @@ Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination ha
 class _Parked:
     ticket: Ticket
     due: float  # monotonic
+
+
+@dataclass
+class _Failing:
+    """An item failing in this process: its age then, and when (and after how many sends)."""
+
+    wall_age_seconds: float  # how long it had failed before (the ledger's wall-clock start)
+    since: float  # monotonic, when this process first charged it
+    sent_then: int  # the destination's deliveries at that moment
+    charged: int = 0  # attempts charged in this process (for an item the ledger cannot name)
 
 
 @dataclass
@@ -123,11 +145,12 @@ class Dispatcher:
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         self._stop = threading.Event()
-        self._probing: Ticket | None = None  # the item set aside to tell poison from outage
-        self._convicted: set[Ticket] = set()  # set aside while another item went through
-        # (key, revision) -> (its failing age when this process first saw it fail, monotonic
-        # then): from there on its age is measured by the monotonic clock (R9).
-        self._failing: dict[tuple[str, int], tuple[float, float]] = {}
+        self._wake = threading.Event()  # stop or retry-now: cut a wait short
+        self._hurry = threading.Event()  # retry-now: skip the back-off, set-aside items due
+        self._next_probe_at = 0.0  # monotonic: during an outage, when to ask the probe again
+        # (key, revision) -> when it began failing: from there its age is measured by the
+        # monotonic clock (R9), and whether another item has gone through since.
+        self._failing: dict[tuple[str, int], _Failing] = {}
         self._stranded: list[Claimed] = []  # claimed, and the store could not take them back
         self.state = DestinationState()
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
@@ -146,7 +169,14 @@ class Dispatcher:
     def stop(self, timeout_seconds: float) -> None:
         """Stop after the send in flight (its item is acked or released, never dropped)."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout_seconds)
+
+    def retry_now(self) -> None:
+        """Skip the back-off: the next pass tries at once, set-aside items included (any
+        thread may call this; the worker applies it)."""
+        self._hurry.set()
+        self._wake.set()
 
     @property
     def alive(self) -> bool:
@@ -169,15 +199,15 @@ class Dispatcher:
 
     def step(self, claim_timeout_seconds: float = 0.0) -> bool:
         """One pass: wait out a pause, release what is due, deliver one item. True if it sent."""
-        wait = self.state.paused_until - self._monotonic()
-        if wait > 0:
-            self._stop.wait(min(wait, 1.0))
+        if self._hurry.is_set():
+            self._hurry_up()
+        if self._paused():
             return False
         self._release_stranded()
         self._unpark_due()
         claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
         if claimed is None:
-            if not self._nothing_behind() and not self.state.parked:
+            if not self.state.parked:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
@@ -186,7 +216,7 @@ class Dispatcher:
             else:
                 self._deliver(claimed)
         except Exception:
-            # Whatever went wrong, the item goes back in its place, never stuck as claimed.
+            # The store failed or we are stopping: the item goes back in its place.
             try:
                 with contextlib.suppress(NotFoundError):
                     self._outbox.release(claimed)
@@ -194,6 +224,38 @@ class Dispatcher:
                 self._stranded.append(claimed)  # a full or failing disk: again next step
             raise
         return True
+
+    def _paused(self) -> bool:
+        """Wait (a second at most) while the destination is paused; during an outage, ask the
+        probe every recovery_probe_seconds, so a recovered cloud is used again within that."""
+        now = self._monotonic()
+        wait = self.state.paused_until - now
+        if wait <= 0:
+            return False
+        if self.state.state == OFFLINE and now >= self._next_probe_at:
+            self._recovery_probe()
+            return True
+        until_probe = self._next_probe_at - now if self.state.state == OFFLINE else 1.0
+        self._wake.wait(min(wait, 1.0, until_probe))
+        self._wake.clear()
+        return True
+
+    def _recovery_probe(self) -> None:
+        self._next_probe_at = self._monotonic() + self._settings.recovery_probe_seconds
+        if self._probe():
+            self.state.paused_until = 0.0
+            self.state.consecutive_failures = 0
+            self._report(ONLINE, "the cloud answers again")
+
+    def _hurry_up(self) -> None:
+        """retry-now: no pause, every set-aside item due, the probe asked at the next need."""
+        self._hurry.clear()
+        now = self._monotonic()
+        self.state.paused_until = 0.0
+        self._next_probe_at = 0.0
+        for parked in self.state.parked.values():
+            parked.due = now
+        log.info("retry-now for %s", self.destination)
 
     def _release_stranded(self) -> None:
         """Put back what a failing store kept claimed; StorageError: still failing, next step."""
@@ -205,33 +267,101 @@ class Dispatcher:
     # -- one item ------------------------------------------------------------------------
 
     def _deliver(self, claimed: Claimed) -> None:
-        message = self._prepare(claimed)
-        if message is None or not self._within_budget(claimed):
-            return
-        try:
-            result = self._sender.send(self._resolved(message))
-        except (CloudError, ConfigError) as exc:
-            self._on_failure(claimed, exc)
-        else:
-            failpoint("dispatch.after_send")
-            self._remember_cloud_contact(claimed.item, result)
-            self._on_success(claimed, message)
-            self._honour_rate_limit_headers(result)
+        """Prepare and send one item, then apply the outcome decide() gives for what happened.
 
-    def _on_failure(self, claimed: Claimed, exc: CloudError | ConfigError) -> None:
-        """The outcome table of DESIGN §3 for a send that did not succeed."""
-        if isinstance(exc, ThrottledError):
-            self._on_throttled(claimed, exc)
-        elif isinstance(exc, AuthError):
-            self._on_auth(claimed, exc)
-        elif isinstance(exc, RejectedError):
-            self._dead_letter(claimed, failure_of(exc, new_error_id()))
-        elif isinstance(exc, CloudError):  # RetryableError and anything else the cloud did
-            self._on_retryable(claimed, failure_of(exc, new_error_id()))
-        else:  # the destination's settings, not the item: halt
-            self._outbox.release(claimed)
-            self._pause(self._settings.auth_probe_seconds)
-            self._report(HALTED, f"configuration problem: {exc}")
+        Whatever this one item raises while we prepare, encode or send it is judged as its
+        attempt (the outcome table), except the local store failing and shutdown, which are
+        nobody's attempt: the item goes back in its place (step()).
+        """
+        try:
+            message = self._prepare(claimed)
+            if message is None:
+                return
+            self._spend()
+            result = self._sender.send(self._resolved(message))
+        except (StorageError, StoppingError):
+            raise
+        except Exception as exc:  # this item's attempt failed, for whatever reason
+            self._settle(claimed, exc)
+            return
+        failpoint("dispatch.after_send")
+        self._remember_cloud_contact(claimed.item, result)
+        self._on_success(claimed, message)
+        self._honour_rate_limit_headers(result)
+
+    def _settle(self, claimed: Claimed, error: BaseException) -> None:
+        """decide() over the error, the item's history and (when it matters) the probe."""
+        signals = Signals(reachable=self._probe() if needs_probe(error) else None)
+        outcome = decide(error, self._history(claimed.item), signals, self._settings)
+        failure = failure_of(error, new_error_id())
+        if outcome.charged:
+            self._start_failing(claimed.item, outcome.attempts)
+            if not isinstance(error, CloudError | UnsendableError):
+                log.error(  # not an error we expect: its traceback, for whoever fixes it
+                    "an item of %s failed in the agent",
+                    self.destination,
+                    exc_info=error,
+                    extra={"errorId": failure.error_id},
+                )
+        self._apply(claimed, outcome, error, failure)
+
+    def _apply(
+        self, claimed: Claimed, outcome: Outcome, error: BaseException, failure: Failure
+    ) -> None:
+        verdict = outcome.verdict
+        if verdict is Verdict.DEAD_LETTER:
+            self._dead_letter(claimed, failure)
+        elif verdict is Verdict.SET_ASIDE:
+            self._set_aside(claimed, outcome.attempts, failure)
+        elif verdict is Verdict.RETRY:
+            self._retry(claimed, outcome.attempts, failure)
+        elif verdict is Verdict.OUTAGE:
+            self._on_outage(claimed, failure)
+        elif verdict is Verdict.THROTTLED:
+            self._on_throttled(claimed, error)
+        else:  # Verdict.HALTED
+            self._on_halted(claimed, error, failure)
+
+    def _history(self, item: dict[str, Any]) -> ItemHistory:
+        """Its charged attempts, how long it has failed, whether another item got through since.
+
+        The age is the ledger's wall-clock start read once, then the monotonic clock: a wall
+        clock stepped while the agent runs (NTP, an RTC reset) neither ages nor rejuvenates a
+        failing item, so a jump never dead-letters a whole queue at once.
+        """
+        attempts = self._ledger.attempts(self.destination, item)
+        seen = self._failing.get(_ident(item))
+        if seen is None:
+            return ItemHistory(attempts=attempts)
+        attempts = max(attempts, seen.charged)
+        hours = (seen.wall_age_seconds + self._monotonic() - seen.since) / 3600
+        return ItemHistory(attempts, hours, others_delivered=self.state.sent > seen.sent_then)
+
+    def _start_failing(self, item: dict[str, Any], attempts: int) -> None:
+        ident = _ident(item)
+        if ident not in self._failing:
+            first = self._ledger.first_failed_at(self.destination, item)
+            wall_age = 0.0 if first is None else max(0.0, time.time() - first)
+            self._failing[ident] = _Failing(wall_age, self._monotonic(), self.state.sent)
+        self._failing[ident].charged = attempts
+
+    def _probe(self) -> bool | None:
+        """Does the destination answer? Its connector's cheap probe (None: it has none, or our
+        own budget forbids a request now). A refusal (4xx) is an answer too."""
+        probe = getattr(self._sender, "probe", None)
+        if probe is None:
+            return None
+        try:
+            self._spend()
+        except ThrottledError:
+            return None
+        try:
+            probe()
+        except RejectedError:
+            return True
+        except (CloudError, ConfigError, UnsendableError):
+            return False
+        return True
 
     def _deliver_run(self, head: Claimed) -> None:
         """A run of contact changes through the bulk endpoint; per-item outcomes applied."""
@@ -249,15 +379,22 @@ class Dispatcher:
             self._pause(run.pause[0])
             self._report(THROTTLED, run.pause[1])
         if run.error is not None and run.blamed is not None:
-            self._on_failure(run.blamed, run.error)
+            self._settle(run.blamed, run.error)
 
     def _prepare(self, claimed: Claimed) -> models.OutboundMessage | None:
-        """The message to send, or None when the item was settled here (unreadable, no change)."""
+        """The message to send, or None when the item was settled here (no change to send).
+
+        UnsendableError when the queued item cannot be read back (not JSON, not our shape, a
+        key that is gone): that item's problem alone.
+        """
+        if claimed.item.get("kind") == UNDECODABLE:
+            # Named by the ledger's record queued at that place, so its state tells the truth.
+            claimed.item.update(self._ledger.record_at(claimed.lane_queue, claimed.id) or {})
+            raise UnsendableError(f"the queued item cannot be read back: {claimed.item['why']}")
         try:
             message = self._ledger.message_for(claimed.item)
-        except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError) as exc:
-            self._dead_letter(claimed, Failure(f"cannot be read back: {exc}", new_error_id()))
-            return None
+        except (msgspec.ValidationError, KeyError, TypeError, ValueError) as exc:
+            raise UnsendableError(f"the queued item cannot be read back: {_what(exc)}") from exc
         if self._amends != "difference":
             return message
         amended = self._as_difference(claimed.item, message)
@@ -278,30 +415,45 @@ class Dispatcher:
         if contact.local_id is not None:
             cloud_id = self._ledger.cloud_contact_id(contact.local_id)
             if cloud_id is None:  # the member registered here has not reached the cloud yet
-                raise RetryableError(
-                    "waiting for the member registered at this till", connector=self.destination
+                raise UnsendableError(
+                    "its member, registered at this till, has not reached the cloud yet",
+                    connector=self.destination,
                 )
             return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
         email, phone = buyer_keys(contact)
         if email is None and phone is None:
             return message  # a member number, card id ...: the cloud resolves those itself
+        cloud_id = self._find_or_create(self._resolver, email, phone, receipt.store_external_id)
+        if cloud_id is None:
+            return message  # several contacts share the key: let the cloud choose, as-is
+        return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+
+    def _find_or_create(
+        self, resolver: ContactResolver, email: str | None, phone: str | None, store: str
+    ) -> str | None:
+        """The buyer's cloud id, created when unknown (unless create_unknown_members is off);
+        None when several contacts share the key."""
         # The vendor's advice: look before creating, on every attempt, so a retried create
         # never makes a duplicate.
         try:
             self._spend()
-            cloud_id = self._resolver.find_contact_id(email=email, mobile_phone=phone)
+            cloud_id = resolver.find_contact_id(email=email, mobile_phone=phone)
         except RejectedError as exc:
             if exc.status == MULTIPLE_MATCHES:
-                return message  # several contacts share the key: let the cloud choose, as-is
+                return None
             raise
-        if cloud_id is None:
-            self._spend()
-            cloud_id = self._resolver.create_contact(
-                models.Contact(
-                    email=email, mobile_phone=phone, store_external_id=receipt.store_external_id
-                )
+        if cloud_id is not None:
+            return cloud_id
+        if not resolver.create_unknown_members:
+            raise RejectedError(
+                f"its buyer is not a member, and destinations.{self.destination}."
+                "create_unknown_members is false: no member is created",
+                connector=self.destination,
             )
-        return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
+        self._spend()
+        return resolver.create_contact(
+            models.Contact(email=email, mobile_phone=phone, store_external_id=store)
+        )
 
     def _remember_cloud_contact(self, item: dict[str, object], result: object) -> None:
         """A member registered here now has a cloud id: later receipts refer to it by that."""
@@ -330,21 +482,10 @@ class Dispatcher:
             receipt=msgspec.structs.replace(diff, contact=contact),
         )
 
-    def _within_budget(self, claimed: Claimed) -> bool:
-        """Wait (holding the item) for the request rate; a used-up budget pauses the destination."""
-        try:
-            self._spend()
-        except ThrottledError as exc:
-            self._outbox.release(claimed)
-            self._pause(exc.retry_after_seconds)
-            self._report(THROTTLED, str(exc))
-            return False
-        return True
-
     def _spend(self) -> None:
         """One request within the budget: wait a short while, or raise ThrottledError (the
         item goes back in its place and the destination pauses) when the wait is long."""
-        verdict = Verdict(True) if self._budget is None else self._budget.spend(self._stop.wait)
+        verdict = Budget(True) if self._budget is None else self._budget.spend(self._stop.wait)
         if not verdict.allowed:
             raise ThrottledError(
                 verdict.reason, connector=self.destination, retry_after_seconds=verdict.wait_seconds
@@ -360,6 +501,8 @@ class Dispatcher:
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
             self._metrics.sends.labels(self.destination, outcome).inc()
+
+    # -- outcomes ------------------------------------------------------------------------
 
     def _on_success(self, claimed: Claimed, sent: models.OutboundMessage | None = None) -> None:
         """The cloud took it (sent: what went out, when anything did)."""
@@ -379,21 +522,17 @@ class Dispatcher:
             append_only=self._amends == "difference",
         )
         self._outbox.ack(claimed)
-        self._convicted.discard((claimed.lane_queue, claimed.id))
         self._done_failing(claimed.item)
-        if self._probing is not None:
-            log.warning("an item of %s fails alone; it is set aside", self.destination)
-            self._convicted.add(self._probing)
-            self._probing = None
         st = self.state
         st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
         self._progress_at = self._monotonic()
         self._report(ONLINE, "delivering")
 
-    def _on_throttled(self, claimed: Claimed, exc: ThrottledError) -> None:
-        """429: the whole destination waits Retry-After; the item keeps its place."""
+    def _on_throttled(self, claimed: Claimed, exc: BaseException) -> None:
+        """429 or our own budget: the whole destination waits; the item keeps its place."""
+        assert isinstance(exc, ThrottledError)
         self._count("throttled")
-        if self._metrics is not None:
+        if self._metrics is not None and exc.status is not None:
             self._metrics.throttled.labels(self.destination).inc()
         self._outbox.release(claimed)
         self._pause(exc.retry_after_seconds)
@@ -402,19 +541,24 @@ class Dispatcher:
         else:
             self._report(THROTTLED, "the cloud asked us to wait")
 
-    def _on_auth(self, claimed: Claimed, exc: AuthError) -> None:
-        """401/403: no item can succeed; keep the queue, alert, re-probe slowly."""
+    def _on_halted(self, claimed: Claimed, exc: BaseException, failure: Failure) -> None:
+        """401/403 or the destination's settings: no item can succeed; keep the queue, alert,
+        re-probe slowly (retry-now hurries it)."""
         self._count("auth")
         self._outbox.release(claimed)
         self._pause(self._settings.auth_probe_seconds)
         log.error(
-            "credentials refused by %s",
+            "%s halted: %s",
             self.destination,
-            extra={"status": exc.status, "cloudErrorId": exc.cloud_error_id},
+            failure.reason,
+            extra={"status": failure.status, "cloudErrorId": failure.cloud_error_id},
         )
-        self._report(HALTED, f"credentials refused ({exc.status}); queue kept")
+        kept = "; queue kept" if isinstance(exc, AuthError) else ""
+        self._report(HALTED, f"{failure.reason}{kept}")
 
-    def _on_retryable(self, claimed: Claimed, failure: Failure) -> None:
+    def _on_outage(self, claimed: Claimed, failure: Failure) -> None:
+        """The probe confirmed it: the destination backs off (probing meanwhile), the item
+        keeps its place and is not charged: offline time never uses up an item's attempts."""
         self._count("retry")
         if self._metrics is not None:
             self._metrics.retries.labels(self.destination).inc()
@@ -422,60 +566,41 @@ class Dispatcher:
         st.failed += 1
         st.consecutive_failures += 1
         delay = self._backoff.delay(st.consecutive_failures, self._rng)
-        if self._probing is not None:
-            self._outage(claimed, delay)  # the next item failed too: the cloud, not the item
-            return
-        attempts = self._ledger.record_failure(
-            self.destination, claimed.item, _later(failure, delay)
+        self._ledger.record_failure(
+            self.destination, claimed.item, _later(failure, delay), charge=False
         )
-        self._failing_hours(claimed.item)  # its age starts counting now, in this process
-        if attempts < self._settings.set_aside_after_attempts:
-            self._outbox.release(claimed)
-            self._pause(delay)
-            self._report(OFFLINE, failure.reason)
-        elif self._given_up(claimed, attempts):
-            self._dead_letter(claimed, failure)
-        else:
-            self._set_aside(claimed, attempts)
-
-    def _outage(self, claimed: Claimed, delay: float) -> None:
-        """Put every set-aside item back in its place, uncharged, and back off."""
         self._outbox.release(claimed)
-        for ticket in list(self.state.parked):
-            self._unpark(ticket, forgive=True)
-        self._probing = None
         self._pause(delay)
-        self._report(OFFLINE, "cloud unreachable")
+        self._next_probe_at = self._monotonic() + self._settings.recovery_probe_seconds
+        self._report(OFFLINE, f"cloud unreachable: {failure.reason}")
 
-    def _set_aside(self, claimed: Claimed, attempts: int) -> None:
-        """This item failed again: park it with its own next attempt; try the next one now."""
-        due = self._monotonic() + self._backoff.delay(attempts, self._rng)
+    def _retry(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
+        """The cloud answers, this item failed: it keeps its place for a short back-off."""
+        self._count("retry")
+        self.state.failed += 1
+        delay = self._backoff.delay(attempts, self._rng)
+        self._ledger.record_failure(self.destination, claimed.item, _later(failure, delay))
+        self._outbox.release(claimed)
+        self._pause(delay)
+        self._report(ONLINE, f"retrying one item: {failure.reason}")
+
+    def _set_aside(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
+        """This item fails on its own: it waits its own back-off; the next one goes now."""
+        self._count("set_aside")
+        self.state.failed += 1
+        delay = self._backoff.delay(attempts, self._rng)
+        self._ledger.record_failure(self.destination, claimed.item, _later(failure, delay))
         ticket = (claimed.lane_queue, claimed.id)
         self._outbox.park(claimed)
-        self.state.parked[ticket] = _Parked(ticket, due)
-        self._probing = ticket
-
-    def _given_up(self, claimed: Claimed, attempts: int) -> bool:
-        if attempts >= self._settings.max_attempts:
-            return True
-        return self._failing_hours(claimed.item) >= self._settings.max_age_hours
-
-    def _failing_hours(self, item: dict[str, Any]) -> float:
-        """How long an item has failed: the ledger's wall-clock start read once, then monotonic.
-
-        A wall clock stepped while the agent runs (NTP, an RTC reset) neither ages nor
-        rejuvenates a failing item, so a jump never dead-letters a whole queue at once.
-        """
-        ident = (str(item["key"]), int(item["revision"]))
-        seen = self._failing.get(ident)
-        if seen is None:
-            first = self._ledger.first_failed_at(self.destination, item)
-            wall_age = 0.0 if first is None else max(0.0, time.time() - first)
-            seen = self._failing[ident] = (wall_age, self._monotonic())
-        return (seen[0] + self._monotonic() - seen[1]) / 3600
+        self.state.parked[ticket] = _Parked(ticket, self._monotonic() + delay)
+        log.warning(
+            "set aside an item of %s",
+            self.destination,
+            extra={"errorId": failure.error_id, "attempts": attempts, "reason": failure.reason},
+        )
 
     def _done_failing(self, item: dict[str, Any]) -> None:
-        self._failing.pop((str(item["key"]), int(item["revision"])), None)
+        self._failing.pop(_ident(item), None)
 
     def _dead_letter(self, claimed: Claimed, failure: Failure) -> None:
         dead_letter_id = self._ledger.dead_letter(claimed, failure)
@@ -486,7 +611,6 @@ class Dispatcher:
             reason = "rejected" if failure.status else "unsendable"
             self._metrics.dead_letters.labels(self.destination, reason).inc()
         self.state.parked.pop((claimed.lane_queue, claimed.id), None)
-        self._convicted.discard((claimed.lane_queue, claimed.id))
         log.warning(
             "dead-lettered an item of %s",
             self.destination,
@@ -495,6 +619,7 @@ class Dispatcher:
                 "errorId": failure.error_id,
                 "cloudErrorId": failure.cloud_error_id,
                 "status": failure.status,
+                "reason": failure.reason,
             },
         )
 
@@ -504,34 +629,8 @@ class Dispatcher:
         now = self._monotonic()
         for ticket, parked in list(self.state.parked.items()):
             if parked.due <= now:
-                self._unpark(ticket, forgive=False)
-
-    def _unpark(self, ticket: Ticket, *, forgive: bool) -> None:
-        self.state.parked.pop(ticket, None)
-        if self._probing == ticket:
-            self._probing = None
-        if forgive:
-            for queue, queue_id, item in self._outbox.parked(self.destination):
-                if (queue, queue_id) == ticket:
-                    self._ledger.forgive(self.destination, item)
-                    self._done_failing(item)
-        self._outbox.unpark(*ticket)
-
-    def _nothing_behind(self) -> bool:
-        """No item behind the set-aside one to tell poison from outage: do not charge it.
-
-        Unless another item has gone through while it was set aside (so the cloud works and
-        this item fails alone), it goes back in its place with its count reset, and waits its
-        own delay: a lone sale during an outage is retried, never dead-lettered by the outage.
-        True when it put an item back.
-        """
-        ticket, self._probing = self._probing, None
-        if ticket is None or ticket in self._convicted or ticket not in self.state.parked:
-            return False
-        due = self.state.parked[ticket].due
-        self._unpark(ticket, forgive=True)
-        self._pause(due - self._monotonic())
-        return True
+                self.state.parked.pop(ticket, None)
+                self._outbox.unpark(*ticket)
 
     def _restore_parked(self) -> None:
         """After a restart, items set aside before go back in line (their counts are kept)."""
@@ -592,23 +691,31 @@ def buyer_keys(contact: models.ReceiptContact) -> tuple[str | None, str | None]:
     return None, None
 
 
-def failure_of(exc: CloudError, error_id: str) -> Failure:
-    """Our record of a cloud error: ids, status, a short reason; never the request body."""
+def failure_of(exc: BaseException, error_id: str) -> Failure:
+    """Our record of a failed attempt: the reason in words, ids, status, the cloud's excerpt."""
+    cloud = exc if isinstance(exc, CloudError) else None
     return Failure(
-        reason=f"{type(exc).__name__}: {exc}"[:300],
+        reason=reason_in_words(exc),
         error_id=error_id,
-        status=exc.status,
-        cloud_error_id=exc.cloud_error_id,
-        body_excerpt=redact(exc.body_excerpt),
+        status=cloud.status if cloud else None,
+        cloud_error_id=cloud.cloud_error_id if cloud else None,
+        body_excerpt=redact(cloud.body_excerpt) if cloud else "",
     )
 
 
 def _later(failure: Failure, delay: float) -> Failure:
-    return Failure(
-        failure.reason,
-        failure.error_id,
-        failure.status,
-        failure.cloud_error_id,
-        failure.body_excerpt,
-        next_attempt_at=time.time() + delay,
-    )
+    return dataclasses.replace(failure, next_attempt_at=time.time() + delay)
+
+
+def _ident(item: dict[str, Any]) -> tuple[str, int]:
+    return str(item.get("key")), int(item.get("revision") or 0)
+
+
+def _what(exc: BaseException) -> str:
+    """An exception raised while reading an item back, in words (no values: they may be
+    personal)."""
+    if isinstance(exc, msgspec.ValidationError):
+        return "not in the shape of a receipt or contact"
+    if isinstance(exc, KeyError):
+        return "a part of it is missing"
+    return "its content is not valid"

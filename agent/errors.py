@@ -55,6 +55,18 @@ class StoppingError(AgentError):
     """Shutdown interrupted the work; release it, never drop it."""
 
 
+class UnsendableError(AgentError):
+    """One item cannot be prepared, encoded or read back: our side, never the cloud's.
+
+    It is that item's problem alone: it is set aside, dead-lettered after the configured
+    attempts, and never counts as an outage.
+    """
+
+    def __init__(self, message: str, *, connector: str = "") -> None:
+        super().__init__(message)
+        self.connector = connector
+
+
 class CloudError(AgentError):
     """A cloud API call failed; carries the connector, the HTTP status and the cloud's errorId."""
 

@@ -21,7 +21,7 @@ from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.failpoints import failpoint
 from agent.health import FAILING, OK, Health
-from agent.matchkeys import subject_keys
+from agent.matchkeys import contact_key_problem, match_key_problem, subject_keys
 from agent.outbox import BULK, CLAIMED_STATUS, Batch, Outbox, encode
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class Intake:
         delivered only while no live sale waits.
         """
         lane = BULK if low_priority else ""
+        self.check_buyer(receipt)
         warnings = check_totals(receipt, self._settings.totals_tolerance)
         if warnings and self._settings.strict_totals:
             raise InvalidRequestError(warnings[0], code="totals_mismatch", path="$.totalGrossPrice")
@@ -136,6 +137,41 @@ class Intake:
         accepted = self._write(work)
         failpoint("intake.after_commit")
         return accepted
+
+    def check_buyer(self, receipt: models.Receipt) -> None:
+        """A receipt's buyer must be findable: a match key of its type, or a member registered at
+        this till; InvalidRequestError (422) with the field otherwise."""
+        contact = receipt.contact
+        if contact is None:
+            return
+        if contact.local_id is not None and not self._issued(contact.local_id):
+            raise InvalidRequestError(
+                "no member was registered at this till under this localId",
+                code="unknown_local_id",
+                path="$.contact.localId",
+            )
+        if contact.match_key is not None and contact.match_key_type is not None:
+            problem = match_key_problem(contact.match_key_type, contact.match_key, self._region)
+            if problem is not None:
+                raise InvalidRequestError(
+                    problem, code="invalid_match_key", path="$.contact.matchKey"
+                )
+
+    def check_contact(self, contact: models.Contact) -> None:
+        """A member's email and phone must be ones a cloud can take (422 with the field)."""
+        problem = contact_key_problem(
+            email=contact.email, mobile_phone=contact.mobile_phone, default_region=self._region
+        )
+        if problem is not None:
+            path, why = problem
+            raise InvalidRequestError(why, code="invalid_contact", path=path)
+
+    def _issued(self, local_id: str) -> bool:
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM outbound_contacts WHERE local_id = ?", (local_id,)
+            ).fetchone()
+        return row is not None
 
     def _write(self, work: Callable[[Batch], T]) -> T:
         """An outbox write whose failure or success is reported on the health board."""
@@ -313,6 +349,7 @@ class Intake:
 
     def put_contact(self, contact: models.Contact) -> Accepted:
         """Queue a contact change for the destinations that take contacts; dedupe by content."""
+        self.check_contact(contact)
         content_hash = self._keyring.keyed_hash(msgspec.json.encode(contact))
         targets = tuple(d.name for d in self._destinations if "contacts" in d.takes)
         local_id = new_local_id()  # unused if this turns out to be a duplicate
@@ -354,20 +391,43 @@ class Intake:
 
     # -- quarantine -----------------------------------------------------------------------
 
-    def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> None:
-        """Keep a body that parsed but failed validation, sealed, for a technician to fix."""
+    def quarantine(self, error_id: str, route: str, body: bytes, code: str, reason: str) -> str:
+        """Keep a body that parsed but failed validation, sealed, for a technician to fix;
+        returns the errorId it is kept under.
+
+        One copy per distinct body: the same body again is counted on the first copy and its
+        errorId given back. The kept bodies have their own cap (storage.quarantine_max_mb),
+        the oldest going first past it, so refused bodies can never fill the store a sale
+        needs.
+        """
+        digest = self._keyring.keyed_hash(route.encode() + b"\0" + body)
         sealed = self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
         subjects = self._subject_hashes(body_subject_fields(body))
 
-        def work(batch: Batch) -> None:
+        def work(batch: Batch) -> str:
+            _bump(batch.conn, "quarantined")
+            now = time.time()
+            kept = batch.conn.execute(
+                "SELECT error_id FROM quarantine WHERE content_hash = ? "
+                "AND sealed_body IS NOT NULL",
+                (digest,),
+            ).fetchone()
+            if kept is not None:
+                batch.conn.execute(
+                    "UPDATE quarantine SET times = times + 1, last_at = ? WHERE error_id = ?",
+                    (now, kept[0]),
+                )
+                return str(kept[0])
             batch.conn.execute(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (error_id, time.time(), route, code, safe_reason(reason), sealed),
+                "INSERT INTO quarantine (error_id, received_at, route, code, reason, "
+                "sealed_body, content_hash, times, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (error_id, now, route, code, safe_reason(reason), sealed, digest, now),
             )
             _insert_subjects(batch.conn, "quarantine", error_id, subjects)
-            _bump(batch.conn, "quarantined")
+            _evict_quarantine(batch.conn, self._settings.quarantine_max_bytes, error_id)
+            return error_id
 
-        self._write(work)
+        return self._write(work)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -546,12 +606,41 @@ def _insert_delivery(
     )
 
 
+QUARANTINE_MAX_ROWS = 100_000
+
+
+def _evict_quarantine(conn: sqlite3.Connection, max_bytes: int, keep: str) -> None:
+    """The oldest quarantined bodies go while the kept ones are over their cap (in bytes, or
+    in rows: a flood of tiny bodies); `keep`, the one just written, stays."""
+    while True:
+        size = conn.execute("SELECT value FROM counters WHERE name = 'quarantine_bytes'")
+        (used,) = size.fetchone() or (0,)
+        low, high = conn.execute("SELECT MIN(rowid), MAX(rowid) FROM quarantine").fetchone()
+        if used <= max_bytes and (high or 0) - (low or 0) < QUARANTINE_MAX_ROWS:
+            return
+        oldest = [
+            row[0]
+            for row in conn.execute(
+                "SELECT error_id FROM quarantine WHERE error_id != ? ORDER BY rowid LIMIT 100",
+                (keep,),
+            )
+        ]
+        if not oldest:
+            return
+        marks = ",".join("?" * len(oldest))
+        conn.execute(f"DELETE FROM quarantine WHERE error_id IN ({marks})", oldest)
+        conn.execute(
+            f"DELETE FROM subjects WHERE kind = 'quarantine' AND record_key IN ({marks})", oldest
+        )
+        _bump(conn, "quarantine_evicted", len(oldest))
+
+
 def _counter_for(status: str) -> str:
     return {"queued": "accepted", "duplicate": "duplicates", "amended": "amended"}[status]
 
 
-def _bump(conn: sqlite3.Connection, name: str) -> None:
+def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
     conn.execute(
-        "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        (name,),
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, by, by),
     )

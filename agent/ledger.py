@@ -138,49 +138,57 @@ class Ledger:
             ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def record_failure(self, destination: str, item: dict[str, Any], failure: Failure) -> int:
-        """One more failed attempt of an item; returns its attempt count so far."""
+    def record_failure(
+        self, destination: str, item: dict[str, Any], failure: Failure, *, charge: bool = True
+    ) -> None:
+        """A failed attempt of an item: why, when next; charged to it unless an outage's."""
 
-        def work(batch: Batch) -> int:
+        def work(batch: Batch) -> None:
             now = time.time()
             batch.conn.execute(
                 "UPDATE deliveries SET state = 'retrying', updated_at = ?, "
-                "attempts = attempts + 1, next_attempt_at = ?, last_error_id = ?, "
+                "attempts = attempts + ?, next_attempt_at = ?, last_error_id = ?, "
                 "cloud_error_id = ?, last_error = ?, "
-                "first_failed_at = COALESCE(first_failed_at, ?) "
+                "first_failed_at = CASE WHEN ? THEN COALESCE(first_failed_at, ?) "
+                "ELSE first_failed_at END "
                 "WHERE record_key = ? AND destination = ? AND revision = ?",
                 (
                     now,
+                    int(charge),
                     failure.next_attempt_at,
                     failure.error_id,
                     failure.cloud_error_id,
                     failure.reason[:300],
+                    int(charge),
                     now,
-                    item["key"],
+                    item.get("key"),
                     destination,
-                    item["revision"],
+                    item.get("revision"),
                 ),
-            )
-            row = batch.conn.execute(
-                "SELECT attempts FROM deliveries WHERE record_key = ? AND destination = ? "
-                "AND revision = ?",
-                (item["key"], destination, item["revision"]),
-            ).fetchone()
-            return 0 if row is None else int(row[0])
-
-        return self._write(work)
-
-    def forgive(self, destination: str, item: dict[str, Any]) -> None:
-        """An outage, not the item, was to blame: its attempts start again from zero."""
-
-        def work(batch: Batch) -> None:
-            batch.conn.execute(
-                "UPDATE deliveries SET attempts = 0, first_failed_at = NULL, state = 'queued' "
-                "WHERE record_key = ? AND destination = ? AND revision = ?",
-                (item["key"], destination, item["revision"]),
             )
 
         self._write(work)
+
+    def attempts(self, destination: str, item: dict[str, Any]) -> int:
+        """The failed attempts charged to an item at a destination so far."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT attempts FROM deliveries WHERE record_key = ? AND destination = ? "
+                "AND revision = ? AND state = 'retrying'",
+                (item.get("key"), destination, item.get("revision")),
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def record_at(self, queue: str, queue_id: int) -> dict[str, Any] | None:
+        """{"key", "revision"} of the record waiting at that place of a queue, if the ledger has
+        one (an item whose stored bytes cannot be read back is still named by it)."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT record_key, revision FROM deliveries WHERE queue = ? AND queue_id = ? "
+                "AND state IN ('queued', 'retrying') ORDER BY revision DESC LIMIT 1",
+                (queue, queue_id),
+            ).fetchone()
+        return None if row is None else {"key": row[0], "revision": int(row[1])}
 
     def first_failed_at(self, destination: str, item: dict[str, Any]) -> float | None:
         with self._outbox.read() as conn:
@@ -380,6 +388,14 @@ class DeadLetters:
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
+
+    def count(self) -> int:
+        """How many dead letters are kept: a counter kept by the table's triggers, O(1)."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT value FROM counters WHERE name = 'dead_letters_kept'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def all(self, destination: str | None = None) -> list[DeadLetter]:
         where, args = ("WHERE destination = ?", (destination,)) if destination else ("", ())

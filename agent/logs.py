@@ -16,22 +16,43 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 REDACTED = "[redacted]"
 # What personal data and secrets look like in free text. The code never logs them on purpose;
 # this is the net under that rule (an exception message quoting a body, a library's debug line).
+# Every pattern runs in linear time on any input: each may only start where a run of its
+# characters starts (a lookbehind), repeats possessively where it needs no backtracking, and
+# backtracks over a bounded stretch where it does — a hostile 40,000-character path costs
+# microseconds, not seconds.
+_SECRET = re.compile(
+    r"(?i)(bearer|apikey|api[_-]?key|secret|token|password)([\"':= ]++)[^\s\"',}]++"
+)
+_QUERY = re.compile(r"(?<=[\w/])\?[\w.~%-]++=[^\s\"'<>]*+")  # a URL's query string
 _PATTERNS = [
-    re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"),  # email addresses
-    # phone-number-like runs of digits, not inside an id (S042-T03-000123) or a decimal number
-    re.compile(r"(?<![\w.-])\+?\d[\d ()-]{6,}\d(?![\w-]|\.\d)"),
-    re.compile(r"(?i)(bearer|apikey|api[_-]?key|secret|token|password)([\"':= ]+)[^\s\"',}]+"),
+    # email addresses, written plainly or percent-encoded (%40)
+    re.compile(r"(?<![\w.+%-])[\w.+-]++(?:@|%40)[\w-]++(?:\.[\w-]++)++"),
+    # phone-number-like runs of digits (a leading + or %2B), not inside an id (S042-T03-000123)
+    # or a decimal number; at most 24 characters, so the backtracking has a bound
+    re.compile(r"(?<![\w.-])(?:\+|%2[Bb])?\d[\d ()-]{6,24}\d(?![\w-]|\.\d)"),
 ]
 LOG_FILE_PREFIX = "till-agent-"
+MESSAGE_CHARS = 4000  # a log line's message, each extra field and the traceback, at most
+FIELD_CHARS = 1000
+EXCEPTION_CHARS = 16000
 log = logging.getLogger(__name__)
 
 
 def redact(text: str) -> str:
-    """The text with anything shaped like an email, a phone number or a secret replaced."""
-    text = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    for pattern in _PATTERNS[:2]:
+    """The text with anything shaped like an email, a phone number, a secret or a URL's query
+    string replaced (in linear time, whatever the input)."""
+    text = _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _QUERY.sub(f"?{REDACTED}", text)
+    for pattern in _PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
+
+
+def bounded(value: object, limit: int = FIELD_CHARS) -> object:
+    """A log field cut to limit characters (a hostile client picks its own lengths)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"…[{len(value) - limit} more]"
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,11 +63,11 @@ class JsonFormatter(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage(), MESSAGE_CHARS),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update({k: bounded(v) for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = bounded(self.formatException(record.exc_info), EXCEPTION_CHARS)
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 

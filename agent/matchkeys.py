@@ -36,7 +36,9 @@ def normalise_phone(value: str, default_region: str) -> str | None:
 
 
 def normalise_email(value: str) -> str | None:
-    """email-validator's normalised form (no DNS lookup), lower-cased; None when invalid."""
+    """email-validator's normalised form (no DNS lookup), lower-cased, without the spaces a
+    till may leave around it; None when invalid."""
+    value = value.strip()
     if _is_plain(value):
         return value.lower()
     try:
@@ -89,3 +91,27 @@ def subject_keys(*, email: str | None, mobile_phone: str | None, default_region:
         phone = normalise_phone(mobile_phone, default_region)
         keys.append(f"phone:{phone or ''.join(mobile_phone.split())}")
     return keys
+
+
+def match_key_problem(key_type: str, key: str, default_region: str) -> str | None:
+    """Why a match key can never match in any cloud, or None: a phone must parse to a possible
+    E.164 number, an email must be an address email-validator accepts, any key must be text."""
+    kind = key_type.lower()
+    if kind == "mobilephone" and normalise_phone(key, default_region) is None:
+        return "a MobilePhone match key must be a phone number"
+    if kind == "email" and normalise_email(key) is None:
+        return "an Email match key must be an email address"
+    if not key.strip():
+        return "a match key must not be empty"
+    return None
+
+
+def contact_key_problem(
+    *, email: str | None, mobile_phone: str | None, default_region: str
+) -> tuple[str, str] | None:
+    """(JSON path, why) of a contact's email or phone no cloud can take, or None."""
+    if email is not None and normalise_email(email) is None:
+        return "$.email", "must be an email address"
+    if mobile_phone is not None and normalise_phone(mobile_phone, default_region) is None:
+        return "$.mobilePhone", "must be a phone number"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -167,8 +168,43 @@ class ContactPage(msgspec.Struct, frozen=True, kw_only=True):
     has_more: bool
 
 
+# Money every destination can take: finite, below 10^15 (a JSON number keeps every digit of
+# the integer part exact as a double up to 2^53 ≈ 9·10^15) and at most 8 decimal places.
+MONEY_DIGITS = 15
+MONEY_DECIMALS = 8
+
+
+def money_problem(value: Decimal) -> str | None:
+    """Why an amount is no amount any destination can take, or None."""
+    if not value.is_finite():
+        return "must be a finite amount (not Infinity or NaN)"
+    if value and value.adjusted() >= MONEY_DIGITS:  # no arithmetic: 1e999999999 overflows it
+        return "must be below 10^15 in size"
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MONEY_DECIMALS:
+        return f"must have at most {MONEY_DECIMALS} decimal places"
+    return None
+
+
+def money_fields(receipt: Receipt) -> Iterator[tuple[str, Decimal]]:
+    """(JSON path, amount) of every amount in a receipt."""
+    yield "$.totalGrossPrice", receipt.total_gross_price
+    for n, payment in enumerate(receipt.payment_methods):
+        yield f"$.paymentMethods[{n}].value", payment.value
+    for n, item in enumerate(receipt.items):
+        yield f"$.items[{n}].grossPaidPrice", item.gross_paid_price
+        yield f"$.items[{n}].taxAmount", item.tax_amount
+        yield f"$.items[{n}].taxPercent", item.tax_percent
+        for m, discount in enumerate(item.discounts):
+            yield f"$.items[{n}].discounts[{m}].value", discount.value
+
+
 def check_receipt(receipt: Receipt) -> None:
     """Rules the types cannot say; InvalidRequestError names the field."""
+    for path, amount in money_fields(receipt):
+        problem = money_problem(amount)
+        if problem is not None:
+            raise InvalidRequestError(f"an amount {problem}", code="invalid_amount", path=path)
     contact = receipt.contact
     if contact is None:
         return

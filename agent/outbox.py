@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import sqlite3
@@ -36,6 +37,42 @@ PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
 SALES_FIRST_SECONDS = 0.02  # how long a write of delivery lets waiting sales go first
 SHRINK_PAGES_PER_STEP = 1000
+UNDECODABLE = "undecodable"  # the kind of an item whose stored bytes cannot be read back
+
+
+class _Serializer:
+    """persist-queue's JSON serializer, but a row that cannot be read back never raises.
+
+    persist-queue marks a row claimed before it decodes it: a decoding error there would leave
+    the row claimed for good (failure matrix 21). Such a row comes out as an item of kind
+    "undecodable" instead, with why, and delivery dead-letters it like any item it cannot send.
+    """
+
+    dumps = staticmethod(json_serializer.dumps)
+    dump = staticmethod(json_serializer.dump)
+    load = staticmethod(json_serializer.load)
+
+    @staticmethod
+    def loads(data: bytes) -> dict[str, Any]:
+        return decode(data)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """A stored item; an item of kind UNDECODABLE (with `why`) when it is not one of ours."""
+    try:
+        item = json_serializer.loads(bytes(data))
+    except UnicodeDecodeError:
+        return _undecodable(data, "its bytes are not UTF-8")
+    except (ValueError, RecursionError):
+        return _undecodable(data, "it is not JSON")
+    if not isinstance(item, dict):
+        return _undecodable(data, "it is not a JSON object")
+    return item
+
+
+def _undecodable(data: bytes, why: str) -> dict[str, Any]:
+    digest = hashlib.sha256(bytes(data)).hexdigest()[:16]
+    return {"kind": UNDECODABLE, "key": f"undecodable-{digest}", "revision": 0, "why": why}
 
 
 class _AckQueue(persistqueue.SQLiteAckQueue):
@@ -112,7 +149,7 @@ class Batch:
             f"SELECT _id, data FROM {queue._table_name} WHERE status IN (?, ?) ORDER BY _id",
             PENDING_STATUSES,
         ).fetchall()
-        return [(int(row[0]), json_serializer.loads(bytes(row[1]))) for row in rows]
+        return [(int(row[0]), decode(row[1])) for row in rows]
 
     def remove(self, destination: str, queue_id: int) -> bool:
         """Delete an item that has not been claimed yet; False if it has already left."""
@@ -265,7 +302,7 @@ class Outbox:
                 name=name,
                 multithreading=True,
                 timeout=busy_timeout_seconds,
-                serializer=json_serializer,
+                serializer=_Serializer,
                 db_file_name=FILE_NAME,
                 auto_resume=True,  # items claimed when we crashed go back to ready
             )
@@ -430,13 +467,27 @@ class Outbox:
         """Set an item aside (persist-queue's ack_failed) so the items behind it can flow."""
         self._mark(claimed, "ack_failed")
 
-    def unpark(self, queue: str, queue_id: int) -> None:
-        """Back to ready: it keeps its place (the lowest id goes first), so order holds."""
+    def unpark(self, queue: str, queue_id: int) -> bool:
+        """Back to ready: it keeps its place (the lowest id goes first), so order holds.
+
+        Only a set-aside item moves: False when it is no longer set aside (a technician
+        released or dead-lettered it meanwhile).
+        """
+        pq = self._queues[queue]
+        putter = cast(sqlite3.Connection, pq._putter)
         try:
-            with self._delivery_write():
-                self._queues[queue].nack(id=queue_id)
+            with self._delivery_write(), pq.tran_lock, putter as conn:
+                cursor = conn.execute(
+                    f"UPDATE {pq._table_name} SET status = ? WHERE _id = ? AND status = ?",
+                    (PENDING_STATUSES[1], queue_id, PARKED_STATUS),
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"unpark {queue}/{queue_id}: {exc}") from exc
+        if cursor.rowcount != 1:
+            return False
+        pq.total += 1
+        pq.put_event.set()
+        return True
 
     def parked(self, destination: str) -> list[tuple[str, int, dict[str, Any]]]:
         """(queue, id, item) of a destination's set-aside items, both lanes, oldest first."""
@@ -448,7 +499,7 @@ class Outbox:
                     f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id",
                     (PARKED_STATUS,),
                 ).fetchall()
-            found += [(queue, int(r[0]), json_serializer.loads(bytes(r[1]))) for r in rows]
+            found += [(queue, int(r[0]), decode(r[1])) for r in rows]
         return found
 
     def lanes(self, destination: str) -> list[str]:
@@ -528,7 +579,7 @@ class Outbox:
             rows = conn.execute(
                 f"SELECT data FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
             ).fetchall()
-        return sum(1 for (data,) in rows if json_serializer.loads(bytes(data)).get("key") == key)
+        return sum(1 for (data,) in rows if decode(data).get("key") == key)
 
     def checkpoint(self) -> None:
         """Fold the WAL into the file and truncate it: deleted bytes leave the -wal too."""

@@ -126,4 +126,33 @@ STEPS = [
         PRIMARY KEY (business_date, destination)
     )
     """,
+    """
+    ALTER TABLE quarantine ADD COLUMN content_hash TEXT;
+    ALTER TABLE quarantine ADD COLUMN times INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE quarantine ADD COLUMN last_at REAL;
+    CREATE INDEX quarantine_by_hash ON quarantine (content_hash);
+    INSERT OR REPLACE INTO counters VALUES
+        ('quarantine_bytes', (SELECT COALESCE(SUM(LENGTH(sealed_body)), 0) FROM quarantine));
+    CREATE TRIGGER quarantine_bytes_in AFTER INSERT ON quarantine BEGIN
+        UPDATE counters SET value = value + COALESCE(LENGTH(NEW.sealed_body), 0)
+        WHERE name = 'quarantine_bytes';
+    END;
+    CREATE TRIGGER quarantine_bytes_out AFTER DELETE ON quarantine BEGIN
+        UPDATE counters SET value = value - COALESCE(LENGTH(OLD.sealed_body), 0)
+        WHERE name = 'quarantine_bytes';
+    END;
+    CREATE TRIGGER quarantine_bytes_change AFTER UPDATE OF sealed_body ON quarantine BEGIN
+        UPDATE counters SET value = value - COALESCE(LENGTH(OLD.sealed_body), 0)
+            + COALESCE(LENGTH(NEW.sealed_body), 0)
+        WHERE name = 'quarantine_bytes';
+    END;
+    INSERT OR REPLACE INTO counters VALUES
+        ('dead_letters_kept', (SELECT COUNT(*) FROM dead_letters));
+    CREATE TRIGGER dead_letters_kept_in AFTER INSERT ON dead_letters BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'dead_letters_kept';
+    END;
+    CREATE TRIGGER dead_letters_kept_out AFTER DELETE ON dead_letters BEGIN
+        UPDATE counters SET value = value - 1 WHERE name = 'dead_letters_kept';
+    END
+    """,
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,9 +53,23 @@ class StatusReporter:
         self._identity = identity
         self._data_dir = data_dir
         self._limit_bytes = limit_bytes
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, Any] | None] = (0.0, None)
 
-    def report(self) -> dict[str, Any]:
-        """The /v1/status answer (shape: api.schemas.StatusAnswer)."""
+    def report(self, max_age_seconds: float = 0.0) -> dict[str, Any]:
+        """The /v1/status answer (shape: api.schemas.StatusAnswer); with max_age_seconds, one
+        made that recently may be given again (the status page under a flood of loads)."""
+        if max_age_seconds <= 0:
+            return self._report()
+        with self._lock:
+            made_at, made = self._last
+            if made is not None and time.monotonic() - made_at < max_age_seconds:
+                return made
+            fresh = self._report()
+            self._last = (time.monotonic(), fresh)
+            return fresh
+
+    def _report(self) -> dict[str, Any]:
         return {
             "status": self._health.overall(),
             "version": __version__,

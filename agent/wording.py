@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 KIB = 1024
@@ -35,21 +36,44 @@ def next_try(seconds: float) -> str:
     return "trying now" if seconds <= 0.5 else f"next try in {duration(seconds)}"
 
 
-# What a destination's state asks of the technician (status page, `till-agent status`).
-STATE_HINTS = {
-    "online": "",
-    "offline": "the agent tries again by itself; `till-install verify` checks the way to the cloud",
-    "throttled": "the cloud asked for a pause, or a call budget is used up; it resumes by itself",
-    "halted": "credentials refused: put the right secret in place with `till-install configure "
-    "--secret NAME`; the queue is kept",
-    "not delivering": "delivery is off (`[delivery] enabled = false`) or its worker stopped; "
-    "restart the agent to deliver",
+@dataclass(frozen=True)
+class State:
+    """A destination's state as a person reads it: what it means, what to do ('' nothing)."""
+
+    meaning: str
+    todo: str
+
+
+# The one vocabulary of a destination's states: the status page, `till-agent status` and
+# docs/operations.md say these words (tests/test_wording.py keeps the document equal).
+STATES = {
+    "online": State("the cloud takes what is sent; the detail says how it goes", ""),
+    "offline": State(
+        'the cloud is not taking receipts: nothing answered ("unreachable"), or it answered '
+        "with a server error (the detail gives the HTTP status); the agent backs off and tries "
+        "again by itself, the queue is kept",
+        "nothing, if it clears by itself; `till-install verify` checks the way to the cloud",
+    ),
+    "throttled": State(
+        "the cloud asked for a pause (`Retry-After`), or a call budget is used up",
+        "nothing: it resumes by itself",
+    ),
+    "halted": State(
+        "the cloud refused the credentials (HTTP 401/403) or a setting; no receipt can go, the "
+        "queue is kept, health is red, an alert goes out",
+        "put the right secret in place with `till-install configure --secret NAME`",
+    ),
+    "not delivering": State(
+        "delivery is off (`[delivery] enabled = false`) or its worker stopped; sales are kept",
+        "restart the agent to deliver",
+    ),
 }
 
 
 def state_hint(state: str) -> str:
     """What to do about a destination in this state ('' when nothing)."""
-    return STATE_HINTS.get(state, "")
+    known = STATES.get(state)
+    return known.todo if known else ""
 
 
 def destination_detail(destination: Mapping[str, Any]) -> str:

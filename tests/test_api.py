@@ -181,6 +181,49 @@ def test_api_binds_loopback_only(agent_till):
     assert agent.server.host == "127.0.0.1"
 
 
+# -- issue 14: odd input gets a clear answer, never a 5xx ---------------------------------
+
+
+@pytest.mark.parametrize("token", ["pä", "p\u00e4" * 40, "\u202e"])
+def test_a_token_that_is_not_ascii_is_401_not_500(agent_till, token):
+    agent, _ = agent_till
+    answer = requests.get(
+        agent.url + "/v1/status",
+        headers={"Authorization": "Bearer " + token.encode("utf-8").decode("latin-1")},
+        timeout=5,
+    )
+    assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("dead_letter", "status"),
+    [("9" * 2000, 404), ("9" * 5000, 414), ("²", 404), ("12345678901234567890", 404), ("-1", 404)],
+    ids=["2000-digits", "5000-digits", "superscript", "past-2**63", "negative"],
+)
+def test_a_dead_letter_id_that_names_nothing_is_4xx_not_500(agent_till, dead_letter, status):
+    _, till = agent_till
+    assert till.get(f"/v1/dead-letters/{dead_letter}").status_code == status
+    assert till.post(f"/v1/dead-letters/{dead_letter}/retry", {}).status_code == status
+
+
+def test_a_receipt_id_in_any_script_can_be_asked_for(agent_till):
+    from urllib.parse import quote
+
+    _, till = agent_till
+    for receipt_id in ("S042-Łódź-000124", "東京-0001", " LEADING-SPACE"):
+        assert till.post("/v1/receipts", make_receipt(receipt_id)).status_code == 202
+        answer = till.get("/v1/receipts/" + quote(receipt_id, safe=""))
+        assert answer.status_code == 200, receipt_id
+        assert answer.json()["uniqueReceiptId"] == receipt_id
+
+
+def test_a_path_past_any_route_is_414_in_the_one_shape(agent_till):
+    _, till = agent_till
+    answer = till.get("/v1/receipts/" + "x" * 5000)
+    assert answer.status_code == 414
+    assert answer.json()["error"]["code"] == "uri_too_long"
+
+
 def test_listing_pages_through_every_undelivered_receipt_once(agent_till):
     _, till = agent_till  # delivery is off here: everything stays queued
     for n in range(7):

@@ -110,9 +110,12 @@ class Rig:
         self.session.headers["Authorization"] = f"Bearer {self.agent.token}"
 
     def before(self, example: Example) -> None:
-        """Deliveries settled before each example; the cloud taken down for the outage ones."""
+        """Deliveries settled before each example; the cloud taken down for the outage ones
+        and back up after them (a sale waiting for an unreachable cloud keeps its place)."""
         if example.offline and self.cloud.faults.offline is None:
             self.cloud.faults.set_offline("refused")
+        elif not example.offline and self.cloud.faults.offline is not None:
+            self.cloud.faults.set_offline(None)
         if not example.offline:
             self._wait(self._settled)
         elif example.name == "undelivered":

@@ -126,12 +126,12 @@ def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_pro
 
     till = Till(process.url, process.token)
     receipt = make_receipt("R-STOPPED")
-    receipt["contact"] = {"matchKey": "zz.stopped.3141@example.invalid", "matchKeyType": "Email"}
+    receipt["contact"] = {"matchKey": "zz.stopped.3141@example.com", "matchKeyType": "Email"}
     till.post("/v1/receipts", receipt)
     till.close()
     assert process.terminate() == 0
     config = str(process.config_path)
-    result = till_agent("forget", "--config", config, "--email", "zz.stopped.3141@example.invalid")
+    result = till_agent("forget", "--config", config, "--email", "zz.stopped.3141@example.com")
     assert result.returncode == 0, result.stderr
     assert '"queued_items_stripped": 2' in result.stdout
     assert till_agent("purge", "--config", config).returncode == 0
@@ -193,6 +193,22 @@ def test_the_sandbox_command_serves_the_cloud_until_stopped():
         out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
     assert f"127.0.0.1:{port}" in out
+
+
+@pytest.mark.linux_only("a graceful stop by SIGTERM")
+def test_retry_now_asks_the_running_agent_and_says_when_it_is_not(agent_process, tmp_path):
+    process = agent_process({"delivery": {"enabled": True}})
+    process.start()
+    result = till_agent("retry-now", "--config", str(process.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "trying now: engage, loaded" in result.stdout
+    result = till_agent("retry-now", "--config", str(process.config_path), "nope")
+    assert result.returncode != 0
+    assert "no destination 'nope'" in result.stderr
+    assert process.terminate() == 0
+    result = till_agent("retry-now", "--config", str(process.config_path))
+    assert result.returncode != 0
+    assert "the agent is not running" in result.stderr
 
 
 @pytest.mark.linux_only("the printed curl in a POSIX shell, SIGINT, /etc and /var")

@@ -75,7 +75,7 @@ class Run:
 
     def _new(self, n: int) -> Post:
         if self.with_members and n % 5 == 0:
-            email = f"member{n}@example.test"
+            email = f"member{n}@example.com"
             return Post("/v1/contacts", {"email": email, "firstName": "Test"}, email)
         receipt_id = f"M-{n:05d}"
         buyer = n % 3 != 0

@@ -157,3 +157,66 @@ def test_sigkill_during_delivery_resends_with_the_same_key_and_the_cloud_holds_o
     keys = [r.path.rsplit("eid:", 1)[-1] for r in sales_requests(cloud) if "eid:" in r.path]
     assert set(keys) <= set(ids)  # every send, first or repeated, carried its receipt's own key
     assert process.terminate() == 0
+
+
+def test_with_create_unknown_members_off_an_unknown_buyer_is_not_made_a_member(
+    start_agent, tmp_path, cloud
+):
+    """The intelligent buffer creates a member for an unknown phone, unless the store says no:
+    then that sale is a dead letter that says why, and a known member's sale still goes."""
+    cloud.engage.add_contact(mobilePhone="+46700000002")
+    overrides = {
+        "delivery": {"enabled": True, "backoff_initial_seconds": 0.2},
+        "destinations": {
+            "engage": {"base_url": cloud.url, "create_unknown_members": False},
+            "loaded": {"base_url": cloud.url + "/loaded"},
+        },
+    }
+    _, till = start_agent(merged(base_config(tmp_path), overrides))
+    stranger = make_receipt("R-STRANGER")  # +46700000001: nobody in Engage
+    known = make_receipt("R-KNOWN")
+    known["contact"]["matchKey"] = "+46700000002"
+    till.post("/v1/receipts", stranger)
+    till.post("/v1/receipts", known)
+    wait_for(lambda: "R-KNOWN" in cloud.engage.receipts)
+    wait_for(lambda: len(till.get("/v1/dead-letters").json()) == 1)
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert letter["recordKey"] == "R-STRANGER"
+    assert letter["destination"] == "engage"
+    assert "create_unknown_members is false" in letter["reason"]
+    assert len(cloud.engage.contacts) == 1  # nobody was created
+    assert "R-STRANGER" not in cloud.engage.receipts
+    wait_for(lambda: "R-STRANGER" in cloud.loaded.sales)  # the analytics cloud still has it
+
+
+def test_a_recovered_cloud_is_noticed_by_the_probe_while_backing_off(delivering, cloud):
+    """Issue 19 §5: the back-off may have grown to minutes; the probe notices recovery."""
+    _, till = delivering(
+        backoff_initial_seconds=60.0, backoff_max_seconds=300.0, recovery_probe_seconds=1.0
+    )
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    loaded = status_of(till, "loaded")
+    assert str(loaded["detail"]).startswith("cloud unreachable:")
+    assert float(str(loaded["pausedSeconds"])) > 30
+    cloud.faults.set_offline(None)
+    back = time.monotonic()
+    wait_for(lambda: "R-1" in cloud.loaded.sales, seconds=10)
+    assert time.monotonic() - back < 5  # the probe, not the 60 s back-off
+    assert status_of(till, "loaded")["state"] == "online"
+
+
+def test_retry_now_skips_the_back_off(delivering, cloud):
+    _, till = delivering(backoff_initial_seconds=60.0, recovery_probe_seconds=120.0)
+    cloud.faults.set_offline("refused")
+    till.post("/v1/receipts", make_receipt("R-1", contact=False))
+    wait_for(lambda: status_of(till, "loaded")["state"] == "offline")
+    cloud.faults.set_offline(None)
+    answer = till.post("/v1/delivery/retry-now", {"destination": "loaded"})
+    assert answer.status_code == 202
+    assert answer.json() == {"destinations": ["loaded"]}
+    wait_for(lambda: "R-1" in cloud.loaded.sales, seconds=5)
+    assert till.post("/v1/delivery/retry-now", {"destination": "nope"}).status_code == 404
+    everyone = till.session.post(till.url + "/v1/delivery/retry-now", timeout=5)
+    assert everyone.json() == {"destinations": ["engage", "loaded"]}

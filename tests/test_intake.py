@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.conftest import make_receipt
 
 
@@ -197,3 +199,97 @@ def test_status_counts_every_outcome(agent_till):
     loaded = next(d for d in status["destinations"] if d["name"] == "loaded")
     assert loaded["depth"] == 1
     assert loaded["oldestAgeSeconds"] >= 0
+
+
+# -- issue 14: refused at the door what no destination can take --------------------------
+
+REFUSED = [
+    ("matchKey", {"matchKey": "hello", "matchKeyType": "MobilePhone"}, "invalid_match_key"),
+    ("matchKey", {"matchKey": "not an address", "matchKeyType": "Email"}, "invalid_match_key"),
+    ("matchKey", {"matchKey": "   ", "matchKeyType": "MemberNumber"}, "invalid_match_key"),
+    ("localId", {"localId": "loc_000000000000000000000000"}, "unknown_local_id"),
+]
+
+
+@pytest.mark.parametrize(("field", "contact", "code"), REFUSED, ids=[r[2] + r[0] for r in REFUSED])
+def test_a_buyer_no_cloud_can_find_is_refused_with_its_field_and_quarantined(
+    agent_till, field, contact, code
+):
+    agent, till = agent_till
+    receipt = make_receipt()
+    receipt["contact"] = contact
+    answer = till.post("/v1/receipts", receipt)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["code"] == code
+    assert error["details"] == [{"path": f"$.contact.{field}", "message": error["message"]}]
+    assert quarantined(agent, error["errorId"]) == code
+    assert depth(agent, "loaded") == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("totalGrossPrice", "Infinity"),
+        ("totalGrossPrice", "-Infinity"),
+        ("totalGrossPrice", "NaN"),
+        ("totalGrossPrice", "sNaN"),
+        ("totalGrossPrice", 1e300),
+        ("totalGrossPrice", "1e999999999"),
+        ("totalGrossPrice", "1000000000000000"),
+        ("totalGrossPrice", "0.000000001"),
+        ("items[0].grossPaidPrice", "Infinity"),
+        ("items[0].taxAmount", "NaN"),
+        ("items[0].taxPercent", "1e400"),
+        ("paymentMethods[0].value", "-1e20"),
+        ("items[0].discounts[0].value", "Infinity"),
+    ],
+)
+def test_an_amount_no_destination_can_take_is_refused_with_its_path(agent_till, where, value):
+    agent, till = agent_till
+    receipt = make_receipt()
+    receipt["items"][0]["discounts"] = [{"value": "1.00"}]
+    target, _, name = where.rpartition(".")
+    holder = receipt
+    for part in target.replace("]", "").split(".") if target else []:
+        key, _, index = part.partition("[")
+        holder = holder[key][int(index)] if index else holder[key]
+    holder[name or where] = value
+    answer = till.post("/v1/receipts", receipt)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_amount"
+    assert error["details"][0]["path"] == f"$.{where}"
+    assert depth(agent, "loaded") == 0
+
+
+def test_the_largest_exact_amount_is_taken(agent_till):
+    _, till = agent_till
+    receipt = make_receipt(contact=False)
+    receipt["totalGrossPrice"] = "123456789012345.6789"  # 15 integer digits, 4 decimals
+    assert till.post("/v1/receipts", receipt).status_code == 202
+
+
+def test_a_member_registered_here_can_be_named_by_its_local_id(agent_till):
+    _, till = agent_till
+    local_id = till.post("/v1/contacts", {"email": "zz.local@example.com"}).json()["localId"]
+    receipt = make_receipt()
+    receipt["contact"] = {"localId": local_id}
+    assert till.post("/v1/receipts", receipt).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("contact", "path"),
+    [
+        ({"email": "not an address"}, "$.email"),
+        ({"email": "zz.x@example.com", "mobilePhone": "hello"}, "$.mobilePhone"),
+        ({"mobilePhone": "+4"}, "$.mobilePhone"),
+    ],
+)
+def test_a_member_whose_email_or_phone_no_cloud_can_take_is_refused(agent_till, contact, path):
+    agent, till = agent_till
+    answer = till.post("/v1/contacts", contact)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert (error["code"], error["details"][0]["path"]) == ("invalid_contact", path)
+    assert quarantined(agent, error["errorId"]) == "invalid_contact"

@@ -71,6 +71,62 @@ def test_daily_file_handler_writes_the_days_file(tmp_path):
     assert json.loads(written)["message"] == "hello"
 
 
+# -- issue 14: linear time on any input, bounded fields, no query strings -----------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 60_000,
+        "a.b" * 20_000 + "@x",
+        "1 " * 30_000,
+        "1(1" * 20_000,
+        "a@" * 30_000,
+        "token " + " " * 60_000,
+        "%40" * 20_000,
+        "?a=b" * 15_000,
+        "+" * 60_000,
+    ],
+    ids=lambda text: text[:6].strip() or "spaces",
+)
+def test_redaction_takes_linear_time_on_hostile_input(text):
+    """The email pattern was quadratic: 40,000 characters of a path took 8 s."""
+    import time
+
+    started = time.perf_counter()
+    logs.redact(text)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("GET /api/v2/contacts/id?email=zz.a%40example.com HTTP/1.1", "example.com"),
+        ("GET /api/v2/contacts/id?mobilePhone=%2B46700000017 HTTP/1.1", "46700000017"),
+        ("zz.b%40example.org failed", "example.org"),
+        ("phone %2B46700000018 failed", "46700000018"),
+    ],
+)
+def test_query_strings_and_percent_encoded_values_are_redacted(text, leak):
+    assert leak not in logs.redact(text)
+
+
+def test_a_log_line_is_bounded_whatever_a_client_sends():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.logs.bounded")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("refused %s", "m" * 50_000, extra={"route": "r" * 50_000})
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert len(entry["message"]) < logs.MESSAGE_CHARS + 50
+    assert len(entry["route"]) < logs.FIELD_CHARS + 50
+
+
 def test_an_unwritable_day_file_is_one_warning_not_a_traceback_per_line(tmp_path, capsys):
     # Stands in for a file another user left (the tests run as root, so permissions would not
     # refuse): a directory where the day's file should be refuses every open the same way.

@@ -159,7 +159,11 @@ def test_a_dispatcher_stuck_in_a_send_stops_the_pings_of_a_real_agent(listener, 
         time.sleep(1.5)  # every loop that is not stuck beats within a second
         assert watchdog.stale() == ["dispatch-engage loop"]
         assert not watchdog.tick()
-        connection.close()  # the send fails, the loop comes round and beats again
+        # The send fails; the cloud is gone too, so the probe dispatch asks next is refused at
+        # once (a silent cloud would hold the probe for its own timeout as well), and the loop
+        # comes round and beats again.
+        silent.close()
+        connection.close()
         _wait_until(lambda: watchdog.stale() == [])
         assert watchdog.tick()
     finally:

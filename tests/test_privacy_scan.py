@@ -12,13 +12,13 @@ from tests.conftest import make_receipt
 PLANTED = {
     "first": "Zyxqvörn",
     "last": "Plantédtestsson",
-    "email": "zz.planted.7731@example.invalid",
+    "email": "zz.planted.7731@example.com",
     "phone": "+46700009173",
     "member": "MBR-PLANT-55813",
     "street": "Qwxyzgatan 99",
     "ssn": "19010101-PL4N",
-    "receipt_key": "zz.receipt.buyer.4410@example.invalid",
-    "quarantined": "zz.quarantine.5512@example.invalid",
+    "receipt_key": "zz.receipt.buyer.4410@example.com",
+    "quarantined": "zz.quarantine.5512@example.com",
 }
 
 

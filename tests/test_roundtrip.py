@@ -18,7 +18,10 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 
 texts = st.text(st.characters(codec="utf-8"), max_size=300)
 money = st.decimals(
-    min_value=Decimal("-1e15"), max_value=Decimal("1e15"), allow_nan=False, places=4
+    min_value=Decimal("-999999999999999.9999"),
+    max_value=Decimal("999999999999999.9999"),
+    allow_nan=False,
+    places=4,
 ).map(str)
 items = st.fixed_dictionaries(
     {

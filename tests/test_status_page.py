@@ -146,7 +146,7 @@ def test_a_halted_destination_says_what_to_do_on_the_page_and_in_status(start_ag
         page = requests.get(till.url + "/", timeout=5).text
         assert "till-install configure --secret NAME" in page
         printed = format_status(answer)
-        assert "what to do: credentials refused" in printed
+        assert "what to do: put the right secret in place" in printed
         assert printed.count("what to do") == 1  # nothing to do for the online one
     finally:
         cloud.stop()

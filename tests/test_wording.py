@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from agent import wording
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -35,3 +39,21 @@ def test_a_destination_detail_carries_the_countdown_only_while_waiting():
     assert wording.destination_detail(waiting | {"pausedSeconds": 0.0}) == "cloud unreachable"
     online = {"state": "online", "detail": "delivering", "pausedSeconds": 3.0}
     assert wording.destination_detail(online) == "delivering"
+
+
+def test_operations_md_states_table_says_what_the_code_says():
+    """docs/operations.md's table of a destination's states is wording.STATES, word for word."""
+    text = (ROOT / "docs" / "operations.md").read_text("utf-8")
+    table = text.split("<!-- states: agent/wording.py STATES -->\n", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| \*\*(.+?)\*\* \| (.+?) \| (.+?) \|$", table, re.MULTILINE)
+    documented = {name: (meaning, todo) for name, meaning, todo in rows}
+    said = {name: (st.meaning, st.todo or "—") for name, st in wording.STATES.items()}
+    assert documented == said
+
+
+def test_every_state_a_destination_can_report_has_words():
+    from agent import dispatch, status
+
+    reported = {dispatch.ONLINE, dispatch.OFFLINE, dispatch.THROTTLED, dispatch.HALTED}
+    assert "not delivering" in Path(status.__file__).read_text("utf-8")
+    assert reported | {"not delivering"} == set(wording.STATES)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote
 
 from agent.api.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
+    UriTooLongError,
     error_body,
     new_error_id,
     status_and_code,
@@ -20,6 +23,9 @@ from agent.errors import InvalidRequestError, StorageError
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+# No route is longer: a receipt id is at most 255 characters (765 bytes of UTF-8).
+MAX_PATH_CHARS = 2048
+LOGGED_PATH_CHARS = 120
 
 
 class App:
@@ -44,6 +50,8 @@ class App:
         return [response.body]
 
     def _handle(self, request: Request) -> Response:
+        if len(request.path) > MAX_PATH_CHARS:
+            raise UriTooLongError(f"the path is over {MAX_PATH_CHARS} characters")
         check_host(request)
         route = self._route(request)
         if route.needs_token:
@@ -51,13 +59,16 @@ class App:
         return route.handler(request, self._services)
 
     def _route(self, request: Request) -> Route:
+        """The route for the path as sent (an id's %2F stays inside its segment), else for
+        the decoded path; the parameters are decoded (UTF-8)."""
         allowed = []
         for route, pattern in self._routes:
-            match = pattern.match(request.path)
-            if match is None:
+            params = _match(pattern, request)
+            if params is None:
                 continue
             if route.method == request.method:
-                request.params = match.groupdict()
+                request.params = params
+                request.route = route.template
                 return route
             allowed.append(route.method)
         if allowed:
@@ -72,15 +83,18 @@ class App:
         headers = dict(getattr(exc, "headers", {}))
         if isinstance(exc, StorageError) or status == 503:
             headers["Retry-After"] = self._retry_after
-        self._log_error(request, exc, error_id, status, code)
         if isinstance(exc, InvalidRequestError):
-            self._quarantine(request, exc, error_id, code)
+            error_id = self._quarantine(request, exc, error_id, code)
+        self._log_error(request, exc, error_id, status, code)
         return Response.json(error_body(exc, code, error_id), status=status, headers=headers)
 
     def _log_error(
         self, request: Request, exc: Exception, error_id: str, status: int, code: str
     ) -> None:
-        fields = {"errorId": error_id, "status": status, "code": code, "route": request.path}
+        # The route's template, never the path itself: a path is the client's to choose (ids,
+        # a hostile 40,000 characters); an unknown path only as its first characters.
+        route = request.route or request.path[:LOGGED_PATH_CHARS]
+        fields = {"errorId": error_id, "status": status, "code": code, "route": route}
         if status >= 500:
             log.error(
                 "request failed: %s", type(exc).__name__, extra=fields, exc_info=status == 500
@@ -90,11 +104,23 @@ class App:
 
     def _quarantine(
         self, request: Request, exc: InvalidRequestError, error_id: str, code: str
-    ) -> None:
+    ) -> str:
+        """The errorId the refused body is kept under (the first one's, for the same body
+        again); a store that cannot keep it never changes the answer."""
+        route = request.route or request.path[:LOGGED_PATH_CHARS]
         try:
-            self._services.intake.quarantine(error_id, request.path, request.body(), code, str(exc))
+            return self._services.intake.quarantine(error_id, route, request.body(), code, str(exc))
         except StorageError:
             log.exception("could not quarantine a refused body", extra={"errorId": error_id})
+            return error_id
+
+
+def _match(pattern: re.Pattern[str], request: Request) -> dict[str, str] | None:
+    raw = request.segments_path
+    if raw is not None and (match := pattern.match(raw)) is not None:
+        return {k: unquote(v, errors="replace") for k, v in match.groupdict().items()}
+    match = pattern.match(request.path)
+    return None if match is None else match.groupdict()
 
 
 def create_app(

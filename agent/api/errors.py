@@ -56,6 +56,10 @@ class PayloadTooLargeError(HttpError):
     status, code = 413, "payload_too_large"
 
 
+class UriTooLongError(HttpError):
+    status, code = 414, "uri_too_long"
+
+
 class UnsupportedMediaTypeError(HttpError):
     status, code = 415, "unsupported_media_type"
 

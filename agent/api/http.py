@@ -6,6 +6,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -25,6 +26,7 @@ class Request:
     environ: dict[str, Any]
     max_body_bytes: int
     params: dict[str, str] = field(default_factory=dict)
+    route: str = ""  # the matched route's template, once routed
     _body: bytes | None = None
 
     @property
@@ -33,7 +35,19 @@ class Request:
 
     @property
     def path(self) -> str:
-        return str(self.environ.get("PATH_INFO", "/"))
+        """The path as the client wrote it: WSGI hands its bytes over as Latin-1, and a
+        receipt id like S042-Łódź-000124 arrives as UTF-8 (invalid bytes replaced)."""
+        raw = str(self.environ.get("PATH_INFO", "/"))
+        return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+    @property
+    def segments_path(self) -> str | None:
+        """The path still percent-encoded, as sent (REQUEST_URI), so an id holding '/'
+        or '?' stays one segment; None where the server does not give it."""
+        raw = self.environ.get("REQUEST_URI")
+        if not isinstance(raw, str):
+            return None
+        return urlsplit(raw).path or "/"
 
     def header(self, name: str) -> str:
         if name.lower() == "content-type":
@@ -94,6 +108,7 @@ REASONS = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Payload Too Large",
+    414: "URI Too Long",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     500: "Internal Server Error",
@@ -115,7 +130,9 @@ def check_host(request: Request) -> None:
 
 def check_token(request: Request, token: str) -> None:
     scheme, _, given = request.header("Authorization").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    # Bytes, not text: compare_digest refuses non-ASCII text ("Bearer pä" was a 500).
+    offered = given.strip().encode("latin-1", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered, token.encode("ascii")):
         raise UnauthorizedError(
             "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )

@@ -45,9 +45,12 @@ class Services:
     sync_now: Callable[[], dict[str, float] | None]
     openapi: bytes
     reconciler: Reconciler
+    retry_now: Callable[[str | None], list[str]] = lambda destination: []
 
 
 Handler = Callable[[Request, Services], Response]
+PAGE_MAX_AGE_SECONDS = 1.0
+MAX_ID_DIGITS = 18  # below 2**63
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ def get_receipt(request: Request, services: Services) -> Response:
 def post_contact(request: Request, services: Services) -> Response:
     contact = decode(request, models.Contact)
     models.check_contact(contact)
+    services.intake.check_contact(contact)
     if contact.contact_id is None and (found := services.lookup.existing(contact)) is not None:
         return Response.json(existing_contact(found))
     accepted = services.intake.put_contact(contact)
@@ -167,9 +171,19 @@ def post_contacts_sync(request: Request, services: Services) -> Response:
     return Response.json(report)
 
 
+def post_retry_now(request: Request, services: Services) -> Response:
+    """Skip the back-off of one destination (or every one): set-aside items are due now."""
+    ask = decode_private(request, schemas.RetryNowRequest) if request.body() else None
+    hurried = services.retry_now(ask.destination if ask else None)
+    return Response.json(schemas.RetryNowAnswer(hurried), status=202)
+
+
 def get_page(request: Request, services: Services) -> Response:
-    dead_letters = len(services.dead_letters.all())
-    return Response(200, page.render(services.status.report(), dead_letters), page.CONTENT_TYPE)
+    """The status page: anyone on the till can load it, so it costs one report a second at
+    most however often it is asked for, and its counts are O(1)."""
+    report = services.status.report(max_age_seconds=PAGE_MAX_AGE_SECONDS)
+    dead_letters = services.dead_letters.count()
+    return Response(200, page.render(report, dead_letters), page.CONTENT_TYPE)
 
 
 def get_metrics(request: Request, services: Services) -> Response:
@@ -288,9 +302,10 @@ def delete_dead_letter(request: Request, services: Services) -> Response:
 
 
 def dead_letter_id(request: Request) -> int:
+    """A dead letter's id from the path: ASCII digits that SQLite can hold, else 404."""
     text = request.params["id"]
-    if not text.isdigit():
-        raise RouteNotFoundError(f"no dead letter {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        raise RouteNotFoundError("no such dead letter")
     return int(text)
 
 
@@ -326,6 +341,7 @@ ROUTES = (
     Route("POST", "/v1/privacy/purge", post_purge),
     Route("POST", "/v1/privacy/forget", post_forget),
     Route("POST", "/v1/replay", post_replay),
+    Route("POST", "/v1/delivery/retry-now", post_retry_now),
     Route("GET", "/v1/reconciliation", get_reconciliation),
     Route("GET", "/v1/qa-report", get_qa_report),
     Route("GET", "/v1/dead-letters", list_dead_letters),

@@ -164,6 +164,18 @@ class ReplayAnswer(_Out):
     queued: int
 
 
+class RetryNowRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One destination, or none for every destination."""
+
+    destination: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class RetryNowAnswer(_Out):
+    """The destinations whose back-off was skipped."""
+
+    destinations: list[str]
+
+
 class ReplayStepView(_Out):
     destination: str
     unique_receipt_id: str
@@ -376,6 +388,8 @@ SHAPES = (
     ForgetRequest,
     ReplayRequest,
     ReplayAnswer,
+    RetryNowRequest,
+    RetryNowAnswer,
     ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
@@ -584,6 +598,15 @@ def _paths() -> dict[str, Any]:
                         "200": ("dryRun: what would be queued, nothing queued", "ReplayPlan"),
                     },
                     ("400", "413", "415", *common),
+                ),
+            }
+        },
+        "/v1/delivery/retry-now": {
+            "post": {
+                "summary": "Skip the back-off now: of one destination, or of every destination",
+                "requestBody": {"required": False, **_ref("RetryNowRequest")},
+                "responses": _answers(
+                    {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
                 ),
             }
         },

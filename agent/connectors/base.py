@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -10,8 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, Protocol, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -26,6 +28,7 @@ from agent.errors import (
     RejectedError,
     RetryableError,
     ThrottledError,
+    UnsendableError,
 )
 from agent.models import ContactPage, OutboundMessage
 
@@ -39,6 +42,10 @@ RETRYABLE_STATUSES = frozenset({408, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 # Keys a cloud's JSON error body names its error by, most specific first.
 ERROR_ID_KEYS = ("errorId", "error_id", "errorCode", "code", "name", "error")
+# What can be an error's id or name and is provably no one's data: one token, no spaces, no
+# '@', no markup; anything else (a message, a name, an address) is not kept as an id.
+REASON_PHRASES = frozenset(status.phrase for status in HTTPStatus)
+ERROR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 
 
 @dataclass(frozen=True)
@@ -139,19 +146,60 @@ _RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What went wrong in words, most specific first (the reason a technician reads).
+_NETWORK_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (requests.exceptions.ConnectTimeout, "timed out connecting"),
+    (requests.exceptions.ReadTimeout, "timed out waiting for the answer"),
+    (requests.exceptions.Timeout, "timed out"),
+    (requests.exceptions.SSLError, "the TLS handshake failed"),
+    (requests.exceptions.ProxyError, "the proxy failed"),
+    (requests.exceptions.ChunkedEncodingError, "the answer was cut off"),
+    (requests.exceptions.ContentDecodingError, "the answer could not be decoded"),
+    (requests.exceptions.TooManyRedirects, "too many redirects"),
+    (requests.exceptions.ConnectionError, "could not connect"),
+)
+_CONNECTION_DETAIL = (
+    ("refused", "the connection was refused"),
+    ("reset", "the connection was reset"),
+    ("resolve", "the name did not resolve"),
+    ("name or service", "the name did not resolve"),
+    ("aborted", "the connection was closed"),
+    ("remote end closed", "the connection was closed"),
+)
+
+
+def network_words(exc: BaseException) -> str:
+    """A failed exchange in words: 'could not connect (the connection was refused)'."""
+    words = next((w for cls, w in _NETWORK_WORDS if isinstance(exc, cls)), "the exchange failed")
+    text = str(exc).lower()[:2000]
+    detail = next((d for needle, d in _CONNECTION_DETAIL if needle in text), None)
+    return f"{words} ({detail})" if detail else words
+
+
 @contextmanager
 def translate_http_errors(connector: str) -> Iterator[None]:
-    """Map requests' exceptions to ours, at this one point: bad URLs to ConfigError, else retry."""
+    """Map requests' exceptions to ours, at this one point.
+
+    A request we could not even build from this item (a body that is not JSON, a value no
+    header can carry) is the item's problem: UnsendableError. A bad base URL is the
+    configuration's: ConfigError. Everything else is a failed exchange: RetryableError.
+    """
     try:
         yield
     except CloudError:
         raise
-    except _CONFIG_ERRORS as exc:
-        raise ConfigError([f"destinations.{connector}.base_url: {type(exc).__name__}"]) from exc
-    except _RETRYABLE_ERRORS as exc:
-        raise RetryableError(
-            f"{connector}: {type(exc).__name__} talking to the cloud", connector=connector
+    except requests.exceptions.JSONDecodeError as exc:  # an answer, not our request
+        raise RetryableError(f"{connector}: the answer was not JSON", connector=connector) from exc
+    except (requests.exceptions.InvalidJSONError, UnicodeError) as exc:
+        raise UnsendableError(
+            f"{connector}: the request could not be encoded", connector=connector
         ) from exc
+    except _CONFIG_ERRORS as exc:
+        raise ConfigError(
+            [f"destinations.{connector}.base_url: not a usable URL or header value"]
+        ) from exc
+    except _RETRYABLE_ERRORS as exc:
+        raise RetryableError(f"{connector}: {network_words(exc)}", connector=connector) from exc
 
 
 _REDACTIONS = (
@@ -184,9 +232,14 @@ def cloud_error_id(text: str) -> str | None:
             continue
         for key in ERROR_ID_KEYS:
             value = candidate.get(key)
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-                return str(value)[:100]
+            if isinstance(value, str | int) and not isinstance(value, bool) and is_id(value):
+                return str(value)
     return None
+
+
+def is_id(value: str | int) -> bool:
+    """One token, or an HTTP reason phrase ("Too Many Requests"): nothing else is kept."""
+    return ERROR_ID.match(str(value)) is not None or str(value) in REASON_PHRASES
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -346,6 +399,37 @@ class Options:
             self.problems.append(f"{self.prefix}.{key}: unknown key")
         if self.problems:
             raise ConfigError(self.problems)
+
+
+# --- header and URL safety -------------------------------------------------------------
+
+
+def idempotency_header(key: str) -> str:
+    """The Idempotency-Key header for an idempotency key: its SHA-256 in hex.
+
+    An id from the till can be any text (Łódź, a leading space, a bidi mark) and no header
+    carries that as it is; its digest is ASCII, as unique, and the same on every retry.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def header_value(value: str) -> str | None:
+    """value when a header can carry it as it is (visible ASCII, no space around), else None."""
+    safe = value.isascii() and value.isprintable() and value == value.strip() != ""
+    return value if safe else None
+
+
+def path_segment(value: str, *, connector: str) -> str:
+    """Any id as one URL path segment: percent-quoted, '/', '?', '#' and '%' included.
+
+    A segment of dots only would be resolved away ('..' is the parent) and requests unquotes
+    '%2E' back to '.', so such an id (and an empty one) is UnsendableError: it names nothing.
+    """
+    if not value.strip("."):
+        raise UnsendableError(
+            f"{connector}: an id of dots only names no record", connector=connector
+        )
+    return quote(value, safe="")
 
 
 def join(base_url: str, path: str) -> str:

@@ -21,12 +21,14 @@ from agent.connectors.base import (
     Sender,
     SendResult,
     call,
+    header_value,
     join,
     json_body,
     money_as_numbers,
+    path_segment,
     rate_limit,
 )
-from agent.errors import RejectedError, RetryableError
+from agent.errors import RejectedError, RetryableError, UnsendableError
 from agent.models import (
     Contact,
     ContactPage,
@@ -65,6 +67,7 @@ class EngageSettings:
     changes_utc_offset_minutes: int = 0
     bulk_max: int = BULK_MAX
     avoid_triggering_export: bool = False
+    create_unknown_members: bool = True  # a receipt's unknown buyer becomes a member
     bulk_contacts: bool = True  # queued contact changes go out through contacts/bulk
     bulk_min: int = 3  # a shorter run of contacts goes one by one (bulk costs ≥ 2 calls)
     bulk_status_poll_seconds: float = 0.5
@@ -92,6 +95,7 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         ),
         bulk_max=int(opts.number("bulk_max", BULK_MAX, low=1, high=BULK_MAX)),
         avoid_triggering_export=opts.flag("avoid_triggering_export", False),
+        create_unknown_members=opts.flag("create_unknown_members", True),
         bulk_contacts=opts.flag("bulk_contacts", True),
         bulk_min=int(opts.number("bulk_min", 3, low=1, high=BULK_MAX)),
         bulk_status_poll_seconds=opts.number("bulk_status_poll_seconds", 0.5, low=0.05, high=60),
@@ -132,6 +136,12 @@ class EngageConnector:
             "Accept": "application/json",
         }
 
+    @property
+    def create_unknown_members(self) -> bool:
+        """A receipt's buyer Engage does not know is created as a member (the intelligent
+        buffer) unless `create_unknown_members = false`."""
+        return self.settings.create_unknown_members
+
     # --- plumbing -----------------------------------------------------------------------
 
     def _url(self, path: str) -> str:
@@ -170,9 +180,8 @@ class EngageConnector:
             email=contact.email, mobile_phone=contact.mobile_phone
         )
         if cloud_id is not None:
-            response = self._call(
-                "POST", f"contacts/{cloud_id}", json=self.contact_payload(contact)
-            )
+            segment = path_segment(cloud_id, connector=self.name)
+            response = self._call("POST", f"contacts/{segment}", json=self.contact_payload(contact))
             return self._result(response, cloud_id)
         response = self._create(contact)
         return self._result(response, self._id_of(response))
@@ -191,13 +200,16 @@ class EngageConnector:
         extras = {k: v for k, v in extras.items() if v}
         if self.settings.api_version == "v2":  # v2 reads these as headers, v3 from the query
             return self._call(
-                "POST", "contacts", json=self.contact_payload(contact), headers=extras
+                "POST", "contacts", json=self.contact_payload(contact), headers=_headers(extras)
             )
         return self._call("POST", "contacts", json=self.contact_payload(contact), params=extras)
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
         """GET contacts/id by email or phone: the id, None on 404; 409 (several) RejectedError."""
-        params = {"email": email or None, "mobilePhone": self.phone_out(mobile_phone)}
+        params = {
+            "email": (email or "").strip() or None,
+            "mobilePhone": self.phone_out(mobile_phone),
+        }
         params = {k: v for k, v in params.items() if v}
         if not params:
             return None
@@ -210,9 +222,13 @@ class EngageConnector:
         return self._id_of(response)
 
     def fetch_contact(self, contact_id: str) -> SourceContact | None:
-        """GET contacts/{id} as a SourceContact; None when Engage no longer has it (404)."""
+        """GET contacts/{id} as a SourceContact; None when Engage no longer has it (404) or the
+        id (from the changes feed) could name no contact at all."""
         try:
-            response = self._call("GET", f"contacts/{contact_id}")
+            segment = path_segment(contact_id, connector=self.name)
+            response = self._call("GET", f"contacts/{segment}")
+        except UnsendableError:
+            return None
         except RejectedError as exc:
             if exc.status == 404:
                 return None
@@ -316,6 +332,8 @@ class EngageConnector:
         body = to_builtins(contact)
         for key in ("contactId", "storeExternalId"):
             body.pop(key, None)
+        if contact.email:
+            body["email"] = contact.email.strip()  # the till's stray spaces; intake checked it
         if contact.mobile_phone:
             body["mobilePhone"] = self.phone_out(contact.mobile_phone)
         prefs = {k: body.pop(k) for k in ("acceptsEmail", "acceptsSms") if k in body}
@@ -458,6 +476,17 @@ class _Feed:
         except (ValueError, KeyError, TypeError):
             log.warning("engage: unreadable changes cursor, starting from changes_start")
             return cls(dt.datetime.fromisoformat(settings.changes_start), width, now)
+
+
+def _headers(values: dict[str, str]) -> dict[str, str]:
+    """The values a header can carry as they are. A store id no header can carry (Łódź, a
+    leading space) is left out rather than sent mangled: the member is still created, without
+    the store (v2 takes it only as a header)."""
+    kept = {name: value for name, value in values.items() if header_value(value) is not None}
+    dropped = sorted(values.keys() - kept.keys())
+    if dropped:
+        log.warning("engage: %s cannot go in a header; created without it", ", ".join(dropped))
+    return kept
 
 
 def to_e164(phone: str, region: str, *, connector: str = "engage") -> str:

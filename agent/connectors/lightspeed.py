@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -18,9 +17,10 @@ from agent.connectors.base import (
     call,
     join,
     json_body,
+    path_segment,
     rate_limit,
 )
-from agent.errors import RejectedError, RetryableError
+from agent.errors import RejectedError, RetryableError, UnsendableError
 from agent.models import ContactPage, SourceContact
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ class LightspeedConnector:
     def fetch_contact(self, contact_id: str) -> SourceContact | None:
         """GET /api/2.0/customers/{id} for the ghost sweep; None when gone (404 or deleted_at)."""
         try:
-            response = self._get({}, f"/api/2.0/customers/{quote(contact_id, safe='')}")
+            segment = path_segment(contact_id, connector=self.name)
+            response = self._get({}, f"/api/2.0/customers/{segment}")
+        except UnsendableError:
+            return None  # an id no URL can name is no customer we could ever fetch
         except RejectedError as exc:
             if exc.status == 404:
                 return None

@@ -20,6 +20,7 @@ from agent.connectors.base import (
     Sender,
     SendResult,
     call,
+    idempotency_header,
     join,
     json_body,
     money_as_numbers,
@@ -114,7 +115,7 @@ class LoadedConnector:
         headers = {
             "Authorization": f"Bearer {self._access_token()}",
             "User-Agent": self.settings.user_agent,
-            "Idempotency-Key": external_id,
+            "Idempotency-Key": idempotency_header(external_id),
         }
         sales = join(self.settings.base_url, self.settings.sales_path)
         if self.settings.upsert == "put_eid":

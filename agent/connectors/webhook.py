@@ -19,6 +19,7 @@ from agent.connectors.base import (
     Sender,
     SendResult,
     call,
+    idempotency_header,
     rate_limit,
 )
 from agent.models import OutboundMessage, to_builtins
@@ -101,7 +102,7 @@ class WebhookConnector:
             "Content-Type": "application/json",
             "User-Agent": self.settings.user_agent,
             SIGNATURE_HEADER: signature(self.settings.signing_key, raw),
-            "Idempotency-Key": key,
+            "Idempotency-Key": idempotency_header(key),
         }
         response = call(
             self._http, "POST", self.settings.url, connector=self.name, data=raw, headers=headers

@@ -43,7 +43,7 @@ class _State:
     offline: OfflineMode = None
     latency: dict[str | None, float] = field(default_factory=dict)
     error_rate: dict[str | None, tuple[float, int]] = field(default_factory=dict)
-    rejected: dict[str | None, tuple[frozenset[str], int]] = field(default_factory=dict)
+    rejected: dict[str | None, tuple[frozenset[str], int, str]] = field(default_factory=dict)
     auth_failure: set[str] = field(default_factory=set)
 
 
@@ -139,10 +139,17 @@ class Faults:
             if seed is not None:
                 self._random.seed(seed)
 
-    def reject_ids(self, ids: Iterable[str], status: int = 400, api: str | None = None) -> None:
-        """Receipts/sales/deliveries whose id (uniqueReceiptId, externalId, key) is in ids fail."""
+    def reject_ids(
+        self,
+        ids: Iterable[str],
+        status: int = 400,
+        api: str | None = None,
+        message: str = "sandbox fault: this id is rejected",
+    ) -> None:
+        """Receipts/sales/deliveries whose id (uniqueReceiptId, externalId, key) is in ids fail,
+        with message as the error body's text (a cloud's own words, whatever they hold)."""
         with self._lock:
-            self._state.rejected[api] = (frozenset(ids), status)
+            self._state.rejected[api] = (frozenset(ids), status, message)
 
     def set_auth_failure(self, api: str, on: bool = True) -> None:
         """Every call of api answers 401 while on."""
@@ -187,13 +194,13 @@ class Faults:
                 verdict.kind, verdict.status = "status", rate[1]
             return verdict
 
-    def rejected_status(self, api: str, item_id: str | None) -> int | None:
-        """The status to reject item_id with at api, or None to accept it."""
+    def rejection(self, api: str, item_id: str | None) -> tuple[int, str] | None:
+        """The status and message to reject item_id with at api, or None to accept it."""
         with self._lock:
             rule = self._for(self._state.rejected, api)
         if rule is None or item_id is None or item_id not in rule[0]:
             return None
-        return rule[1]
+        return rule[1], rule[2]
 
     def _take_planned(self, api: str) -> Planned | None:
         for index, planned in enumerate(self._state.planned):

@@ -255,9 +255,9 @@ class SandboxCloud:
             return _cut_off(200)
         if verdict.kind == "lost":
             return _cut_off(handler.handle(request).status)
-        rejected = self.faults.rejected_status(api, handler.item_id(request))
+        rejected = self.faults.rejection(api, handler.item_id(request))
         if rejected is not None:
-            return handler.error(rejected, "sandbox fault: this id is rejected")
+            return handler.error(*rejected)
         return None
 
 

@@ -56,8 +56,10 @@ class WebhookApi:
 
     @staticmethod
     def item_id(request: Request) -> str | None:
-        """reject_ids matches the Idempotency-Key."""
-        return request.header("idempotency-key") or None
+        """reject_ids matches the envelope's idempotencyKey (the header carries its digest)."""
+        body = request.json
+        key = body.get("idempotencyKey") if isinstance(body, dict) else None
+        return key if isinstance(key, str) else None
 
     def handle(self, request: Request) -> Response:
         """One delivery."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 import pytest
@@ -110,6 +111,11 @@ def test_retry_after_garbage_is_none():
         ('{"error": "Too Many Requests"}', "Too Many Requests"),
         ("not json", None),
         ("[1, 2]", None),
+        # a cloud's words are not an id: a person's name, an address, markup stay out
+        ('{"error": "Anna Andersson, Storgatan 12"}', None),
+        ('{"errorId": "anna@example.com"}', None),
+        ('{"error": "<script>alert(1)</script>"}', None),
+        ('{"code": "E\\u001b[31m"}', None),
     ],
 )
 def test_cloud_error_id(body: str, expected: str | None):
@@ -190,3 +196,62 @@ def test_an_unknown_profile_is_a_problem():
 
 def test_send_result_defaults():
     assert SendResult() == SendResult(None, None, None, None)
+
+
+# -- issue 14: what goes into a header or a URL path is made safe for it ------------------
+
+
+@pytest.mark.parametrize("key", ["S042-Łódź-000124", " LEADING-SPACE", "東京\r\nX: y", "a\u202eb"])
+def test_the_idempotency_header_is_an_ascii_digest_of_any_key(key):
+    from agent.connectors.base import idempotency_header
+
+    value = idempotency_header(key)
+    assert re.fullmatch(r"[0-9a-f]{64}", value)
+    assert value == idempotency_header(key)  # the same on every retry
+    assert value != idempotency_header(key + "x")
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("S042", True),
+        ("S 042", True),
+        (" S042", False),
+        ("S042 ", False),
+        ("S042-Łódź", False),
+        ("S042\r\nX: y", False),
+        ("", False),
+        ("a\u202eb", False),
+    ],
+)
+def test_only_visible_ascii_goes_into_a_header_as_it_is(value, kept):
+    from agent.connectors.base import header_value
+
+    assert (header_value(value) == value) is kept
+
+
+@pytest.mark.parametrize(
+    ("value", "segment"),
+    [
+        (
+            "../../../loaded/pos/sales/eid:PWNED?x=1",
+            "..%2F..%2F..%2Floaded%2Fpos%2Fsales%2Feid%3APWNED%3Fx%3D1",
+        ),
+        ("a#b%c", "a%23b%25c"),
+        ("Łódź", "%C5%81%C3%B3d%C5%BA"),
+        ("..x", "..x"),
+    ],
+)
+def test_an_id_in_a_url_is_one_percent_quoted_segment(value, segment):
+    from agent.connectors.base import path_segment
+
+    assert path_segment(value, connector="c") == segment
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "..."])
+def test_an_id_of_dots_only_names_nothing_and_is_the_items_problem(value):
+    from agent.connectors.base import path_segment
+    from agent.errors import UnsendableError
+
+    with pytest.raises(UnsendableError):
+        path_segment(value, connector="c")

@@ -272,3 +272,42 @@ def test_a_wrong_key_is_auth(sandbox: Any, http: requests.Session):
     settings = engage.EngageSettings(name="engage", base_url=sandbox.url, api_key="wrong")
     with pytest.raises(AuthError):
         engage.create(settings, http).probe()
+
+
+def test_a_contact_id_goes_into_the_path_as_one_quoted_segment(sandbox: Any, http):
+    conn = connector(http, sandbox.url)
+    hostile = "../../../loaded/pos/sales/eid:PWNED?x=1"
+    message = OutboundMessage(
+        kind="contact",
+        idempotency_key="L-1",
+        contact=Contact(email="zz.p@example.com", contact_id=hostile),
+    )
+    with pytest.raises(RejectedError) as refused:
+        conn.send(message)
+    assert refused.value.status == 404
+    (sent,) = [r for r in sandbox.requests if r.api != "admin"]
+    assert sent.api == "engage"
+    assert sent.path.startswith("/api/v2/contacts/")
+    assert not sandbox.loaded.sales
+
+
+@pytest.mark.parametrize("store", ["S042-Łódź", " S042", "S042\u202e"])
+def test_a_store_id_no_header_can_carry_is_left_out_of_the_create(sandbox: Any, http, store):
+    conn = connector(http, sandbox.url)
+    created = conn.create_contact(Contact(email="zz.s@example.com", store_external_id=store))
+    assert created
+    sent = [r for r in sandbox.requests if r.path == "/api/v2/contacts"][-1]
+    assert "storeexternalid" not in {k.lower() for k in sent.headers}
+
+
+def test_a_store_id_a_header_can_carry_goes_as_it_is(sandbox: Any, http):
+    conn = connector(http, sandbox.url)
+    conn.create_contact(Contact(email="zz.t@example.com", store_external_id="S042"))
+    sent = [r for r in sandbox.requests if r.path == "/api/v2/contacts"][-1]
+    assert {k.lower(): v for k, v in sent.headers.items()}["storeexternalid"] == "S042"
+
+
+def test_an_id_from_the_changes_feed_that_names_nothing_is_no_contact(sandbox: Any, http):
+    conn = connector(http, sandbox.url)
+    assert conn.fetch_contact("..") is None
+    assert not [r for r in sandbox.requests if r.api == "engage"]

@@ -118,3 +118,15 @@ def test_post_upsert_mode(sandbox: Any, http: requests.Session):
     conn.send(message("R-P"))
     assert "R-P" in sandbox.loaded.sales
     assert [r.path for r in sandbox.requests if r.method == "POST"][-1] == "/pos/sales"
+
+
+def test_any_receipt_id_goes_as_an_ascii_idempotency_header(sandbox: Any, http):
+    import hashlib
+
+    conn = connector(http, sandbox.url + "/loaded")
+    key = "S042-Łódź-000124"
+    conn.send(message(key))
+    sent = [r for r in sandbox.requests if "/pos/sales" in r.path][-1]
+    headers = {k.lower(): v for k, v in sent.headers.items()}
+    assert headers["idempotency-key"] == hashlib.sha256(key.encode()).hexdigest()
+    assert key in sandbox.loaded.sales

@@ -19,6 +19,22 @@ class ScriptedSender:
         self.attempts: list[str] = []
         self.rules: dict[str, Outcome] = {}
         self.default: Outcome | None = None
+        self.probe_error: Exception | None = None  # the cloud does not answer its probe either
+        self.probes = 0
+
+    def probe(self) -> None:
+        self.probes += 1
+        if self.probe_error is not None:
+            raise self.probe_error
+
+    def go_offline(self, error: Exception) -> None:
+        """Every send and every probe fails with error (an outage)."""
+        self.default = raising(error)
+        self.probe_error = error
+
+    def come_back(self) -> None:
+        self.default = None
+        self.probe_error = None
 
     def send(self, message: models.OutboundMessage) -> None:
         self.attempts.append(message.idempotency_key)
@@ -52,6 +68,7 @@ class DirectoryResolver:
         self.by_key: dict[str, str] = {}
         self.created: list[models.Contact] = []
         self.lookups = 0
+        self.create_unknown_members = True
 
     def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None:
         self.lookups += 1

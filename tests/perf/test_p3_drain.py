@@ -22,13 +22,13 @@ BULK_MIN = 3
 def queue_backlog(till: Till, cloud: SandboxCloud) -> None:
     """Everything the till hands over while the cloud is unreachable."""
     known = [
-        cloud.engage.add_contact(email=f"known{n}@example.test") for n in range(BLOCKS * UPDATES)
+        cloud.engage.add_contact(email=f"known{n}@example.com") for n in range(BLOCKS * UPDATES)
     ]
     sale = 0
     for block in range(BLOCKS):
         local_ids = []
         for n in range(REGISTRATIONS):
-            body = {"email": f"p3-{block}-{n}@example.test", "firstName": "Test"}
+            body = {"email": f"p3-{block}-{n}@example.com", "firstName": "Test"}
             answer = till.post("/v1/contacts", body)
             assert answer.status_code in (201, 202), answer.text
             local_ids.append(answer.json()["localId"])
