@@ -365,7 +365,7 @@ def retry_now(config_file: str | None, destination: str | None) -> None:
     try:
         answer = call_agent(settings, "POST", "/v1/delivery/retry-now", body)
     except click.ClickException as exc:
-        if "does not answer" not in exc.message:
+        if "is not running" not in exc.message:
             raise
         raise click.ClickException(
             "the agent is not running: everything waiting is tried as soon as it starts"

@@ -572,7 +572,7 @@ class Dispatcher:
         self._outbox.release(claimed)
         self._pause(delay)
         self._next_probe_at = self._monotonic() + self._settings.recovery_probe_seconds
-        self._report(OFFLINE, f"cloud unreachable: {failure.reason}")
+        self._report(OFFLINE, failure.reason)
 
     def _retry(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
         """The cloud answers, this item failed: it keeps its place for a short back-off."""

@@ -15,7 +15,8 @@ from typing import Any
 import requests
 
 from agent import acl, app, config, connectors, crypto, db, wording
-from agent.errors import AgentError, AuthError, ConfigError, RetryableError
+from agent.errors import AgentError
+from agent.reasons import reason_in_words
 
 MIN_FREE_BYTES = 500 * 1024 * 1024
 MAX_CLOCK_SKEW_SECONDS = 120.0
@@ -174,22 +175,9 @@ def probe(
     name = f"cloud {destination.name}"
     try:
         connectors.build(destination, session, reader).probe()  # type: ignore[union-attr]
-    except ConfigError as exc:
-        return Check(name, False, "misconfigured: " + "; ".join(exc.problems))
-    except AuthError as exc:
-        return Check(name, False, f"credentials refused (HTTP {exc.status}); check the secret")
-    except RetryableError as exc:
-        if exc.status is not None:  # it answered: not unreachable
-            return Check(name, False, f"the cloud answered HTTP {exc.status}; try again later")
-        return Check(name, False, f"unreachable: nothing answered ({_reason(exc)})")
     except AgentError as exc:
-        return Check(name, False, f"unexpected answer ({_reason(exc)})")
+        return Check(name, False, reason_in_words(exc))
     return Check(name, True, "reachable and authorised")
-
-
-def _reason(exc: AgentError) -> str:
-    status = getattr(exc, "status", None)
-    return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
 
 
 def clock_check(name: str, date_header: str, now: float) -> Check:

@@ -13,6 +13,7 @@ from agent import models
 from agent.contacts import ContactCache
 from agent.errors import AgentError, AmbiguousError, NotFoundError
 from agent.intake import Intake
+from agent.reasons import reason_in_words
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Lookup:
         except concurrent.futures.TimeoutError:
             log.warning("live lookup timed out", extra={"timeoutSeconds": self._timeout})
         except AgentError as exc:
-            log.warning("live lookup failed: %s", type(exc).__name__)
+            log.warning("live lookup failed: %s", reason_in_words(exc))
         return None
 
     def close(self) -> None:

@@ -272,3 +272,13 @@ def test_run_lists_every_problem_of_every_kind_in_one_pass(tmp_path):
     ):
         assert problem in result.stderr, problem
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_retry_now_with_the_agent_stopped_is_one_line_that_says_what_happens(tmp_path):
+    path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 9))
+    (tmp_path / "pos-token").write_text("x" * 20, encoding="ascii")
+    result = till_agent("retry-now", "loaded", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr == (
+        "Error: the agent is not running: everything waiting is tried as soon as it starts\n"
+    )

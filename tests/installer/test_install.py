@@ -135,7 +135,7 @@ def test_install_reports_refused_credentials_clearly(root, invoke, answers_file,
     result = invoke("install", "--non-interactive", "--answers", str(path))
     assert result.exit_code == 1
     assert "FAIL  cloud engage" in result.output
-    assert "credentials refused (HTTP 401)" in result.output
+    assert "credentials refused (HTTP 401 Unauthorized); check the secret" in result.output
     assert "installed, but a cloud check failed: cloud engage" in result.output
     assert "wrong-key" not in result.output
     assert steps.layout(root).config_file.exists()  # installed: fix it with configure --secret
