@@ -28,8 +28,11 @@ class FreezeError(Exception):
 
 
 def pyinstaller_command(work: Path) -> list[str]:
-    """The PyInstaller command line (--onedir: nothing unpacked at each start)."""
-    command = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--onedir", "--console"]
+    """The PyInstaller command line (--onedir: nothing unpacked at each start; --clean: a module
+    that once failed to import is otherwise left out of every later build from the same work
+    folder, even once it imports)."""
+    command = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir"]
+    command += ["--console"]
     command += ["--log-level", "WARN", "--name", BUILD_NAME]
     command += ["--distpath", str(work / "dist"), "--workpath", str(work / "build")]
     command += ["--specpath", str(work)]
