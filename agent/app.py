@@ -600,6 +600,7 @@ def _services(
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
         retry_now=_retry_now({d.destination: d for d in dispatchers}),
+        set_aside=SetAsideDesk({d.destination: d for d in dispatchers}),
         reconciler=reconciler(settings, box),
     )
 
@@ -612,6 +613,26 @@ def amends_of(settings: config.Settings) -> dict[str, str]:
 def reconciler(settings: config.Settings, box: outbox.Outbox) -> Reconciler:
     identity = (settings.agent.store_id, settings.agent.till_id)
     return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity)
+
+
+class SetAsideDesk:
+    """Every dispatcher's set-aside items; an item's id is "queue:number" (its lane's queue)."""
+
+    def __init__(self, workers: Mapping[str, Dispatcher]) -> None:
+        self._workers = workers
+
+    def items(self, destination: str | None, limit: int = -1) -> list[dict[str, Any]]:
+        if destination is not None and destination not in self._workers:
+            raise NotFoundError(f"no destination {destination!r} is delivering")
+        chosen = [destination] if destination is not None else sorted(self._workers)
+        return [item for name in chosen for item in self._workers[name].set_aside(limit)]
+
+    def ask(self, action: str, item_id: str) -> None:
+        queue, _, number = item_id.rpartition(":")
+        worker = self._workers.get(queue.removesuffix(outbox.BULK))
+        if worker is None or not (number.isascii() and number.isdigit() and len(number) < 19):
+            raise NotFoundError("no such set-aside item")
+        worker.ask(action, (queue, int(number)))
 
 
 def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -27,6 +28,7 @@ from agent.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from agent.reasons import printable
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -371,6 +373,71 @@ def retry_now(config_file: str | None, destination: str | None) -> None:
             "the agent is not running: everything waiting is tried as soon as it starts"
         ) from exc
     click.echo(f"trying now: {', '.join(answer['destinations']) or 'no destination delivers'}")
+
+
+@main.group("set-aside")
+def set_aside() -> None:
+    """Items that failed on their own and wait their own back-off: list, show, release, or
+    dead-letter them (the agent must be running)."""
+
+
+def _on_agent(settings: config.Settings, method: str, path: str) -> Any:
+    try:
+        return call_agent(settings, method, path, {} if method == "POST" else None)
+    except click.ClickException as exc:
+        if "not running" in exc.message:
+            raise click.ClickException(
+                "the agent is not running: set-aside items go back in line when it starts"
+            ) from exc
+        raise
+
+
+@set_aside.command("list")
+@CONFIG_OPTION
+@click.option("--destination", default=None, help="Only this destination (default: all).")
+def set_aside_list(config_file: str | None, destination: str | None) -> None:
+    """One line per item: id, destination, record, attempts, next try, the reason in words."""
+    settings = load_settings(config_file)
+    query = f"?destination={quote(destination, safe='')}" if destination else ""
+    items = _on_agent(settings, "GET", f"/v1/set-aside{query}")["items"]
+    for item in items:
+        click.echo(
+            f"{item['id']:<18} {item['destination']:<12} {printable(item['recordKey'], 40):<28} "
+            f"{item['attempts']:>3}  {item['nextAttemptAt'] or '-':<29}  "
+            f"{printable(item['reason'] or '-')}"
+        )
+    if not items:
+        click.echo("nothing is set aside")
+
+
+@set_aside.command("show")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_show(config_file: str | None, item_id: str) -> None:
+    """Everything known about one set-aside item (never its personal fields)."""
+    settings = load_settings(config_file)
+    item = _on_agent(settings, "GET", f"/v1/set-aside/{quote(item_id, safe='')}")
+    click.echo(json.dumps(item, indent=2))
+
+
+@set_aside.command("release")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_release(config_file: str | None, item_id: str) -> None:
+    """Try ITEM_ID now, ahead of its back-off (it keeps its place in line)."""
+    settings = load_settings(config_file)
+    _on_agent(settings, "POST", f"/v1/set-aside/{quote(item_id, safe='')}/release")
+    click.echo(f"{item_id} is tried now")
+
+
+@set_aside.command("dead-letter")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_dead_letter(config_file: str | None, item_id: str) -> None:
+    """Give up on ITEM_ID: it becomes a dead letter (`till-agent dead-letters retry` undoes it)."""
+    settings = load_settings(config_file)
+    _on_agent(settings, "POST", f"/v1/set-aside/{quote(item_id, safe='')}/dead-letter")
+    click.echo(f"{item_id} is dead-lettered")
 
 
 def format_plan(plan: Mapping[str, Any]) -> str:

@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, base_config, make_receipt, merged, write_toml
+from agent.sandbox import SandboxCloud
+from tests.conftest import ROOT, Till, base_config, make_receipt, merged, write_toml
 
 
 def till_agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -272,6 +274,72 @@ def test_run_lists_every_problem_of_every_kind_in_one_pass(tmp_path):
     ):
         assert problem in result.stderr, problem
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_process):
+    """Issue 14 §6: a technician can unstick anything, through the running agent."""
+    cloud = SandboxCloud(seed=6).serve()
+    try:
+        process = agent_process(
+            {
+                "delivery": {
+                    "enabled": True,
+                    "backoff_initial_seconds": 300,
+                    "backoff_max_seconds": 300,
+                    "set_aside_after_attempts": 1,
+                },
+                "destinations": {
+                    "engage": {"enabled": False},
+                    "loaded": {"base_url": cloud.url + "/loaded"},
+                },
+            }
+        )
+        process.start()
+        till = Till(process.url, process.token)
+        cloud.faults.reject_ids(["STUCK-1", "STUCK-2"], 500)
+        for receipt_id in ("STUCK-1", "STUCK-2", "GOOD-1"):
+            assert till.post("/v1/receipts", make_receipt(receipt_id)).status_code == 202
+        config_path = str(process.config_path)
+        deadline = time.monotonic() + 20
+        while (
+            len(till.get("/v1/set-aside").json()["items"]) < 2 or "GOOD-1" not in cloud.loaded.sales
+        ):
+            assert time.monotonic() < deadline, till.get("/v1/set-aside").text
+            time.sleep(0.1)
+        listed = till_agent("set-aside", "list", "--config", config_path)
+        assert listed.returncode == 0, listed.stderr
+        first, second = listed.stdout.splitlines()
+        assert "STUCK-1" in first
+        assert "the cloud failed (HTTP 500 Internal Server Error)" in first
+        assert "Error:" not in listed.stdout  # words, never a class name
+        stuck_1, stuck_2 = first.split()[0], second.split()[0]
+        shown_page = till.get("/").text
+        assert "till-agent set-aside release ITEM" in shown_page
+        assert f"<td>{stuck_1}</td>" in shown_page
+        assert "the cloud failed (HTTP 500 Internal Server Error)" in shown_page
+        shown = till_agent("set-aside", "show", stuck_1, "--config", config_path)
+        assert json.loads(shown.stdout)["recordKey"] == "STUCK-1"
+        cloud.faults.clear()
+        released = till_agent("set-aside", "release", stuck_1, "--config", config_path)
+        assert released.returncode == 0, released.stderr
+        dead = till_agent("set-aside", "dead-letter", stuck_2, "--config", config_path)
+        assert dead.returncode == 0, dead.stderr
+        while "STUCK-1" not in cloud.loaded.sales or not till.get("/v1/dead-letters").json():
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.1)
+        (letter,) = till.get("/v1/dead-letters").json()
+        assert letter["recordKey"] == "STUCK-2"
+        assert (
+            letter["reason"] == "dead-lettered by a technician (till-agent set-aside dead-letter)"
+        )
+        assert "STUCK-2" not in cloud.loaded.sales
+        assert till.get("/v1/set-aside").json()["items"] == []
+        again = till_agent("set-aside", "release", stuck_1, "--config", config_path)
+        assert again.returncode != 0
+        assert "no set-aside item" in again.stderr or "no such" in again.stderr
+        till.close()
+    finally:
+        cloud.stop()
 
 
 def test_retry_now_with_the_agent_stopped_is_one_line_that_says_what_happens(tmp_path):

@@ -176,6 +176,25 @@ class RetryNowAnswer(_Out):
     destinations: list[str]
 
 
+class SetAsideView(_Out):
+    """An item that failed on its own and waits its own back-off; reason in words."""
+
+    id: str
+    destination: str
+    kind: str
+    record_key: str
+    revision: int
+    attempts: int
+    reason: str | None
+    error_id: str | None
+    cloud_error_id: str | None
+    next_attempt_at: str | None
+
+
+class SetAsideList(_Out):
+    items: list[SetAsideView]
+
+
 class ReplayStepView(_Out):
     destination: str
     unique_receipt_id: str
@@ -390,6 +409,8 @@ SHAPES = (
     ReplayAnswer,
     RetryNowRequest,
     RetryNowAnswer,
+    SetAsideView,
+    SetAsideList,
     ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
@@ -609,6 +630,47 @@ def _paths() -> dict[str, Any]:
                     {"202": ("Hurried", "RetryNowAnswer")}, ("400", "404", "413", "415", *common)
                 ),
             }
+        },
+        "/v1/set-aside": {
+            "get": {
+                "summary": "Items set aside after failing on their own, with the reason in words",
+                "parameters": [
+                    _query("destination", "Only this destination (default: all)", False)
+                ],
+                "responses": _answers(
+                    {"200": ("The items", "SetAsideList")}, ("400", "404", *common)
+                ),
+            }
+        },
+        "/v1/set-aside/{id}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "One set-aside item (id: queue:number, as listed)",
+                "responses": _answers({"200": ("The item", "SetAsideView")}, ("404", *common)),
+            },
+        },
+        "/v1/set-aside/{id}/release": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Try a set-aside item now, ahead of its back-off",
+                "responses": {"202": {"description": "Released"}, **_answers({}, ("404", *common))},
+            },
+        },
+        "/v1/set-aside/{id}/dead-letter": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Give up on a set-aside item: it becomes a dead letter",
+                "responses": {
+                    "202": {"description": "Dead-lettered"},
+                    **_answers({}, ("404", *common)),
+                },
+            },
         },
         "/v1/reconciliation": {
             "get": {
