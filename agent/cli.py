@@ -199,10 +199,11 @@ def dead_letters_list(config_file: str | None) -> None:
         ("GET", "/v1/dead-letters", None),
         lambda m: [wire(d) for d in m.dead_letters.all()],
     )
-    for d in letters:
+    for d in letters:  # printable(): ids and words from a POS or a cloud reach a terminal
         click.echo(
-            f"{d['id']:>5}  {d['destination']:<12} {d['kind']:<8} {d['recordKey']:<28} "
-            f"{d['status'] or '-':>4}  {d['errorId']}  {d['cloudErrorId'] or '-'}  {d['reason']}"
+            f"{d['id']:>5}  {d['destination']:<12} {d['kind']:<8} "
+            f"{printable(d['recordKey'], 60):<28} {d['status'] or '-':>4}  {d['errorId']}  "
+            f"{printable(d['cloudErrorId'] or '-')}  {printable(d['reason'])}"
         )
     if not letters:
         click.echo("no dead letters")

@@ -111,9 +111,11 @@ def answering(settings: config.Settings) -> list[Check]:
     try:
         answer = requests.get(url, timeout=3)
     except requests.ConnectionError:
-        return [Check("port", False, f"nothing answers at {url}: the agent is not running")]
+        return [Check("port", False, f"the agent is not running: nothing answers at {url}")]
     except requests.Timeout:
-        return [Check("port", False, f"{url} did not answer within 3 s: the agent may be stuck")]
+        return [
+            Check("port", False, f"the agent at {url} did not answer within 3 s; it may be stuck")
+        ]
     port = Check("port", True, f"the agent answers at {url}")
     if answer.status_code == 200:
         return [port, Check("health", True, str(answer.json().get("status", "ok")))]
