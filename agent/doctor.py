@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors, crypto, db, wording
+from agent import acl, app, config, connectors, crypto, db, wording
 from agent.errors import AgentError
 from agent.reasons import reason_in_words
 
@@ -80,8 +80,9 @@ def _key_file(settings: config.Settings) -> list[Check]:
     path = settings.privacy.key_file
     if not path.exists():
         return [Check("key file", False, f"{path} is missing")]
-    crypto.load_or_create(path, may_create=False)
-    return [_owner_only("key file", path)]
+    held = crypto.examine(path)
+    access = _owner_only("key file", path)
+    return [Check("key file", access.ok, f"{held}; {access.detail}")]
 
 
 def _token_file(settings: config.Settings) -> list[Check]:
@@ -92,8 +93,10 @@ def _token_file(settings: config.Settings) -> list[Check]:
 
 
 def _owner_only(name: str, path: Path) -> Check:
+    if os.name == "nt":
+        return Check(name, *acl.describe(path, folder=False))  # the DACL, not the mode bits
     mode = stat.S_IMODE(path.stat().st_mode)
-    ok = os.name != "posix" or mode & 0o077 == 0
+    ok = mode & 0o077 == 0
     return Check(name, ok, f"{path} mode {mode:o}" + ("" if ok else " (must be owner-only)"))
 
 

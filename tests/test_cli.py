@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.sandbox import SandboxCloud
 from tests.conftest import ROOT, Till, base_config, make_receipt, merged, write_toml
 
@@ -98,6 +100,9 @@ def test_run_on_a_busy_port_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_sigterm_stops_the_agent_cleanly(agent_process):
     process = agent_process()
     process.start()
@@ -113,6 +118,9 @@ def test_second_agent_on_the_same_data_directory_refuses(agent_process, tmp_path
     assert "another till-agent is already running" in second.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_process):
     process = agent_process()
     process.start()
@@ -153,6 +161,9 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(agent_process,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_the_sandbox_command_serves_the_cloud_until_stopped():
     import signal as signals
     import time
@@ -186,6 +197,7 @@ def test_the_sandbox_command_serves_the_cloud_until_stopped():
     assert f"127.0.0.1:{port}" in out
 
 
+@pytest.mark.linux_only("a graceful stop by SIGTERM")
 def test_retry_now_asks_the_running_agent_and_says_when_it_is_not(agent_process, tmp_path):
     process = agent_process({"delivery": {"enabled": True}})
     process.start()
@@ -201,6 +213,7 @@ def test_retry_now_asks_the_running_agent_and_says_when_it_is_not(agent_process,
     assert "the agent is not running" in result.stderr
 
 
+@pytest.mark.linux_only("the printed curl in a POSIX shell, SIGINT, /etc and /var")
 def test_serve_demo_runs_on_a_fresh_machine_and_its_curl_works(tmp_path):
     """Its own folder for everything (no /etc or /var/log), a URL, a token and a curl to paste."""
     process = subprocess.Popen(

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
+from agent import config, crypto, doctor
 from agent.sandbox import SandboxCloud
+from tests.conftest import base_config
 from tests.test_cli import till_agent
+from tests.test_crypto import XorProtector
 
 
+@pytest.mark.linux_only(
+    "POSIX owner-only files in a temporary folder; the doctor on Windows: tests/wine"
+)
 def test_a_healthy_till_passes_every_check(agent_process):
     cloud = SandboxCloud(seed=12).serve()
     try:
@@ -28,6 +38,7 @@ def test_a_healthy_till_passes_every_check(agent_process):
         cloud.stop()
 
 
+@pytest.mark.linux_only("a graceful stop by SIGTERM")
 def test_refused_credentials_and_a_stopped_agent_are_named(agent_process, tmp_path):
     cloud = SandboxCloud(seed=13).serve()
     try:
@@ -56,6 +67,16 @@ def test_refused_credentials_and_a_stopped_agent_are_named(agent_process, tmp_pa
         assert "ok    cloud loaded" in result.stdout
     finally:
         cloud.stop()
+
+
+def test_a_key_file_wrapped_for_the_service_account_is_not_a_failure(tmp_path):
+    """A technician's prompt is another account than the service's: DPAPI will not open the
+    key file for it, and the doctor checks its wrapping instead of failing."""
+    settings = config.from_mapping(base_config(tmp_path), {})
+    crypto.load_or_create(settings.privacy.key_file, may_create=True, protector=XorProtector())
+    (found,) = [c for c in doctor.examine(settings) if c.name == "key file"]
+    assert found.detail.startswith("wrapped by xor-test for the service's account")
+    assert found.ok == (os.name == "posix")  # on Windows: the DACL of a temporary folder
 
 
 def test_a_cloud_that_answers_503_is_not_called_unreachable(tmp_path):
