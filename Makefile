@@ -10,12 +10,13 @@ APT ?= yes
 APT_GET := apt-get -o DPkg::Lock::Timeout=600 -qq
 
 .PHONY: help demo test check lint format typecheck layers unit test-long bench clean tools lazyfs \
-	lock dist fix openapi test-systemd python3-venv
+	lock dist fix openapi test-systemd python3-venv test-windows
 
 help:
 	@echo "make demo      - the sandbox cloud, the agent and a selling till, through an outage and a 429 storm"
 	@echo "make test      - every check: format, lint, types, import layers, tests"
 	@echo "make bench     - the benchmarks of tests/perf (TARGETS.md), results in build/bench/"
+	@echo "make test-windows - the Windows path under Wine: service, DPAPI, PyInstaller, the MSI"
 	@echo "make test-long - the long reliability runs (200 crash cycles, 200 power cuts, >10,000 fuzzed requests)"
 	@echo "make test-systemd - the installed unit under real systemd in a container (root, ~1 min)"
 	@echo "make lock      - resolve pyproject.toml's ranges again into requirements.lock (needs PyPI)"
@@ -84,7 +85,6 @@ lazyfs:
 	  mkdir -p build && "$(LAZYFS_BUILD)" build/lazyfs >build/lazyfs.log 2>&1 \
 	  || echo "LazyFS did not build (build/lazyfs.log): the power-loss tests will skip"; fi
 
-
 # The real-systemd test installs the agent the documented way, into a venv made with Debian's
 # /usr/bin/python3; that needs python3-venv (ensurepip). Installed like the tools above.
 python3-venv:
@@ -104,6 +104,17 @@ test-systemd: $(STAMP) tools python3-venv
 
 unit: $(STAMP) tools lazyfs
 	$(BIN)/pytest -q
+
+# The Windows path executed under Wine 8.0 (tests/wine; docs/install.md, "What ran, and where"):
+# Debian's Wine, mingw-w64 (two shims) and wixl/msitools, installed like `tools`. The Windows
+# Python, its wheels and the shims are cached in build/wine (`make clean` removes it). Under
+# CI=true a missing package fails the run instead of skipping it.
+WINE_TOOLS := wine:wine wineserver:wine x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64 wixl:wixl \
+	msibuild:msitools msiinfo:msitools
+
+test-windows: $(STAMP)
+	@$(MAKE) --no-print-directory tools TOOLS="$(WINE_TOOLS)"
+	$(BIN)/pytest -q -p no:randomly -rfEs --wine --timeout 1800 tests/wine
 
 test-long: $(STAMP) tools lazyfs
 	FUZZ_EXAMPLES=800 OUTBOX_MODEL_EXAMPLES=500 $(BIN)/pytest -q -m "not perf"

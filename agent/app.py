@@ -49,7 +49,7 @@ from agent.lookup import LiveLookup, Lookup
 from agent.metrics import Metrics
 from agent.privacy import Privacy
 from agent.ratelimit import RateBudget
-from agent.reconcile import Reconciler
+from agent.reconcile import CloudReader, Reconciler, readers_of
 from agent.scheduler import Job, Scheduler
 from agent.status import StatusReporter
 from agent.sync import ContactSync, SyncWorker
@@ -93,9 +93,9 @@ class Agent:
     health: health.Health
     lock: filelock.BaseFileLock
     dispatchers: tuple[Dispatcher, ...] = ()
-    budgets: tuple[RateBudget, ...] = ()
     status: StatusReporter | None = None
     sync: SyncWorker | None = None
+    budgets: tuple[RateBudget, ...] = ()
     stopped: bool = False
 
     @property
@@ -241,6 +241,7 @@ def _start_services(
     services = _services(
         settings, box, intake, board, privacy, lookup, metrics, sync, dispatchers, forecast
     )
+    services.reconciler.readers.update(readers_of(connectors_by_name))
     server = _server(settings, services, token)  # binds now: a taken port fails here
     scheduler = _scheduler(settings, box, board, privacy, worker, beats, dispatchers, forecast)
     for dispatcher in dispatchers:
@@ -266,9 +267,9 @@ def _start_services(
         health=board,
         lock=lock,
         dispatchers=tuple(dispatchers),
-        budgets=tuple(budgets.values()),
         status=services.status,
         sync=worker,
+        budgets=tuple(budgets.values()),
     )
 
 
@@ -357,21 +358,6 @@ def _snapshots(
     return snapshot
 
 
-def rate_budgets(settings: config.Settings) -> dict[str, RateBudget]:
-    """One rate budget per enabled destination: every call with its credentials is charged."""
-    return {
-        destination.name: RateBudget(
-            destination.name,
-            requests_per_second=destination.requests_per_second,
-            window_seconds=destination.rate_window_seconds,
-            daily_calls=destination.daily_call_budget,
-            monthly_calls=destination.monthly_call_budget,
-            budget_file=settings.agent.data_dir / "ratelimit.sqlite",
-        )
-        for destination in settings.enabled_destinations
-    }
-
-
 def load_checked(path: Path, environ: Mapping[str, str]) -> config.Settings:
     """The config file and every connector's settings and secrets, checked in one pass."""
     return checked_settings(config.read(path), environ)
@@ -400,6 +386,21 @@ def checked_settings(
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def rate_budgets(settings: config.Settings) -> dict[str, RateBudget]:
+    """One rate budget per enabled destination: every call with its credentials is charged."""
+    return {
+        destination.name: RateBudget(
+            destination.name,
+            requests_per_second=destination.requests_per_second,
+            window_seconds=destination.rate_window_seconds,
+            daily_calls=destination.daily_call_budget,
+            monthly_calls=destination.monthly_call_budget,
+            budget_file=settings.agent.data_dir / "ratelimit.sqlite",
+        )
+        for destination in settings.enabled_destinations
+    }
 
 
 def build_connectors(
@@ -649,6 +650,12 @@ class Maintenance:
         built = build_connectors(self.settings, rate_budgets(self.settings), self.vault)
         return _contact_sync(self.settings, built, self.contacts, health.Health(), self.privacy)
 
+    def verifying_reconciler(self) -> Reconciler:
+        """The reconciler with the connectors that can read back (each charging its budget)."""
+        built = build_connectors(self.settings, rate_budgets(self.settings), self.vault)
+        self.reconciler.readers.update(readers_of(built))
+        return self.reconciler
+
 
 @contextlib.contextmanager
 def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
@@ -725,6 +732,7 @@ def _services(
         sync_now=(lambda: dataclasses.asdict(sync.run_once())) if sync else (lambda: None),
         openapi=openapi,
         retry_now=_retry_now({d.destination: d for d in dispatchers}),
+        set_aside=SetAsideDesk({d.destination: d for d in dispatchers}),
         reconciler=reconciler(settings, box),
     )
 
@@ -734,9 +742,33 @@ def amends_of(settings: config.Settings) -> dict[str, str]:
     return {d.name: config.KIND_AMENDS.get(d.kind, "replace") for d in settings.destinations}
 
 
-def reconciler(settings: config.Settings, box: outbox.Outbox) -> Reconciler:
+def reconciler(
+    settings: config.Settings,
+    box: outbox.Outbox,
+    readers: Mapping[str, CloudReader] | None = None,
+) -> Reconciler:
     identity = (settings.agent.store_id, settings.agent.till_id)
-    return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity)
+    return Reconciler(box, settings.enabled_destinations, DeadLetters(box), identity, readers)
+
+
+class SetAsideDesk:
+    """Every dispatcher's set-aside items; an item's id is "queue:number" (its lane's queue)."""
+
+    def __init__(self, workers: Mapping[str, Dispatcher]) -> None:
+        self._workers = workers
+
+    def items(self, destination: str | None, limit: int = -1) -> list[dict[str, Any]]:
+        if destination is not None and destination not in self._workers:
+            raise NotFoundError(f"no destination {destination!r} is delivering")
+        chosen = [destination] if destination is not None else sorted(self._workers)
+        return [item for name in chosen for item in self._workers[name].set_aside(limit)]
+
+    def ask(self, action: str, item_id: str) -> None:
+        queue, _, number = item_id.rpartition(":")
+        worker = self._workers.get(queue.removesuffix(outbox.BULK))
+        if worker is None or not (number.isascii() and number.isdigit() and len(number) < 19):
+            raise NotFoundError("no such set-aside item")
+        worker.ask(action, (queue, int(number)))
 
 
 def _retry_now(workers: Mapping[str, Dispatcher]) -> Callable[[str | None], list[str]]:

@@ -79,23 +79,39 @@ def read_receipts(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
+    """Each line on its own: one that is not UTF-8, not JSON, nested past reason or holding a
+    number of thousands of digits is reported by its number, and the next line is read."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
-            try:
-                body = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, f"not JSON: {exc.msg}"
-                continue
-            yield number, body if isinstance(body, dict) else "not a JSON object"
+            yield number, _line_body(raw)
+
+
+def _line_body(raw: bytes) -> dict[str, Any] | str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not JSON: {exc.msg}"
+    except RecursionError:
+        return "not JSON we read: nested too deeply"
+    except ValueError:  # an integer of more digits than Python converts
+        return "not JSON we read: a number far too long"
+    return body if isinstance(body, dict) else "not a JSON object"
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
         current: dict[str, Any] | None = None
         first_line = 0
-        for number, row in enumerate(csv.DictReader(handle), start=2):
+        for number, row in _csv_rows(handle):
+            if isinstance(row, str):
+                yield number, row
+                continue
             if current is not None and row.get("uniqueReceiptId") != current["uniqueReceiptId"]:
                 yield first_line, current
                 current = None
@@ -107,6 +123,23 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 yield number, f"bad CSV row: no column {exc}"
         if current is not None:
             yield first_line, current
+
+
+def _csv_rows(handle: Any) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """(line, row) or (line, why it cannot be read): a field over csv's limit (128 KiB) is
+    reported and the reader goes on with the next row. Undecodable bytes read as U+FFFD and
+    fail the receipt's checks."""
+    reader = csv.DictReader(handle)
+    while True:
+        before = max(reader.line_num, 1)  # the header's line once read
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield before + 1, f"bad CSV row: {exc}"
+            continue
+        yield reader.line_num, row
 
 
 def _add_csv_row(current: dict[str, Any] | None, row: dict[str, str]) -> dict[str, Any]:
@@ -124,7 +157,9 @@ def _add_csv_row(current: dict[str, Any] | None, row: dict[str, str]) -> dict[st
     item: dict[str, Any] = {name: row[name] for name in (*CSV_ITEM, *CSV_AMOUNTS)}
     item["type"] = row["itemType"]
     item["quantity"] = (
-        int(row["quantity"]) if row["quantity"].lstrip("-").isdigit() else row["quantity"]
+        int(row["quantity"])
+        if row["quantity"].lstrip("-").isdigit() and len(row["quantity"]) <= 18
+        else row["quantity"]
     )
     current["items"].append(item)
     return current

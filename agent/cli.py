@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -28,6 +29,8 @@ from agent.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from agent.reasons import printable
+from agent.reconcile import Reconciler
 from agent.status import describe_cache
 
 CONFIG_OPTION = click.option(
@@ -215,10 +218,11 @@ def dead_letters_list(config_file: str | None) -> None:
         ("GET", "/v1/dead-letters", None),
         lambda m: [wire(d) for d in m.dead_letters.all()],
     )
-    for d in letters:
+    for d in letters:  # printable(): ids and words from a POS or a cloud reach a terminal
         click.echo(
-            f"{d['id']:>5}  {d['destination']:<12} {d['kind']:<8} {d['recordKey']:<28} "
-            f"{d['status'] or '-':>4}  {d['errorId']}  {d['cloudErrorId'] or '-'}  {d['reason']}"
+            f"{d['id']:>5}  {d['destination']:<12} {d['kind']:<8} "
+            f"{printable(d['recordKey'], 60):<28} {d['status'] or '-':>4}  {d['errorId']}  "
+            f"{printable(d['cloudErrorId'] or '-')}  {printable(d['reason'])}"
         )
     if not letters:
         click.echo("no dead letters")
@@ -299,7 +303,9 @@ def call_agent(
     body: dict[str, str] | None,
     read_timeout_seconds: float | None = 120,
 ) -> Any:
-    return ask_agent(settings, method, path, body, timeout_seconds=120)
+    """ask_agent for work that takes long: None waits however long it takes (a first
+    contact download), while connecting still gives up after 5 s."""
+    return ask_agent(settings, method, path, body, read_timeout_seconds=read_timeout_seconds)
 
 
 def ask_agent(
@@ -308,14 +314,19 @@ def ask_agent(
     path: str,
     body: dict[str, str] | None = None,
     *,
-    timeout_seconds: float = 5,
+    read_timeout_seconds: float | None = 5,
 ) -> Any:
-    """One call on the running agent's API; every way it can fail is one line of words."""
+    """One call on the running agent's API; every way it can fail is one line of words.
+    Connecting gives up after 5 s; the answer is awaited read_timeout_seconds (None: no limit)."""
     url = agent_url(settings) + path
     headers = auth_header(settings)
     try:
         response = requests.request(
-            method, url, json=body, headers=headers, timeout=timeout_seconds
+            method,
+            url,
+            json=body,
+            headers=headers,
+            timeout=(5, read_timeout_seconds),
         )
     except requests.ConnectionError as exc:
         raise click.ClickException(
@@ -324,8 +335,9 @@ def ask_agent(
         ) from exc
     except requests.Timeout as exc:
         raise click.ClickException(
-            f"the agent at {agent_url(settings)} did not answer within {timeout_seconds:.0f} s; "
-            "it may be stuck: see `journalctl -u till-agent` (Linux) or its log folder"
+            f"the agent at {agent_url(settings)} did not answer within "
+            f"{read_timeout_seconds or 0:.0f} s; it may be stuck: see "
+            "`journalctl -u till-agent` (Linux) or its log folder"
         ) from exc
     if response.status_code >= 300:
         raise click.ClickException(_refusal(url, response))
@@ -387,12 +399,77 @@ def retry_now(config_file: str | None, destination: str | None) -> None:
     try:
         answer = call_agent(settings, "POST", "/v1/delivery/retry-now", body)
     except click.ClickException as exc:
-        if "does not answer" not in exc.message:
+        if "is not running" not in exc.message:
             raise
         raise click.ClickException(
             "the agent is not running: everything waiting is tried as soon as it starts"
         ) from exc
     click.echo(f"trying now: {', '.join(answer['destinations']) or 'no destination delivers'}")
+
+
+@main.group("set-aside")
+def set_aside() -> None:
+    """Items that failed on their own and wait their own back-off: list, show, release, or
+    dead-letter them (the agent must be running)."""
+
+
+def _on_agent(settings: config.Settings, method: str, path: str) -> Any:
+    try:
+        return call_agent(settings, method, path, {} if method == "POST" else None)
+    except click.ClickException as exc:
+        if "not running" in exc.message:
+            raise click.ClickException(
+                "the agent is not running: set-aside items go back in line when it starts"
+            ) from exc
+        raise
+
+
+@set_aside.command("list")
+@CONFIG_OPTION
+@click.option("--destination", default=None, help="Only this destination (default: all).")
+def set_aside_list(config_file: str | None, destination: str | None) -> None:
+    """One line per item: id, destination, record, attempts, next try, the reason in words."""
+    settings = load_settings(config_file)
+    query = f"?destination={quote(destination, safe='')}" if destination else ""
+    items = _on_agent(settings, "GET", f"/v1/set-aside{query}")["items"]
+    for item in items:
+        click.echo(
+            f"{item['id']:<18} {item['destination']:<12} {printable(item['recordKey'], 40):<28} "
+            f"{item['attempts']:>3}  {item['nextAttemptAt'] or '-':<29}  "
+            f"{printable(item['reason'] or '-')}"
+        )
+    if not items:
+        click.echo("nothing is set aside")
+
+
+@set_aside.command("show")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_show(config_file: str | None, item_id: str) -> None:
+    """Everything known about one set-aside item (never its personal fields)."""
+    settings = load_settings(config_file)
+    item = _on_agent(settings, "GET", f"/v1/set-aside/{quote(item_id, safe='')}")
+    click.echo(json.dumps(item, indent=2))
+
+
+@set_aside.command("release")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_release(config_file: str | None, item_id: str) -> None:
+    """Try ITEM_ID now, ahead of its back-off (it keeps its place in line)."""
+    settings = load_settings(config_file)
+    _on_agent(settings, "POST", f"/v1/set-aside/{quote(item_id, safe='')}/release")
+    click.echo(f"{item_id} is tried now")
+
+
+@set_aside.command("dead-letter")
+@CONFIG_OPTION
+@click.argument("item_id")
+def set_aside_dead_letter(config_file: str | None, item_id: str) -> None:
+    """Give up on ITEM_ID: it becomes a dead letter (`till-agent dead-letters retry` undoes it)."""
+    settings = load_settings(config_file)
+    _on_agent(settings, "POST", f"/v1/set-aside/{quote(item_id, safe='')}/dead-letter")
+    click.echo(f"{item_id} is dead-lettered")
 
 
 def format_plan(plan: Mapping[str, Any]) -> str:
@@ -415,29 +492,43 @@ EFFECTS = {
 }
 
 
+VERIFY_OPTION = click.option(
+    "--verify",
+    is_flag=True,
+    help="Read back what each cloud holds, where it can be read (a small share of its rate).",
+)
+
+
+def _reconciler(stores: app.Maintenance, verify: bool) -> Reconciler:
+    return stores.verifying_reconciler() if verify else stores.reconciler
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option("--date", "first_day", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--to", "last_day", default=None, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--destination", default=None, help="Only this destination (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the /v1/reconciliation answer.")
+@VERIFY_OPTION
 def reconcile(
     config_file: str | None,
     first_day: Any,
     last_day: Any,
     destination: str | None,
     as_json: bool,
+    verify: bool,
 ) -> None:
     """Did the day's takings arrive in each cloud to the cent? What differs, and how to fix it."""
     settings = load_settings(config_file)
     start = first_day.date().isoformat()
     end = (last_day or first_day).date().isoformat()
     query = f"from={start}&to={end}" + (f"&destination={destination}" if destination else "")
+    query += "&verify=true" if verify else ""
     try:
         answer = on_stores_or_agent(
             settings,
             ("GET", f"/v1/reconciliation?{query}", None),
-            lambda m: m.reconciler.reconcile(start, end, destination),
+            lambda m: _reconciler(m, verify).reconcile(start, end, destination, verify=verify),
         )
     except InvalidRequestError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -462,18 +553,25 @@ def reconcile(
     show_default=True,
     help="md: Markdown with the JSON at its end; json: the JSON alone.",
 )
+@VERIFY_OPTION
 def qa_report(
-    config_file: str | None, first_day: Any, last_day: Any, output: str | None, form: str
+    config_file: str | None,
+    first_day: Any,
+    last_day: Any,
+    output: str | None,
+    form: str,
+    verify: bool,
 ) -> None:
     """The go-live QA report for a vendor: what was tested, when, and whether it all arrived."""
     settings = load_settings(config_file)
     start = first_day.date().isoformat()
     end = (last_day or first_day).date().isoformat()
+    query = f"from={start}&to={end}" + ("&verify=true" if verify else "")
     try:
         report = on_stores_or_agent(
             settings,
-            ("GET", f"/v1/qa-report?from={start}&to={end}", None),
-            lambda m: qareport.qa_report(m.reconciler, start, end),
+            ("GET", f"/v1/qa-report?{query}", None),
+            lambda m: qareport.qa_report(_reconciler(m, verify), start, end, verify=verify),
         )
     except InvalidRequestError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -730,7 +828,7 @@ def format_status(answer: Mapping[str, Any]) -> str:
         if hint := wording.state_hint(d["state"]):
             lines.append(f"{'':<14}what to do: {hint}")
     problems = [c for c in answer["components"] if c["state"] != "ok"]
-    lines += ["", "problems: " + ("none" if not problems else "")]
+    lines += ["", "problems: none" if not problems else "problems:"]
     lines += [f"  {c['name']}: {c['state']} - {c['detail']}" for c in problems]
     lines.append(f"contact cache: {describe_cache(answer['contacts'])}")
     counters = answer["counters"]

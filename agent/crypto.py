@@ -181,6 +181,25 @@ def load_or_create(
     return _parse(path, _unwrap(path, _read(path), protector), protector)
 
 
+def examine(path: Path) -> str:
+    """What the key file holds, checked as far as this account can; KeyStoreError if damaged.
+
+    A plain keyring is read in full. One wrapped by an OS secret store (DPAPI) opens only for
+    the account that wrapped it, the service's, so here its wrapping is checked instead: a
+    technician's prompt is another account (the running agent proves the rest)."""
+    document = _read(path)
+    wrapped_by = document.get("protected_by")
+    if wrapped_by is None:
+        return f"{len(_parse(path, document, None).data_keys())} data keys, not wrapped"
+    try:
+        blob = _b64(document["blob"])
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise KeyStoreError(f"key file {path} is corrupt: {exc}") from exc
+    if not blob:
+        raise KeyStoreError(f"key file {path} is corrupt: its {wrapped_by} blob is empty")
+    return f"wrapped by {wrapped_by} for the service's account ({len(blob)} bytes)"
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))

@@ -54,17 +54,6 @@ def run_demo(seconds: float, say: Callable[[str], object], *, drain_seconds: flo
             cloud.stop()
 
 
-def _resends(cloud: SandboxCloud) -> int:
-    """Receipts a cloud answered 2xx more than once (a send whose answer was lost, resent)."""
-    seen: dict[tuple[str, str], int] = {}
-    for request in cloud.requests:
-        body = request.json if isinstance(request.json, dict) else {}
-        key = body.get("uniqueReceiptId") or body.get("externalId")
-        if request.method in ("POST", "PUT") and key and 200 <= request.status < 300:
-            seen[(request.api, key)] = seen.get((request.api, key), 0) + 1
-    return sum(n - 1 for n in seen.values())
-
-
 def demo_settings(directory: Path, cloud_url: str, *, port: int = 0) -> config.Settings:
     """An agent on its own folder (data, logs, the sandbox's credentials) sending to cloud_url."""
     credentials = directory / "credentials"

@@ -76,6 +76,7 @@ class ContactResolver(Protocol):
 
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
+BY_HAND = "dead-lettered by a technician (till-agent set-aside dead-letter)"
 
 
 @dataclass
@@ -150,6 +151,11 @@ class Dispatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()  # stop or retry-now: cut a wait short
         self._hurry = threading.Event()  # retry-now: skip the back-off, set-aside items due
+        # A technician's word on set-aside items (release, dead-letter), applied by the worker.
+        self._asked: list[tuple[str, Ticket]] = []
+        self._asked_lock = threading.Lock()
+        self._condemned: set[Ticket] = set()
+        self._hurry_asked = threading.Event()
         self._next_probe_at = 0.0  # monotonic: during an outage, when to ask the probe again
         # (key, revision) -> when it began failing: from there its age is measured by the
         # monotonic clock (R9), and whether another item has gone through since.
@@ -181,6 +187,30 @@ class Dispatcher:
         self._hurry.set()
         self._wake.set()
 
+    def set_aside(self, limit: int = -1) -> list[dict[str, Any]]:
+        """This destination's set-aside items with why, oldest first (any thread)."""
+        return [
+            {
+                "id": f"{queue}:{queue_id}",
+                "destination": self.destination,
+                "kind": str(item.get("kind", "")),
+                "record_key": str(item.get("key", "")),
+                "revision": int(item.get("revision") or 0),
+                **self._ledger.failing(self.destination, item),
+            }
+            for queue, queue_id, item in self._outbox.parked(self.destination, limit)
+        ]
+
+    def ask(self, action: str, ticket: Ticket) -> None:
+        """release (try it now) or dead_letter a set-aside item; NotFoundError if it is not
+        set aside here. The worker applies it at its next pass."""
+        if ticket not in {(q, i) for q, i, _ in self._outbox.parked(self.destination)}:
+            raise NotFoundError(f"no set-aside item {ticket[0]}:{ticket[1]}")
+        with self._asked_lock:
+            self._asked.append((action, ticket))
+        self._hurry_asked.set()
+        self._wake.set()
+
     @property
     def alive(self) -> bool:
         """The worker thread runs (False before start and after stop or a fatal error)."""
@@ -204,6 +234,8 @@ class Dispatcher:
         """One pass: wait out a pause, release what is due, deliver one item. True if it sent."""
         if self._hurry.is_set():
             self._hurry_up()
+        if self._hurry_asked.is_set():
+            self._apply_asked()
         if self._paused():
             return False
         self._release_stranded()
@@ -214,10 +246,7 @@ class Dispatcher:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
-            if self._bulk is not None and self._bulk.takes(claimed):
-                self._deliver_run(claimed)
-            else:
-                self._deliver(claimed)
+            self._handle(claimed)
         except StoppingError:
             self._outbox.release(claimed)  # stopping mid-send: back in its place, uncharged
             return False
@@ -231,6 +260,16 @@ class Dispatcher:
             raise
         return True
 
+    def _handle(self, claimed: Claimed) -> None:
+        """A technician's dead-letter order, a run of contact changes, or one item's send."""
+        if (claimed.lane_queue, claimed.id) in self._condemned:
+            self._condemned.discard((claimed.lane_queue, claimed.id))
+            self._dead_letter(claimed, Failure(BY_HAND, new_error_id()))
+        elif self._bulk is not None and self._bulk.takes(claimed):
+            self._deliver_run(claimed)
+        else:
+            self._deliver(claimed)
+
     def _paused(self) -> bool:
         """Wait (a second at most) while the destination is paused; during an outage, ask the
         probe every recovery_probe_seconds, so a recovered cloud is used again within that."""
@@ -242,7 +281,7 @@ class Dispatcher:
             self._recovery_probe()
             return True
         until_probe = self._next_probe_at - now if self.state.state == OFFLINE else 1.0
-        self._wait(self._wake, min(wait, 1.0, until_probe))
+        self._wait(self._wake, min(wait, 1.0, until_probe))  # on the timebase's clock
         self._wake.clear()
         return True
 
@@ -262,6 +301,19 @@ class Dispatcher:
         for parked in self.state.parked.values():
             parked.due = now
         log.info("retry-now for %s", self.destination)
+
+    def _apply_asked(self) -> None:
+        """A technician's release (due now) or dead-letter (unparked, then dead-lettered
+        when claimed: at once, it keeps its place at the front) of set-aside items."""
+        self._hurry_asked.clear()
+        with self._asked_lock:
+            asked, self._asked = self._asked, []
+        for action, ticket in asked:
+            if action == "dead_letter":
+                self._condemned.add(ticket)
+            self.state.parked.pop(ticket, None)
+            self._outbox.unpark(*ticket)
+            log.info("%s of a set-aside item of %s", action, self.destination)
 
     def _release_stranded(self) -> None:
         """Put back what a failing store kept claimed; StorageError: still failing, next step."""
@@ -559,7 +611,7 @@ class Dispatcher:
         self._outbox.release(claimed)
         self._pause(delay)
         self._next_probe_at = self._monotonic() + self._settings.recovery_probe_seconds
-        self._report(OFFLINE, f"cloud unreachable: {failure.reason}")
+        self._report(OFFLINE, failure.reason)
 
     def _retry(self, claimed: Claimed, attempts: int, failure: Failure) -> None:
         """The cloud answers, this item failed: it keeps its place for a short back-off."""

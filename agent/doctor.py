@@ -14,8 +14,9 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors, crypto, db, wording
-from agent.errors import AgentError, AuthError, ConfigError, RetryableError
+from agent import acl, app, config, connectors, crypto, db, wording
+from agent.errors import AgentError
+from agent.reasons import reason_in_words
 
 MIN_FREE_BYTES = 500 * 1024 * 1024
 MAX_CLOCK_SKEW_SECONDS = 120.0
@@ -79,8 +80,9 @@ def _key_file(settings: config.Settings) -> list[Check]:
     path = settings.privacy.key_file
     if not path.exists():
         return [Check("key file", False, f"{path} is missing")]
-    crypto.load_or_create(path, may_create=False)
-    return [_owner_only("key file", path)]
+    held = crypto.examine(path)
+    access = _owner_only("key file", path)
+    return [Check("key file", access.ok, f"{held}; {access.detail}")]
 
 
 def _token_file(settings: config.Settings) -> list[Check]:
@@ -91,8 +93,10 @@ def _token_file(settings: config.Settings) -> list[Check]:
 
 
 def _owner_only(name: str, path: Path) -> Check:
+    if os.name == "nt":
+        return Check(name, *acl.describe(path, folder=False))  # the DACL, not the mode bits
     mode = stat.S_IMODE(path.stat().st_mode)
-    ok = os.name != "posix" or mode & 0o077 == 0
+    ok = mode & 0o077 == 0
     return Check(name, ok, f"{path} mode {mode:o}" + ("" if ok else " (must be owner-only)"))
 
 
@@ -107,9 +111,11 @@ def answering(settings: config.Settings) -> list[Check]:
     try:
         answer = requests.get(url, timeout=3)
     except requests.ConnectionError:
-        return [Check("port", False, f"nothing answers at {url}: the agent is not running")]
+        return [Check("port", False, f"the agent is not running: nothing answers at {url}")]
     except requests.Timeout:
-        return [Check("port", False, f"{url} did not answer within 3 s: the agent may be stuck")]
+        return [
+            Check("port", False, f"the agent at {url} did not answer within 3 s; it may be stuck")
+        ]
     port = Check("port", True, f"the agent answers at {url}")
     if answer.status_code == 200:
         return [port, Check("health", True, str(answer.json().get("status", "ok")))]
@@ -171,22 +177,9 @@ def probe(
     name = f"cloud {destination.name}"
     try:
         connectors.build(destination, session, reader).probe()  # type: ignore[union-attr]
-    except ConfigError as exc:
-        return Check(name, False, "misconfigured: " + "; ".join(exc.problems))
-    except AuthError as exc:
-        return Check(name, False, f"credentials refused (HTTP {exc.status}); check the secret")
-    except RetryableError as exc:
-        if exc.status is not None:  # it answered: not unreachable
-            return Check(name, False, f"the cloud answered HTTP {exc.status}; try again later")
-        return Check(name, False, f"unreachable: nothing answered ({_reason(exc)})")
     except AgentError as exc:
-        return Check(name, False, f"unexpected answer ({_reason(exc)})")
+        return Check(name, False, reason_in_words(exc))
     return Check(name, True, "reachable and authorised")
-
-
-def _reason(exc: AgentError) -> str:
-    status = getattr(exc, "status", None)
-    return f"HTTP {status}" if status else type(exc.__cause__ or exc).__name__
 
 
 def clock_check(name: str, date_header: str, now: float) -> Check:

@@ -54,6 +54,11 @@ class Amounts:
         return cls(Decimal(raw["gross"]), Decimal(raw["tax"]), _tenders(tenders))
 
 
+def amounts_from(gross: Decimal, tax: Decimal, tenders: Mapping[str, Decimal]) -> Amounts:
+    """Amounts from sums a cloud's record was added up to (read-back: agent/reconcile.py)."""
+    return Amounts(gross, tax, _tenders(tenders))
+
+
 def amounts_of(receipt: models.Receipt) -> Amounts:
     """The receipt's own figures: its total, its lines' tax (returns negative), its payments."""
     tax = sum((_signed_tax(item) for item in receipt.items), ZERO)

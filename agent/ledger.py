@@ -169,6 +169,18 @@ class Ledger:
 
         self._write(work)
 
+    def failing(self, destination: str, item: dict[str, Any]) -> dict[str, Any]:
+        """What the ledger knows of an item's failures at a destination: attempts, the last
+        reason in words, its error ids and when it is tried next (epoch seconds)."""
+        with self._outbox.read() as conn:
+            row = conn.execute(
+                "SELECT attempts, last_error, last_error_id, cloud_error_id, next_attempt_at "
+                "FROM deliveries WHERE record_key = ? AND destination = ? AND revision = ?",
+                (item.get("key"), destination, item.get("revision")),
+            ).fetchone()
+        names = ("attempts", "reason", "error_id", "cloud_error_id", "next_attempt_at")
+        return dict(zip(names, row or (0, None, None, None, None), strict=True))
+
     def attempts(self, destination: str, item: dict[str, Any]) -> int:
         """The failed attempts charged to an item at a destination so far."""
         with self._outbox.read() as conn:

@@ -13,6 +13,7 @@ from agent import models
 from agent.contacts import ContactCache
 from agent.errors import AgentError, AmbiguousError, DeadlineError, NotFoundError
 from agent.intake import Intake
+from agent.reasons import reason_in_words
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class Lookup:
             log.warning("live lookup timed out", extra={"timeoutSeconds": self._timeout})
             return TIMEOUT
         if isinstance(error, AgentError):
-            log.warning("live lookup failed: %s", type(error).__name__)
+            log.warning("live lookup failed: %s", reason_in_words(error))
             return None  # the cloud answered with a failure: a miss, as when it is offline
         if error is not None:
             raise error

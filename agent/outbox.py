@@ -489,15 +489,16 @@ class Outbox:
         pq.put_event.set()
         return True
 
-    def parked(self, destination: str) -> list[tuple[str, int, dict[str, Any]]]:
-        """(queue, id, item) of a destination's set-aside items, both lanes, oldest first."""
+    def parked(self, destination: str, limit: int = -1) -> list[tuple[str, int, dict[str, Any]]]:
+        """(queue, id, item) of a destination's set-aside items, both lanes, oldest first
+        (at most limit of each lane; -1: all)."""
         found = []
         for queue in self.lanes(destination):
             table = self._queues[queue]._table_name
             with self.read() as conn:
                 rows = conn.execute(
-                    f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id",
-                    (PARKED_STATUS,),
+                    f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id LIMIT ?",
+                    (PARKED_STATUS, limit),
                 ).fetchall()
             found += [(queue, int(r[0]), decode(r[1])) for r in rows]
         return found

@@ -10,13 +10,9 @@ from typing import Any
 
 from agent import __version__
 from agent.figures import kinds, money
-from agent.reconcile import ARRIVED, Reconciler, Standing, days_between
+from agent.reconcile import ALTERED, ARRIVED, LOST, Reconciler, Standing, days_between
 from agent.takings import TakenReceipt
 
-# How far the till can vouch for a receipt at a cloud: the cloud answered 2xx ("accepted"), or
-# read back what it holds and it was the same ("verified"; docs/connectors.md says who can).
-ACCEPTED = "accepted"
-NOT_DELIVERED = "not delivered"
 DELIVERY_STATE = {ARRIVED: "delivered"}
 
 
@@ -32,12 +28,13 @@ def qa_report(
     first_day: str,
     last_day: str,
     *,
+    verify: bool = False,
     now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
-    """The report's JSON (agent.render.qa_markdown writes the Markdown around it)."""
+    """The report's JSON (agent.render.qa_markdown writes the Markdown around it); verify:
+    each receipt read back from the clouds that allow it (its verification)."""
     days_between(first_day, last_day)  # the same range checks as the reconciliation
-    receipts, standings = reconciler.standings(first_day, last_day)
-    reconciliation = reconciler.reconcile(first_day, last_day)
+    receipts, standings, reconciliation = reconciler.report(first_day, last_day, verify=verify)
     statuses = [d["status"] for day in reconciliation["days"] for d in day["destinations"]]
     return {
         "from": first_day,
@@ -55,7 +52,7 @@ def qa_report(
         ],
         "receipts": receipt_rows(receipts, standings),
         "reconciliation": reconciliation,
-        "allMatch": all(status == "match" for status in statuses),
+        "allMatch": all(status in ("match", "verified") for status in statuses),
     }
 
 
@@ -84,9 +81,13 @@ def receipt_rows(receipts: list[TakenReceipt], standings: list[Standing]) -> lis
 
 
 def _fate(standing: Standing) -> dict[str, Any]:
-    arrived = standing.state == ARRIVED
+    """Delivered (or why not), and how far the till can vouch for it (reconcile.ACCEPTED...)."""
+    read_otherwise = standing.verification in (LOST, ALTERED)
     return {
-        "state": DELIVERY_STATE.get(standing.state, standing.state),
-        "verification": ACCEPTED if arrived else NOT_DELIVERED,
+        "state": standing.verification
+        if read_otherwise
+        else DELIVERY_STATE.get(standing.state, standing.state),
+        "verification": standing.verification,
         "delivered": None if standing.held is None else money(standing.held.gross),
+        "cloud": None if standing.cloud is None else money(standing.cloud.gross),
     }

@@ -29,6 +29,8 @@ RESERVE_SHARE = 0.05
 # ... and counts its window this much longer than published: the cloud counts a request when
 # it arrives, we when it leaves, and latency moves a request across a window's edge.
 WINDOW_MARGIN = 0.02
+# Reconciliation's read-back (agent/reconcile.py) may use at most this share of each window.
+READBACK_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Scope:
     wait: Callable[[float], bool]  # sleeps; True when a stop came
     deadline: float | None = None  # monotonic; each request gets what is left of it
     background: bool = False  # paced to the budget's background share (RESERVE_SHARE left)
+    readback: bool = False  # paced to the read-back's share (READBACK_SHARE of the window)
 
 
 _LOCAL = threading.local()
@@ -92,17 +95,21 @@ class RateBudget:
         total = window_rate(requests_per_second, window_seconds)
         self._rate = _Window(total)
         self._background = _Window(background_rate(total))
+        self._readback = _Window(share_rate(total, READBACK_SHARE))
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
     def close(self) -> None:
-        """Stop the limiters' leak threads (each holds an event loop: an epoll and a socket
-        pair); the budget file keeps what was spent."""
-        self._rate.close()
-        self._background.close()
+        """Let go of the limiters: pyrate-limiter leaks each bucket on a thread with its own
+        event loop (descriptors held) until the bucket is disposed of; the budget file too."""
+        limiters = [self._rate.limiter, self._background.limiter, self._readback.limiter]
         if self._budget is not None:
-            for bucket in self._budget.buckets():
-                self._budget.dispose(bucket)
+            limiters.append(self._budget)
+        for limiter in limiters:
+            for bucket in limiter.buckets():
+                limiter.dispose(bucket)
+                if isinstance(bucket, SQLiteBucket):
+                    bucket.conn.close()
 
     def acquire(self) -> Verdict:
         """Count one call if both the rate and the budget allow it."""
@@ -116,6 +123,13 @@ class RateBudget:
     def acquire_background(self) -> Verdict:
         """acquire, for background work: within its share of the window first."""
         wait = self._background.take(self._name)
+        if wait > 0:
+            return Verdict(False, wait, REQUEST_RATE)
+        return self.acquire()
+
+    def acquire_readback(self) -> Verdict:
+        """acquire, for reconciliation's read-back: within its share of the window first."""
+        wait = self._readback.take(self._name)
         if wait > 0:
             return Verdict(False, wait, REQUEST_RATE)
         return self.acquire()
@@ -153,7 +167,7 @@ class RateBudget:
 
     def _charge(self, opened: Scope) -> None:
         while True:
-            verdict = self.acquire_background() if opened.background else self.acquire()
+            verdict = self._acquire_for(opened)
             if verdict.allowed:
                 return
             if verdict.reason != REQUEST_RATE:
@@ -168,6 +182,11 @@ class RateBudget:
                 raise DeadlineError(f"{self._name}: no request free in time", connector=self._name)
             if opened.wait(verdict.wait_seconds):
                 raise StoppingError("stopping while waiting for the request rate")
+
+    def _acquire_for(self, opened: Scope) -> Verdict:
+        if opened.readback:
+            return self.acquire_readback()
+        return self.acquire_background() if opened.background else self.acquire()
 
 
 MONTH = Duration.DAY * 30
@@ -189,23 +208,26 @@ def background_rate(total: Rate) -> Rate:
     return Rate(calls, math.ceil(total.interval * (1 + WINDOW_MARGIN)))
 
 
+def share_rate(total: Rate, share: float) -> Rate:
+    """share of a window's calls (at least one), over a window WINDOW_MARGIN longer."""
+    calls = max(1, math.floor(total.limit * share))
+    return Rate(calls, math.ceil(total.interval * (1 + WINDOW_MARGIN)))
+
+
 class _Window:
     """One sliding window in memory (monotonic clock), and how long until it takes a call."""
 
     def __init__(self, rate: Rate) -> None:
         self._bucket = InMemoryBucket([rate])
-        self._limiter = Limiter(
+        self.limiter = Limiter(
             self._bucket,
             clock=MonotonicClock(),  # type: ignore[no-untyped-call]
             raise_when_fail=False,
         )
 
-    def close(self) -> None:
-        self._limiter.dispose(self._bucket)
-
     def take(self, name: str) -> float:
         """0.0: one call counted; else the seconds until the window's oldest call leaves it."""
-        if self._limiter.try_acquire(name):
+        if self.limiter.try_acquire(name):
             return 0.0
         waiting = self._bucket.waiting(RateItem(name, int(1000 * time.monotonic())))
         assert isinstance(waiting, int)  # an in-memory bucket answers at once

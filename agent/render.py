@@ -33,9 +33,17 @@ def _destination_lines(entry: Answer) -> list[str]:
         f"  returns {_count_gross(taken['returns'])} / {_count_gross(delivered['returns'])}"
         f"  tenders {_tenders(taken['tenders'])} / {_tenders(delivered['tenders'])}",
     ]
+    if entry.get("cloud") is not None:
+        counts = entry["verification"]
+        lines.append(
+            f"  {'':<22}cloud {_count_gross(entry['cloud'])}  verified {counts['verified']}"
+            f"  accepted {counts['accepted']}  not verified {counts['notVerified']}"
+        )
     lines += [
         f"    {d['uniqueReceiptId']}  {d['state']}  taken {d['taken']}"
-        f"  delivered {d['delivered'] or '-'}\n      fix: {d['fix']}"
+        f"  delivered {d['delivered'] or '-'}"
+        + (f"  cloud {d['cloud'] or '-'}" if entry.get("cloud") is not None else "")
+        + f"\n      fix: {d['fix']}"
         for d in entry["details"]
     ]
     return lines
@@ -105,6 +113,7 @@ def _reconciliation_table(days: Sequence[Answer]) -> str:
         "Status",
         "Taken",
         "Delivered",
+        "Cloud (read back)",
         "Tax taken / delivered",
         "Returns taken / delivered",
         "Pending",
@@ -118,6 +127,7 @@ def _reconciliation_table(days: Sequence[Answer]) -> str:
             entry["status"],
             _count_gross(entry["taken"]),
             _count_gross(entry["delivered"]),
+            _read_back(entry),
             f"{entry['taken']['tax']} / {entry['delivered']['tax']}",
             f"{_count_gross(entry['taken']['returns'])} / "
             f"{_count_gross(entry['delivered']['returns'])}",
@@ -129,6 +139,16 @@ def _reconciliation_table(days: Sequence[Answer]) -> str:
         for entry in day["destinations"]
     ]
     return _table(head, rows)
+
+
+def _read_back(entry: Answer) -> str:
+    if entry.get("cloud") is None:
+        return "not read back"
+    counts = entry["verification"]
+    return (
+        f"{_count_gross(entry['cloud'])}; {counts['verified']} verified, "
+        f"{counts['accepted']} accepted, {counts['notVerified']} not verified"
+    )
 
 
 def _receipts_table(receipts: Sequence[Answer], destinations: Sequence[Answer]) -> str:

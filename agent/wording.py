@@ -49,10 +49,12 @@ class State:
 STATES = {
     "online": State("the cloud takes what is sent; the detail says how it goes", ""),
     "offline": State(
-        'the cloud is not taking receipts: nothing answered ("unreachable"), or it answered '
-        "with a server error (the detail gives the HTTP status); the agent backs off and tries "
-        "again by itself, the queue is kept",
-        "nothing, if it clears by itself; `till-install verify` checks the way to the cloud",
+        'the cloud is not taking receipts: nothing answered ("no answer from the cloud"), or '
+        "it answered with a server error (the detail gives the HTTP status); the queue is kept, "
+        "the agent backs off and asks the cloud every `delivery.recovery_probe_seconds` (15 s), "
+        "so a cloud that is back is used again within that",
+        "nothing, if it clears by itself; `till-install verify` checks the way to the cloud; "
+        "`till-agent retry-now NAME` tries at once",
     ),
     "throttled": State(
         "the cloud asked for a pause (`Retry-After`), or a call budget is used up",
@@ -61,7 +63,8 @@ STATES = {
     "halted": State(
         "the cloud refused the credentials (HTTP 401/403) or a setting; no receipt can go, the "
         "queue is kept, health is red, an alert goes out",
-        "put the right secret in place with `till-install configure --secret NAME`",
+        "put the right secret in place with `till-install configure --secret NAME` (it "
+        "restarts the agent), or `till-agent retry-now NAME` after fixing it another way",
     ),
     "not delivering": State(
         "delivery is off (`[delivery] enabled = false`) or its worker stopped; sales are kept",

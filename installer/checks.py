@@ -7,10 +7,11 @@ import shutil
 import stat
 from pathlib import Path
 
-from agent import config, wording
+from agent import acl, config, wording
 from agent.doctor import MIN_FREE_BYTES, Check, answering
 from installer import steps
 from installer.services import SERVICE_STATES, ServiceManager
+from installer.system import CommandError
 
 
 def local(
@@ -22,6 +23,8 @@ def local(
     checks.append(_mode("config file", layout.config_file, forbidden=0o027))
     secret_files = sorted(p for p in layout.credentials_dir.glob("*") if p.is_file())
     checks += [_secret(p, owner) for p in secret_files]
+    if os.name == "nt":
+        checks += [_folder(name, path) for name, path in _folders(layout)]
     checks.append(_disk(settings.agent.data_dir))
     return checks
 
@@ -31,15 +34,35 @@ def _service(manager: ServiceManager) -> Check:
     reason = manager.unavailable()
     if reason is not None:
         return Check("service", False, f"{reason}: cannot check it; see docs/install.md")
-    state = manager.state()
+    try:
+        state = manager.state()
+    except CommandError as exc:  # sc.exe query failed for another reason than "no such service"
+        return Check("service", False, str(exc))
     return Check("service", state == "active", f"{state}: {SERVICE_STATES.get(state, state)}")
+
+
+def _folders(layout: steps.Layout) -> list[tuple[str, Path]]:
+    return [
+        ("config folder", layout.config_dir),
+        ("credentials folder", layout.credentials_dir),
+        ("data folder", layout.data_dir),
+    ]
+
+
+def _folder(name: str, path: Path) -> Check:
+    """Windows: the folder's DACL read back (SYSTEM and Administrators only, not inherited)."""
+    if not path.exists():
+        return Check(name, False, f"{path} is missing")
+    return Check(name, *acl.describe(path, folder=True))
 
 
 def _mode(name: str, path: Path, *, forbidden: int) -> Check:
     if not path.exists():
         return Check(name, False, f"{path} is missing")
+    if os.name == "nt":
+        return Check(name, *acl.describe(path, folder=False))  # the DACL, not chmod
     mode = stat.S_IMODE(path.stat().st_mode)
-    ok = os.name != "posix" or mode & forbidden == 0
+    ok = mode & forbidden == 0
     return Check(
         name,
         ok,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import requests
 
 from agent import __version__, config, doctor, paths
 from agent.doctor import Check
@@ -347,10 +348,20 @@ def migrate(root: Path | None) -> None:
 @click.option(
     "--purge-data", is_flag=True, help="Also erase the data and log directories (overwritten)."
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing: only refuse (exit 1) if items wait (the MSI asks before it starts).",
+)
 @click.pass_obj
-def uninstall(commands: Commands, root: Path | None, force: bool, purge_data: bool) -> None:
+def uninstall(
+    commands: Commands, root: Path | None, force: bool, purge_data: bool, check: bool
+) -> None:
     """Remove the service, config and secrets; refuses while items wait unless --force."""
     where = steps.layout(root)
+    if check:
+        _refuse_while_waiting(where)
+        return
     manager = _manager(commands, where)
     with _os_errors():
         manager.stop()
@@ -370,6 +381,23 @@ def uninstall(commands: Commands, root: Path | None, force: bool, purge_data: bo
         steps.remove_config(where)
         erased = steps.purge(commands, where) if purge_data else 0
     click.echo("Uninstalled" + (f"; {erased} data and log files erased" if purge_data else ""))
+
+
+def _refuse_while_waiting(where: steps.Layout) -> None:
+    """uninstall --check: the running agent (or its stores) asked; nothing is stopped. What it
+    cannot read (not elevated, nothing installed) it leaves to the removal, which counts again."""
+    try:
+        waiting = steps.waiting_now(steps.load_settings(where))
+    except (AgentError, OSError, requests.RequestException, ValueError, KeyError) as exc:
+        click.echo(f"Cannot tell from here what waits ({exc}); the removal counts again")
+        return
+    if sum(waiting.values()):
+        counts = ", ".join(f"{name} {n}" for name, n in waiting.items() if n)
+        raise click.ClickException(
+            f"items not delivered yet ({counts}); nothing was removed and the agent keeps "
+            "sending. Watch `till-agent status`, or use `till-install uninstall --force`."
+        )
+    click.echo("Nothing waits to be delivered")
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -164,12 +165,13 @@ class WindowsServices:
         self, program: Path, credentials: Iterable[Path], *, offline: bool = False
     ) -> None:
         sc = ["sc.exe"]
+        image = image_path(program)
         if self.state() == "not-installed":
             self._commands.run(
-                [*sc, "create", WINDOWS_NAME, "binPath=", str(program), "start=", "delayed-auto"]
+                [*sc, "create", WINDOWS_NAME, "binPath=", image, "start=", "delayed-auto"]
             )
         else:
-            self._commands.run([*sc, "config", WINDOWS_NAME, "binPath=", str(program)])
+            self._commands.run([*sc, "config", WINDOWS_NAME, "binPath=", image])
         self._commands.run([*sc, "description", WINDOWS_NAME, "Till Agent: POS intake"])
         # Restart after 5 s, 5 s, then 60 s; forget failures after a day of running.
         actions = "restart/5000/restart/5000/restart/60000"
@@ -192,6 +194,7 @@ class WindowsServices:
         self.start()
 
     def state(self) -> str:
+        """As windows_state; CommandError when sc.exe cannot tell (access denied, say)."""
         done = self._commands.run(["sc.exe", "query", WINDOWS_NAME], check=False)
         return windows_state(done.returncode, done.stdout)
 
@@ -207,10 +210,23 @@ class WindowsServices:
             time.sleep(self._poll_seconds)
 
 
+def image_path(program: Path, python: Path = Path(sys.executable)) -> str:
+    """The service's command line, every path quoted (an unquoted path with a space in it is a
+    known privilege escalation): the frozen exe, or Python with the service script."""
+    if program.suffix.lower() == ".py":
+        return f'"{python}" "{program}"'
+    return f'"{program}"'
+
+
 def windows_state(returncode: int, stdout: str) -> str:
-    """sc.exe query's answer in systemd's words: active, inactive, activating, deactivating."""
-    if returncode == 1060:  # ERROR_SERVICE_DOES_NOT_EXIST
+    """sc.exe query's answer in systemd's words: active, inactive, activating, deactivating;
+    not-installed for 1060 (ERROR_SERVICE_DOES_NOT_EXIST); CommandError for any other failure
+    (access denied, the service manager unreachable): it says nothing about the service."""
+    if returncode == 1060:
         return "not-installed"
+    if returncode != 0:
+        said = stdout.strip().splitlines()[-1:] or ["no output"]
+        raise CommandError(f"sc.exe query {WINDOWS_NAME} failed ({returncode}): {said[0]}")
     words = {
         "RUNNING": "active",
         "STOPPED": "inactive",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import requests
 
-from agent import app, config, paths
+from agent import acl, app, config, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands
@@ -137,12 +137,16 @@ def owner_of(commands: Commands) -> Owner:
     return Owner() if ids is None else Owner(*ids)
 
 
-def program_path() -> Path:
-    """The program the service runs: till-agent beside this Python (the frozen exe on Windows)."""
+def program_path(platform: str = sys.platform) -> Path:
+    """The program the service runs: till-agent beside this Python on Linux; on Windows the
+    frozen till-agent-service.exe beside till-install.exe, or, in a Python installed from the
+    wheel, the service script (run by this Python: services.image_path)."""
     here = Path(sys.executable).parent
-    if sys.platform == "win32":
+    if platform != "win32":
+        return here / "till-agent"
+    if getattr(sys, "frozen", False):
         return here / "till-agent-service.exe"
-    return here / "till-agent"
+    return Path(__file__).resolve().parents[1] / "service" / "windows.py"  # same wheel
 
 
 # The unit hides these from the agent (ProtectHome=yes; PrivateTmp=yes gives it an empty /tmp):
@@ -169,7 +173,8 @@ def interpreter_problems() -> list[str]:
 
 def make_dirs(layout: Layout, owner: Owner) -> None:
     """config 0750 (root, the service's group), credentials 0700 root's, data 0700 and logs
-    0750 the service's. Files already in the log directory become the service's too: one left
+    0750 the service's; on Windows each folder SYSTEM and Administrators only instead
+    (agent.acl). Files already in the log directory become the service's too: one left
     by a run as root would otherwise refuse every log line the service writes."""
     dirs: tuple[tuple[Path, int, Holder], ...] = (
         (layout.config_dir, 0o750, "group"),
@@ -181,9 +186,15 @@ def make_dirs(layout: Layout, owner: Owner) -> None:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(mode)
         owner.own(path, holder)
+        _restrict_on_windows(path)
     for stale in layout.log_dir.iterdir():
         if stale.is_file() and not stale.is_symlink():
             owner.own(stale)
+
+
+def _restrict_on_windows(path: Path) -> None:
+    if sys.platform == "win32":
+        acl.restrict(path)
 
 
 def write_file(path: Path, text: str, owner: Owner, *, mode: int, holder: Holder) -> None:
@@ -198,6 +209,7 @@ def write_file(path: Path, text: str, owner: Owner, *, mode: int, holder: Holder
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)  # the umask may have taken bits off
         owner.own(temporary, holder)
+        _restrict_on_windows(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -255,9 +267,13 @@ def load_settings(layout: Layout) -> config.Settings:
     return config.load(layout.config_file, layout.environ())
 
 
-def health_url(settings: config.Settings) -> str:
+def agent_url(settings: config.Settings) -> str:
     host, port = config.parse_listen(settings.api.listen)
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/health"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def health_url(settings: config.Settings) -> str:
+    return agent_url(settings) + "/v1/health"
 
 
 def wait_healthy(url: str, timeout_seconds: float, poll_seconds: float = 0.2) -> int | None:
@@ -328,6 +344,24 @@ def upgrade_stores(settings: config.Settings, migrate: Callable[[], None]) -> li
 def waiting(settings: config.Settings) -> dict[str, int]:
     """Items not delivered yet, per destination (the agent stopped): ready, claimed, set aside."""
     return app.undelivered(settings)
+
+
+def waiting_now(settings: config.Settings) -> dict[str, int]:
+    """As waiting(), asked of the running agent (GET /v1/status); of the stores when nothing
+    answers (the agent is stopped, so they are ours to open)."""
+    token = settings.api.token_file.read_text(encoding="ascii").strip()
+    try:
+        answer = requests.get(
+            agent_url(settings) + "/v1/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
+    except requests.RequestException:
+        return waiting(settings)
+    answer.raise_for_status()
+    return {
+        d["name"]: d["depth"] + d["inFlight"] + d["setAside"] for d in answer.json()["destinations"]
+    }
 
 
 def erase_file(path: Path) -> None:

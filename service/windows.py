@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
-from agent import app, config, logs
+from agent import app, config, logs, paths
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,15 @@ class ServiceRunner:
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        """Blocks until stop(). An exception (bad config, a store that will not open) leaves
-        here, so the SCM records a failure and applies the restart actions set at install."""
+        """Blocks until stop(). An exception (bad config, a store that will not open) is logged,
+        to the file and the Event Log, and leaves here, so the SCM records a failure and applies
+        the restart actions set at install."""
         self._report(START_PENDING, waitHint=START_WAIT_HINT_MS)
-        settings = self._load_settings()
-        agent = self._start_agent(settings)
+        try:
+            agent = self._start_agent(self._load_settings())
+        except BaseException:
+            log.exception("the service could not start")
+            raise
         try:
             self._report(RUNNING)
             log.info("service running")
@@ -80,7 +84,11 @@ class Dpapi:
     name = "dpapi"
 
     def __init__(self, crypt: Any = None) -> None:
-        self._crypt = crypt if crypt is not None else importlib.import_module("win32crypt")
+        if crypt is None:
+            import win32crypt  # a plain import, so that PyInstaller sees it and freezes it
+
+            crypt = win32crypt
+        self._crypt = crypt
 
     def protect(self, data: bytes) -> bytes:
         blob: bytes = self._crypt.CryptProtectData(
@@ -96,11 +104,19 @@ class Dpapi:
 
 
 def load_settings() -> config.Settings:
-    """The system config (or $TILL_AGENT_CONFIG), logging set up to a file and the Event Log."""
+    """The system config (or $TILL_AGENT_CONFIG), logging set up to a file and the Event Log.
+
+    Logging starts first, in the system log folder, so that a config that does not load is
+    written down where a technician looks; then it follows the config."""
     environ = config.environment()
+    setup_logging(config.Settings(agent=config.AgentSettings(log_dir=_system_log_dir(environ))))
     settings = config.load(config.config_path(None, environ), environ)
     setup_logging(settings)
     return settings
+
+
+def _system_log_dir(environ: Mapping[str, str]) -> Path:
+    return paths.system_paths(environ).log_dir
 
 
 def setup_logging(settings: config.Settings, event_log: logging.Handler | None = None) -> None:
@@ -115,6 +131,7 @@ def setup_logging(settings: config.Settings, event_log: logging.Handler | None =
     handler = event_log if event_log is not None else _event_log_handler()
     if handler is not None:
         handler.setLevel(logging.WARNING)
+        handler.setFormatter(logs.JsonFormatter())  # redacted, like the files
         logging.getLogger().addHandler(handler)
 
 
@@ -130,7 +147,17 @@ def _event_log_handler() -> logging.Handler | None:
         return None
     from logging.handlers import NTEventLogHandler
 
-    return NTEventLogHandler(SERVICE_NAME)
+    import win32service
+
+    return NTEventLogHandler(SERVICE_NAME, dllname=message_file(win32service.__file__))
+
+
+def message_file(win32service_file: str) -> str:
+    """The Event Log's message file for our source: win32service.pyd where it really is.
+
+    NTEventLogHandler's default looks two folders above win32evtlogutil, which is right in a
+    site-packages and wrong when frozen (PyInstaller keeps the .pyd in _internal\\win32)."""
+    return str(Path(win32service_file).resolve())
 
 
 def start_agent(settings: config.Settings) -> StartedAgent:
@@ -145,7 +172,10 @@ def service_class(framework: type) -> type[Any]:
         _svc_name_ = SERVICE_NAME
         _svc_display_name_ = DISPLAY_NAME
         _svc_description_ = "Takes each sale from the POS and delivers it to the clouds."
-        _exe_name_ = sys.executable  # the frozen till-agent-service.exe hosts itself
+        # What `windows.py install` (pywin32's command line) registers: the frozen
+        # till-agent-service.exe, or python.exe with this script. pywin32 quotes the exe.
+        _exe_name_ = sys.executable
+        _exe_args_ = None if getattr(sys, "frozen", False) else f'"{Path(__file__).resolve()}"'
 
         def __init__(self, args: Any) -> None:
             super().__init__(args)
@@ -170,15 +200,20 @@ def main(argv: list[str] | None = None) -> None:
     import servicemanager
     import win32serviceutil
 
-    service = service_class(win32serviceutil.ServiceFramework)
     args = sys.argv if argv is None else argv
     if len(args) == 1:
         servicemanager.Initialize()
-        servicemanager.PrepareToHostSingle(service)
+        servicemanager.PrepareToHostSingle(TillAgentService)
         servicemanager.StartServiceCtrlDispatcher()
     else:
-        win32serviceutil.HandleCommandLine(service, argv=args)
+        win32serviceutil.HandleCommandLine(TillAgentService, argv=args)
 
+
+if ON_WINDOWS:
+    import win32serviceutil
+
+    # At module level, as pywin32 names it in the registry (service.windows.TillAgentService).
+    TillAgentService = service_class(win32serviceutil.ServiceFramework)
 
 if __name__ == "__main__":
     main()

@@ -239,8 +239,9 @@ class AgentProcess:
         return Path(self.raw["api"]["token_file"]).read_text(encoding="ascii").strip()
 
     def kill(self) -> None:
+        """No cleanup, no flush: SIGKILL on Linux, TerminateProcess on Windows."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        self.process.kill()
         self.process.wait(10)
 
     def terminate(self, timeout_seconds: float = 15.0) -> int:
@@ -269,3 +270,29 @@ def agent_process(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for process in made:
         process.stop_quietly()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--wine",
+        action="store_true",
+        help="run the tests marked wine: the Windows path under Wine (make test-windows)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that run in another target skip, saying which: the Wine tests unless --wine (they
+    run in `make test-windows`), and on Windows the tests marked linux_only (`make test`)."""
+    for item in items:
+        reason = _runs_elsewhere(item, wine=bool(config.getoption("--wine")))
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _runs_elsewhere(item: pytest.Item, *, wine: bool) -> str | None:
+    if item.get_closest_marker("wine") is not None and not wine:
+        return "runs elsewhere: make test-windows (the Windows path under Wine)"
+    marker = item.get_closest_marker("linux_only")
+    if marker is not None and os.name == "nt":
+        return f"runs elsewhere: on Linux (make test): {marker.args[0]}"
+    return None

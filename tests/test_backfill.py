@@ -93,3 +93,39 @@ def test_import_of_a_flat_csv_on_a_stopped_agent(agent_process, tmp_path):
     result = till_agent("import", str(path), "--config", str(process.config_path))
     assert result.returncode == 0, result.stderr
     assert "accepted 2, duplicates 0, amended 0, invalid 0" in result.stdout
+
+
+def test_import_reports_each_unreadable_line_by_number_and_goes_on(agent_process, tmp_path):
+    """Issue 14 §5: deep JSON, bad UTF-8, NaN, 5,000 digits, a CSV field over 128 KiB."""
+    process = agent_process()
+    process.start()
+    assert process.terminate() == 0
+    nan = json.dumps(make_receipt("H-NAN")).replace('"20.00"', "NaN", 1)
+    digits = json.dumps(make_receipt("H-DIGITS")).replace('"20.00"', "9" * 5000, 1)
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(
+        b"\n".join(
+            [
+                json.dumps(make_receipt("H-1")).encode(),
+                b"[" * 100_000,
+                b'{"uniqueReceiptId": "\xff\xfe"}',
+                nan.encode(),
+                digits.encode(),
+                json.dumps(make_receipt("H-2")).encode(),
+            ]
+        )
+        + b"\n"
+    )
+    result = till_agent("import", str(history), "--config", str(process.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "accepted 2, duplicates 0, amended 0, invalid 4" in result.stdout
+    for number in (2, 3, 4, 5):
+        assert f"line {number}:" in result.stdout
+    assert "line 3: not UTF-8" in result.stdout
+    table = tmp_path / "history.csv"
+    table.write_text("uniqueReceiptId,receiptNumber\n" + "x" * 140_000 + ",1\n", encoding="utf-8")
+    result = till_agent("import", str(table), "--config", str(process.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "line 2: bad CSV row" in result.stdout

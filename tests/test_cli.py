@@ -9,9 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.conftest import ROOT, base_config, make_receipt, merged, write_toml
+import pytest
+
+from agent.sandbox import SandboxCloud
+from tests.conftest import ROOT, Till, base_config, make_receipt, merged, write_toml
 
 
 def till_agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -96,6 +100,9 @@ def test_run_on_a_busy_port_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_sigterm_stops_the_agent_cleanly(agent_process):
     process = agent_process()
     process.start()
@@ -111,6 +118,9 @@ def test_second_agent_on_the_same_data_directory_refuses(agent_process, tmp_path
     assert "another till-agent is already running" in second.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_forget_and_purge_work_on_the_stores_when_the_agent_is_stopped(agent_process):
     process = agent_process()
     process.start()
@@ -151,6 +161,9 @@ def test_a_taken_port_is_a_clear_error_and_leaves_nothing_running(agent_process,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_the_sandbox_command_serves_the_cloud_until_stopped():
     import signal as signals
     import time
@@ -184,6 +197,7 @@ def test_the_sandbox_command_serves_the_cloud_until_stopped():
     assert f"127.0.0.1:{port}" in out
 
 
+@pytest.mark.linux_only("a graceful stop by SIGTERM")
 def test_retry_now_asks_the_running_agent_and_says_when_it_is_not(agent_process, tmp_path):
     process = agent_process({"delivery": {"enabled": True}})
     process.start()
@@ -199,6 +213,7 @@ def test_retry_now_asks_the_running_agent_and_says_when_it_is_not(agent_process,
     assert "the agent is not running" in result.stderr
 
 
+@pytest.mark.linux_only("the printed curl in a POSIX shell, SIGINT, /etc and /var")
 def test_serve_demo_runs_on_a_fresh_machine_and_its_curl_works(tmp_path):
     """Its own folder for everything (no /etc or /var/log), a URL, a token and a curl to paste."""
     process = subprocess.Popen(
@@ -259,3 +274,80 @@ def test_run_lists_every_problem_of_every_kind_in_one_pass(tmp_path):
     ):
         assert problem in result.stderr, problem
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_set_aside_items_are_listed_in_words_released_and_dead_lettered(agent_process):
+    """Issue 14 §6: a technician can unstick anything, through the running agent."""
+    cloud = SandboxCloud(seed=6).serve()
+    try:
+        process = agent_process(
+            {
+                "delivery": {
+                    "enabled": True,
+                    "backoff_initial_seconds": 300,
+                    "backoff_max_seconds": 300,
+                    "set_aside_after_attempts": 1,
+                },
+                "destinations": {
+                    "engage": {"enabled": False},
+                    "loaded": {"base_url": cloud.url + "/loaded"},
+                },
+            }
+        )
+        process.start()
+        till = Till(process.url, process.token)
+        cloud.faults.reject_ids(["STUCK-1", "STUCK-2"], 500)
+        for receipt_id in ("STUCK-1", "STUCK-2", "GOOD-1"):
+            assert till.post("/v1/receipts", make_receipt(receipt_id)).status_code == 202
+        config_path = str(process.config_path)
+        deadline = time.monotonic() + 20
+        while (
+            len(till.get("/v1/set-aside").json()["items"]) < 2
+            or "GOOD-1" not in cloud.loaded.orders
+        ):
+            assert time.monotonic() < deadline, till.get("/v1/set-aside").text
+            time.sleep(0.1)
+        listed = till_agent("set-aside", "list", "--config", config_path)
+        assert listed.returncode == 0, listed.stderr
+        first, second = listed.stdout.splitlines()
+        assert "STUCK-1" in first
+        assert "the cloud failed (HTTP 500 Internal Server Error)" in first
+        assert "Error:" not in listed.stdout  # words, never a class name
+        stuck_1, stuck_2 = first.split()[0], second.split()[0]
+        shown_page = till.get("/").text
+        assert "till-agent set-aside release ITEM" in shown_page
+        assert f"<td>{stuck_1}</td>" in shown_page
+        assert "the cloud failed (HTTP 500 Internal Server Error)" in shown_page
+        shown = till_agent("set-aside", "show", stuck_1, "--config", config_path)
+        assert json.loads(shown.stdout)["recordKey"] == "STUCK-1"
+        cloud.faults.clear()
+        released = till_agent("set-aside", "release", stuck_1, "--config", config_path)
+        assert released.returncode == 0, released.stderr
+        dead = till_agent("set-aside", "dead-letter", stuck_2, "--config", config_path)
+        assert dead.returncode == 0, dead.stderr
+        while "STUCK-1" not in cloud.loaded.orders or not till.get("/v1/dead-letters").json():
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.1)
+        (letter,) = till.get("/v1/dead-letters").json()
+        assert letter["recordKey"] == "STUCK-2"
+        assert (
+            letter["reason"] == "dead-lettered by a technician (till-agent set-aside dead-letter)"
+        )
+        assert "STUCK-2" not in cloud.loaded.orders
+        assert till.get("/v1/set-aside").json()["items"] == []
+        again = till_agent("set-aside", "release", stuck_1, "--config", config_path)
+        assert again.returncode != 0
+        assert "no set-aside item" in again.stderr or "no such" in again.stderr
+        till.close()
+    finally:
+        cloud.stop()
+
+
+def test_retry_now_with_the_agent_stopped_is_one_line_that_says_what_happens(tmp_path):
+    path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 9))
+    (tmp_path / "pos-token").write_text("x" * 20, encoding="ascii")
+    result = till_agent("retry-now", "loaded", "--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr == (
+        "Error: the agent is not running: everything waiting is tried as soon as it starts\n"
+    )

@@ -20,6 +20,7 @@ def test_load_reads_a_complete_file(tmp_path):
     assert settings.privacy.key_file == tmp_path / "data" / "keyring.json"
 
 
+@pytest.mark.linux_only("the Linux default paths")
 def test_defaults_fill_what_the_file_leaves_out(tmp_path):
     raw = {"agent": {"store_id": "s", "till_id": "t"}}
     settings = config.from_mapping(raw, {})
@@ -29,6 +30,7 @@ def test_defaults_fill_what_the_file_leaves_out(tmp_path):
     assert settings.api.token_file == Path("/etc/till-agent/credentials/pos-token")
 
 
+@pytest.mark.linux_only("systemd's directory variables")
 def test_systemd_directories_are_honoured():
     environ = {
         "STATE_DIRECTORY": "/var/lib/till-agent-x",

@@ -25,6 +25,7 @@ def test_a_sealed_value_moved_to_another_record_does_not_open(tmp_path):
         keyring.open(token, "receipt:R-2")
 
 
+@pytest.mark.linux_only("POSIX modes; on Windows the data folder's DACL guards it (tests/wine)")
 def test_key_file_is_owner_only_and_reloads_the_same_keys(tmp_path):
     path = tmp_path / "keys" / "keyring.json"
     first = crypto.load_or_create(path, may_create=True)
@@ -112,3 +113,16 @@ def test_a_protected_key_file_without_its_protector_is_refused_clearly(tmp_path)
     crypto.load_or_create(path, may_create=True, protector=XorProtector())
     with pytest.raises(KeyStoreError, match="protected by xor-test"):
         crypto.load_or_create(path, may_create=False)
+
+
+def test_examine_reads_a_plain_key_file_in_full_and_a_wrapped_one_as_far_as_it_can(tmp_path):
+    plain, wrapped = tmp_path / "plain.json", tmp_path / "wrapped.json"
+    crypto.load_or_create(plain, may_create=True)
+    crypto.load_or_create(wrapped, may_create=True, protector=XorProtector())
+    assert crypto.examine(plain) == "1 data keys, not wrapped"
+    assert crypto.examine(wrapped).startswith("wrapped by xor-test for the service's account")
+    document = json.loads(wrapped.read_text(encoding="utf-8"))
+    for damaged in ("", "not base64!"):
+        wrapped.write_text(json.dumps({**document, "blob": damaged}), encoding="utf-8")
+        with pytest.raises(KeyStoreError, match="corrupt"):
+            crypto.examine(wrapped)

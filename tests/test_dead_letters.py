@@ -126,3 +126,26 @@ def test_a_dead_lettered_receipt_is_listed_by_state(start_agent):
     assert dead["receipts"][0]["destinations"][0]["state"] == "dead_lettered"
     waiting = till.get("/v1/receipts", params={"state": "undelivered"}).json()
     assert [r["uniqueReceiptId"] for r in waiting["receipts"]] == ["R-WAITING"]
+
+
+def test_the_list_reaches_a_terminal_without_control_or_bidi_characters(start_agent, tmp_path):
+    """Issue 14 §5: an id from the POS with a bidi override, a reason from a cloud."""
+    from tests.conftest import base_config, write_toml
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    sender, clock = ScriptedSender(), Clock()
+    dispatcher = dispatcher_for(agent, sender, monotonic=clock)
+    assert till.post("/v1/receipts", make_receipt("R-\u202eDEAD\u200b")).status_code == 202
+    sender.rules["R-\u202eDEAD\u200b"] = raising(
+        RejectedError("\x1b[2J refused \x07", connector="x", status=None)
+    )
+    drain(dispatcher, clock)
+    till.close()
+    agent.stop()
+    config = write_toml(tmp_path / "config.toml", base_config(tmp_path))
+    listed = till_agent("dead-letters", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    assert "R-DEAD" in listed.stdout
+    assert "refused" in listed.stdout
+    for invisible in ("\u202e", "\u200b", "\x1b", "\x07"):
+        assert invisible not in listed.stdout

@@ -119,3 +119,12 @@ def test_the_evidence_table_covers_every_connector_and_names_a_source_per_row():
     for kind, source in rows:
         named = "." in source or "/" in source or "seed" in source
         assert named or "our assumption" in source or "ours" in source, (kind, source)
+
+
+def test_each_decision_has_its_own_number_and_its_title_says_it():
+    decisions = sorted((ROOT / "docs" / "decisions").glob("*.md"))
+    numbers = [int(path.name[:4]) for path in decisions]
+    assert len(numbers) == len(set(numbers)), [p.name for p in decisions]
+    for path, number in zip(decisions, numbers, strict=True):
+        title = path.read_text(encoding="utf-8").splitlines()[0]
+        assert title.startswith(f"# {number}. "), (path.name, title)

@@ -269,9 +269,15 @@ def test_reconcile_and_the_qa_report_from_the_command_line_on_a_stopped_agent(ri
         "state": "delivered",
         "verification": "accepted",
         "delivered": "10.00",
+        "cloud": None,  # not read back: no --verify
     }
     assert rows["R-2"]["destinations"] == {
-        "loaded": {"state": "deadLettered", "verification": "not delivered", "delivered": None}
+        "loaded": {
+            "state": "deadLettered",
+            "verification": "not delivered",
+            "delivered": None,
+            "cloud": None,
+        }
     }
     assert report["allMatch"] is False
     assert "+46700000001" not in target.read_text("utf-8")

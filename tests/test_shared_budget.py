@@ -26,6 +26,17 @@ def test_the_sync_takes_its_share_and_leaves_the_rest():
     assert (background, foreground) == (19, 1)  # 95 % of the window, the rest for the till
 
 
+def test_the_read_back_takes_a_tenth_and_delivery_keeps_the_rest():
+    budget = RateBudget("x", requests_per_second=40, window_seconds=1.0)
+    read = 0
+    while budget.acquire_readback().allowed:
+        read += 1
+    delivered = 0
+    while budget.acquire().allowed:
+        delivered += 1
+    assert (read, delivered) == (4, 36)  # reconciliation's read-back: 10 % of the window
+
+
 @pytest.mark.timeout(120)
 def test_sync_delivery_and_lookups_to_one_cloud_never_meet_a_429(start_agent):
     cloud = SandboxCloud(seed=71, engage_rate_per_second=LIMIT).serve()

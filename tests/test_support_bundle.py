@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import zipfile
 
+import pytest
+
 from tests.conftest import Till
 from tests.test_cli import till_agent
 from tests.test_privacy_scan import PLANTED, encodings, plant_everything
@@ -40,6 +42,9 @@ def test_the_bundle_has_status_logs_versions_and_store_checks_but_no_personal_da
         assert leaks == [], name
 
 
+@pytest.mark.linux_only(
+    "a graceful stop by SIGTERM (Windows has none; the service stops through the SCM)"
+)
 def test_a_bundle_of_a_stopped_agent_says_so(agent_process, tmp_path):
     process = agent_process()
     process.start()

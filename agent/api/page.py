@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent import wording
+from agent.reasons import printable
 from agent.status import describe_cache
 
 REFRESH_SECONDS = 5
@@ -23,8 +24,13 @@ th{font-weight:600;background:#eee}.num{text-align:right}
 """
 
 
-def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
-    """The page for one /v1/status answer (everything on it is ids, counts and states)."""
+def render(
+    status: Mapping[str, Any],
+    dead_letters: int,
+    set_aside: Sequence[Mapping[str, Any]] = (),
+) -> bytes:
+    """The page for one /v1/status answer (everything on it is ids, counts and states) and
+    the set-aside items, each with its reason in words."""
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
@@ -34,6 +40,7 @@ def render(status: Mapping[str, Any], dead_letters: int) -> bytes:
         f"<h1>Till {_e(status['tillId'])} · store {_e(status['storeId'])} "
         f"{_badge(status['status'])}</h1>",
         _destinations(status["destinations"]),
+        _set_aside(set_aside),
         _takings(status["destinations"]),
         _summary(status, dead_letters),
         _components(status["components"]),
@@ -57,6 +64,31 @@ def _destinations(destinations: list[Mapping[str, Any]]) -> str:
         "<th class=num>Oldest</th><th>Last success</th><th class=num>Set aside</th></tr>"
     )
     return f"<h2>Delivery</h2><table>{head}{rows}</table>"
+
+
+SET_ASIDE_SHOWN = 20
+
+
+def _set_aside(items: Sequence[Mapping[str, Any]]) -> str:
+    """Items that failed on their own: why, in words, and the command that unsticks them."""
+    if not items:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(i['id'])}</td><td>{_e(i['destination'])}</td>"
+        f"<td>{_e(printable(i['record_key'], 40))}</td><td class=num>{i['attempts']}</td>"
+        f"<td>{_e(printable(i['reason'] or '-'))}</td></tr>"
+        for i in items[:SET_ASIDE_SHOWN]
+    )
+    head = (
+        "<tr><th>Item</th><th>Destination</th><th>Record</th><th class=num>Tries</th>"
+        "<th>Why</th></tr>"
+    )
+    more = f" (the first {SET_ASIDE_SHOWN})" if len(items) > SET_ASIDE_SHOWN else ""
+    return (
+        f"<h2>Set aside{more}</h2><table>{head}{rows}</table><p class=muted>"
+        "till-agent set-aside release ITEM (try it now) · till-agent set-aside dead-letter ITEM"
+        " · till-agent retry-now</p>"
+    )
 
 
 def _takings(destinations: list[Mapping[str, Any]]) -> str:

@@ -10,7 +10,7 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -46,6 +46,15 @@ class Services:
     openapi: bytes
     reconciler: Reconciler
     retry_now: Callable[[str | None], list[str]] = lambda destination: []
+    set_aside: SetAsideDesk | None = None
+
+
+class SetAsideDesk(Protocol):
+    """The dispatchers' set-aside items, for a technician (agent.app puts it together)."""
+
+    def items(self, destination: str | None, limit: int = -1) -> list[dict[str, Any]]: ...
+
+    def ask(self, action: str, item_id: str) -> None: ...
 
 
 Handler = Callable[[Request, Services], Response]
@@ -189,7 +198,9 @@ def get_page(request: Request, services: Services) -> Response:
     most however often it is asked for, and its counts are O(1)."""
     report = services.status.report(max_age_seconds=PAGE_MAX_AGE_SECONDS)
     dead_letters = services.dead_letters.count()
-    return Response(200, page.render(report, dead_letters), page.CONTENT_TYPE)
+    desk = services.set_aside
+    set_aside = desk.items(None, page.SET_ASIDE_SHOWN + 1) if desk is not None else []
+    return Response(200, page.render(report, dead_letters, set_aside), page.CONTENT_TYPE)
 
 
 def get_metrics(request: Request, services: Services) -> Response:
@@ -222,10 +233,13 @@ def lookup_key(request: Request) -> tuple[str, str]:
 
 
 def get_reconciliation(request: Request, services: Services) -> Response:
-    query = single_values(request, required=("from",), optional=("to", "destination"))
+    query = single_values(request, required=("from",), optional=("to", "destination", "verify"))
     try:
         answer = services.reconciler.reconcile(
-            query["from"], query.get("to", query["from"]), query.get("destination")
+            query["from"],
+            query.get("to", query["from"]),
+            query.get("destination"),
+            verify=verify_flag(query),
         )
     except InvalidRequestError as exc:
         raise BadRequestError(str(exc)) from None
@@ -233,14 +247,25 @@ def get_reconciliation(request: Request, services: Services) -> Response:
 
 
 def get_qa_report(request: Request, services: Services) -> Response:
-    query = single_values(request, required=("from",), optional=("to",))
+    query = single_values(request, required=("from",), optional=("to", "verify"))
     try:
         report = qareport.qa_report(
-            services.reconciler, query["from"], query.get("to", query["from"])
+            services.reconciler,
+            query["from"],
+            query.get("to", query["from"]),
+            verify=verify_flag(query),
         )
     except InvalidRequestError as exc:
         raise BadRequestError(str(exc)) from None
     return Response.json(report)
+
+
+def verify_flag(query: dict[str, str]) -> bool:
+    """verify=true: read back from the clouds that allow it; false (the default): do not."""
+    value = query.get("verify", "false")
+    if value not in ("true", "false"):
+        raise BadRequestError(f"verify is true or false (got {value!r})")
+    return value == "true"
 
 
 def single_values(
@@ -296,6 +321,44 @@ def decode_cursor(text: str) -> tuple[float, str]:
         return float(received_at), str(key)
     except (ValueError, TypeError):
         raise BadRequestError("cursor is not one this agent gave") from None
+
+
+def _desk(services: Services) -> SetAsideDesk:
+    if services.set_aside is None:
+        raise RouteNotFoundError("delivery is off: nothing is set aside")
+    return services.set_aside
+
+
+def list_set_aside(request: Request, services: Services) -> Response:
+    """Items that failed on their own and wait their own back-off, with why in words."""
+    query = single_values(request, required=(), optional=("destination",))
+    items = _desk(services).items(query.get("destination"))
+    return Response.json(schemas.SetAsideList([schemas.SetAsideView(**_item(i)) for i in items]))
+
+
+def get_set_aside(request: Request, services: Services) -> Response:
+    wanted = request.params["id"]
+    for item in _desk(services).items(None):
+        if item["id"] == wanted:
+            return Response.json(schemas.SetAsideView(**_item(item)))
+    raise RouteNotFoundError("no such set-aside item")
+
+
+def release_set_aside(request: Request, services: Services) -> Response:
+    """Try it now, ahead of its back-off (it keeps its place in line)."""
+    _desk(services).ask("release", request.params["id"])
+    return Response.json({"status": "released"}, status=202)
+
+
+def dead_letter_set_aside(request: Request, services: Services) -> Response:
+    """Give up on it: a dead letter, with "dead-lettered by a technician" as its reason."""
+    _desk(services).ask("dead_letter", request.params["id"])
+    return Response.json({"status": "dead_lettered"}, status=202)
+
+
+def _item(item: dict[str, Any]) -> dict[str, Any]:
+    at = item.get("next_attempt_at")
+    return item | {"next_attempt_at": iso(at)}
 
 
 def list_dead_letters(request: Request, services: Services) -> Response:
@@ -359,6 +422,10 @@ ROUTES = (
     Route("POST", "/v1/delivery/retry-now", post_retry_now),
     Route("GET", "/v1/reconciliation", get_reconciliation),
     Route("GET", "/v1/qa-report", get_qa_report),
+    Route("GET", "/v1/set-aside", list_set_aside),
+    Route("GET", "/v1/set-aside/{id}", get_set_aside),
+    Route("POST", "/v1/set-aside/{id}/release", release_set_aside),
+    Route("POST", "/v1/set-aside/{id}/dead-letter", dead_letter_set_aside),
     Route("GET", "/v1/dead-letters", list_dead_letters),
     Route("GET", "/v1/dead-letters/{id}", get_dead_letter),
     Route("POST", "/v1/dead-letters/{id}/retry", retry_dead_letter),

@@ -180,6 +180,25 @@ class RetryNowAnswer(_Out):
     destinations: list[str]
 
 
+class SetAsideView(_Out):
+    """An item that failed on its own and waits its own back-off; reason in words."""
+
+    id: str
+    destination: str
+    kind: str
+    record_key: str
+    revision: int
+    attempts: int
+    reason: str | None
+    error_id: str | None
+    cloud_error_id: str | None
+    next_attempt_at: str | None
+
+
+class SetAsideList(_Out):
+    items: list[SetAsideView]
+
+
 class ReplayStepView(_Out):
     destination: str
     unique_receipt_id: str
@@ -287,17 +306,27 @@ class Difference(_Out):
     """A receipt the cloud does not hold as the till took it, and what to do about it."""
 
     unique_receipt_id: str
-    state: Literal["pending", "deadLettered", "erased", "differs"]
+    state: Literal["pending", "deadLettered", "erased", "differs", "lost", "altered"]
     taken: str
     delivered: str | None
+    cloud: str | None  # what a read-back found (verify=true); lost: nothing
     dead_letter_ids: list[int]
     fix: str
+
+
+class Verification(_Out):
+    """verify=true: receipts read back as taken, only acknowledged (2xx), or read back lost or
+    altered."""
+
+    verified: int
+    accepted: int
+    not_verified: int
 
 
 class DestinationReconciliation(_Out):
     destination: str
     kind: str
-    status: Literal["match", "pending", "mismatch"]
+    status: Literal["match", "pending", "mismatch", "verified"]
     taken: Takings
     delivered: Takings
     pending: CountGross
@@ -305,6 +334,8 @@ class DestinationReconciliation(_Out):
     differing: CountGross
     differences: list[str]
     details: list[Difference]
+    cloud: Takings | None  # verify=true: what the read-backs found; else null
+    verification: Verification | None
 
 
 class DayReconciliation(_Out):
@@ -324,8 +355,9 @@ class Reconciliation(_Out):
 
 class ReceiptFate(_Out):
     state: str
-    verification: str
+    verification: Literal["not delivered", "accepted", "verified", "lost", "altered"]
     delivered: str | None
+    cloud: str | None
 
 
 class QaReceipt(_Out):
@@ -386,6 +418,10 @@ class ErrorBody(_Out):
 # The version of the POS contract this document describes (the /v1 routes), not the package's:
 # the committed docs/openapi.json must not change with every build of the agent.
 API_VERSION = "1.0.0"
+VERIFY_HELP = (
+    "true: read back from the clouds that allow it (a small share of each one's rate); "
+    "default false"
+)
 
 ERROR_STATUSES = {
     "400": "Not JSON",
@@ -414,6 +450,8 @@ SHAPES = (
     ReplayAnswer,
     RetryNowRequest,
     RetryNowAnswer,
+    SetAsideView,
+    SetAsideList,
     ReplayPlan,
     PurgeAnswer,
     ForgetAnswer,
@@ -634,6 +672,47 @@ def _paths() -> dict[str, Any]:
                 ),
             }
         },
+        "/v1/set-aside": {
+            "get": {
+                "summary": "Items set aside after failing on their own, with the reason in words",
+                "parameters": [
+                    _query("destination", "Only this destination (default: all)", False)
+                ],
+                "responses": _answers(
+                    {"200": ("The items", "SetAsideList")}, ("400", "404", *common)
+                ),
+            }
+        },
+        "/v1/set-aside/{id}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "One set-aside item (id: queue:number, as listed)",
+                "responses": _answers({"200": ("The item", "SetAsideView")}, ("404", *common)),
+            },
+        },
+        "/v1/set-aside/{id}/release": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Try a set-aside item now, ahead of its back-off",
+                "responses": {"202": {"description": "Released"}, **_answers({}, ("404", *common))},
+            },
+        },
+        "/v1/set-aside/{id}/dead-letter": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "post": {
+                "summary": "Give up on a set-aside item: it becomes a dead letter",
+                "responses": {
+                    "202": {"description": "Dead-lettered"},
+                    **_answers({}, ("404", *common)),
+                },
+            },
+        },
         "/v1/reconciliation": {
             "get": {
                 "summary": "Per store-day and destination: taken, delivered, pending, differences",
@@ -641,6 +720,7 @@ def _paths() -> dict[str, Any]:
                     _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
                     _query("to", "Last day, included (default: from)", False),
                     _query("destination", "Only this destination (default: all)", False),
+                    _query("verify", VERIFY_HELP, False),
                 ],
                 "responses": _answers({"200": ("Reconciled", "Reconciliation")}, ("400", *common)),
             }
@@ -651,6 +731,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query("from", "First day (YYYY-MM-DD, the till's local date)", True),
                     _query("to", "Last day, included (default: from)", False),
+                    _query("verify", VERIFY_HELP, False),
                 ],
                 "responses": _answers({"200": ("The report", "QaReport")}, ("400", *common)),
             }

@@ -250,23 +250,54 @@ def translate_http_errors(connector: str) -> Iterator[None]:
         raise RetryableError(f"{connector}: {network_words(exc)}", connector=connector) from exc
 
 
-_REDACTIONS = (
-    (
-        re.compile(
-            r"(?i)\"[^\"]*(token|secret|key|password|authorization)[^\"]*\"\s*:\s*\"[^\"]*\""
-        ),
-        '"[redacted]":"[redacted]"',
-    ),
-    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "[email]"),
-    (re.compile(r"\+?\d[\d ()-]{5,}\d"), "[number]"),
-)
+# A cloud's error body is kept only as what is provably no one's data: its shape (field
+# names), codes under the keys that carry codes, and small numbers. Any other text — a
+# message that may quote a name, an address, an email — is kept as "[text]".
+CODE_KEYS = frozenset(
+    {"code", "errorcode", "error_code", "errorid", "error_id", "error", "status", "type",
+     "field", "path", "propertyname", "property", "param", "parameter", "reason"}
+)  # fmt: skip
+CAMEL_NAME = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*){2,}\Z")  # InvalidEmailAddress
+FIELD_NAME = re.compile(r"^[A-Za-z_$][\w.$\[\]-]{0,63}\Z")
+EXCERPT_DEPTH, EXCERPT_ITEMS = 6, 20
 
 
 def excerpt(text: str) -> str:
-    """The body as it may be kept: secrets, emails and long numbers redacted, ≤ 500 chars."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text[:EXCERPT_CHARS]
+    """A cloud's error body as it may be kept (≤ 500 chars): for JSON its field names, the
+    codes under code-like keys and small numbers, every other text as "[text]"; for anything
+    else only its length."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        return f"(not JSON, {len(text.encode('utf-8', 'replace'))} bytes)" if text else ""
+    return json.dumps(_skeleton(body, "", 0), ensure_ascii=False)[:EXCERPT_CHARS]
+
+
+def _skeleton(value: Any, key: str, depth: int) -> Any:
+    if depth > EXCERPT_DEPTH:
+        return "[…]"
+    if isinstance(value, dict):
+        return {
+            (k if FIELD_NAME.match(k) else "[key]"): _skeleton(v, k, depth + 1)
+            for k, v in list(value.items())[:EXCERPT_ITEMS]
+            if isinstance(k, str)
+        }
+    if isinstance(value, list):
+        return [_skeleton(v, key, depth + 1) for v in value[:EXCERPT_ITEMS]]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return value if abs(value) < 10**6 else "[number]"
+    if isinstance(value, str) and _is_code(key, value):
+        return value
+    return "[text]"
+
+
+def _is_code(key: str, value: str) -> bool:
+    """A code under a code-like key ("name" only when it reads as a code: NoSuchContact)."""
+    if key.lower() == "name":
+        return CAMEL_NAME.match(value) is not None
+    return key.lower() in CODE_KEYS and is_id(value) and not value.isdigit()
 
 
 def cloud_error_id(text: str) -> str | None:

@@ -37,12 +37,15 @@ from agent.connectors.base import (
 )
 from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
 from agent.errors import RejectedError
+from agent.figures import Amounts, amounts_from
 from agent.models import OutboundMessage, Receipt, ReceiptItem
 
 log = logging.getLogger(__name__)
 
 MAX_EXTERNAL_ID = 255  # "an external ID can be any string value up to a maximum of 255"
 NOT_FOUND = 404
+# Loaded applies an order when it answers (no batch window): read back at once.
+READBACK_AFTER_SECONDS = 0.0
 STORES_TOKENS = True  # connectors.build hands this module the vault
 
 
@@ -64,6 +67,7 @@ class LoadedSettings:
     default_category_name: str = "Till Agent"
     order_status: str = "Completed"
     refund_status: str = "Refunded"
+    readback_after_seconds: float = READBACK_AFTER_SECONDS
     user_agent: str = f"TillAgent/{__version__}"
 
 
@@ -90,6 +94,9 @@ def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) ->
         default_category_name=opts.text("default_category_name", "Till Agent"),
         order_status=opts.text("order_status", "Completed"),
         refund_status=opts.text("refund_status", "Refunded"),
+        readback_after_seconds=opts.number(
+            "readback_after_seconds", READBACK_AFTER_SECONDS, high=86400
+        ),
         user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
     )
     if not settings.client_id:
@@ -148,8 +155,9 @@ class LoadedConnector:
     # --- Sender -------------------------------------------------------------------------
 
     def probe(self) -> None:
-        """A usable access token proves the credentials (and a refresh, if one was due)."""
-        self.tokens.access_token()
+        """One authenticated read (the default category, there or not): a token alone may come
+        from the vault without a word to Loaded, and proves nothing about reaching it."""
+        self._exists("categories", self.settings.default_category)
 
     def send(self, message: OutboundMessage) -> SendResult:
         """The catalogue entries the receipt names, then the order (created, or replaced)."""
@@ -195,6 +203,25 @@ class LoadedConnector:
             raise
         body = response.json()
         return body if isinstance(body, dict) else None
+
+    # --- read-back (agent/reconcile.py) -------------------------------------------------
+
+    @property
+    def readback_after_seconds(self) -> float:
+        """How long after its 2xx an order is read back (setting; Loaded: at once)."""
+        return self.settings.readback_after_seconds
+
+    def read_back(self, key: str) -> Amounts | None:
+        """What Loaded holds of the order sent under key, added up; None: Loaded has no such
+        order. One GET orders/eid:<key> ("External IDs"); its money read as exact decimals."""
+        try:
+            response = self._request("GET", self._eid("orders", key))
+        except RejectedError as exc:
+            if exc.status == NOT_FOUND:
+                return None
+            raise
+        body = response.json(parse_float=Decimal)
+        return order_amounts(body, self.settings.refund_status) if isinstance(body, dict) else None
 
     def _exists(self, kind: str, external_id: str) -> bool:
         try:
@@ -284,6 +311,24 @@ class LoadedConnector:
         return call_with_token(
             self.tokens, self._http, method, url, connector=self.name, headers=headers, **kwargs
         )
+
+
+def order_amounts(order: dict[str, Any], refund_status: str) -> Amounts:
+    """An order as Loaded holds it, added up as the till adds up a receipt: unit price x
+    quantity, a refunded item (or a whole refund order) given back; tenders by type."""
+    gross, tax = Decimal(0), Decimal(0)
+    for item in order.get("items") or []:
+        refunded = order.get("status") == refund_status or item.get("settlementStatus") == (
+            "Refunded"
+        )
+        units = Decimal(str(item.get("quantity", 0))) * (-1 if refunded else 1)
+        gross += Decimal(str(item.get("unitPrice", 0))) * units
+        tax += Decimal(str(item.get("unitTax", 0))) * units
+    tenders: dict[str, Decimal] = {}
+    for tender in order.get("tenders") or []:
+        kind = str(tender.get("type"))
+        tenders[kind] = tenders.get(kind, Decimal(0)) + Decimal(str(tender["invoiceAmount"]))
+    return amounts_from(gross, tax, tenders)
 
 
 def check_external_id(external_id: str, connector: str) -> None:

@@ -122,6 +122,28 @@ def test_cloud_error_id(body: str, expected: str | None):
     assert cloud_error_id(body) == expected
 
 
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        (
+            '{"errorCode": "InvalidEmailAddress", "message": "Anna Andersson, Storgatan 12"}',
+            '{"errorCode": "InvalidEmailAddress", "message": "[text]"}',
+        ),
+        ('{"name": "NoSuchContact"}', '{"name": "NoSuchContact"}'),
+        ('{"name": "Anna"}', '{"name": "[text]"}'),
+        ('{"errors": [{"field": "email", "code": "anna@example.com"}]}',
+         '{"errors": [{"field": "email", "code": "[text]"}]}'),
+        ('{"status": 400, "id": 46701234567}', '{"status": 400, "id": "[number]"}'),
+        ('{"code": "0701234567"}', '{"code": "[text]"}'),
+        ("<html><b>Anna</b></html>", "(not JSON, 24 bytes)"),
+        ("[" * 100_000, "(not JSON, 100000 bytes)"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_the_excerpt_keeps_only_what_is_provably_no_ones(body, kept):
+    assert excerpt(body) == kept
+
+
 def test_the_excerpt_is_redacted_and_short():
     body = '{"email": "anna@example.com", "mobilePhone": "+46701234567", "apikey": "k"}' * 20
     kept = excerpt(body)

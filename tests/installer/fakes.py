@@ -1,4 +1,4 @@
-"""A fake of the OS boundary: commands recorded; systemctl runs the real agent in-process."""
+"""A fake of the OS boundary: commands recorded; systemctl or sc.exe runs the agent in-process."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from agent import app
 from installer import steps
+from installer.services import WINDOWS_NAME
 from installer.system import CommandError, Completed
 
 
@@ -29,6 +30,7 @@ class FakeHost:
         self.failing = set(failing)
         self.calls: list[list[str]] = []
         self.agent: app.Agent | None = None
+        self.image_path: str | None = None  # sc.exe's service, once created
 
     # -- Commands ----------------------------------------------------------------------
 
@@ -37,6 +39,8 @@ class FakeHost:
         self.calls.append(argv)
         if argv[0] == "systemctl":
             return self._systemctl(argv[1:])
+        if argv[0] == "sc.exe":
+            return self._sc(argv[1:], check)
         returncode = 1 if self.failing & set(argv) else 0
         if check and returncode:
             raise CommandError(f"{' '.join(argv[:3])} failed ({returncode})")
@@ -67,6 +71,26 @@ class FakeHost:
             running = self.agent is not None
             return Completed(0 if running else 3, "active\n" if running else "inactive\n")
         return Completed(0, "")
+
+    def _sc(self, args: list[str], check: bool) -> Completed:
+        """sc.exe as Windows answers it: 1060 for a service that does not exist."""
+        verb = args[0]
+        if verb == "create":
+            self.image_path = args[args.index("binPath=") + 1]
+        elif self.image_path is None:
+            if check:
+                raise CommandError(f"sc.exe {verb} {WINDOWS_NAME} failed (1060)")
+            return Completed(1060, "[SC] OpenService FAILED 1060:\n\nThe service does not exist.")
+        if verb == "config":
+            self.image_path = args[args.index("binPath=") + 1]
+        if verb in ("stop", "delete"):
+            self.stop()
+        if verb == "start":
+            self.start()
+        if verb == "delete":
+            self.image_path = None
+        state = "4  RUNNING" if self.agent is not None else "1  STOPPED"
+        return Completed(0, f"SERVICE_NAME: {WINDOWS_NAME}\n        STATE              : {state}\n")
 
     def start(self) -> None:
         if self.agent is None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from installer.cli import main
 from tests.conftest import ROOT
 
 
+@pytest.mark.linux_only("systemd's directory variables")
 def test_paths_follow_systemd_directories(monkeypatch):
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/till-agent-t")
     monkeypatch.setenv("CONFIGURATION_DIRECTORY", "/etc/till-agent-t")

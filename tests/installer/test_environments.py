@@ -84,7 +84,7 @@ def test_a_wrong_production_key_switches_nothing(root, host, invoke, install, sa
     result = invoke("switch-environment", "production")
     assert result.exit_code == 1
     assert "FAIL  cloud engage" in result.output
-    assert "credentials refused (HTTP 401)" in result.output
+    assert "credentials refused (HTTP 401 Unauthorized); check the secret" in result.output
     assert "the new settings do not work for cloud engage; the till stays as it was" in (
         result.output
     )
@@ -122,7 +122,7 @@ def test_configure_refuses_a_secret_the_cloud_refuses(root, invoke, install, san
     secret = steps.layout(root).credentials_dir / "engage-test-api-key"
     result = invoke("configure", "--secret", "engage-test-api-key", input="a-wrong-key\n")
     assert result.exit_code == 1
-    assert "credentials refused (HTTP 401)" in result.output
+    assert "credentials refused (HTTP 401 Unauthorized); check the secret" in result.output
     assert "nothing was changed" in result.output
     assert secret.read_text().strip() == "sandbox-engage-key"
     good = invoke("configure", "--secret", "engage-test-api-key", input="sandbox-engage-key\n")

@@ -11,13 +11,15 @@ import pytest
 from agent import __version__
 from installer.windows import build_msi
 from tests.ci import need
+from tests.conftest import ROOT
 
 TOOLS = ("wixl", "msibuild", "msiinfo", "msiextract")
-needs_msitools = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in TOOLS),
-    reason="wixl/msitools not installed (`make test` installs them as root, or apt-get install "
-    "wixl msitools): the MSI is not built or checked",
+MISSING = (
+    "wixl/msitools not installed (`make test` installs them as root, or apt-get install wixl "
+    "msitools): the MSI is not built or checked"
 )
+# wixl runs on Linux; under Windows (make test-windows) the real MSI is built and installed.
+built_on_linux = pytest.mark.linux_only("wixl builds the MSI on Linux; tests/wine installs it")
 
 # Stand-ins for the three --onedir outputs merged into one folder, with PyInstaller's
 # _internal folder nested one level deeper.
@@ -54,19 +56,21 @@ def keyed(msi: Path, name: str, key: str) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def msi(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need(all(shutil.which(tool) for tool in TOOLS), "wixl/msitools not installed")
+    need(all(shutil.which(tool) for tool in TOOLS), MISSING)
     dist = make_dist(tmp_path_factory.mktemp("dist"))
     return build_msi.build(dist, tmp_path_factory.mktemp("out") / "TillAgent.msi")
 
 
-@needs_msitools
+@built_on_linux
 def test_the_public_properties_reach_the_elevated_side_and_the_product_is_upgradable(msi):
     properties = {name: row["Value"] for name, row in keyed(msi, "Property", "Property").items()}
     assert properties["ProductVersion"] == build_msi.msi_version(__version__)
     assert properties["UpgradeCode"] == "{3D1F0A52-6C2E-4B8F-9A47-1E5C2B7D9F10}"
     assert properties["ALLUSERS"] == "1"
     secure = properties["SecureCustomProperties"].split(";")
-    assert {"ANSWERS", "OFFLINE", "INSTALLFOLDER", "WIX_UPGRADE_DETECTED"} <= set(secure)
+    assert {"ANSWERS", "OFFLINE", "PURGEDATA", "INSTALLFOLDER", "WIX_UPGRADE_DETECTED"} <= set(
+        secure
+    )
     assert "ANSWERS" not in properties  # no default: a silent install must give it
     upgrades = {row["ActionProperty"]: row for row in table(msi, "Upgrade")}
     assert upgrades["WIX_UPGRADE_DETECTED"]["VersionMax"] == build_msi.msi_version(__version__)
@@ -78,45 +82,54 @@ def test_the_public_properties_reach_the_elevated_side_and_the_product_is_upgrad
     }
 
 
-@needs_msitools
+@built_on_linux
 def test_the_custom_actions_run_till_install_deferred_elevated_and_checked(msi):
     actions = keyed(msi, "CustomAction", "Action")
     assert {name: row["Target"] for name, row in actions.items()} == {
         "TillInstall": 'install --non-interactive --answers "[ANSWERS]"',
         "TillInstallOffline": 'install --non-interactive --answers "[ANSWERS]" --offline',
         "TillUpgrade": "upgrade",
+        "TillUninstallCheck": "uninstall --check",
         "TillUninstall": "uninstall",
+        "TillUninstallPurge": "uninstall --purge-data",
     }
     files = keyed(msi, "File", "File")
-    for row in actions.values():
+    for name, row in actions.items():
         kind = int(row["Type"])
         assert kind & 0x3F == EXE_FROM_FILE
-        assert kind & DEFERRED
-        assert kind & NO_IMPERSONATE
         assert not kind & (RETURN_IGNORE | ROLLBACK)  # a non-zero exit fails the install
         assert files[row["Source"]]["FileName"] == "till-install.exe"
+        # The check changes nothing and runs before the script: a refusal needs no rollback.
+        immediate = name == "TillUninstallCheck"
+        assert bool(kind & DEFERRED) != immediate
+        assert immediate or kind & NO_IMPERSONATE  # deferred ones run as LocalSystem
 
 
-@needs_msitools
+@built_on_linux
 def test_install_runs_after_the_files_and_uninstall_before_they_go(msi):
     sequence = keyed(msi, "InstallExecuteSequence", "Action")
     at = {name: int(row["Sequence"]) for name, row in sequence.items()}
     assert at["InstallValidate"] < at["RemoveExistingProducts"] < at["InstallInitialize"]
     for action in ("TillInstall", "TillInstallOffline", "TillUpgrade"):
         assert at["InstallFiles"] < at[action] < at["StartServices"] < at["InstallFinalize"]
-    assert at["InstallInitialize"] < at["StopServices"] < at["TillUninstall"] < at["RemoveFiles"]
+    assert at["InstallValidate"] < at["TillUninstallCheck"] < at["InstallInitialize"]
+    for action in ("TillUninstall", "TillUninstallPurge"):
+        assert at["InstallInitialize"] < at["StopServices"] < at[action] < at["RemoveFiles"]
     when = {name: row["Condition"] for name, row in sequence.items()}
     assert when["TillInstall"] == 'NOT Installed AND NOT WIX_UPGRADE_DETECTED AND OFFLINE<>"1"'
     assert (
         when["TillInstallOffline"] == 'NOT Installed AND NOT WIX_UPGRADE_DETECTED AND OFFLINE="1"'
     )
     assert when["TillUpgrade"] == "NOT Installed AND WIX_UPGRADE_DETECTED"
-    assert when["TillUninstall"] == 'REMOVE~="ALL" AND NOT UPGRADINGPRODUCTCODE'
+    removal = 'REMOVE~="ALL" AND NOT UPGRADINGPRODUCTCODE'
+    assert when["TillUninstallCheck"] == removal
+    assert when["TillUninstall"] == removal + ' AND PURGEDATA<>"1"'
+    assert when["TillUninstallPurge"] == removal + ' AND PURGEDATA="1"'
     (stop,) = table(msi, "ServiceControl")
     assert (stop["Name"], int(stop["Event"]), stop["Wait"]) == ("TillAgent", 0x2 | 0x20, "1")
 
 
-@needs_msitools
+@built_on_linux
 def test_the_program_goes_to_program_files_64_and_every_file_is_in_the_package(msi, tmp_path):
     directories = keyed(msi, "Directory", "Directory")
     assert directories["INSTALLFOLDER"]["Directory_Parent"] == "ProgramFiles64Folder"
@@ -134,7 +147,7 @@ def test_the_program_goes_to_program_files_64_and_every_file_is_in_the_package(m
     assert extracted == DIST
 
 
-@needs_msitools
+@built_on_linux
 def test_component_guids_do_not_change_between_builds(msi, tmp_path):
     again = build_msi.build(make_dist(tmp_path / "dist"), tmp_path / "again.msi")
     guids = {row["Component"]: row["ComponentId"] for row in table(msi, "Component")}
@@ -172,3 +185,17 @@ def test_the_fragment_names_the_programs_for_the_custom_actions(tmp_path):
     assert 'Source="$(var.SourceDir)/_internal/certifi/cacert.pem"' in text
     assert build_msi.main([str(tmp_path), "--fragment-only", str(tmp_path / "f.wxs")]) == 0
     assert (tmp_path / "f.wxs").read_text(encoding="utf-8") == text
+
+
+def test_the_documented_windows_build_is_the_one_make_test_windows_runs():
+    """docs/install.md's recipe and tests/wine run the same two modules, nothing else."""
+    from tests.wine.test_windows import FREEZE
+
+    docs = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    recipe = docs[docs.index("### Building the MSI") : docs.index("### What ran, and where")]
+    assert f"python {' '.join(FREEZE)} C:\\build\\TillAgent" in recipe
+    assert "-m pip install --require-hashes --no-deps -r requirements.lock" in recipe
+    assert "python -m installer.windows.build_msi /path/to/TillAgent -o" in recipe
+    wine_tests = (ROOT / "tests" / "wine" / "test_windows.py").read_text(encoding="utf-8")
+    assert "*FREEZE, windows_path(output)" in wine_tests
+    assert 'build_msi.main([str(frozen), "-o", str(output)])' in wine_tests

@@ -17,6 +17,8 @@ from tests.installer.fakes import FakeHost
 from tests.service.listener import NotifyListener
 from tests.service.supervisor import Directories, Supervisor, read_unit
 
+pytestmark = pytest.mark.linux_only("the systemd unit under a systemd stand-in")
+
 
 @pytest.fixture
 def listener() -> Iterator[NotifyListener]:

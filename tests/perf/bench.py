@@ -7,11 +7,14 @@ import os
 import platform
 import sqlite3
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
+import requests
+
+from tests.conftest import ROOT, Till, make_receipt
 
 RESULTS_DIR = ROOT / "build" / "bench"
 WRITTEN: list[Path] = []  # the results files of this run, for the summary (conftest.py)
@@ -33,6 +36,85 @@ def fsync_insert_rate(directory: Path, rows: int = 2000, payload_bytes: int = 20
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return rows / elapsed
+
+
+def delete_seconds(directory: Path, rows: int, payload_bytes: int) -> float:
+    """A bare SQLite DELETE of `rows` rows of `payload_bytes` each (WAL, synchronous=FULL, one
+    commit): the yardstick of P6's purge, on the same file system in the same run."""
+    path = directory / "delete-yardstick.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, status INTEGER, data BLOB)")
+    blob = os.urandom(payload_bytes)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t (status, data) VALUES (5, ?)", ((blob,) for _ in range(rows)))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    started = time.perf_counter()
+    deleted = conn.execute("DELETE FROM t WHERE status = 5").rowcount
+    elapsed = time.perf_counter() - started
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert deleted == rows
+    return elapsed
+
+
+def open_and_check_seconds(path: Path) -> float:
+    """A bare SQLite open of `path` and a `quick_check` of it: the floor of an agent's start
+    on that file (P5's yardstick)."""
+    started = time.perf_counter()
+    conn = sqlite3.connect(path)
+    (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
+    elapsed = time.perf_counter() - started
+    conn.close()
+    assert verdict == "ok", verdict
+    return elapsed
+
+
+def post_receipts(url: str, token: str, count: int, prefix: str, clients: int = 8) -> float:
+    """Receipts `prefix`-000000 … through `POST /v1/receipts`, as tills hand them over: `clients`
+    threads, each a keep-alive session. Every answer must be 202. Returns the wall time."""
+    failures: list[str] = []
+
+    def client(first: int) -> None:
+        till = Till(url, token)
+        try:
+            for n in range(first, count, clients):
+                answer = till.post("/v1/receipts", make_receipt(f"{prefix}-{n:06d}"))
+                if answer.status_code != 202:
+                    failures.append(f"{n}: {answer.status_code} {answer.text[:200]}")
+                    return
+        finally:
+            till.close()
+
+    threads = [threading.Thread(target=client, args=(first,)) for first in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    assert not failures, failures[:3]
+    return elapsed
+
+
+def seconds_to_healthy(url: str, started: float, timeout_seconds: float = 60.0) -> float:
+    """Seconds from `started` (time.monotonic) until `GET /v1/health` answers 200."""
+    while time.monotonic() - started < timeout_seconds:
+        try:
+            if requests.get(url + "/v1/health", timeout=0.2).status_code == 200:
+                return time.monotonic() - started
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"not healthy in {timeout_seconds} s")
+
+
+def queued(status: dict[str, Any]) -> int:
+    """Items waiting or in flight, over every destination of a `GET /v1/status` answer."""
+    return sum(d["depth"] + d["inFlight"] for d in status["destinations"])
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -69,8 +69,9 @@ def test_runner_reports_each_state_and_stops_the_agent():
     ]
 
 
-def test_runner_fails_loudly_so_the_scm_restarts_it():
-    reports = Reports()
+def test_runner_fails_loudly_so_the_scm_restarts_it(restore_logging):
+    reports, written = Reports(), Collect()
+    logging.getLogger().addHandler(written)
 
     def bad_config():
         raise ConfigError(["agent.store_id: required (got '')"])
@@ -79,6 +80,36 @@ def test_runner_fails_loudly_so_the_scm_restarts_it():
     with pytest.raises(ConfigError):
         runner.run()
     assert reports.seen == [(windows.START_PENDING, windows.START_WAIT_HINT_MS)]
+    (record,) = written.records  # what the log file and the Event Log get
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "the service could not start"
+    assert record.exc_info is not None
+    assert "agent.store_id: required" in str(record.exc_info[1])
+
+
+def test_the_event_log_message_file_is_where_win32service_really_is(tmp_path):
+    frozen = tmp_path / "TillAgent" / "_internal" / "win32" / "win32service.pyd"
+    frozen.parent.mkdir(parents=True)
+    frozen.write_bytes(b"MZ")
+    assert windows.message_file(str(frozen)) == str(frozen.resolve())
+
+
+@pytest.mark.linux_only(
+    "the system log folder from LOGS_DIRECTORY; on Windows it is C:\\ProgramData's (tests/wine)"
+)
+def test_logging_starts_in_the_system_log_folder_before_the_config_loads(
+    tmp_path, monkeypatch, restore_logging
+):
+    """A config that does not load is written down where a technician looks for it."""
+    monkeypatch.setenv("LOGS_DIRECTORY", str(tmp_path / "logs"))  # the system log folder
+    monkeypatch.setenv("TILL_AGENT_CONFIG", str(tmp_path / "missing.toml"))
+    reports = Reports()
+    runner = windows.ServiceRunner(reports, windows.load_settings, lambda s: FakeAgent())
+    with pytest.raises(ConfigError):
+        runner.run()
+    written = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+    assert "the service could not start" in written
+    assert "missing.toml" in written
 
 
 def test_runner_runs_the_real_agent(tmp_path):
@@ -185,6 +216,7 @@ def test_logging_goes_to_a_file_and_warnings_to_the_event_log(tmp_path, restore_
     assert "an ordinary day" in written
 
 
+@pytest.mark.linux_only("what main() says off Windows")
 def test_main_refuses_off_windows():
     with pytest.raises(SystemExit, match="Windows only"):
         windows.main(["x"])
