@@ -90,6 +90,10 @@ class RetryableError(CloudError):
     """Try again later: network error, timeout, 408, 500, 502, 503, 504."""
 
 
+class UnreadableAnswerError(RetryableError):
+    """The cloud answered, but with a body we cannot read (not JSON where JSON was due)."""
+
+
 class ThrottledError(RetryableError):
     """Retryable, but not before retry_after_seconds (429, or 503 with Retry-After)."""
 

@@ -15,6 +15,7 @@ from agent.errors import (
     RetryableError,
     StorageError,
     ThrottledError,
+    UnreadableAnswerError,
     UnsendableError,
 )
 
@@ -65,6 +66,8 @@ def _cloud_reason(error: CloudError) -> str:
         if error.status is None:
             return f"refused before sending: {said}"
         return f"the cloud refused it ({http(error)}){_their_id(error)}"
+    if isinstance(error, UnreadableAnswerError):
+        return f"the cloud's answer could not be read: {said}"
     if isinstance(error, RetryableError) and error.status is None:
         return f"no answer from the cloud: {said}"
     if error.status is None:

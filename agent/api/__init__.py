@@ -19,6 +19,7 @@ from agent.api.errors import (
 from agent.api.http import Request, Response, check_host, check_token, status_line
 from agent.api.routes import ROUTES, Route, Services
 from agent.errors import InvalidRequestError, StorageError
+from agent.reasons import reason_in_words
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class App:
         fields = {"errorId": error_id, "status": status, "code": code, "route": route}
         if status >= 500:
             log.error(
-                "request failed: %s", type(exc).__name__, extra=fields, exc_info=status == 500
+                "request failed: %s", reason_in_words(exc), extra=fields, exc_info=status == 500
             )
         else:
             log.warning("request refused: %s", code, extra=fields)

@@ -30,6 +30,7 @@ from agent.errors import (
     RetryableError,
     StoppingError,
     ThrottledError,
+    UnreadableAnswerError,
     UnsendableError,
 )
 from agent.models import ContactPage, OutboundMessage
@@ -237,7 +238,9 @@ def translate_http_errors(connector: str) -> Iterator[None]:
     except CloudError:
         raise
     except requests.exceptions.JSONDecodeError as exc:  # an answer, not our request
-        raise RetryableError(f"{connector}: the answer was not JSON", connector=connector) from exc
+        raise UnreadableAnswerError(
+            f"{connector}: the answer was not JSON", connector=connector
+        ) from exc
     except (requests.exceptions.InvalidJSONError, UnicodeError) as exc:
         raise UnsendableError(
             f"{connector}: the request could not be encoded", connector=connector
