@@ -296,6 +296,10 @@ def on_stores_or_agent(
         raise click.ClickException(str(exc)) from exc
 
 
+class AgentNotRunning(click.ClickException):
+    """Nothing answers at the agent's address: a caller may say what that means for it."""
+
+
 def call_agent(
     settings: config.Settings,
     method: str,
@@ -329,7 +333,7 @@ def ask_agent(
             timeout=(5, read_timeout_seconds),
         )
     except requests.ConnectionError as exc:
-        raise click.ClickException(
+        raise AgentNotRunning(
             f"the agent is not running: nothing answers at {agent_url(settings)} (start it: "
             "`systemctl start till-agent`, or `sc.exe start TillAgent` on Windows)"
         ) from exc
@@ -398,9 +402,7 @@ def retry_now(config_file: str | None, destination: str | None) -> None:
     body = {"destination": destination} if destination else {}
     try:
         answer = call_agent(settings, "POST", "/v1/delivery/retry-now", body)
-    except click.ClickException as exc:
-        if "is not running" not in exc.message:
-            raise
+    except AgentNotRunning as exc:
         raise click.ClickException(
             "the agent is not running: everything waiting is tried as soon as it starts"
         ) from exc
@@ -416,12 +418,10 @@ def set_aside() -> None:
 def _on_agent(settings: config.Settings, method: str, path: str) -> Any:
     try:
         return call_agent(settings, method, path, {} if method == "POST" else None)
-    except click.ClickException as exc:
-        if "not running" in exc.message:
-            raise click.ClickException(
-                "the agent is not running: set-aside items go back in line when it starts"
-            ) from exc
-        raise
+    except AgentNotRunning as exc:
+        raise click.ClickException(
+            "the agent is not running: set-aside items go back in line when it starts"
+        ) from exc
 
 
 @set_aside.command("list")
