@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -21,7 +21,7 @@ Instant = Annotated[dt.datetime, msgspec.Meta(tz=True, description="ISO 8601 wit
 # Voyado's receipt field definitions spell the key types in camelCase (developer.voyado.com,
 # "Receipts - field definitions"); its SDK's enum in PascalCase. Both are accepted and every
 # key type is kept, and sent, in the documented camelCase.
-MATCH_KEY_TYPES = (
+DocumentedMatchKeyType = Literal[
     "email",
     "socialSecurityNumber",
     "mobilePhone",
@@ -30,20 +30,8 @@ MATCH_KEY_TYPES = (
     "memberNumber",
     "contactId",
     "memberNumberWithCardNumberAsFallback",
-)
-MATCH_KEY_SPELLINGS = {
-    **{name: name for name in MATCH_KEY_TYPES},
-    **{name[0].upper() + name[1:]: name for name in MATCH_KEY_TYPES},
-}
-MatchKeyType = Literal[
-    "email",
-    "socialSecurityNumber",
-    "mobilePhone",
-    "cardId",
-    "externalId",
-    "memberNumber",
-    "contactId",
-    "memberNumberWithCardNumberAsFallback",
+]
+SdkMatchKeyType = Literal[
     "Email",
     "SocialSecurityNumber",
     "MobilePhone",
@@ -53,6 +41,12 @@ MatchKeyType = Literal[
     "ContactId",
     "MemberNumberWithCardNumberAsFallback",
 ]
+MatchKeyType = Literal[DocumentedMatchKeyType, SdkMatchKeyType]  # one flat Literal of both
+MATCH_KEY_TYPES: tuple[str, ...] = get_args(DocumentedMatchKeyType)
+MATCH_KEY_SPELLINGS = {
+    **{name: name for name in MATCH_KEY_TYPES},
+    **{name[0].upper() + name[1:]: name for name in MATCH_KEY_TYPES},
+}
 
 ItemType = Literal["PURCHASE", "RETURN", "ADJUSTMENT"]
 
