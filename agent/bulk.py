@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +69,7 @@ class BulkSettings:
     min_contacts: int = 3
     status_poll_seconds: float = 0.5
     status_timeout_seconds: float = 60.0
+    lookups_at_once: int = 1  # after a create, the ids looked up this many at once (in_flight)
 
 
 @dataclass
@@ -180,10 +182,20 @@ class BulkContacts:
 
     def deliver(self, head: Claimed) -> Run:
         """Send the run that starts at head; the caller acks, releases and retries per item."""
+        run, entries = self.gather(head)
+        return self.send(run, entries) if entries else run
+
+    def gather(self, head: Claimed) -> tuple[Run, list[_Entry]]:
+        """Claim the run that starts at head (no entries: the head goes alone, see Run)."""
         run = Run()
-        entries = self._claim_run(head, run)
-        if not entries:
-            return run
+        return run, self._claim_run(head, run)
+
+    def keys(self, entries: list[_Entry]) -> set[str]:
+        """The record keys of a gathered run's contacts."""
+        return {str(e.claimed.item["key"]) for e in entries}
+
+    def send(self, run: Run, entries: list[_Entry]) -> Run:
+        """Send a gathered run (on any thread); the caller applies what became of each item."""
         try:
             self._send(entries, run)
         except BaseException:
@@ -244,9 +256,40 @@ class BulkContacts:
             raise
         if self._finished(batch_id, run) is None:
             raise RetryableError("bulk create not finished in time", connector=self.destination)
-        for entry in fresh:
-            if not self._found(entry, run):
+        self._learn_ids(fresh, run)
+
+    def _learn_ids(self, fresh: list[_Entry], run: Run) -> None:
+        """After a create: each contact found is delivered with its id; one not found (its row
+        did not go in) or refused goes alone with its own outcome."""
+        for entry, answer in zip(fresh, self._look_up_all(fresh, run), strict=True):
+            if isinstance(answer, RejectedError):  # a malformed key, or several matches
+                self._single_out(entry.claimed, run)
+            elif isinstance(answer, BaseException):
+                raise answer  # what stops the run: those before are settled, the rest wait
+            elif answer is None:
                 self._single_out(entry.claimed, run)  # the row did not go in: alone, own outcome
+            else:
+                run.delivered.append((entry.claimed, answer))
+
+    def _look_up_all(self, entries: list[_Entry], run: Run) -> list[str | BaseException | None]:
+        """Each contact's cloud id by its key, lookups_at_once at a time, in the entries' order
+        (an error in its place: the caller stops at the first one that is not a refusal)."""
+
+        def look_up(entry: _Entry) -> str | BaseException | None:
+            try:
+                self._spend()
+                return self._writer.find_contact_id(
+                    email=entry.contact.email, mobile_phone=entry.contact.mobile_phone
+                )
+            except Exception as exc:  # in its place, judged in order by the caller
+                return exc
+
+        run.calls += len(entries)
+        at_once = max(1, min(self.settings.lookups_at_once, len(entries)))
+        if at_once == 1:
+            return [look_up(entry) for entry in entries]
+        with ThreadPoolExecutor(at_once, thread_name_prefix=f"lookup-{self.destination}") as pool:
+            return list(pool.map(look_up, entries))
 
     def _found(self, entry: _Entry, run: Run) -> bool:
         """Look the contact up by its key; found: delivered with its cloud id."""
