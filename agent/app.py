@@ -458,7 +458,8 @@ def _dispatchers(
             continue
         budget = budgets[destination.name]
         resolver = connector if hasattr(connector, "find_contact_id") else None
-        bulk = _bulk_contacts(destination.name, connector, box, ledger, budget)
+        at_once = settings.delivery.in_flight
+        bulk = _bulk_contacts(destination.name, connector, box, ledger, budget, at_once)
         workers.append(
             Dispatcher(
                 destination.name,
@@ -473,6 +474,7 @@ def _dispatchers(
                 metrics=metrics,
                 heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
                 bulk=bulk,
+                in_flight=settings.delivery.in_flight,
                 monotonic=timebase.monotonic,
                 wait=timebase.wait,
                 claim_wait_seconds=timebase.claim_wait_seconds,
@@ -491,7 +493,12 @@ def _beats(watchdog: notify.Watchdog | None) -> Beats:
 
 
 def _bulk_contacts(
-    name: str, connector: object, box: outbox.Outbox, ledger: Ledger, budget: RateBudget
+    name: str,
+    connector: object,
+    box: outbox.Outbox,
+    ledger: Ledger,
+    budget: RateBudget,
+    lookups_at_once: int = 1,
 ) -> BulkContacts | None:
     """Contact changes in bulk calls where the connector has a bulk endpoint and it is on."""
     settings: Any = getattr(connector, "settings", None)
@@ -507,6 +514,7 @@ def _bulk_contacts(
             min_contacts=settings.bulk_min,
             status_poll_seconds=settings.bulk_status_poll_seconds,
             status_timeout_seconds=settings.bulk_status_timeout_seconds,
+            lookups_at_once=lookups_at_once,  # the ids after a create: as many sends at once
         ),
         budget=budget,
     )

@@ -42,6 +42,7 @@ KIND_AMENDS: dict[str, str] = {
 SOURCE_KINDS = frozenset({"engage", "lightspeed"})  # kinds with a contact delta feed
 TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_IN_FLIGHT = 64  # delivery.in_flight's ceiling (and the HTTP session's connection pool)
 # Destination names become queue table names: keep them to plain identifiers.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 LOOPBACK_NAMES = ("localhost",)
@@ -122,6 +123,7 @@ class DeliverySettings:
     auth_probe_seconds: float = 300.0
     recovery_probe_seconds: float = 15.0  # during an outage, how often the cloud is probed
     stalled_alarm_seconds: float = 3600.0  # items waiting this long with nothing delivered: red
+    in_flight: int = 8  # receipts sent at once per destination (agent/window.py); 1: one by one
 
 
 @dataclass(frozen=True)
@@ -300,8 +302,11 @@ def validate(settings: Settings) -> list[str]:
         "set_aside_after_attempts",
         "max_attempts",
         "stalled_alarm_seconds",
+        "in_flight",
     ):
         problems += _positive(f"delivery.{name}", getattr(settings.delivery, name))
+    if settings.delivery.in_flight > MAX_IN_FLIGHT:
+        problems.append(f"delivery.in_flight: at most {MAX_IN_FLIGHT}")
     for name in (
         "backoff_initial_seconds",
         "max_age_hours",

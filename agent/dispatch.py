@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import threading
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from agent import amend, figures, health, models
-from agent.bulk import BulkContacts
+from agent.bulk import BulkContacts, Run
 from agent.config import DeliverySettings
 from agent.errors import (
     AuthError,
@@ -40,6 +41,7 @@ from agent.ratelimit import RateBudget
 from agent.ratelimit import Verdict as Budget
 from agent.reasons import reason_in_words
 from agent.retry import Backoff
+from agent.window import Landed, Window
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,25 @@ class ContactResolver(Protocol):
 
 Ticket = tuple[str, int]  # (queue, id): ids are per queue, and a destination has two lanes
 BY_HAND = "dead-lettered by a technician (till-agent set-aside dead-letter)"
+STOP_DRAIN_SECONDS = 35.0  # at stop, how long a send in flight may take to land (> a timeout)
+
+
+CONTACTS = "contacts"  # the window key of contact work: one send or bulk run at a time
+HELD_PER_SEND = 4  # receipts claimed to wait their turn, at most, per send the window holds
+
+
+class _NotSentError(Exception):
+    """A send from the window not made: the destination paused while it waited its turn."""
+
+
+@dataclass
+class _Held:
+    """A receipt claimed for the window, waiting its turn (prepared once its key is free)."""
+
+    claimed: Claimed
+    key: str  # its record key: its revisions go one after the other
+    message: models.OutboundMessage | None = None
+    needs: set[str] = field(default_factory=set)  # the member keys it names
 
 
 @dataclass
@@ -131,6 +152,7 @@ class Dispatcher:
         metrics: Metrics | None = None,
         heartbeat: Callable[[], None] | None = None,
         bulk: BulkContacts | None = None,
+        in_flight: int = 1,
     ) -> None:
         self._heartbeat = heartbeat or (lambda: None)  # each loop pass: the watchdog's proof
         self._resolver = resolver
@@ -164,6 +186,9 @@ class Dispatcher:
         self.state = DestinationState()
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
         self._bulk = bulk  # contact changes in bulk calls (agent/bulk.py)
+        # Receipts several at once (delivery.in_flight, agent/window.py); 1: one by one.
+        self._window = Window(destination, in_flight) if in_flight > 1 else None
+        self._held: list[_Held] = []  # receipts claimed for the window, waiting their turn
         if bulk is not None:
             bulk.wait = self._stop.wait
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
@@ -176,7 +201,7 @@ class Dispatcher:
         self._thread.start()
 
     def stop(self, timeout_seconds: float) -> None:
-        """Stop after the send in flight (its item is acked or released, never dropped)."""
+        """Stop after the sends in flight (each item acked or released, never dropped)."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_seconds)
@@ -229,6 +254,7 @@ class Dispatcher:
                 log.exception("dispatch to %s failed", self.destination)
                 self._report(OFFLINE, "internal error; see the log")
                 self._wait(self._stop, 1.0)
+        self._drain_window()
 
     def step(self, claim_timeout_seconds: float = 0.0) -> bool:
         """One pass: wait out a pause, release what is due, deliver one item. True if it sent."""
@@ -236,13 +262,21 @@ class Dispatcher:
             self._hurry_up()
         if self._hurry_asked.is_set():
             self._apply_asked()
+        self._land_all()
         if self._paused():
             return False
         self._release_stranded()
         self._unpark_due()
-        claimed = self._outbox.claim(self.destination, timeout_seconds=claim_timeout_seconds)
+        busy = self._window is not None and len(self._window) > 0
+        if busy and not self._has_room():
+            self._land_next(claim_timeout_seconds)  # the window is full: wait for a send
+            return False
+        wait = 0.0 if busy else claim_timeout_seconds
+        claimed = self._outbox.claim(self.destination, timeout_seconds=wait)
         if claimed is None:
-            if not self.state.parked:
+            if busy:
+                self._land_next(claim_timeout_seconds)  # nothing new: wait for a send
+            elif not self.state.parked:
                 self._progress_at = self._monotonic()  # nothing waits: not stalled
             return False
         try:
@@ -251,24 +285,194 @@ class Dispatcher:
             self._outbox.release(claimed)  # stopping mid-send: back in its place, uncharged
             return False
         except Exception:
-            # The store failed or we are stopping: the item goes back in its place.
-            try:
-                with contextlib.suppress(NotFoundError):
-                    self._outbox.release(claimed)
-            except StorageError:
-                self._stranded.append(claimed)  # a full or failing disk: again next step
+            self._put_back(claimed)  # the store failed or we are stopping
             raise
+        self._start_held()
         return True
+
+    def _put_back(self, claimed: Claimed) -> None:
+        """The item goes back in its place; a store that cannot take it: again next step."""
+        try:
+            with contextlib.suppress(NotFoundError):
+                self._outbox.release(claimed)
+        except StorageError:
+            self._stranded.append(claimed)  # a full or failing disk: again next step
 
     def _handle(self, claimed: Claimed) -> None:
         """A technician's dead-letter order, a run of contact changes, or one item's send."""
         if (claimed.lane_queue, claimed.id) in self._condemned:
             self._condemned.discard((claimed.lane_queue, claimed.id))
             self._dead_letter(claimed, Failure(BY_HAND, new_error_id()))
+        elif self._window is not None and claimed.item.get("kind") == "receipt":
+            self._held.append(_Held(claimed, str(claimed.item.get("key"))))  # step starts it
+        elif self._window is not None and not self._contacts_turn(claimed):
+            return  # the destination paused or is stopping: the item went back in its place
         elif self._bulk is not None and self._bulk.takes(claimed):
-            self._deliver_run(claimed)
+            if self._window is not None:
+                self._start_run(claimed)
+            else:
+                self._deliver_run(claimed)
         else:
             self._deliver(claimed)
+
+    # -- the window: several sends in flight (agent/window.py) ---------------------------
+
+    def _has_room(self) -> bool:
+        """Room to claim one more: the window not full, and not too many waiting their turn."""
+        window = self._window
+        return window is None or (
+            window.has_room() and len(self._held) < HELD_PER_SEND * window.size
+        )
+
+    def _start_held(self) -> None:
+        """Start the receipts waiting their turn, in the order claimed: each once its
+        receipt's earlier revision and the member it names are no longer in flight."""
+        if not self._held or self._window is None:
+            return
+        if self._stop.is_set() or self._paused_now():
+            self._release_held()
+            return
+        waiting: set[str] = set()  # a receipt's later revision waits behind its earlier one
+        for held in list(self._held):
+            if not self._window.has_room():
+                return
+            if held.key in waiting or self._window.holds({held.key}):
+                waiting.add(held.key)
+                continue
+            index = self._held.index(held)
+            del self._held[index]
+            try:
+                launched = self._launch(held)
+            except Exception:
+                self._put_back(held.claimed)
+                raise
+            if not launched:
+                self._held.insert(index, held)
+                waiting.add(held.key)
+
+    def _launch(self, held: _Held) -> bool:
+        """Prepare a receipt (here) and start its send (on the window's thread); False when
+        the member it names is in flight still. Settled here when it cannot be prepared."""
+        assert self._window is not None
+        if held.message is None:
+            try:
+                message = self._prepare(held.claimed)
+            except (StorageError, StoppingError):
+                raise
+            except Exception as exc:  # this item's attempt failed, for whatever reason
+                self._settle(held.claimed, exc)
+                return True
+            if message is None:
+                return True  # settled: nothing this cloud counts has changed
+            held.message = message
+            held.needs = _members_named(message)
+        if self._window.holds(held.needs):
+            return False
+        keys = frozenset({held.key, *held.needs})
+        send = functools.partial(self._send_in_window, held.message)
+        self._window.start(held.claimed, keys, held.message, send)
+        return True
+
+    def _release_held(self) -> None:
+        """Every receipt waiting its turn back in its place (a pause, a stop, a run whose
+        contacts went back: the order is made again from the queue)."""
+        held, self._held = self._held, []
+        for waiting in held:
+            self._put_back(waiting.claimed)
+
+    def _contacts_turn(self, claimed: Claimed) -> bool:
+        """Contact changes go one send (or bulk run) at a time: wait for the one in flight and
+        for room. False: the destination paused or is stopping meanwhile (claimed released)."""
+        assert self._window is not None
+        while self._window.holds({CONTACTS}) or not self._window.has_room():
+            self._land_next(1.0)
+            if self._stop.is_set() or self._paused_now():
+                self._outbox.release(claimed)
+                return False
+        return True
+
+    def _start_run(self, head: Claimed) -> None:
+        """Claim a run of contact changes here and send it on the window's thread; the
+        receipts naming its members wait for it to land."""
+        assert self._bulk is not None
+        assert self._window is not None
+        run, entries = self._bulk.gather(head)
+        if not entries:
+            self._apply_run(run)
+            return
+        keys = frozenset({CONTACTS, *(_member_key(k) for k in self._bulk.keys(entries))})
+        self._window.start(head, keys, run, functools.partial(self._bulk.send, run, entries))
+
+    def _send_in_window(self, message: models.OutboundMessage) -> object:
+        """On a window thread: within the rate budget, and only while the destination is not
+        paused (a 429, an outage or a stop that came meanwhile holds it back, unsent)."""
+        self._spend()
+        if self._stop.is_set() or self._paused_now():
+            raise _NotSentError("the destination paused before this send")
+        return self._sender.send(self._resolved(message))
+
+    def _land_all(self) -> None:
+        while self._window is not None and (landed := self._window.land()) is not None:
+            self._apply_landed(landed)
+        self._start_held()
+
+    def _land_next(self, timeout_seconds: float) -> None:
+        landed = None if self._window is None else self._window.land(timeout_seconds)
+        if landed is not None:
+            self._apply_landed(landed)
+        self._start_held()
+
+    def _apply_landed(self, landed: Landed) -> None:
+        """A send from the window has finished: the outcome it would have had alone, except
+        that a send held back, or failing into a pause already known, goes back uncharged."""
+        claimed, error = landed.claimed, landed.error
+        try:
+            if isinstance(landed.message, Run):
+                self._run_landed(landed.message, error)
+            elif error is None:
+                failpoint("dispatch.after_send")
+                self._remember_cloud_contact(claimed.item, landed.result)
+                self._on_success(claimed, landed.message)
+                self._honour_rate_limit_headers(landed.result)
+            elif isinstance(error, StorageError):
+                raise error
+            elif isinstance(error, _NotSentError | StoppingError) or (
+                self._paused_now() and (needs_probe(error) or isinstance(error, ThrottledError))
+            ):
+                self._outbox.release(claimed)  # in its place; the pause speaks for it
+            else:
+                self._settle(claimed, error)
+        except Exception:
+            self._put_back(claimed)
+            raise
+
+    def _run_landed(self, run: Run, error: BaseException | None) -> None:
+        """A bulk run has landed: its items' outcomes; if any went back to the queue, the
+        receipts waiting (perhaps for those members) go back too, to follow them again."""
+        if error is not None:
+            self._release_held()
+            raise error  # the head goes back in its place (the rest did in BulkContacts)
+        self._apply_run(run)
+        if run.untouched or run.single or run.blamed is not None or run.pause is not None:
+            self._release_held()
+
+    def _drain_window(self) -> None:
+        """At stop: wait for the sends in flight and apply their outcomes (a delivered item is
+        acked, not sent again after the restart); the receipts waiting go back in place."""
+        while self._window is not None and len(self._window) > 0:
+            landed = self._window.land(STOP_DRAIN_SECONDS)
+            if landed is None:
+                log.warning("sends to %s still in flight at stop", self.destination)
+                break  # their items are still claimed: back in line at the next start
+            try:
+                self._apply_landed(landed)
+            except Exception:  # stopping: report and go on with the others
+                log.exception("an outcome for %s could not be applied at stop", self.destination)
+        with contextlib.suppress(Exception):
+            self._release_held()
+
+    def _paused_now(self) -> bool:
+        return self.state.paused_until > self._monotonic()
 
     def _paused(self) -> bool:
         """Wait (a second at most) while the destination is paused; during an outage, ask the
@@ -424,7 +628,10 @@ class Dispatcher:
     def _deliver_run(self, head: Claimed) -> None:
         """A run of contact changes through the bulk endpoint; per-item outcomes applied."""
         assert self._bulk is not None
-        run = self._bulk.deliver(head)
+        self._apply_run(self._bulk.deliver(head))
+
+    def _apply_run(self, run: Run) -> None:
+        """What became of each item of a run: acked, released, sent alone, or charged."""
         if run.alone is not None:
             self._deliver(run.alone)
         for claimed, cloud_id in run.delivered:
@@ -565,7 +772,8 @@ class Dispatcher:
         st = self.state
         st.sent, st.consecutive_failures, st.last_success_at = st.sent + 1, 0, time.time()
         self._progress_at = self._monotonic()
-        self._report(ONLINE, "delivering")
+        if not self._paused_now():  # a send in flight landing during a pause: the pause's words
+            self._report(ONLINE, "delivering")
 
     def _on_throttled(self, claimed: Claimed, exc: BaseException) -> None:
         """429 or our own budget: the whole destination waits; the item keeps its place."""
@@ -692,7 +900,9 @@ class Dispatcher:
         }
 
     def _pause(self, seconds: float) -> None:
-        self.state.paused_until = self._monotonic() + max(0.0, seconds)
+        """Pause for seconds at least (a pause already longer stands: sends land in any order)."""
+        until = self._monotonic() + max(0.0, seconds)
+        self.state.paused_until = max(self.state.paused_until, until)
 
     def _report(self, state: str, detail: str) -> None:
         self.state.state, self.state.detail = state, detail
@@ -744,6 +954,18 @@ def failure_of(exc: BaseException, error_id: str) -> Failure:
 
 def _later(failure: Failure, delay: float) -> Failure:
     return dataclasses.replace(failure, next_attempt_at=time.time() + delay)
+
+
+def _member_key(local_id: str) -> str:
+    return f"member:{local_id}"
+
+
+def _members_named(message: models.OutboundMessage) -> set[str]:
+    """The window keys of the member registered at this till that a receipt names, if any."""
+    contact = message.receipt.contact if message.receipt is not None else None
+    if contact is None or contact.local_id is None:
+        return set()
+    return {_member_key(contact.local_id)}
 
 
 def _ident(item: dict[str, Any]) -> tuple[str, int]:

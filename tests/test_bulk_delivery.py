@@ -114,9 +114,9 @@ def test_registrations_from_an_outage_go_in_bulk_and_receipts_follow_with_cloud_
         "matchKeyType": "contactId",
     }
     assert sent["R-2"].json["contact"]["matchKey"] == by_email["member8@example.com"]
-    # Per destination order: R-1 between the two runs it sits between in the queue.
+    # R-1 after the run that made its member (the next run need not wait for it).
     order = [r for r in cloud.requests if r in bulk_posts or r is sent["R-1"]]
-    assert order == [bulk_posts[0], sent["R-1"], bulk_posts[1]]
+    assert order.index(bulk_posts[0]) < order.index(sent["R-1"])
     assert agent.ledger.cloud_contact_id(second[2]) == by_email["member8@example.com"]
 
 

@@ -273,8 +273,11 @@ def check_recovered(sim: Sim) -> None:
     assert len(ids) > 80
     assert set(cloud.loaded.orders) == set(ids), "dropped at loaded"
     assert set(cloud.engage.receipts) == set(with_buyer), "dropped at engage"
-    assert first_accepted_order(cloud)["loaded"] == ids, "order not kept at loaded"
-    assert first_accepted_order(cloud)["engage"] == with_buyer, "order not kept at engage"
+    # Sends start in the order sold; with several in flight (delivery.in_flight) they may
+    # land out of it, each by fewer places than the window holds.
+    window = sim.agent.settings.delivery.in_flight
+    assert displacement(first_accepted_order(cloud)["loaded"], ids) < window, "order at loaded"
+    assert displacement(first_accepted_order(cloud)["engage"], with_buyer) < window, "at engage"
     check_repeats_carry_the_same_key(cloud)
     assert sim.till.get("/v1/dead-letters").json() == []
     status = sim.status()
@@ -287,6 +290,13 @@ def check_recovered(sim: Sim) -> None:
     assert sim.checks["offline"] > 1000
     assert sim.checks["online"] > 5
     assert sim.checks["backlog"] > 1000
+
+
+def displacement(seen: list[str], sold: list[str]) -> int:
+    """How many places the furthest-moved receipt landed from its place in the order sold."""
+    assert sorted(seen) == sorted(sold)
+    place = {key: n for n, key in enumerate(sold)}
+    return max((abs(n - place[key]) for n, key in enumerate(seen)), default=0)
 
 
 def accepted(cloud: SandboxCloud) -> list[tuple[str, str, bytes]]:

@@ -378,7 +378,13 @@ def test_delivery_on_a_full_disk_neither_loses_nor_strands_an_item(small_tmpfs, 
         process, till = start_on(
             agent_process,
             data,
-            delivery={"enabled": True, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 1},
+            # One send at a time: the one in flight when the disk fills is the one resent.
+            delivery={
+                "enabled": True,
+                "backoff_initial_seconds": 0.2,
+                "backoff_max_seconds": 1,
+                "in_flight": 1,
+            },
             destinations={
                 "engage": {"enabled": False},
                 "loaded": {"base_url": cloud.url + "/loaded"},

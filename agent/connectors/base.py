@@ -21,7 +21,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from agent.config import DestinationSettings
+from agent.config import MAX_IN_FLIGHT, DestinationSettings
 from agent.errors import (
     AuthError,
     CloudError,
@@ -114,7 +114,8 @@ class TimeoutSession(requests.Session):
         # order) ends at its next request with StoppingError, and its item goes back in line.
         self.stopping = stopping or threading.Event()
         for prefix in ("http://", "https://"):
-            self.mount(prefix, HTTPAdapter(max_retries=0))
+            # One kept connection per send in flight (delivery.in_flight), never more.
+            self.mount(prefix, HTTPAdapter(max_retries=0, pool_maxsize=MAX_IN_FLIGHT))
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any

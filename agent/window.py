@@ -1,0 +1,94 @@
+"""A bounded window of one destination's sends in flight: started in order, landing in any."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.outbox import Claimed
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A send that has finished: its item, what went out, and the answer or the error."""
+
+    claimed: Claimed
+    message: Any
+    result: object = None
+    error: BaseException | None = None
+
+
+class Window:
+    """At most `size` sends at once, each on its own thread, each holding its ordering keys.
+
+    The caller (the destination's worker) starts sends and applies what lands, both on its
+    own thread, so the outcome of every item is still decided in one place. A key (a receipt's
+    id, a contact's, "contacts" for a bulk run) is held by one send at most, so what shares a
+    key goes one after the other, in the order started.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.size = size
+        self._name = name
+        self._landed: queue.Queue[Landed] = queue.Queue()
+        self._keys: dict[tuple[str, int], frozenset[str]] = {}  # (queue, id) -> its keys
+        self._holding: Counter[str] = Counter()  # every key some send in flight holds
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def has_room(self) -> bool:
+        return len(self) < self.size
+
+    def holds(self, keys: Iterable[str]) -> bool:
+        """A send holding one of these keys is in flight (the next must wait for it to land)."""
+        with self._lock:
+            return any(key in self._holding for key in keys)
+
+    def start(
+        self, claimed: Claimed, keys: frozenset[str], message: object, send: Callable[[], object]
+    ) -> None:
+        """Run send() on a thread of its own; what it returns or raises lands here."""
+        ticket = (claimed.lane_queue, claimed.id)
+        with self._lock:
+            if len(self._keys) >= self.size or any(key in self._holding for key in keys):
+                raise RuntimeError("the window has no room for this send")  # a caller's bug
+            self._keys[ticket] = keys
+            self._holding.update(keys)
+            self._started += 1
+            number = self._started
+
+        def run() -> None:
+            try:
+                landed = Landed(claimed, message, result=send())
+            except BaseException as exc:  # every outcome lands, to be judged by the worker
+                landed = Landed(claimed, message, error=exc)
+            self._landed.put(landed)
+
+        name = f"send-{self._name}-{number}"
+        threading.Thread(target=run, name=name, daemon=True).start()
+
+    def land(self, timeout_seconds: float = 0.0) -> Landed | None:
+        """The next finished send (waiting up to timeout_seconds), or None."""
+        try:
+            landed = (
+                self._landed.get(timeout=timeout_seconds)
+                if timeout_seconds > 0
+                else self._landed.get_nowait()
+            )
+        except queue.Empty:
+            return None
+        with self._lock:
+            keys = self._keys.pop((landed.claimed.lane_queue, landed.claimed.id), frozenset())
+            for key in keys:
+                self._holding[key] -= 1
+                if self._holding[key] <= 0:
+                    del self._holding[key]
+        return landed
