@@ -29,6 +29,9 @@ RESERVE_SHARE = 0.05
 # ... and counts its window this much longer than published: the cloud counts a request when
 # it arrives, we when it leaves, and latency moves a request across a window's edge.
 WINDOW_MARGIN = 0.02
+# Delivery, several sends in flight, counts its window this much longer: the arrivals of sends
+# made within one window spread over it plus the spread of their round trips (50 ms a second).
+SEND_MARGIN = 0.05
 # Reconciliation's read-back (agent/reconcile.py) may use at most this share of each window.
 READBACK_SHARE = 0.1
 
@@ -96,13 +99,19 @@ class RateBudget:
         self._rate = _Window(total)
         self._background = _Window(background_rate(total))
         self._readback = _Window(share_rate(total, READBACK_SHARE))
+        self._sending = _Window(share_rate(total, 1.0, SEND_MARGIN))
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
     def close(self) -> None:
         """Let go of the limiters: pyrate-limiter leaks each bucket on a thread with its own
         event loop (descriptors held) until the bucket is disposed of; the budget file too."""
-        limiters = [self._rate.limiter, self._background.limiter, self._readback.limiter]
+        limiters = [
+            self._rate.limiter,
+            self._background.limiter,
+            self._readback.limiter,
+            self._sending.limiter,
+        ]
         if self._budget is not None:
             limiters.append(self._budget)
         for limiter in limiters:
@@ -134,6 +143,13 @@ class RateBudget:
             return Verdict(False, wait, REQUEST_RATE)
         return self.acquire()
 
+    def acquire_sending(self) -> Verdict:
+        """acquire, for delivery's sends: within a window SEND_MARGIN longer first."""
+        wait = self._sending.take(self._name)
+        if wait > 0:
+            return Verdict(False, wait, REQUEST_RATE)
+        return self.acquire()
+
     def spend(self, wait: Callable[[float], bool]) -> Verdict:
         """Count one call, waiting out a short wait with wait(seconds) (True: stop asked).
 
@@ -141,7 +157,7 @@ class RateBudget:
         destination instead of holding its worker), or a stop came.
         """
         while True:
-            verdict = self.acquire()
+            verdict = self.acquire_sending()
             if verdict.allowed or verdict.wait_seconds >= PAUSE_SECONDS:
                 return verdict
             if wait(verdict.wait_seconds):
@@ -208,10 +224,10 @@ def background_rate(total: Rate) -> Rate:
     return Rate(calls, math.ceil(total.interval * (1 + WINDOW_MARGIN)))
 
 
-def share_rate(total: Rate, share: float) -> Rate:
-    """share of a window's calls (at least one), over a window WINDOW_MARGIN longer."""
+def share_rate(total: Rate, share: float, margin: float = WINDOW_MARGIN) -> Rate:
+    """share of a window's calls (at least one), over a window margin longer."""
     calls = max(1, math.floor(total.limit * share))
-    return Rate(calls, math.ceil(total.interval * (1 + WINDOW_MARGIN)))
+    return Rate(calls, math.ceil(total.interval * (1 + margin)))
 
 
 class _Window:
