@@ -150,9 +150,12 @@ class SandboxCloud:
 
     # --- serving ---------------------------------------------------------------------
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> SandboxCloud:
-        """Start waitress on a private port and the public front on host:port; returns self."""
-        self._server = create_server(self, host=host, port=0, threads=16, ident="sandbox")
+    def serve(self, host: str = "127.0.0.1", port: int = 0, *, threads: int = 16) -> SandboxCloud:
+        """Start waitress on a private port and the public front on host:port; returns self.
+
+        threads: requests answered at once (a latency set by faults holds one each).
+        """
+        self._server = create_server(self, host=host, port=0, threads=threads, ident="sandbox")
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=run_waitress, args=(self._server, self._stopping), name="sandbox", daemon=True
