@@ -6,6 +6,7 @@ looking each created contact up by its secondary key, and how a retry never crea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -194,6 +195,17 @@ class BulkContacts:
         """The record keys of a gathered run's contacts."""
         return {str(e.claimed.item["key"]) for e in entries}
 
+    def identities(self, entries: list[_Entry]) -> set[str]:
+        """Who a gathered run's contacts are (cloud id, email, phone), as digests: changes to
+        one contact in two runs must not be in flight at once."""
+        found = set()
+        for entry in entries:
+            contact = entry.contact
+            for value in (contact.contact_id, contact.email, contact.mobile_phone):
+                if value:
+                    found.add(hashlib.sha256(value.encode()).hexdigest()[:20])
+        return found
+
     def send(self, run: Run, entries: list[_Entry]) -> Run:
         """Send a gathered run (on any thread); the caller applies what became of each item."""
         try:
@@ -235,12 +247,7 @@ class BulkContacts:
 
     def _create(self, entries: list[_Entry], run: Run) -> None:
         """Look up what may have gone before, create the rest in one call, then learn the ids."""
-        marked = self._marked(entries)
-        fresh = []
-        for entry in entries:
-            if _ticket(entry.claimed) in marked and self._found(entry, run):
-                continue  # an earlier attempt created it (or it is decided alone): no re-create
-            fresh.append(entry)
+        fresh = self._not_created_before(entries, run)
         if not fresh:
             return
         self._mark(fresh)
@@ -258,18 +265,39 @@ class BulkContacts:
             raise RetryableError("bulk create not finished in time", connector=self.destination)
         self._learn_ids(fresh, run)
 
+    def _not_created_before(self, entries: list[_Entry], run: Run) -> list[_Entry]:
+        """The entries to create: those marked (an earlier attempt may have created them) are
+        looked up first, several at once; found, they are delivered, never created twice."""
+        marked = self._marked(entries)
+        maybe = [e for e in entries if _ticket(e.claimed) in marked]
+        looked_up = self._look_up_all(maybe, run)
+        answers = {_ticket(e.claimed): a for e, a in zip(maybe, looked_up, strict=True)}
+        fresh = []
+        for entry in entries:
+            ticket = _ticket(entry.claimed)
+            if ticket not in answers or not self._settled_by(entry, answers[ticket], run):
+                fresh.append(entry)
+        return fresh
+
     def _learn_ids(self, fresh: list[_Entry], run: Run) -> None:
         """After a create: each contact found is delivered with its id; one not found (its row
         did not go in) or refused goes alone with its own outcome."""
         for entry, answer in zip(fresh, self._look_up_all(fresh, run), strict=True):
-            if isinstance(answer, RejectedError):  # a malformed key, or several matches
-                self._single_out(entry.claimed, run)
-            elif isinstance(answer, BaseException):
-                raise answer  # what stops the run: those before are settled, the rest wait
-            elif answer is None:
+            if not self._settled_by(entry, answer, run):
                 self._single_out(entry.claimed, run)  # the row did not go in: alone, own outcome
-            else:
-                run.delivered.append((entry.claimed, answer))
+
+    def _settled_by(self, entry: _Entry, answer: str | BaseException | None, run: Run) -> bool:
+        """A lookup's answer: found (delivered with its id) or refused (decided alone): True;
+        not found: False; an error that stops the run: raised (those before are settled)."""
+        if isinstance(answer, RejectedError):  # a malformed key, or several matches
+            self._single_out(entry.claimed, run)
+            return True
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is None:
+            return False
+        run.delivered.append((entry.claimed, answer))
+        return True
 
     def _look_up_all(self, entries: list[_Entry], run: Run) -> list[str | BaseException | None]:
         """Each contact's cloud id by its key, lookups_at_once at a time, in the entries' order
@@ -290,24 +318,6 @@ class BulkContacts:
             return [look_up(entry) for entry in entries]
         with ThreadPoolExecutor(at_once, thread_name_prefix=f"lookup-{self.destination}") as pool:
             return list(pool.map(look_up, entries))
-
-    def _found(self, entry: _Entry, run: Run) -> bool:
-        """Look the contact up by its key; found: delivered with its cloud id."""
-        contact = entry.contact
-        try:
-            cloud_id = self._call(
-                run,
-                lambda: self._writer.find_contact_id(
-                    email=contact.email, mobile_phone=contact.mobile_phone
-                ),
-            )
-        except RejectedError:  # a malformed key, or several matches: decided alone
-            self._single_out(entry.claimed, run)
-            return True
-        if cloud_id is None:
-            return False
-        run.delivered.append((entry.claimed, cloud_id))
-        return True
 
     def _update(self, entries: list[_Entry], run: Run) -> None:
         """One PATCH; rows the report names as failed are sent alone (an update may repeat)."""
