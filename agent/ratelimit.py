@@ -30,7 +30,8 @@ RESERVE_SHARE = 0.05
 # it arrives, we when it leaves, and latency moves a request across a window's edge.
 WINDOW_MARGIN = 0.02
 # Delivery, several sends in flight, counts its window this much longer: the arrivals of sends
-# made within one window spread over it plus the spread of their round trips (50 ms a second).
+# made within one window spread over it plus the spread of their round trips (50 ms a second);
+# and it spaces its sends evenly (about one per window / limit), so they never leave in bursts.
 SEND_MARGIN = 0.05
 # Reconciliation's read-back (agent/reconcile.py) may use at most this share of each window.
 READBACK_SHARE = 0.1
@@ -99,7 +100,7 @@ class RateBudget:
         self._rate = _Window(total)
         self._background = _Window(background_rate(total))
         self._readback = _Window(share_rate(total, READBACK_SHARE))
-        self._sending = _Window(share_rate(total, 1.0, SEND_MARGIN))
+        self._sending = _Window(share_rate(total, 1.0, SEND_MARGIN), spacing=True)
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
@@ -233,8 +234,13 @@ def share_rate(total: Rate, share: float, margin: float = WINDOW_MARGIN) -> Rate
 class _Window:
     """One sliding window in memory (monotonic clock), and how long until it takes a call."""
 
-    def __init__(self, rate: Rate) -> None:
-        self._bucket = InMemoryBucket([rate])
+    def __init__(self, rate: Rate, *, spacing: bool = False) -> None:
+        """spacing: one call per rate.interval / rate.limit at most, besides the rate."""
+        rates = [rate]
+        if spacing and rate.limit > 1:
+            # 10 % under the even share: a sleep overshoots by a millisecond or so
+            rates.insert(0, Rate(1, max(1, math.floor(0.9 * rate.interval / rate.limit))))
+        self._bucket = InMemoryBucket(rates)
         self.limiter = Limiter(
             self._bucket,
             clock=MonotonicClock(),  # type: ignore[no-untyped-call]
