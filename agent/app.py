@@ -458,7 +458,7 @@ def _dispatchers(
             continue
         budget = budgets[destination.name]
         resolver = connector if hasattr(connector, "find_contact_id") else None
-        at_once = settings.delivery.in_flight
+        at_once = max(1, settings.delivery.in_flight // 4)  # a run's lookups: a quarter
         bulk = _bulk_contacts(destination.name, connector, box, ledger, budget, at_once)
         workers.append(
             Dispatcher(
@@ -514,7 +514,7 @@ def _bulk_contacts(
             min_contacts=settings.bulk_min,
             status_poll_seconds=settings.bulk_status_poll_seconds,
             status_timeout_seconds=settings.bulk_status_timeout_seconds,
-            lookups_at_once=lookups_at_once,  # the ids after a create: as many sends at once
+            lookups_at_once=lookups_at_once,  # the ids after a create, several at once
         ),
         budget=budget,
     )

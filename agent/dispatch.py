@@ -82,7 +82,6 @@ BY_HAND = "dead-lettered by a technician (till-agent set-aside dead-letter)"
 STOP_DRAIN_SECONDS = 35.0  # at stop, how long a send in flight may take to land (> a timeout)
 
 
-CONTACTS = "contacts"  # the window key of contact work: one send or bulk run at a time
 HELD_PER_SEND = 4  # receipts claimed to wait their turn, at most, per send the window holds
 
 
@@ -189,6 +188,7 @@ class Dispatcher:
         # Receipts several at once (delivery.in_flight, agent/window.py); 1: one by one.
         self._window = Window(destination, in_flight) if in_flight > 1 else None
         self._held: list[_Held] = []  # receipts claimed for the window, waiting their turn
+        self._runs = 0  # bulk runs of contact changes in flight in the window
         if bulk is not None:
             bulk.wait = self._stop.wait
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
@@ -305,15 +305,13 @@ class Dispatcher:
             self._dead_letter(claimed, Failure(BY_HAND, new_error_id()))
         elif self._window is not None and claimed.item.get("kind") == "receipt":
             self._held.append(_Held(claimed, str(claimed.item.get("key"))))  # step starts it
-        elif self._window is not None and not self._contacts_turn(claimed):
-            return  # the destination paused or is stopping: the item went back in its place
         elif self._bulk is not None and self._bulk.takes(claimed):
             if self._window is not None:
                 self._start_run(claimed)
             else:
                 self._deliver_run(claimed)
-        else:
-            self._deliver(claimed)
+        elif self._window is None or self._contacts_turn(claimed):
+            self._deliver(claimed)  # (else the destination paused: back in its place)
 
     # -- the window: several sends in flight (agent/window.py) ---------------------------
 
@@ -380,28 +378,42 @@ class Dispatcher:
         for waiting in held:
             self._put_back(waiting.claimed)
 
-    def _contacts_turn(self, claimed: Claimed) -> bool:
-        """Contact changes go one send (or bulk run) at a time: wait for the one in flight and
-        for room. False: the destination paused or is stopping meanwhile (claimed released)."""
+    def _contacts_turn(self, claimed: Claimed, *others: Claimed) -> bool:
+        """A contact change sent alone (or an item that is not a receipt) waits for the bulk
+        runs in flight to land, and for room. False: the destination paused or is stopping
+        meanwhile (claimed and others released)."""
+        return self._turn(lambda: self._runs == 0, 1, [claimed, *others])
+
+    def _turn(self, free: Callable[[], bool], weight: int, claimed: list[Claimed]) -> bool:
+        """Wait for landings until free() and room for weight; False (claimed released) if the
+        destination paused or is stopping meanwhile."""
         assert self._window is not None
-        while self._window.holds({CONTACTS}) or not self._window.has_room():
+        while not (free() and self._window.has_room(weight)):
             self._land_next(1.0)
             if self._stop.is_set() or self._paused_now():
-                self._outbox.release(claimed)
+                for item in claimed:
+                    self._put_back(item)
                 return False
         return True
 
     def _start_run(self, head: Claimed) -> None:
-        """Claim a run of contact changes here and send it on the window's thread; the
-        receipts naming its members wait for it to land."""
+        """Claim a run of contact changes here and send it on the window's thread, beside the
+        receipts and other runs; the receipts naming its members, and changes to the same
+        contacts in a later run, wait for it to land."""
         assert self._bulk is not None
         assert self._window is not None
         run, entries = self._bulk.gather(head)
-        if not entries:
-            self._apply_run(run)
+        if not entries:  # the head alone (and those claimed behind it back in their places)
+            if self._contacts_turn(head, *run.untouched):
+                self._apply_run(run)
             return
-        keys = frozenset({CONTACTS, *(_member_key(k) for k in self._bulk.keys(entries))})
-        self._window.start(head, keys, run, functools.partial(self._bulk.send, run, entries))
+        bulk, window = self._bulk, self._window
+        keys = frozenset({*(_member_key(k) for k in bulk.keys(entries)), *bulk.identities(entries)})
+        weight = min(window.size, 1 + bulk.settings.lookups_at_once)
+        if not self._turn(lambda: not window.holds(keys), weight, [e.claimed for e in entries]):
+            return
+        window.start(head, keys, run, functools.partial(bulk.send, run, entries), weight)
+        self._runs += 1
 
     def _send_in_window(self, message: models.OutboundMessage) -> object:
         """On a window thread: within the rate budget, and only while the destination is not
@@ -449,6 +461,7 @@ class Dispatcher:
     def _run_landed(self, run: Run, error: BaseException | None) -> None:
         """A bulk run has landed: its items' outcomes; if any went back to the queue, the
         receipts waiting (perhaps for those members) go back too, to follow them again."""
+        self._runs -= 1
         if error is not None:
             self._release_held()
             raise error  # the head goes back in its place (the rest did in BulkContacts)

@@ -23,12 +23,13 @@ class Landed:
 
 
 class Window:
-    """At most `size` sends at once, each on its own thread, each holding its ordering keys.
+    """At most `size` requests at once, each send on its own thread, holding its ordering keys.
 
     The caller (the destination's worker) starts sends and applies what lands, both on its
     own thread, so the outcome of every item is still decided in one place. A key (a receipt's
-    id, a contact's, "contacts" for a bulk run) is held by one send at most, so what shares a
-    key goes one after the other, in the order started.
+    id, a member's, a contact's identity) is held by one send at most, so what shares a key
+    goes one after the other, in the order started. A send that makes several requests at once
+    (a bulk run's lookups) takes that many places (its weight).
     """
 
     def __init__(self, name: str, size: int) -> None:
@@ -37,6 +38,7 @@ class Window:
         self._landed: queue.Queue[Landed] = queue.Queue()
         self._keys: dict[tuple[str, int], frozenset[str]] = {}  # (queue, id) -> its keys
         self._holding: Counter[str] = Counter()  # every key some send in flight holds
+        self._weights: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._started = 0
 
@@ -44,8 +46,9 @@ class Window:
         with self._lock:
             return len(self._keys)
 
-    def has_room(self) -> bool:
-        return len(self) < self.size
+    def has_room(self, weight: int = 1) -> bool:
+        with self._lock:
+            return sum(self._weights.values()) + weight <= self.size
 
     def holds(self, keys: Iterable[str]) -> bool:
         """A send holding one of these keys is in flight (the next must wait for it to land)."""
@@ -53,14 +56,21 @@ class Window:
             return any(key in self._holding for key in keys)
 
     def start(
-        self, claimed: Claimed, keys: frozenset[str], message: object, send: Callable[[], object]
+        self,
+        claimed: Claimed,
+        keys: frozenset[str],
+        message: object,
+        send: Callable[[], object],
+        weight: int = 1,
     ) -> None:
         """Run send() on a thread of its own; what it returns or raises lands here."""
         ticket = (claimed.lane_queue, claimed.id)
         with self._lock:
-            if len(self._keys) >= self.size or any(key in self._holding for key in keys):
+            full = sum(self._weights.values()) + weight > self.size
+            if full or any(key in self._holding for key in keys):
                 raise RuntimeError("the window has no room for this send")  # a caller's bug
             self._keys[ticket] = keys
+            self._weights[ticket] = weight
             self._holding.update(keys)
             self._started += 1
             number = self._started
@@ -86,7 +96,9 @@ class Window:
         except queue.Empty:
             return None
         with self._lock:
-            keys = self._keys.pop((landed.claimed.lane_queue, landed.claimed.id), frozenset())
+            ticket = (landed.claimed.lane_queue, landed.claimed.id)
+            keys = self._keys.pop(ticket, frozenset())
+            self._weights.pop(ticket, None)
             for key in keys:
                 self._holding[key] -= 1
                 if self._holding[key] <= 0:

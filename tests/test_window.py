@@ -329,3 +329,45 @@ def test_the_window_keeps_a_key_to_one_send_and_lands_every_outcome():
     assert len(window) == 0
     assert not window.holds({"R-1", "member:a"})
     assert window.land() is None
+
+
+def test_two_runs_changing_one_contact_are_never_in_flight_at_once(start_agent, tmp_path):
+    """Runs go beside each other, but not two that change the same contact: the second
+    run's PATCH leaves only after the first run has landed (its last status read)."""
+    from agent.sandbox import SandboxCloud
+    from tests.conftest import base_config, merged
+    from tests.test_delivery import wait_for
+
+    cloud = SandboxCloud(seed=12).serve()
+    try:
+        known = [cloud.engage.add_contact(email=f"k{n}@example.com") for n in range(3)]
+        cloud.faults.set_offline("refused")
+        overrides = {
+            "delivery": {"enabled": True, "backoff_initial_seconds": 0.2, "in_flight": 8},
+            "destinations": {
+                "engage": {"base_url": cloud.url, "bulk_min": 3},
+                "loaded": {"enabled": False},
+            },
+        }
+        _, till = start_agent(merged(base_config(tmp_path), overrides))
+        for name in ("First", "Second"):
+            for contact_id in known:
+                body = {"contactId": contact_id, "firstName": name}
+                assert till.post("/v1/contacts", body).status_code in (201, 202)
+            receipt = make_receipt(f"R-{name}", contact=False)
+            receipt["contact"] = {"matchKey": name, "matchKeyType": "memberNumber"}
+            assert till.post("/v1/receipts", receipt).status_code == 202  # ends the run
+        cloud.faults.set_latency(0.05, api="engage")
+        cloud.faults.set_offline(None)
+        wait_for(lambda: {"R-First", "R-Second"} <= set(cloud.engage.receipts), seconds=30)
+        wait_for(lambda: all(cloud.engage.contacts[c].get("firstName") == "Second" for c in known))
+        requests = [r for r in cloud.requests if r.api == "engage" and 200 <= r.status < 300]
+        patches = [i for i, r in enumerate(requests) if r.method == "PATCH"]
+        statuses = [i for i, r in enumerate(requests) if r.path.endswith("/bulk/status")]
+        assert len(patches) == 2
+        polled_before = {str(requests[i].query) for i in statuses if patches[0] < i < patches[1]}
+        polled_after = {str(requests[i].query) for i in statuses if i > patches[1]}
+        assert polled_before  # the first run polled its batch to the end ...
+        assert not polled_before & polled_after  # ... before the second run's PATCH went
+    finally:
+        cloud.stop()
