@@ -245,30 +245,37 @@ def test_stop_lands_the_sends_in_flight_and_acks_what_was_delivered(rig):
     assert agent.outbox.depth("loaded").pending == 6 - IN_FLIGHT
 
 
+def queued_then_delivered(
+    start_agent: Callable[..., Any], cloud: Any, fill: Callable[[Any], None], **engage: Any
+) -> Any:
+    """Fill the queue with delivery off (as an outage would), then start delivering it."""
+    destinations = {"engage": {"base_url": cloud.url, **engage}, "loaded": {"enabled": False}}
+    first, till = start_agent({"delivery": {"enabled": False}, "destinations": destinations})
+    fill(till)
+    till.close()
+    first.stop()
+    delivery = {"enabled": True, "backoff_initial_seconds": 0.2, "in_flight": 8}
+    return start_agent({"delivery": delivery, "destinations": destinations})[1]
+
+
 def test_a_bulk_run_is_in_flight_beside_receipts_and_those_naming_its_members_follow_it(
-    start_agent, tmp_path
+    start_agent,
 ):
     """End to end against the sandbox 50 ms away: registrations from an outage go in one run;
     the receipts naming those members wait for it and carry their cloud ids; the other
     receipts go meanwhile."""
     from agent.sandbox import SandboxCloud
-    from tests.conftest import base_config, merged
     from tests.test_delivery import wait_for
 
     cloud = SandboxCloud(seed=11).serve()
-    try:
-        cloud.faults.set_offline("refused")
-        overrides = {
-            "delivery": {"enabled": True, "backoff_initial_seconds": 0.2, "in_flight": 8},
-            "destinations": {"engage": {"base_url": cloud.url}, "loaded": {"enabled": False}},
-        }
-        _, till = start_agent(merged(base_config(tmp_path), overrides))
+    sales = [f"M-{n}" for n in range(6)] + [f"S-{n:02d}" for n in range(24)]
+
+    def fill(till: Any) -> None:
         members = []
         for n in range(6):
             answer = till.post("/v1/contacts", {"email": f"w{n}@example.com"})
             assert answer.status_code in (201, 202), answer.text
             members.append(answer.json()["localId"])
-        sales = [f"M-{n}" for n in range(6)] + [f"S-{n:02d}" for n in range(24)]
         for n, sale in enumerate(sales):
             receipt = make_receipt(sale, contact=False)
             receipt["contact"] = (
@@ -277,11 +284,13 @@ def test_a_bulk_run_is_in_flight_beside_receipts_and_those_naming_its_members_fo
                 else {"matchKey": f"K{n}", "matchKeyType": "memberNumber"}
             )
             assert till.post("/v1/receipts", receipt).status_code == 202
+
+    try:
         cloud.faults.set_latency(0.05, api="engage")
-        cloud.faults.set_offline(None)
+        till = queued_then_delivered(start_agent, cloud, fill)
         wait_for(lambda: set(cloud.engage.receipts) == set(sales), seconds=30)
         by_email = {c["email"]: cid for cid, c in cloud.engage.contacts.items()}
-        for n in range(len(members)):  # each after its member, by its cloud id
+        for n in range(6):  # each after its member, by its cloud id
             contact = cloud.engage.receipts[f"M-{n}"]["contact"]
             assert contact == {
                 "matchKey": by_email[f"w{n}@example.com"],
@@ -331,25 +340,16 @@ def test_the_window_keeps_a_key_to_one_send_and_lands_every_outcome():
     assert window.land() is None
 
 
-def test_two_runs_changing_one_contact_are_never_in_flight_at_once(start_agent, tmp_path):
+def test_two_runs_changing_one_contact_are_never_in_flight_at_once(start_agent):
     """Runs go beside each other, but not two that change the same contact: the second
     run's PATCH leaves only after the first run has landed (its last status read)."""
     from agent.sandbox import SandboxCloud
-    from tests.conftest import base_config, merged
     from tests.test_delivery import wait_for
 
     cloud = SandboxCloud(seed=12).serve()
-    try:
-        known = [cloud.engage.add_contact(email=f"k{n}@example.com") for n in range(3)]
-        cloud.faults.set_offline("refused")
-        overrides = {
-            "delivery": {"enabled": True, "backoff_initial_seconds": 0.2, "in_flight": 8},
-            "destinations": {
-                "engage": {"base_url": cloud.url, "bulk_min": 3},
-                "loaded": {"enabled": False},
-            },
-        }
-        _, till = start_agent(merged(base_config(tmp_path), overrides))
+    known = [cloud.engage.add_contact(email=f"k{n}@example.com") for n in range(3)]
+
+    def fill(till: Any) -> None:
         for name in ("First", "Second"):
             for contact_id in known:
                 body = {"contactId": contact_id, "firstName": name}
@@ -357,8 +357,10 @@ def test_two_runs_changing_one_contact_are_never_in_flight_at_once(start_agent, 
             receipt = make_receipt(f"R-{name}", contact=False)
             receipt["contact"] = {"matchKey": name, "matchKeyType": "memberNumber"}
             assert till.post("/v1/receipts", receipt).status_code == 202  # ends the run
+
+    try:
         cloud.faults.set_latency(0.05, api="engage")
-        cloud.faults.set_offline(None)
+        queued_then_delivered(start_agent, cloud, fill, bulk_min=3)
         wait_for(lambda: {"R-First", "R-Second"} <= set(cloud.engage.receipts), seconds=30)
         wait_for(lambda: all(cloud.engage.contacts[c].get("firstName") == "Second" for c in known))
         requests = [r for r in cloud.requests if r.api == "engage" and 200 <= r.status < 300]
