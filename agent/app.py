@@ -25,6 +25,7 @@ from agent import (
     connectors,
     crypto,
     db,
+    filemodes,
     health,
     models,
     notify,
@@ -810,7 +811,7 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
 
 def acquire_lock(data_dir: Path) -> filelock.BaseFileLock:
     """One agent per data directory: a second one refuses instead of sharing the queue."""
-    lock = filelock.FileLock(data_dir / LOCK_FILE, timeout=0)
+    lock = filelock.FileLock(data_dir / LOCK_FILE, timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout as exc:
@@ -828,6 +829,9 @@ def read_or_create_token(path: Path) -> str:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
         log.info("created the POS token file", extra={"path": str(path)})
+    shared = filemodes.shared_with_others(path)
+    if shared is not None:
+        raise StorageError(filemodes.refusal("POS token file", path, shared))
     token = path.read_text(encoding="ascii").strip()
     if len(token) < 16:
         raise StorageError(f"the POS token in {path} is too short (16 characters at least)")

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.errors import KeyStoreError
+from agent.filemodes import refusal, shared_with_others
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ def load_or_create(
             )
         write_keyring_file(path, _wrap(_new_keyring_document(), protector))
         log.info("created key file %s", path)
+    shared = shared_with_others(path)
+    if shared is not None:
+        raise KeyStoreError(refusal("key file", path, shared))
     return _parse(path, _unwrap(path, _read(path), protector), protector)
 
 
