@@ -318,6 +318,7 @@ class ReplayStep:
     effect: str  # REPLACES or DUPLICATE
 
 
+WAITING_STATES = ("queued", "retrying")  # in a queue, being sent or set aside
 REPLACES = "replaces"  # the cloud replaces its copy by id
 DUPLICATE = "duplicate"  # the cloud has this id and ignores it; it keeps only what it lacks
 
@@ -373,6 +374,7 @@ def _replayed(
 ) -> list[tuple[str, dict[str, Any], str | None]]:
     """(destination, item, the id it went out under) of every revision delivered on those days.
 
+    What is queued already (an earlier replay's, not yet delivered again) is left out.
     Receipts in the order first delivered, each one's revisions in order: an append-only cloud
     gets the original and each difference again and keeps only those it lacks; a cloud that
     replaces by id ends with the latest revision, whatever order they first went in.
@@ -380,14 +382,16 @@ def _replayed(
     where = "j.business_date BETWEEN ? AND ?" + (" AND j.destination = ?" if destination else "")
     args = (first_day, last_day, destination) if destination else (first_day, last_day)
     rows = conn.execute(
-        "SELECT j.destination, j.item, d.sent_key FROM journal j LEFT JOIN deliveries d "
+        "SELECT j.destination, j.item, d.sent_key, d.state FROM journal j LEFT JOIN deliveries d "
         "ON d.record_key = j.record_key AND d.destination = j.destination "
         f"AND d.revision = j.revision WHERE {where} ORDER BY j.id",
         args,
     ).fetchall()
     items: dict[tuple[str, str, int], tuple[dict[str, Any], str | None]] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    for name, text, sent_key in rows:
+    for name, text, sent_key, state in rows:
+        if state in WAITING_STATES:
+            continue  # queued already (by an earlier replay): a replay adds it once, not again
         item = json.loads(text)
         first_seen.setdefault((name, item["key"]), len(first_seen))
         items[name, item["key"], item["revision"]] = (item, sent_key)
