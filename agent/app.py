@@ -678,7 +678,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
             privacy = Privacy(box, keyring, settings, stores=[cache, vault])
             yield Maintenance(
                 privacy,
-                DeadLetters(box),
+                DeadLetters(box, keyring),
                 intake,
                 Journal(box, amends_of(settings)),
                 settings,
@@ -726,7 +726,7 @@ def _services(
         status=reporter,
         health=board,
         privacy=privacy,
-        dead_letters=DeadLetters(box),
+        dead_letters=DeadLetters(box, privacy.keyring),
         journal=Journal(box, amends_of(settings)),
         lookup=lookup,
         metrics=metrics,

@@ -155,6 +155,16 @@ def record_aad(kind: str, key: str) -> str:
     return f"{kind}:{key}"
 
 
+def excerpt_aad(destination: str, key: str, revision: int) -> str:
+    """What a dead letter's sealed cloud excerpt is bound to: its destination, record, revision."""
+    return record_aad("excerpt", f"{destination}/{key}/{revision}")
+
+
+def is_sealed(value: str) -> bool:
+    """A sealed token (s1.<key id>.<body>), not text kept in clear."""
+    return value.startswith(SEAL_PREFIX + ".") and value.count(".") >= 2
+
+
 def key_id_of(token: str) -> str:
     """Which data key sealed a value."""
     return _split_token(token)[1]
