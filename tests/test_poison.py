@@ -763,6 +763,11 @@ def one_line(receipt_id: str, quantity: int) -> dict[str, Any]:
     return body
 
 
+def amended_at_loaded(cloud: SandboxCloud, order_id: str) -> bool:
+    order = cloud.loaded.orders.get(order_id) or {}
+    return bool(order.get("items")) and order["items"][0].get("quantity") == 2
+
+
 def loaded_targets(cloud: SandboxCloud) -> list[tuple[str, str]]:
     """(method, the request-target as sent) of every call to Loaded's POS records."""
     return [
@@ -784,8 +789,7 @@ def test_pos_ids_with_dot_dots_queries_and_fragments_stay_one_segment_at_loaded(
         assert till.post("/v1/receipts", one_line(hostile, 1)).status_code == 202
         wait_for(functools.partial(delivered, till, hostile, "loaded"))
         assert till.post("/v1/receipts", one_line(hostile, 2)).status_code == 202
-        wait_for(lambda h=hostile: cloud.loaded.orders.get(h, {}).get("items", [{}])[0].get(
-            "quantity") == 2)  # fmt: skip
+        wait_for(functools.partial(amended_at_loaded, cloud, hostile))
     wait_for(lambda: settled(till, "loaded"), 30)
     quoted = {quote(h, safe="") for h in HOSTILE_IDS}
     allowed = {f"{LOADED_ROOT}/{kind}" for kind in ("orders", "items", "categories")} | {
