@@ -404,7 +404,7 @@ def _delete_record(conn: sqlite3.Connection, kind: str, key: str) -> None:
 def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None:
     conn.execute(
         "UPDATE deliveries SET state = 'forgotten', updated_at = ? "
-        "WHERE record_key = ? AND destination = ? AND state = 'queued'",
+        "WHERE record_key = ? AND destination = ? AND state IN ('queued', 'retrying')",
         (time.time(), key, destination),
     )
 
