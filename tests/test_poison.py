@@ -857,3 +857,38 @@ def test_cloud_ids_with_dot_dots_queries_and_fragments_stay_one_segment_at_light
         assert cache.stats()["contacts"] == len(HOSTILE_IDS)
     finally:
         cache.close()
+
+
+DEEP = 100_000
+DEEP_BODIES = {
+    "arrays in a field": '{"uniqueReceiptId": "R-DEEP", "items": ' + "[" * DEEP + "]" * DEEP + "}",
+    "objects in a field": '{"email": "x@example.com", "x": '
+    + '{"a": ' * DEEP
+    + "1"
+    + "}" * DEEP
+    + "}",
+    "arrays alone": "[" * DEEP + "]" * DEEP,
+}
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["/v1/receipts", "/v1/contacts", "/v1/replay", "/v1/privacy/forget", "/v1/delivery/retry-now"],
+)
+def test_a_body_nested_a_hundred_thousand_deep_is_refused_in_words(agent_till, route):
+    """Issue 14 §5: 100,000 nested brackets answered 500 (the quarantine's reading of the body
+    for the person in it recursed too deep)."""
+    agent, till = agent_till
+    for name, body in DEEP_BODIES.items():
+        answer = till.session.post(
+            till.url + route,
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {till.token}"},
+            timeout=10,
+        )
+        assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text[:200])
+        assert answer.json()["error"]["errorId"].startswith("err_"), name
+    with agent.outbox.read() as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM quarantine WHERE sealed_body IS NOT NULL")
+        assert kept.fetchone()[0] == 0  # too deep to read: the refusal is kept, not the body
+    assert till.post("/v1/receipts", make_receipt("GOOD-AFTER")).status_code == 202
