@@ -459,8 +459,9 @@ def _dispatchers(
             continue
         budget = budgets[destination.name]
         resolver = connector if hasattr(connector, "find_contact_id") else None
-        at_once = max(1, settings.delivery.in_flight // 4)  # a run's lookups: a quarter
-        bulk = _bulk_contacts(destination.name, connector, box, ledger, budget, at_once)
+        bulk = _bulk_contacts(
+            destination.name, connector, box, ledger, budget, settings.delivery.in_flight
+        )
         workers.append(
             Dispatcher(
                 destination.name,
@@ -499,7 +500,7 @@ def _bulk_contacts(
     box: outbox.Outbox,
     ledger: Ledger,
     budget: RateBudget,
-    lookups_at_once: int = 1,
+    in_flight: int = 1,
 ) -> BulkContacts | None:
     """Contact changes in bulk calls where the connector has a bulk endpoint and it is on."""
     settings: Any = getattr(connector, "settings", None)
@@ -515,7 +516,8 @@ def _bulk_contacts(
             min_contacts=settings.bulk_min,
             status_poll_seconds=settings.bulk_status_poll_seconds,
             status_timeout_seconds=settings.bulk_status_timeout_seconds,
-            lookups_at_once=lookups_at_once,  # the ids after a create, several at once
+            lookups_at_once=max(1, in_flight // 4),  # a run's lookups: a quarter of the window
+            spaced=in_flight > 1,
         ),
         budget=budget,
     )

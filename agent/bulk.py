@@ -70,7 +70,8 @@ class BulkSettings:
     min_contacts: int = 3
     status_poll_seconds: float = 0.5
     status_timeout_seconds: float = 60.0
-    lookups_at_once: int = 1  # after a create, the ids looked up this many at once (in_flight)
+    lookups_at_once: int = 1  # after a create, the ids looked up this many at once
+    spaced: bool = False  # beside a window of sends in flight: spent as they are (ratelimit)
 
 
 @dataclass
@@ -358,7 +359,8 @@ class BulkContacts:
 
     def _spend(self) -> None:
         """Wait for the rate budget before each request; a long wait ends the run."""
-        verdict = Verdict(True) if self._budget is None else self._budget.spend(self.wait)
+        budget, spaced = self._budget, self.settings.spaced
+        verdict = Verdict(True) if budget is None else budget.spend(self.wait, spaced=spaced)
         if not verdict.allowed:
             raise _OutOfBudgetError(verdict.wait_seconds, verdict.reason)
 

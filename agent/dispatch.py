@@ -454,6 +454,8 @@ class Dispatcher:
                 self._outbox.release(claimed)  # in its place; the pause speaks for it
             else:
                 self._settle(claimed, error)
+        except StoppingError:
+            self._put_back(claimed)  # stopping while judging it (the probe): back, uncharged
         except Exception:
             self._put_back(claimed)
             raise
@@ -744,7 +746,8 @@ class Dispatcher:
     def _spend(self) -> None:
         """One request within the budget: wait a short while, or raise ThrottledError (the
         item goes back in its place and the destination pauses) when the wait is long."""
-        verdict = Budget(True) if self._budget is None else self._budget.spend(self._stop.wait)
+        budget, spaced = self._budget, self._window is not None
+        verdict = Budget(True) if budget is None else budget.spend(self._stop.wait, spaced=spaced)
         if not verdict.allowed:
             raise ThrottledError(
                 verdict.reason, connector=self.destination, retry_after_seconds=verdict.wait_seconds

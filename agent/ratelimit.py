@@ -151,14 +151,15 @@ class RateBudget:
             return Verdict(False, wait, REQUEST_RATE)
         return self.acquire()
 
-    def spend(self, wait: Callable[[float], bool]) -> Verdict:
-        """Count one call, waiting out a short wait with wait(seconds) (True: stop asked).
+    def spend(self, wait: Callable[[float], bool], *, spaced: bool = False) -> Verdict:
+        """Count one call, waiting out a short wait with wait(seconds) (True: stop asked);
+        spaced: one of several sends in flight (SEND_MARGIN, spaced evenly).
 
         Not allowed: the wait would be PAUSE_SECONDS or longer (the caller pauses the
         destination instead of holding its worker), or a stop came.
         """
         while True:
-            verdict = self.acquire_sending()
+            verdict = self.acquire_sending() if spaced else self.acquire()
             if verdict.allowed or verdict.wait_seconds >= PAUSE_SECONDS:
                 return verdict
             if wait(verdict.wait_seconds):
