@@ -64,7 +64,9 @@ class Rig:
         return self.cloud.split("-")[0]
 
 
-def sale(receipt_id: str, *, amount: str = "20.00", tax: str = "4.00", **extra: Any) -> dict:
+def sale(
+    receipt_id: str, *, amount: str = "20.00", tax: str = "4.00", **extra: Any
+) -> dict[str, Any]:
     """A purchase of one line, paid by card, tagged with an email Engage matches."""
     body: dict[str, Any] = {
         "uniqueReceiptId": receipt_id,
@@ -81,7 +83,9 @@ def sale(receipt_id: str, *, amount: str = "20.00", tax: str = "4.00", **extra: 
     return body
 
 
-def line(sku: str, amount: str, tax: str, kind: str = "PURCHASE", quantity: int = 1) -> dict:
+def line(
+    sku: str, amount: str, tax: str, kind: str = "PURCHASE", quantity: int = 1
+) -> dict[str, Any]:
     return {
         "type": kind,
         "sku": sku,
@@ -159,10 +163,10 @@ def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def post(rig: Rig, path: str, body: dict) -> dict:
+def post(rig: Rig, path: str, body: dict[str, Any]) -> dict[str, Any]:
     answer = rig.till.post(path, body)
     assert answer.status_code in (200, 202), answer.text
-    result: dict = answer.json()
+    result: dict[str, Any] = answer.json()
     return result
 
 
@@ -171,7 +175,7 @@ def delivered(rig: Rig, receipt_id: str, revision: int = 1) -> bool:
     return any(e["revision"] == revision and e["state"] == "delivered" for e in entries)
 
 
-def send(rig: Rig, body: dict, revision: int = 1) -> None:
+def send(rig: Rig, body: dict[str, Any], revision: int = 1) -> None:
     """The POS sends a receipt; the agent delivers it (this revision) to the cloud."""
     post(rig, "/v1/receipts", body)
     wait_for(lambda: delivered(rig, body["uniqueReceiptId"], revision))
@@ -186,7 +190,7 @@ def bodies(rig: Rig, *, path_part: str) -> list[bytes]:
     ]
 
 
-def webhook_messages(rig: Rig, kind: str) -> list[dict]:
+def webhook_messages(rig: Rig, kind: str) -> list[dict[str, Any]]:
     return [d.json for d in rig.sandbox.webhook.received if d.json.get("kind") == kind]
 
 
@@ -423,7 +427,7 @@ def token_refresh(rig: Rig) -> None:
     assert rig.agent.contacts.stats()["contacts"] == 20
 
 
-def sync(rig: Rig) -> dict:
+def sync(rig: Rig) -> dict[str, Any]:
     return post(rig, "/v1/contacts/sync", {})
 
 
