@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from agent.sandbox import datagen
 from agent.sandbox.http import Request, Response, json_response
@@ -220,12 +220,12 @@ class LightspeedApi:
         return response
 
     def _route(self, request: Request) -> Response:
-        path = request.path.rstrip("/")
+        path = request.routed_path.rstrip("/")
         if request.method == "GET" and path == COLLECTION:
             return self._page(request)
         prefix, _, customer_id = path.rpartition("/")
         if request.method == "GET" and prefix == COLLECTION and customer_id:
-            return self._one(customer_id)
+            return self._one(unquote(customer_id))
         return self.error(404, f"no route {request.method} {request.path}")
 
     def _one(self, customer_id: str) -> Response:
