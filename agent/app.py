@@ -523,6 +523,13 @@ def _bulk_contacts(
     )
 
 
+def forget_source_contact(privacy: Privacy, contact: models.SourceContact) -> None:
+    """A contact deleted in the source: forgotten here by email and by each of its numbers."""
+    privacy.forget(email=contact.email, mobile_phone=contact.mobile_phone)
+    if contact.other_phone:
+        privacy.forget(mobile_phone=contact.other_phone)
+
+
 def _contact_sync(
     settings: config.Settings,
     built: Mapping[str, connectors.Connector],
@@ -545,7 +552,7 @@ def _contact_sync(
         page_size=settings.contacts.page_size,
         ghost_batch=settings.contacts.ghost_sweep_batch,
         fetch_one=getattr(source, "fetch_contact", None),
-        on_deleted=lambda c: privacy.forget(email=c.email, mobile_phone=c.mobile_phone),
+        on_deleted=lambda c: forget_source_contact(privacy, c),
         # Verified again well within the TTL, so the purge takes only what the cloud lost.
         verify_within_seconds=settings.privacy.contact_ttl_days * 86400 / 2,
         run_every_seconds=settings.contacts.sync_interval_minutes * 60,

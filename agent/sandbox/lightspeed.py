@@ -68,6 +68,7 @@ class LightspeedApi:
             self._window_start = self._now()
             self._window_used = 0
             self._seeded = 0
+            self._realistic = 0
             self.access_tokens: dict[str, float] = {}  # access token -> when it expires
             self.refresh_tokens: set[str] = set()  # each valid exactly once
             self.refresh_requests = 0  # POST /api/1.0/token with grant_type=refresh_token
@@ -112,6 +113,17 @@ class LightspeedApi:
                     customer_code=person.member_number,
                 )
                 for person in datagen.contacts(count, seed=self._seed, start=start)
+            ]
+
+    def seed_realistic_customers(self, count: int) -> list[str]:
+        """count customers shaped like a real retailer's (datagen.lightspeed_customers): a
+        mobile and a phone in local formats, blanks, names in many scripts; returns their ids.
+        Slower per customer to apply than seed_customers' E.164 numbers (the P4 seed)."""
+        with self._lock:
+            start, self._realistic = self._realistic, self._realistic + count
+            return [
+                self.upsert_customer(**fields)
+                for fields in datagen.lightspeed_customers(count, seed=self._seed, start=start)
             ]
 
     def counts(self) -> dict[str, int]:
