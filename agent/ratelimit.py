@@ -100,7 +100,9 @@ class RateBudget:
         self._rate = _Window(total)
         self._background = _Window(background_rate(total))
         self._readback = _Window(share_rate(total, READBACK_SHARE))
-        self._sending = _Window(share_rate(total, 1.0, SEND_MARGIN), spacing=True)
+        self._total = total
+        self._sending: _Window | None = None  # made at the first spaced spend (a window's)
+        self._sending_lock = threading.Lock()
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
@@ -111,8 +113,9 @@ class RateBudget:
             self._rate.limiter,
             self._background.limiter,
             self._readback.limiter,
-            self._sending.limiter,
         ]
+        if self._sending is not None:
+            limiters.append(self._sending.limiter)
         if self._budget is not None:
             limiters.append(self._budget)
         for limiter in limiters:
@@ -146,6 +149,9 @@ class RateBudget:
 
     def acquire_sending(self) -> Verdict:
         """acquire, for delivery's sends: within a window SEND_MARGIN longer first."""
+        with self._sending_lock:  # pyrate-limiter holds a thread and descriptors per limiter
+            if self._sending is None:
+                self._sending = _Window(share_rate(self._total, 1.0, SEND_MARGIN), spacing=True)
         wait = self._sending.take(self._name)
         if wait > 0:
             return Verdict(False, wait, REQUEST_RATE)
