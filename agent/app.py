@@ -71,7 +71,7 @@ SCHEDULER_STUCK_SECONDS = 1800.0
 # The contact sync beats on every batch and every few seconds of a wait; a page is bounded by
 # the HTTP timeout, the index build of a million contacts by about a minute.
 SYNC_STUCK_SECONDS = 300.0
-Beats = Callable[[str, float], Callable[[], None] | None]
+Beats = Callable[[str, float], notify.Heartbeat | None]  # beat it by calling it
 
 
 @dataclass
@@ -462,6 +462,7 @@ def _dispatchers(
         bulk = _bulk_contacts(
             destination.name, connector, box, ledger, budget, settings.delivery.in_flight
         )
+        beat = beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS)
         workers.append(
             Dispatcher(
                 destination.name,
@@ -474,7 +475,8 @@ def _dispatchers(
                 amends=config.KIND_AMENDS[destination.kind],
                 resolver=cast(ContactResolver | None, resolver),
                 metrics=metrics,
-                heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
+                heartbeat=beat,
+                begun=None if beat is None else beat.begun,  # a send stuck on its own thread
                 bulk=bulk,
                 in_flight=settings.delivery.in_flight,
                 monotonic=timebase.monotonic,
@@ -488,8 +490,8 @@ def _dispatchers(
 def _beats(watchdog: notify.Watchdog | None) -> Beats:
     """A heartbeat maker: each worker's beat, or no beat at all without a watchdog."""
 
-    def beat(name: str, max_age_seconds: float) -> Callable[[], None] | None:
-        return None if watchdog is None else watchdog.heartbeat(name, max_age_seconds).beat
+    def beat(name: str, max_age_seconds: float) -> notify.Heartbeat | None:
+        return None if watchdog is None else watchdog.heartbeat(name, max_age_seconds)
 
     return beat
 

@@ -152,6 +152,7 @@ class Dispatcher:
         heartbeat: Callable[[], None] | None = None,
         bulk: BulkContacts | None = None,
         in_flight: int = 1,
+        begun: Callable[[], Callable[[], None]] | None = None,
     ) -> None:
         self._heartbeat = heartbeat or (lambda: None)  # each loop pass: the watchdog's proof
         self._resolver = resolver
@@ -186,7 +187,8 @@ class Dispatcher:
         self._progress_at = monotonic()  # the last send that worked, or the last empty queue
         self._bulk = bulk  # contact changes in bulk calls (agent/bulk.py)
         # Receipts several at once (delivery.in_flight, agent/window.py); 1: one by one.
-        self._window = Window(destination, in_flight) if in_flight > 1 else None
+        # Each send in flight holds the heartbeat while it runs (begun): a stuck one stales it.
+        self._window = Window(destination, in_flight, begun) if in_flight > 1 else None
         self._held: list[_Held] = []  # receipts claimed for the window, waiting their turn
         self._runs = 0  # bulk runs of contact changes in flight in the window
         if bulk is not None:

@@ -115,15 +115,38 @@ class Heartbeat:
     max_age_seconds: float
     monotonic: Callable[[], float] = time.monotonic
     last: float = field(default=0.0)
+    _begun: dict[int, float] = field(default_factory=dict)  # work on other threads: its start
+    _count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.last = self.monotonic()
 
+    def __call__(self) -> None:
+        self.beat()
+
     def beat(self) -> None:
         self.last = self.monotonic()
 
+    def begun(self) -> Callable[[], None]:
+        """A piece of the worker's work begun on a thread of its own (a send in flight): the
+        heartbeat is stale while it runs longer than max_age, however often the loop beats.
+        Call what this returns when it ends."""
+        with self._lock:
+            self._count += 1
+            token = self._count
+            self._begun[token] = self.monotonic()
+
+        def ended() -> None:
+            with self._lock:
+                self._begun.pop(token, None)
+
+        return ended
+
     def is_fresh(self) -> bool:
-        return self.monotonic() - self.last <= self.max_age_seconds
+        with self._lock:
+            oldest = min([self.last, *self._begun.values()])
+        return self.monotonic() - oldest <= self.max_age_seconds
 
 
 class Watchdog:

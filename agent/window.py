@@ -32,8 +32,13 @@ class Window:
     (a bulk run's lookups) takes that many places (its weight).
     """
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(
+        self, name: str, size: int, begun: Callable[[], Callable[[], None]] | None = None
+    ) -> None:
+        """begun: called as each send starts; what it returns, as the send ends (the watchdog's
+        heartbeat: a send stuck on its thread makes it stale, agent/notify.py)."""
         self.size = size
+        self._begun = begun or (lambda: lambda: None)
         self._name = name
         self._landed: queue.Queue[Landed] = queue.Queue()
         self._keys: dict[tuple[str, int], frozenset[str]] = {}  # (queue, id) -> its keys
@@ -75,11 +80,15 @@ class Window:
             self._started += 1
             number = self._started
 
+        ended = self._begun()
+
         def run() -> None:
             try:
                 landed = Landed(claimed, message, result=send())
             except BaseException as exc:  # every outcome lands, to be judged by the worker
                 landed = Landed(claimed, message, error=exc)
+            finally:
+                ended()
             self._landed.put(landed)
 
         name = f"send-{self._name}-{number}"

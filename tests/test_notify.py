@@ -93,6 +93,24 @@ def test_watchdog_stops_pinging_when_a_heartbeat_goes_stale(listener):
     assert listener.receive(2.0) == "WATCHDOG=1"
 
 
+def test_work_begun_on_another_thread_stales_a_heartbeat_its_loop_keeps_beating():
+    clock = Clock()
+    watchdog = notify.Watchdog(notify.Notifier(None), 1.0, monotonic=clock)
+    worker = watchdog.heartbeat("dispatch-engage loop", max_age_seconds=5.0)
+    first, second = worker.begun(), worker.begun()  # two sends in flight
+    clock.now += 3.0
+    first()  # one lands
+    clock.now += 3.0
+    worker.beat()  # the loop goes round, but the other send began 6 s ago
+    assert watchdog.stale() == ["dispatch-engage loop"]
+    second()
+    assert watchdog.stale() == []
+    later = worker.begun()
+    clock.now += 5.0
+    assert watchdog.stale() == []  # 5 s: not older than its max age
+    later()
+
+
 def test_watchdog_stops_pinging_when_a_watched_thread_dies(listener):
     watchdog = notify.Watchdog(notify.Notifier(listener.address), 1.0)
     thread = threading.Thread(target=lambda: None, name="dispatch-loaded")
