@@ -21,8 +21,9 @@ Every crash and tear must be seen to fire (LazyFS killed itself), or the cut fai
 is mounted again over what reached its root directory (the disk), the agent restarts, and: it
 is healthy ("ok") within 10 s of its start, nothing was moved aside as damaged, quick_check
 passes, and every receipt the till got a 2xx for is stored and queued or delivered. At the end
-everything drains: each receipt in each cloud that takes it, with at most one resend per cut
-and destination, counted from the sandbox's own request records.
+everything drains: each receipt in each cloud that takes it, with at most `delivery.in_flight`
+resends per cut and destination (the sends the cut caught in flight), counted from the sandbox's
+own request records.
 
 The control: the same rig with the agent's stores on synchronous=OFF (the test hook
 `storage.no_fsync`, agent/failpoints.py) must lose receipts it acknowledged; were it not to,
@@ -138,7 +139,7 @@ def cut(rig: Rig, kind: str, rng: random.Random) -> None:
     stop.set()
     thread.join(15)
     assert not thread.is_alive(), "the till hung on a dead agent"
-    rig.run.kills += 1
+    rig.run.killed()
 
 
 def clear_cut(rig: Rig) -> None:
@@ -244,7 +245,7 @@ def power_cuts(rig: Rig, cuts: int, seed: int) -> None:
     while not drained(rig.run) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert drained(rig.run), undrained(rig.run)
-    check_cloud_duplicates(rig.run)  # at most one resend per cut and destination
+    check_cloud_duplicates(rig.run)  # at most in_flight resends per cut and destination
     assert quick_check(rig.run) == "ok"
     assert rig.process.terminate() == 0
 
