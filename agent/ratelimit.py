@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ WINDOW_MARGIN = 0.02
 # made within one window spread over it plus the spread of their round trips (50 ms a second);
 # and it spaces its sends evenly (about one per window / limit), so they never leave in bursts.
 SEND_MARGIN = 0.05
+SPACING = 0.9  # of the even share (interval / limit): a sleep overshoots by a millisecond or so
 # Reconciliation's read-back (agent/reconcile.py) may use at most this share of each window.
 READBACK_SHARE = 0.1
 
@@ -100,22 +102,14 @@ class RateBudget:
         self._rate = _Window(total)
         self._background = _Window(background_rate(total))
         self._readback = _Window(share_rate(total, READBACK_SHARE))
-        self._total = total
-        self._sending: _Window | None = None  # made at the first spaced spend (a window's)
-        self._sending_lock = threading.Lock()
+        self._sending = _Spaced(share_rate(total, 1.0, SEND_MARGIN))  # a window's sends
         rates = [Rate(n, d) for n, d in ((daily_calls, Duration.DAY), (monthly_calls, MONTH)) if n]
         self._budget = _budget_limiter(name, rates, budget_file) if rates else None
 
     def close(self) -> None:
         """Let go of the limiters: pyrate-limiter leaks each bucket on a thread with its own
         event loop (descriptors held) until the bucket is disposed of; the budget file too."""
-        limiters = [
-            self._rate.limiter,
-            self._background.limiter,
-            self._readback.limiter,
-        ]
-        if self._sending is not None:
-            limiters.append(self._sending.limiter)
+        limiters = [self._rate.limiter, self._background.limiter, self._readback.limiter]
         if self._budget is not None:
             limiters.append(self._budget)
         for limiter in limiters:
@@ -149,10 +143,7 @@ class RateBudget:
 
     def acquire_sending(self) -> Verdict:
         """acquire, for delivery's sends: within a window SEND_MARGIN longer first."""
-        with self._sending_lock:  # pyrate-limiter holds a thread and descriptors per limiter
-            if self._sending is None:
-                self._sending = _Window(share_rate(self._total, 1.0, SEND_MARGIN), spacing=True)
-        wait = self._sending.take(self._name)
+        wait = self._sending.take()
         if wait > 0:
             return Verdict(False, wait, REQUEST_RATE)
         return self.acquire()
@@ -241,13 +232,8 @@ def share_rate(total: Rate, share: float, margin: float = WINDOW_MARGIN) -> Rate
 class _Window:
     """One sliding window in memory (monotonic clock), and how long until it takes a call."""
 
-    def __init__(self, rate: Rate, *, spacing: bool = False) -> None:
-        """spacing: one call per rate.interval / rate.limit at most, besides the rate."""
-        rates = [rate]
-        if spacing and rate.limit > 1:
-            # 10 % under the even share: a sleep overshoots by a millisecond or so
-            rates.insert(0, Rate(1, max(1, math.floor(0.9 * rate.interval / rate.limit))))
-        self._bucket = InMemoryBucket(rates)
+    def __init__(self, rate: Rate) -> None:
+        self._bucket = InMemoryBucket([rate])
         self.limiter = Limiter(
             self._bucket,
             clock=MonotonicClock(),  # type: ignore[no-untyped-call]
@@ -261,6 +247,38 @@ class _Window:
         waiting = self._bucket.waiting(RateItem(name, int(1000 * time.monotonic())))
         assert isinstance(waiting, int)  # an in-memory bucket answers at once
         return max(1, waiting) / 1000
+
+
+class _Spaced:
+    """Delivery's sends in flight: at most rate.limit within any rate.interval, and none sooner
+    than SPACING of the even share after the one before (so they never leave in a burst).
+
+    A log of the sends in memory (monotonic clock) and no thread of its own: each of
+    pyrate-limiter's buckets holds a thread with an event loop for ten seconds after it is let go.
+    """
+
+    def __init__(self, rate: Rate) -> None:
+        self._limit = rate.limit
+        self._interval = rate.interval / 1000
+        self._gap = SPACING * self._interval / rate.limit
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0.0: one send counted; else the seconds until one may go."""
+        with self._lock:
+            now = time.monotonic()
+            while self._sent and self._sent[0] <= now - self._interval:
+                self._sent.popleft()
+            wait = 0.0
+            if len(self._sent) >= self._limit:
+                wait = self._sent[0] + self._interval - now
+            if self._sent:
+                wait = max(wait, self._sent[-1] + self._gap - now)
+            if wait > 0:
+                return max(wait, 0.001)
+            self._sent.append(now)
+            return 0.0
 
 
 def _budget_limiter(name: str, rates: list[Rate], budget_file: Path | None) -> Limiter:

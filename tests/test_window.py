@@ -19,7 +19,7 @@ from agent import models
 from agent.config import DeliverySettings
 from agent.dispatch import Dispatcher
 from agent.errors import RejectedError, RetryableError, ThrottledError
-from agent.ratelimit import RateBudget
+from agent.ratelimit import SEND_MARGIN, SPACING, RateBudget
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock
 
@@ -226,6 +226,32 @@ def test_the_request_rate_holds_across_the_window(start_agent):
     in_any_second = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
     assert in_any_second <= 20
     budget.close()
+
+
+def test_a_windows_sends_are_spaced_and_counted_over_a_longer_window():
+    """Sends in flight leave one by one, never in a burst, and never more than the limit
+    within the published window stretched by SEND_MARGIN (their arrivals spread)."""
+    budget = RateBudget("engage", requests_per_second=20)
+    try:
+        window = 1.0 * (1 + SEND_MARGIN)
+        gap = SPACING * window / 20
+        assert budget.acquire_sending().allowed
+        refused = budget.acquire_sending()  # at once: too soon after the first
+        assert not refused.allowed
+        assert 0.8 * gap <= refused.wait_seconds <= gap
+        stamps = [time.monotonic()]
+        while len(stamps) < 41:
+            verdict = budget.spend(threading.Event().wait, spaced=True)  # never set: sleeps
+            assert verdict.allowed
+            stamps.append(time.monotonic())
+        assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.95 * gap
+        # (stamped after each spend returns: 20 ms for the threads' scheduling; a window of
+        # the published 1.0 s would take a 21st send within 1.03 s)
+        in_any_window = max(sum(1 for s in stamps if t <= s < t + window - 0.02) for t in stamps)
+        assert in_any_window <= 20
+        assert stamps[-1] - stamps[0] >= 2 * window - 0.01  # 41 sends: two whole windows
+    finally:
+        budget.close()
 
 
 def test_stop_lands_the_sends_in_flight_and_acks_what_was_delivered(rig):
