@@ -82,7 +82,7 @@ BY_HAND = "dead-lettered by a technician (till-agent set-aside dead-letter)"
 STOP_DRAIN_SECONDS = 35.0  # at stop, how long a send in flight may take to land (> a timeout)
 
 
-HELD_PER_SEND = 4  # receipts claimed to wait their turn, at most, per send the window holds
+HELD_PER_SEND = 16  # receipts claimed to wait their turn, at most, per send the window holds
 
 
 class _NotSentError(Exception):
@@ -191,6 +191,7 @@ class Dispatcher:
         self._window = Window(destination, in_flight, begun) if in_flight > 1 else None
         self._held: list[_Held] = []  # receipts claimed for the window, waiting their turn
         self._runs = 0  # bulk runs of contact changes in flight in the window
+        self._reserved = 0  # places kept for a run (or a contact change) waiting for room
         if bulk is not None:
             bulk.wait = self._stop.wait
         self._thread = threading.Thread(target=self._loop, name=f"dispatch-{destination}")
@@ -270,8 +271,8 @@ class Dispatcher:
         self._release_stranded()
         self._unpark_due()
         busy = self._window is not None and len(self._window) > 0
-        if busy and not self._has_room():
-            self._land_next(claim_timeout_seconds)  # the window is full: wait for a send
+        if busy and not self._may_claim():
+            self._land_next(claim_timeout_seconds)  # enough wait their turn: wait for a send
             return False
         wait = 0.0 if busy else claim_timeout_seconds
         claimed = self._outbox.claim(self.destination, timeout_seconds=wait)
@@ -317,12 +318,12 @@ class Dispatcher:
 
     # -- the window: several sends in flight (agent/window.py) ---------------------------
 
-    def _has_room(self) -> bool:
-        """Room to claim one more: the window not full, and not too many waiting their turn."""
+    def _may_claim(self) -> bool:
+        """Room to claim one more: not too many waiting their turn. The claim runs ahead of a
+        full window (its sends waiting for the rate), so the runs of contact changes further on
+        start early and the receipts naming their members do not wait at the end of a stretch."""
         window = self._window
-        return window is None or (
-            window.has_room() and len(self._held) < HELD_PER_SEND * window.size
-        )
+        return window is None or len(self._held) < HELD_PER_SEND * window.size
 
     def _start_held(self) -> None:
         """Start the receipts waiting their turn, in the order claimed: each once its
@@ -333,21 +334,23 @@ class Dispatcher:
             self._release_held()
             return
         waiting: set[str] = set()  # a receipt's later revision waits behind its earlier one
-        for held in list(self._held):
-            if not self._window.has_room():
+        held_now, self._held = self._held, []
+        for position, held in enumerate(held_now):
+            if not self._window.has_room(1 + self._reserved):  # a run waiting comes first
+                self._held += held_now[position:]
                 return
             if held.key in waiting or self._window.holds({held.key}):
                 waiting.add(held.key)
+                self._held.append(held)
                 continue
-            index = self._held.index(held)
-            del self._held[index]
             try:
                 launched = self._launch(held)
             except Exception:
                 self._put_back(held.claimed)
+                self._held += held_now[position + 1 :]
                 raise
             if not launched:
-                self._held.insert(index, held)
+                self._held.append(held)
                 waiting.add(held.key)
 
     def _launch(self, held: _Held) -> bool:
@@ -390,13 +393,19 @@ class Dispatcher:
         """Wait for landings until free() and room for weight; False (claimed released) if the
         destination paused or is stopping meanwhile."""
         assert self._window is not None
-        while not (free() and self._window.has_room(weight)):
-            self._land_next(1.0)
-            if self._stop.is_set() or self._paused_now():
-                for item in claimed:
-                    self._put_back(item)
-                return False
-        return True
+        try:
+            while not (free() and self._window.has_room(weight)):
+                # Free to go but for room: the places that land are kept for it (receipts
+                # waiting their turn would take each as it frees, and a run would starve).
+                self._reserved = weight if free() else 0
+                self._land_next(1.0)
+                if self._stop.is_set() or self._paused_now():
+                    for item in claimed:
+                        self._put_back(item)
+                    return False
+            return True
+        finally:
+            self._reserved = 0
 
     def _start_run(self, head: Claimed) -> None:
         """Claim a run of contact changes here and send it on the window's thread, beside the

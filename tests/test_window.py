@@ -7,6 +7,7 @@ go, so what is in flight at once is seen, not timed. End to end: tests/test_deli
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from agent import models
 from agent.config import DeliverySettings
-from agent.dispatch import Dispatcher
+from agent.dispatch import HELD_PER_SEND, Dispatcher
 from agent.errors import RejectedError, RetryableError, ThrottledError
 from agent.ratelimit import SEND_MARGIN, SPACING, RateBudget
 from tests.conftest import make_receipt
@@ -114,21 +115,24 @@ def rig(start_agent):
 def test_several_receipts_are_in_flight_at_once_and_never_more_than_the_window(rig):
     agent, till, sender = rig
     dispatcher = windowed(agent, sender)
-    post(till, *[f"R-{n}" for n in range(10)])
+    total = IN_FLIGHT + HELD_PER_SEND * IN_FLIGHT + 6
+    post(till, *[f"R-{n}" for n in range(total)])
     pump(dispatcher, lambda: sender.in_flight == IN_FLIGHT)
-    for _ in range(20):  # a full window claims nothing more
+    for _ in range(3 * total):  # a full window starts nothing more; the claim runs ahead
         dispatcher.step()
     assert len(sender.started) == IN_FLIGHT
-    assert agent.outbox.depth("loaded").claimed == IN_FLIGHT
     assert [key for key, _ in sender.started] == ["R-0", "R-1", "R-2", "R-3"]  # started in order
+    # ... as far as HELD_PER_SEND a place: those wait their turn, claimed; the rest in the queue
+    assert agent.outbox.depth("loaded").claimed == IN_FLIGHT + HELD_PER_SEND * IN_FLIGHT
+    assert agent.outbox.depth("loaded").pending == 6
     sender.gate.set()
     pump(
         dispatcher,
-        lambda: agent.outbox.depth("loaded").pending == 0 and not len(sender.landed) < 10,
+        lambda: agent.outbox.depth("loaded").pending == 0 and not len(sender.landed) < total,
     )
-    pump(dispatcher, lambda: state_of(till, "R-9") == "delivered")
+    pump(dispatcher, lambda: state_of(till, f"R-{total - 1}") == "delivered")
     assert sender.most_in_flight == IN_FLIGHT
-    assert dispatcher.state.sent == 10
+    assert dispatcher.state.sent == total
     assert agent.outbox.depth("loaded").claimed == 0
 
 
@@ -244,7 +248,7 @@ def test_a_windows_sends_are_spaced_and_counted_over_a_longer_window():
             verdict = budget.spend(threading.Event().wait, spaced=True)  # never set: sleeps
             assert verdict.allowed
             stamps.append(time.monotonic())
-        assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 0.95 * gap
+        assert min(b - a for a, b in itertools.pairwise(stamps)) >= 0.95 * gap
         # (stamped after each spend returns: 20 ms for the threads' scheduling; a window of
         # the published 1.0 s would take a 21st send within 1.03 s)
         in_any_window = max(sum(1 for s in stamps if t <= s < t + window - 0.02) for t in stamps)
@@ -333,6 +337,36 @@ def test_a_bulk_run_is_in_flight_beside_receipts_and_those_naming_its_members_fo
         assert during, "no receipt went while the run was in flight"
         assert all(sale.startswith("S-") for sale in during)
         assert till.get("/v1/dead-letters").json() == []
+    finally:
+        cloud.stop()
+
+
+def test_a_run_behind_many_receipts_gets_its_places_before_they_are_all_sent(start_agent):
+    """The claim runs ahead of a full window; a run of contact changes claimed behind 80
+    receipts waits only for the places it takes to land, not for every receipt claimed before
+    it (each place that lands is kept for it)."""
+    from agent.sandbox import SandboxCloud
+    from tests.test_delivery import wait_for
+
+    cloud = SandboxCloud(seed=12).serve()
+    sales = [f"S-{n:02d}" for n in range(80)]
+
+    def fill(till: Any) -> None:
+        for sale in sales:
+            assert till.post("/v1/receipts", make_receipt(sale)).status_code == 202
+        for n in range(4):
+            answer = till.post("/v1/contacts", {"email": f"r{n}@example.com"})
+            assert answer.status_code in (201, 202), answer.text
+
+    try:
+        cloud.faults.set_latency(0.05, api="engage")
+        queued_then_delivered(start_agent, cloud, fill)
+        wait_for(lambda: len(cloud.engage.contacts) == 4, seconds=30)
+        wait_for(lambda: set(cloud.engage.receipts) == set(sales), seconds=30)
+        requests = [r for r in cloud.requests if r.api == "engage" and 200 <= r.status < 300]
+        run_began = next(i for i, r in enumerate(requests) if r.path.endswith("/contacts/bulk"))
+        before = [r for r in requests[:run_began] if r.path.endswith("/receipts")]
+        assert len(before) < 40, len(before)  # 8 in flight: a few windows' worth, not all 80
     finally:
         cloud.stop()
 
