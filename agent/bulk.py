@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import msgspec
 
 from agent import models
+from agent.connectors.base import never_sent
 from agent.errors import (
     AuthError,
     CloudError,
@@ -261,6 +262,10 @@ class BulkContacts:
             return
         except (ThrottledError, AuthError):  # refused before any row went in
             self._unmark(fresh)
+            raise
+        except RetryableError as exc:
+            if never_sent(exc):  # the connection was refused (an outage): nothing went in
+                self._unmark(fresh)
             raise
         if self._finished(batch_id, run) is None:
             raise RetryableError("bulk create not finished in time", connector=self.destination)

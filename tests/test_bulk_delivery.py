@@ -189,6 +189,27 @@ def test_a_throttled_batch_keeps_its_place_and_is_not_looked_up_before_resending
     assert "R-1" in cloud.engage.receipts
 
 
+def test_a_batch_refused_at_the_connection_is_not_looked_up_before_resending(start_agent, cloud):
+    """An outage that refuses the connection: the create never went out, so after it nothing
+    is looked up before the batch goes again (only the ids after it); a reset connection may
+    have carried it, so then each contact is looked up first."""
+    _, till, dispatcher, clock = bulk_rig(start_agent, cloud)
+    register(till, *emails(0, 3))
+    cloud.faults.set_offline("refused")
+    dispatcher.step()
+    assert dispatcher.state.state == "offline"
+    cloud.faults.set_offline(None)
+    drain(dispatcher, clock)
+    assert len(calls(cloud, "GET", "/contacts/id", ok_only=False)) == 3  # after the create
+    register(till, *emails(3, 3))
+    cloud.faults.set_offline("reset")
+    dispatcher.step()
+    cloud.faults.set_offline(None)
+    drain(dispatcher, clock)
+    assert len(calls(cloud, "GET", "/contacts/id", ok_only=False)) == 3 + 3 + 3  # before too
+    assert len(cloud.engage.contacts) == 6
+
+
 def test_a_short_run_goes_one_by_one(start_agent, cloud):
     _, till, dispatcher, clock = bulk_rig(start_agent, cloud, min_contacts=3)
     register(till, *emails(0, 2))

@@ -226,6 +226,18 @@ def network_words(exc: BaseException) -> str:
     return f"{words} ({detail})" if detail else words
 
 
+def never_sent(exc: BaseException) -> bool:
+    """A failed exchange that ended before the request went out: the connection was refused,
+    or not made in time. The cloud cannot have acted on it."""
+    cause = exc.__cause__
+    if isinstance(cause, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(cause, requests.exceptions.ConnectionError) or not cause.args:
+        return False
+    reason = getattr(cause.args[0], "reason", cause.args[0])  # MaxRetryError wraps it
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
 @contextmanager
 def translate_http_errors(connector: str) -> Iterator[None]:
     """Map requests' exceptions to ours, at this one point.
