@@ -32,9 +32,11 @@ RESERVE_SHARE = 0.05
 WINDOW_MARGIN = 0.02
 # Delivery, several sends in flight, counts its window this much longer: the arrivals of sends
 # made within one window spread over it plus the spread of their round trips (50 ms a second);
-# and it spaces its sends evenly (about one per window / limit), so they never leave in bursts.
+# and it spaces its sends evenly (one per window / limit, each in its place), never in bursts.
 SEND_MARGIN = 0.05
-SPACING = 0.9  # of the even share (interval / limit): a sleep overshoots by a millisecond or so
+# A send may take its place in line this far ahead (and sleep until then); further back in
+# line it waits a little and asks again, so a slow rate never reads as a pause.
+SLOT_HORIZON_SECONDS = 1.0
 # Reconciliation's read-back (agent/reconcile.py) may use at most this share of each window.
 READBACK_SHARE = 0.1
 
@@ -141,13 +143,6 @@ class RateBudget:
             return Verdict(False, wait, REQUEST_RATE)
         return self.acquire()
 
-    def acquire_sending(self) -> Verdict:
-        """acquire, for delivery's sends: within a window SEND_MARGIN longer first."""
-        wait = self._sending.take()
-        if wait > 0:
-            return Verdict(False, wait, REQUEST_RATE)
-        return self.acquire()
-
     def spend(self, wait: Callable[[float], bool], *, spaced: bool = False) -> Verdict:
         """Count one call, waiting out a short wait with wait(seconds) (True: stop asked);
         spaced: one of several sends in flight (SEND_MARGIN, spaced evenly).
@@ -155,8 +150,14 @@ class RateBudget:
         Not allowed: the wait would be PAUSE_SECONDS or longer (the caller pauses the
         destination instead of holding its worker), or a stop came.
         """
+        while spaced:  # first its own place in line, then the window as every call
+            placed, seconds = self._sending.take()
+            if seconds > 0 and wait(seconds):
+                return Verdict(False, 0.0, "stopping")
+            if placed:
+                break
         while True:
-            verdict = self.acquire_sending() if spaced else self.acquire()
+            verdict = self.acquire()
             if verdict.allowed or verdict.wait_seconds >= PAUSE_SECONDS:
                 return verdict
             if wait(verdict.wait_seconds):
@@ -250,35 +251,35 @@ class _Window:
 
 
 class _Spaced:
-    """Delivery's sends in flight: at most rate.limit within any rate.interval, and none sooner
-    than SPACING of the even share after the one before (so they never leave in a burst).
+    """Delivery's sends in flight, evenly spaced: each takes the next place in line, one even
+    share (interval / limit) after the one before, and never more than rate.limit places
+    within any rate.interval. Places are kept, so a sleep that overshoots delays its own
+    send, not every one after it; sends never leave in a burst, even after a quiet spell.
 
-    A log of the sends in memory (monotonic clock) and no thread of its own: each of
-    pyrate-limiter's buckets holds a thread with an event loop for ten seconds after it is let go.
+    A log in memory (monotonic clock) and no thread of its own: each of pyrate-limiter's
+    buckets holds a thread with an event loop for ten seconds after it is let go.
     """
 
     def __init__(self, rate: Rate) -> None:
-        self._limit = rate.limit
         self._interval = rate.interval / 1000
-        self._gap = SPACING * self._interval / rate.limit
-        self._sent: deque[float] = deque()
+        self._gap = self._interval / rate.limit
+        self._places: deque[float] = deque(maxlen=rate.limit)  # the last limit places given
         self._lock = threading.Lock()
 
-    def take(self) -> float:
-        """0.0: one send counted; else the seconds until one may go."""
+    def take(self) -> tuple[bool, float]:
+        """(True, seconds until the place taken), or (False, seconds to wait before asking
+        again) when the next place is more than SLOT_HORIZON_SECONDS away."""
         with self._lock:
             now = time.monotonic()
-            while self._sent and self._sent[0] <= now - self._interval:
-                self._sent.popleft()
-            wait = 0.0
-            if len(self._sent) >= self._limit:
-                wait = self._sent[0] + self._interval - now
-            if self._sent:
-                wait = max(wait, self._sent[-1] + self._gap - now)
-            if wait > 0:
-                return max(wait, 0.001)
-            self._sent.append(now)
-            return 0.0
+            place = now
+            if self._places:
+                place = max(place, self._places[-1] + self._gap)
+            if len(self._places) == self._places.maxlen:
+                place = max(place, self._places[0] + self._interval)
+            if place - now > SLOT_HORIZON_SECONDS:
+                return False, min(place - now - SLOT_HORIZON_SECONDS, self._gap)
+            self._places.append(place)
+            return True, place - now
 
 
 def _budget_limiter(name: str, rates: list[Rate], budget_file: Path | None) -> Limiter:
