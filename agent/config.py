@@ -123,7 +123,7 @@ class DeliverySettings:
     auth_probe_seconds: float = 300.0
     recovery_probe_seconds: float = 15.0  # during an outage, how often the cloud is probed
     stalled_alarm_seconds: float = 3600.0  # items waiting this long with nothing delivered: red
-    in_flight: int = 1  # requests in flight per destination (agent/window.py); 1: one by one
+    in_flight: int = 8  # requests in flight per destination (agent/window.py); 1: one by one
 
 
 @dataclass(frozen=True)
