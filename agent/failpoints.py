@@ -20,6 +20,8 @@ POINTS = (
     "dispatch.after_send",  # agent/dispatch.py: the cloud said 2xx, nothing recorded yet
     "purge.after_delete",  # agent/privacy.py: delivered rows deleted, before vacuum/checkpoint
     "startup.after_recovery",  # agent/app.py: queues reopened (claims made ready), not serving
+    "oauth.before_refresh",  # agent/connectors/oauth.py: a refresh due, its request not yet made
+    "oauth.before_save",  # agent/connectors/oauth.py: the new pair answered, not yet saved
     "vault.before_commit",  # agent/vault.py: a refreshed token written, not yet committed
     "vault.after_commit",  # agent/vault.py: a refreshed token committed, not yet used
 )

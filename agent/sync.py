@@ -13,7 +13,13 @@ from typing import Protocol
 
 from agent import health, models, ratelimit
 from agent.contacts import ContactCache, latest_changes
-from agent.errors import CloudError, RetryableError, StoppingError, ThrottledError
+from agent.errors import (
+    AuthError,
+    CloudError,
+    RetryableError,
+    StoppingError,
+    ThrottledError,
+)
 from agent.retry import Backoff
 from agent.sync_progress import ProgressTracker, contacts_in
 
@@ -186,7 +192,9 @@ class ContactSync:
                 continue
             except CloudError as exc:
                 self._flush(run)  # what was fetched is kept; this run ends, in words
-                self._health.report(f"sync:{self._source.name}", health.DEGRADED, str(exc))
+                # Refused credentials will not mend by themselves: red, like a halted destination.
+                state = health.FAILING if isinstance(exc, AuthError) else health.DEGRADED
+                self._health.report(f"sync:{self._source.name}", state, str(exc))
                 raise
             failures = 0
             run.pending.append(page)

@@ -1,9 +1,16 @@
-"""Lightspeed X-Series: customers as a contact source, walked by the global version cursor."""
+"""Lightspeed X-Series: customers as a contact source, walked by the global version cursor.
+
+Auth (x-series-api.lightspeedhq.com, "Authorization"): a personal token (`auth = "personal"`,
+sent as it is), or OAuth 2.0 (`auth = "oauth"`): the retailer authorises the app once, the
+refresh token it yields is configured, and the agent refreshes at `<base_url>/api/1.0/token`.
+Each refresh revokes the refresh token used and issues the next (changelog "2025-03 Refresh
+Token Flow Update"), so the new pair is sealed into the vault before it is used.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -12,47 +19,91 @@ from agent import __version__
 from agent.config import DestinationSettings
 from agent.connectors.base import (
     ContactSource,
+    MemoryVault,
     Options,
     ReadSecret,
+    Vault,
     call,
     join,
     json_body,
     path_segment,
     rate_limit,
 )
+from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
 from agent.errors import RejectedError, RetryableError, UnsendableError
 from agent.models import ContactPage, SourceContact
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 200
+TOKEN_PATH = "/api/1.0/token"  # the changelog's refresh endpoint, on the retailer's domain
+STORES_TOKENS = True  # connectors.build hands this module the vault
 
 
 @dataclass(frozen=True)
 class LightspeedSettings:
-    """One retailer: where, its token, and how big a page may be."""
+    """One retailer: where, its token (personal, or an OAuth client), how big a page may be."""
 
     name: str
     base_url: str
-    token: str = field(repr=False)
+    token: str = field(default="", repr=False)  # auth = "personal"
     page_size: int = MAX_PAGE_SIZE
     phone_field: str = "mobile"  # falls back to "phone" when empty
     user_agent: str = f"TillAgent/{__version__}"
+    auth: str = "personal"  # or "oauth"
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    refresh_token: str = field(default="", repr=False)  # the authorisation's first one
+    token_url: str = ""  # "": <base_url>/api/1.0/token
+    token_margin_seconds: float = 300.0
 
 
 def parse_settings(destination: DestinationSettings, read_secret: ReadSecret) -> LightspeedSettings:
     """LightspeedSettings from [destinations.<name>] (profile applied); ConfigError if wrong."""
     opts = Options(destination, read_secret)
+    auth = opts.choice("auth", "personal", ("personal", "oauth"))
     settings = LightspeedSettings(
         name=destination.name,
         base_url=opts.base_url,
-        token=opts.secret("token_secret", "lightspeed-token"),
         page_size=int(opts.number("page_size", MAX_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)),
         phone_field=opts.choice("phone_field", "mobile", ("mobile", "phone")),
         user_agent=opts.text("user_agent", f"TillAgent/{__version__}"),
+        auth=auth,
     )
+    if auth == "personal":
+        settings = replace(settings, token=opts.secret("token_secret", "lightspeed-token"))
+    else:
+        settings = replace(
+            settings,
+            client_id=opts.text("client_id", ""),
+            client_secret=opts.secret("client_secret_secret", "lightspeed-client-secret"),
+            refresh_token=opts.secret("refresh_token_secret", "lightspeed-refresh-token"),
+            token_url=opts.text("token_url", ""),
+            token_margin_seconds=opts.number("token_margin_seconds", 300.0, high=86400),
+        )
+        if not settings.client_id:
+            opts.problems.append(f"{opts.prefix}.client_id: required with auth = oauth (got '')")
     opts.finish()
     return settings
+
+
+def oauth_settings(settings: LightspeedSettings) -> OAuthSettings:
+    """The OAuth2 side of a Lightspeed destination: refresh tokens only, never a client grant."""
+    secret = "refresh_token_secret"
+    return OAuthSettings(
+        token_url=settings.token_url or join(settings.base_url, TOKEN_PATH),
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        initial_grant="refresh_token",
+        initial_refresh_token=settings.refresh_token,
+        margin_seconds=settings.token_margin_seconds,
+        user_agent=settings.user_agent,
+        reauthorise=(
+            "the retailer must authorise the app in Lightspeed again and the new refresh token "
+            f"go into the secret named by destinations.{settings.name}.{secret} (then restart); "
+            "see docs/operations.md, 'Cloud credentials'"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -70,11 +121,18 @@ class LightspeedConnector:
     # The feed from version 0 (deleted=true) is every customer: the sync's re-verification walk.
     lists_everything = True
 
-    def __init__(self, settings: LightspeedSettings, http: requests.Session) -> None:
+    def __init__(
+        self, settings: LightspeedSettings, http: requests.Session, vault: Vault | None = None
+    ) -> None:
         self.name = settings.name
         self.settings = settings
         self._http = http
         self.last_rate_limit: tuple[int | None, float | None] = (None, None)
+        self.tokens: OAuthTokens | None = None
+        if settings.auth == "oauth":
+            self.tokens = OAuthTokens(
+                settings.name, oauth_settings(settings), http, vault or MemoryVault()
+            )
 
     def probe(self) -> None:
         """One customer: proves the token."""
@@ -121,12 +179,19 @@ class LightspeedConnector:
         return None if contact.deleted else contact
 
     def _get(self, params: dict[str, str], path: str = "/api/2.0/customers") -> requests.Response:
-        headers = {
-            "Authorization": f"Bearer {self.settings.token}",
-            "User-Agent": self.settings.user_agent,
-            "Accept": "application/json",
-        }
+        headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         url = join(self.settings.base_url, path)
+        if self.tokens is not None:
+            return call_with_token(
+                self.tokens,
+                self._http,
+                "GET",
+                url,
+                connector=self.name,
+                params=params,
+                headers=headers,
+            )
+        headers["Authorization"] = f"Bearer {self.settings.token}"
         return call(self._http, "GET", url, connector=self.name, params=params, headers=headers)
 
     def _parse(self, body: Any) -> tuple[list[dict[str, Any]], int | None]:
@@ -159,9 +224,11 @@ class LightspeedConnector:
         )
 
 
-def create(settings: LightspeedSettings, http: requests.Session) -> LightspeedConnector:
-    """The connector for one Lightspeed retailer."""
-    return LightspeedConnector(settings, http)
+def create(
+    settings: LightspeedSettings, http: requests.Session, vault: Vault | None = None
+) -> LightspeedConnector:
+    """The connector for one Lightspeed retailer (vault: where an OAuth pair is kept)."""
+    return LightspeedConnector(settings, http, vault)
 
 
 _AS_SOURCE: type[ContactSource] = LightspeedConnector

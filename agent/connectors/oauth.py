@@ -8,6 +8,7 @@ the moment the new one is issued (Lightspeed's 2025-03 refresh-token change).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import requests
 
 from agent.connectors.base import Vault, call, json_body
 from agent.errors import AuthError, ConfigError, RejectedError, RetryableError
+from agent.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class OAuthSettings:
     margin_seconds: float = 60.0
     scope: str = ""
     user_agent: str = ""
+    # What the shop must do when its refresh token is refused (used, revoked, expired).
+    reauthorise: str = "the till needs new credentials: see docs/operations.md, 'Cloud credentials'"
 
 
 class OAuthTokens:
@@ -63,6 +67,9 @@ class OAuthTokens:
         # time (it must outlive a restart), read once; a clock step later changes nothing (R9).
         self._due = 0.0
         self.refreshes = 0  # token requests made (a test reads it)
+        # A refresh token the endpoint refused never works again: it is not sent twice (no
+        # loop against the token endpoint); the refusal is raised again until a new one comes.
+        self._refused: tuple[str, AuthError] | None = None
 
     def access_token(self) -> str:
         """A usable access token: the saved one while it has margin left, else a fresh one."""
@@ -77,9 +84,22 @@ class OAuthTokens:
         with self._lock:
             self._due = 0.0
 
+    def _seed(self) -> str:
+        """Which configured refresh token a saved chain of refreshes started from (a hash)."""
+        initial = self.settings.initial_refresh_token
+        if self.settings.initial_grant != "refresh_token" or not initial:
+            return ""
+        return hashlib.sha256(initial.encode()).hexdigest()[:16]
+
     def _current(self) -> dict[str, Any] | None:
         if self._state is None:
             self._state = self._vault.load_token(self.name)
+            seed = (self._state or {}).get("seed")
+            if seed and seed != self._seed():
+                # A new refresh token was configured (the shop authorised the app again): the
+                # saved chain belongs to the old authorisation and is dropped.
+                log.warning("%s: a new refresh token is configured; starting from it", self.name)
+                self._state = None
             if self._state is not None:
                 left = float(self._state.get("expires_at", 0)) - self._now()
                 self._due = self._monotonic() + left - self.settings.margin_seconds
@@ -99,13 +119,20 @@ class OAuthTokens:
                     " so only the running agent (whose vault keeps the next one) may spend it"
                 ]
             )
+        if self._refused is not None and self._refused[0] == refresh:
+            raise self._refused[1]
+        failpoint("oauth.before_refresh")
         try:
             reply = self._grant({"grant_type": "refresh_token", "refresh_token": refresh})
-        except AuthError:
+        except AuthError as exc:
             if self.settings.initial_grant != "client_credentials":
+                self._refused = (refresh, exc)
                 raise
             log.warning("%s: refresh token refused; asking for a new token", self.name)
             reply = self._grant({"grant_type": "client_credentials"})
+        # The old refresh token is revoked now: a crash before the save below loses the only
+        # valid one (docs/connectors.md, "Tokens": the known window).
+        failpoint("oauth.before_save")
         return self._store(reply)
 
     def _grant(self, form: dict[str, str]) -> dict[str, Any]:
@@ -125,10 +152,15 @@ class OAuthTokens:
                 headers={"User-Agent": self.settings.user_agent, "Accept": "application/json"},
             )
         except (RejectedError, AuthError) as exc:
+            what = (
+                "the refresh token (used before, revoked or expired)"
+                if form["grant_type"] == "refresh_token"
+                else f"the {form['grant_type']} grant"
+            )
             raise AuthError(
-                f"{self.name}: the token endpoint refused the {form['grant_type']} grant "
-                f"(HTTP {exc.status}, {exc.cloud_error_id or 'no error code'}); the till needs "
-                "new credentials: see docs/operations.md, 'Cloud credentials'",
+                f"{self.name}: the token endpoint refused {what} "
+                f"(HTTP {exc.status}, {exc.cloud_error_id or 'no error code'}); "
+                f"{self.settings.reauthorise}",
                 connector=self.name,
                 status=exc.status,
                 cloud_error_id=exc.cloud_error_id,
@@ -150,8 +182,11 @@ class OAuthTokens:
             "refresh_token": reply.get("refresh_token") or (self._state or {}).get("refresh_token"),
             "expires_at": self._now() + seconds,
         }
+        if self._seed():
+            state["seed"] = self._seed()
         self._vault.save_token(self.name, state)
         self._state = state
+        self._refused = None
         self._due = self._monotonic() + seconds - self.settings.margin_seconds
         log.info("%s: access token renewed, valid for %.0f s", self.name, seconds)
         return state

@@ -1,14 +1,23 @@
-"""Simulated Lightspeed X-Series 2.0: customers walked by a global version cursor, rate-limited."""
+"""Simulated Lightspeed X-Series 2.0: customers walked by a global version cursor, rate-limited.
+
+Auth as Lightspeed documents it (x-series-api.lightspeedhq.com, "Authorization" and the
+changelog "2025-03 Refresh Token Flow Update"): a personal token, or an OAuth access token from
+`POST /api/1.0/token` that expires (`expires_in`, 7 days by default) and a refresh token that is
+single-use: refreshing revokes it and issues the next one. There is no grace period for the old
+one (none is documented, so the sandbox takes the strictest reading).
+"""
 
 from __future__ import annotations
 
 import bisect
 import email.utils
 import random
+import secrets
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from agent.sandbox import datagen
 from agent.sandbox.http import Request, Response, json_response
@@ -16,6 +25,8 @@ from agent.sandbox.http import Request, Response, json_response
 PAGE_SIZE_MAX = 200
 PAGE_SIZE_DEFAULT = 100
 COLLECTION = "/api/2.0/customers"
+TOKEN_PATH = "/api/1.0/token"
+TOKEN_SECONDS = 604_800.0  # the changelog's example answer: expires_in 604800 (7 days)
 
 
 class LightspeedApi:
@@ -28,8 +39,15 @@ class LightspeedApi:
         seed: int = 1,
         rate_limit: int = 350,
         rate_window_seconds: float = 300.0,
+        *,
+        client_id: str = "sandbox-lightspeed-client",
+        client_secret: str = "sandbox-lightspeed-secret",
+        token_seconds: float = TOKEN_SECONDS,
     ) -> None:
         self.token = token
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_seconds = token_seconds
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
         self._now = now
@@ -50,6 +68,9 @@ class LightspeedApi:
             self._window_start = self._now()
             self._window_used = 0
             self._seeded = 0
+            self.access_tokens: dict[str, float] = {}  # access token -> when it expires
+            self.refresh_tokens: set[str] = set()  # each valid exactly once
+            self.refresh_requests = 0  # POST /api/1.0/token with grant_type=refresh_token
 
     def _bump(self, customer_id: str) -> int:
         # Shared with other resources in the real API, so never +1 per customer.
@@ -109,9 +130,68 @@ class LightspeedApi:
         """Reads carry no id to reject."""
         return None
 
+    # --- OAuth 2.0 ----------------------------------------------------------------------
+
+    def issue_refresh_token(self) -> str:
+        """A refresh token as the authorisation-code exchange hands one to an integrator."""
+        refresh = secrets.token_urlsafe(24)
+        with self._lock:
+            self.refresh_tokens.add(refresh)
+        return refresh
+
+    def expire_access_tokens(self) -> None:
+        """Every OAuth access token issued so far expires now (a 401 on its next use)."""
+        with self._lock:
+            self.access_tokens = dict.fromkeys(self.access_tokens, self._now())
+
+    def _token(self, request: Request) -> Response:
+        """POST /api/1.0/token: refresh_token, client_id, client_secret, grant_type (form)."""
+        form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
+        if (form.get("client_id"), form.get("client_secret")) != (
+            self.client_id,
+            self.client_secret,
+        ):
+            return json_response(401, {"error": "invalid_client"})
+        if form.get("grant_type") != "refresh_token":
+            return json_response(400, {"error": "unsupported_grant_type"})
+        with self._lock:
+            self.refresh_requests += 1
+            used = form.get("refresh_token", "")
+            if used not in self.refresh_tokens:
+                # RFC 6749 5.2's answer; Lightspeed documents only "authentication failures".
+                return json_response(400, {"error": "invalid_grant"})
+            self.refresh_tokens.discard(used)  # revoked once the next one is issued
+            access, refresh = secrets.token_urlsafe(30), secrets.token_urlsafe(30)
+            expires = self._now() + self.token_seconds
+            self.access_tokens[access] = expires
+            self.refresh_tokens.add(refresh)
+        answer = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires": int(expires),
+            "expires_in": int(self.token_seconds),
+            "refresh_token": refresh,
+            "domain_prefix": "sandbox",
+            "scope": "",
+        }
+        return json_response(200, answer)
+
+    def _authorized(self, request: Request) -> bool:
+        value = request.header("authorization")
+        if not value.startswith("Bearer "):
+            return False
+        token = value.removeprefix("Bearer ")
+        if token == self.token:
+            return True  # a personal token
+        with self._lock:
+            expires = self.access_tokens.get(token)
+        return expires is not None and self._now() < expires
+
     def handle(self, request: Request) -> Response:
         """Bearer auth, the rate window, then GET /api/2.0/customers or .../customers/{id}."""
-        if request.header("authorization") != f"Bearer {self.token}":
+        if request.path.rstrip("/") == TOKEN_PATH and request.method == "POST":
+            return self._token(request)
+        if not self._authorized(request):
             return self.error(401, "invalid or missing bearer token")
         limited, headers = self._rate()
         if limited:
@@ -152,11 +232,10 @@ class LightspeedApi:
                 self._window_start, self._window_used = now, 0
             self._window_used += 1
             remaining = max(0, self.rate_limit - self._window_used)
-            reset_at = self._window_start + self.rate_window_seconds
+        # The two headers Lightspeed documents (rate_limiting); no reset header is documented.
         headers = {
             "X-RateLimit-Limit": str(self.rate_limit),
             "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(int(reset_at)),
         }
         return self._window_used > self.rate_limit, headers
 

@@ -31,6 +31,7 @@ PREFIXES = (
     ("/api/v2/", "engage"),
     ("/api/v3/", "engage"),
     ("/api/2.0/", "lightspeed"),
+    ("/api/1.0/token", "lightspeed"),
     ("/loaded/", "loaded"),
     ("/oauth/", "loaded"),
     ("/pos/", "loaded"),
@@ -119,6 +120,7 @@ class SandboxCloud:
         lightspeed_token: str = "sandbox-lightspeed-token",
         lightspeed_rate_limit: int = 350,
         lightspeed_rate_window_seconds: float = 300.0,
+        lightspeed_token_seconds: float = 604_800.0,
         webhook_secret: str = "sandbox-webhook-secret",
     ) -> None:
         self.now = now
@@ -128,7 +130,12 @@ class SandboxCloud:
         )
         self.loaded = LoadedApi(loaded_client_id, loaded_client_secret, now, loaded_token_seconds)
         self.lightspeed = LightspeedApi(
-            lightspeed_token, now, seed, lightspeed_rate_limit, lightspeed_rate_window_seconds
+            lightspeed_token,
+            now,
+            seed,
+            lightspeed_rate_limit,
+            lightspeed_rate_window_seconds,
+            token_seconds=lightspeed_token_seconds,
         )
         self.webhook = WebhookApi(webhook_secret)
         self.requests: list[RecordedRequest] = []

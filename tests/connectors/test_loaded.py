@@ -269,7 +269,7 @@ def test_a_refused_refresh_token_is_an_auth_halt_with_a_clear_message(sandbox: A
         }[name],
     )
     conn = loaded.create(settings, http, vault)
-    with pytest.raises(AuthError, match=r"refused the refresh_token grant.*new credentials"):
+    with pytest.raises(AuthError, match=r"refused the refresh token.*new credentials"):
         conn.send(message("R-1"))
 
 

@@ -67,7 +67,7 @@ def test_lightspeed_rate_limit_headers_and_429_with_an_http_date(clocked, clock,
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[0].headers["X-RateLimit-Limit"] == "3"
     assert [a.headers["X-RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
-    assert int(answers[0].headers["X-RateLimit-Reset"]) == int(clock.now + 10)
+    assert "X-RateLimit-Reset" not in answers[0].headers  # not documented by Lightspeed
     limited = answers[3]
     assert limited.json() == {"error": "Too Many Requests", "message": "Rate limiting enforced"}
     retry_at = email.utils.parsedate_to_datetime(limited.headers["Retry-After"]).timestamp()
