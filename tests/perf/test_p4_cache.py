@@ -20,7 +20,7 @@ import requests
 
 from agent.sandbox import datagen
 from tests.conftest import ROOT, Till, free_port
-from tests.perf.bench import summary_ms, write_results
+from tests.perf.bench import cpu_seconds, summary_ms, write_results
 
 COUNT = int(os.environ.get("BENCH_CONTACTS", "1000000"))
 LOOKUPS = 5000
@@ -76,12 +76,6 @@ def status_kib(pid: int, field: str) -> int:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.perf
