@@ -189,8 +189,10 @@ def report(figures: dict[str, Any]) -> None:
         row("end-to-end sync rate over HTTP (contacts/s)", round(end_to_end), "-"),
         row("peak RSS of the agent (MB)", round(figures["peak_rss_mb"]), "<= 150"),
         row("bytes on disk per contact (db+wal+shm)", round(per_contact), "<= 600"),
-        row("lookup by phone over HTTP p99, median of 5 rounds (ms)", median_p99, "<= 2"),
-        row("lookup p99 over all samples (ms)", latency["p99_ms"], "-"),
+        # The target is judged on every sample (issue 21: no figure that flatters); the
+        # median of the rounds' p99s is shown beside it, as TARGETS.md quotes medians.
+        row("lookup by phone over HTTP p99, all samples (ms)", latency["p99_ms"], "<= 2"),
+        row("lookup p99, median of 5 rounds (ms)", median_p99, "-"),
         row("lookup p50 (ms)", latency["p50_ms"], "-"),
         row("yardstick: GET /v1/health p50 (ms)", yardstick["p50_ms"], "-"),
         row("yardstick: p99, median of 5 rounds (ms)", yardstick["median_round_p99_ms"], "-"),

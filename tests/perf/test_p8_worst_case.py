@@ -217,9 +217,10 @@ def test_p8_worst_case_in_one_run(agent_process, tmp_path):
         cloud.stop()
         lightspeed.terminate()
         lightspeed.wait(30)
-    assert figures["cache"]["contacts"] == CONTACTS, figures["cache"]
-    assert figures["purge"]["answer"]["delivered_deleted"] == DELIVERED, figures["purge"]
     report(figures, inserts_per_second, round_trip, fill_seconds, delivered)
+    assert figures["cache"]["contacts"] == CONTACTS, figures["cache"]
+    # the run's own sales delivered before the purge reached them go too
+    assert figures["purge"]["answer"]["delivered_deleted"] >= DELIVERED, figures["purge"]
 
 
 def report(
