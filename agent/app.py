@@ -25,6 +25,7 @@ from agent import (
     connectors,
     crypto,
     db,
+    filemodes,
     health,
     models,
     notify,
@@ -512,6 +513,13 @@ def _bulk_contacts(
     )
 
 
+def forget_source_contact(privacy: Privacy, contact: models.SourceContact) -> None:
+    """A contact deleted in the source: forgotten here by email and by each of its numbers."""
+    privacy.forget(email=contact.email, mobile_phone=contact.mobile_phone)
+    if contact.other_phone:
+        privacy.forget(mobile_phone=contact.other_phone)
+
+
 def _contact_sync(
     settings: config.Settings,
     built: Mapping[str, connectors.Connector],
@@ -534,7 +542,7 @@ def _contact_sync(
         page_size=settings.contacts.page_size,
         ghost_batch=settings.contacts.ghost_sweep_batch,
         fetch_one=getattr(source, "fetch_contact", None),
-        on_deleted=lambda c: privacy.forget(email=c.email, mobile_phone=c.mobile_phone),
+        on_deleted=lambda c: forget_source_contact(privacy, c),
         # Verified again well within the TTL, so the purge takes only what the cloud lost.
         verify_within_seconds=settings.privacy.contact_ttl_days * 86400 / 2,
         run_every_seconds=settings.contacts.sync_interval_minutes * 60,
@@ -677,7 +685,7 @@ def maintenance(settings: config.Settings) -> Iterator[Maintenance]:
             privacy = Privacy(box, keyring, settings, stores=[cache, vault])
             yield Maintenance(
                 privacy,
-                DeadLetters(box),
+                DeadLetters(box, keyring),
                 intake,
                 Journal(box, amends_of(settings)),
                 settings,
@@ -725,7 +733,7 @@ def _services(
         status=reporter,
         health=board,
         privacy=privacy,
-        dead_letters=DeadLetters(box),
+        dead_letters=DeadLetters(box, privacy.keyring),
         journal=Journal(box, amends_of(settings)),
         lookup=lookup,
         metrics=metrics,
@@ -810,7 +818,7 @@ def _server(settings: config.Settings, services: Services, token: str) -> Server
 
 def acquire_lock(data_dir: Path) -> filelock.BaseFileLock:
     """One agent per data directory: a second one refuses instead of sharing the queue."""
-    lock = filelock.FileLock(data_dir / LOCK_FILE, timeout=0)
+    lock = filelock.FileLock(data_dir / LOCK_FILE, timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout as exc:
@@ -828,6 +836,9 @@ def read_or_create_token(path: Path) -> str:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
         log.info("created the POS token file", extra={"path": str(path)})
+    shared = filemodes.shared_with_others(path)
+    if shared is not None:
+        raise StorageError(filemodes.refusal("POS token file", path, shared))
     token = path.read_text(encoding="ascii").strip()
     if len(token) < 16:
         raise StorageError(f"the POS token in {path} is too short (16 characters at least)")

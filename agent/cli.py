@@ -20,7 +20,18 @@ import msgspec
 import requests
 from tqdm import tqdm
 
-from agent import __version__, app, backfill, config, logs, qareport, render, support, wording
+from agent import (
+    __version__,
+    app,
+    backfill,
+    config,
+    filemodes,
+    logs,
+    qareport,
+    render,
+    support,
+    wording,
+)
 from agent.api.routes import replay_plan
 from agent.errors import (
     AgentError,
@@ -46,6 +57,7 @@ CONFIG_OPTION = click.option(
 @click.version_option(__version__, prog_name="till-agent")
 def main() -> None:
     """Till Agent: durable local intake for POS tills, delivered to the cloud when it answers."""
+    filemodes.owner_only_from_now_on()  # stores, logs, bundles, exports: owner-only
 
 
 @main.command()
@@ -578,6 +590,7 @@ def qa_report(
     agent = settings.agent
     target = Path(output or f"qa-report-{agent.store_id}-{agent.till_id}-{start}-{end}.{form}")
     text = render.qa_markdown(report) if form == "md" else json.dumps(report, indent=2) + "\n"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     verdict = "every number adds up" if report["allMatch"] else "some numbers differ"
     click.echo(f"wrote {target}: {len(report['receipts'])} receipts, {verdict}")
@@ -705,6 +718,7 @@ def support_bundle(config_file: str | None, output: str) -> None:
     except click.ClickException:
         status_answer = None  # the agent is stopped: the bundle says so
     target = Path(output) / support.bundle_name(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)  # owner-only, as everything we make
     support.write_bundle(settings, path, status_answer, target)
     click.echo(f"wrote {target}")
 

@@ -45,6 +45,11 @@ SCHEMA = [
     # When a sync last reached the end of the source's feed; NULL: the first download from
     # that source has not finished yet (lookups say the cache is still loading).
     "ALTER TABLE sync_cursors ADD COLUMN drained_at REAL",
+    # A source's second number (Lightspeed's `phone` beside `mobile`): found by either.
+    """
+    ALTER TABLE contacts ADD COLUMN phone2_key BLOB;
+    CREATE INDEX contacts_by_phone2 ON contacts (phone2_key) WHERE phone2_key IS NOT NULL
+    """,
 ]
 KEY_COLUMNS = {"email": "email_key", "phone": "phone_key", "member": "member_key"}
 # The indexes a bulk load leaves out and builds at its end (as in SCHEMA; IF NOT EXISTS, so
@@ -52,14 +57,16 @@ KEY_COLUMNS = {"email": "email_key", "phone": "phone_key", "member": "member_key
 LOOKUP_INDEXES = {
     "contacts_by_email": "contacts (email_key) WHERE email_key IS NOT NULL",
     "contacts_by_phone": "contacts (phone_key) WHERE phone_key IS NOT NULL",
+    "contacts_by_phone2": "contacts (phone2_key) WHERE phone2_key IS NOT NULL",
     "contacts_by_member": "contacts (member_key) WHERE member_key IS NOT NULL",
     "contacts_by_verified": "contacts (verified_at)",
 }
 UPSERT = (
-    "INSERT INTO contacts (contact_id, sealed, verified_at, email_key, phone_key, member_key) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (contact_id) DO UPDATE SET sealed = excluded.sealed, "
-    "verified_at = excluded.verified_at, email_key = excluded.email_key, "
-    "phone_key = excluded.phone_key, member_key = excluded.member_key"
+    "INSERT INTO contacts (contact_id, sealed, verified_at, email_key, phone_key, member_key, "
+    "phone2_key) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (contact_id) DO UPDATE SET "
+    "sealed = excluded.sealed, verified_at = excluded.verified_at, "
+    "email_key = excluded.email_key, phone_key = excluded.phone_key, "
+    "member_key = excluded.member_key, phone2_key = excluded.phone2_key"
 )
 T = TypeVar("T")
 # The initial download loads without the lookup indexes (bulk_load), so only the contact id's
@@ -140,7 +147,15 @@ class ContactCache:
             self.blind("email", contact.email),
             self.blind("phone", contact.mobile_phone),
             self.blind("member", contact.member_number),
+            self._second_phone(contact),
         )
+
+    def _second_phone(self, contact: models.SourceContact) -> bytes | None:
+        """The other number's blind index; None when there is none or it is the same one."""
+        if not contact.other_phone:
+            return None
+        blind = self.blind("phone", contact.other_phone)
+        return None if blind == self.blind("phone", contact.mobile_phone) else blind
 
     # -- writes --------------------------------------------------------------------------
 
@@ -274,10 +289,12 @@ class ContactCache:
         if blind is None:
             return []
         column = KEY_COLUMNS[kind]
+        where, args = f"{column} = ?", [blind]
+        if kind == "phone":  # either of a contact's numbers
+            where, args = "phone_key = ? OR phone2_key = ?", [blind, blind]
         with self._reading() as conn:
             rows = conn.execute(
-                f"SELECT contact_id, sealed, verified_at FROM contacts WHERE {column} = ?",
-                (blind,),
+                f"SELECT contact_id, sealed, verified_at FROM contacts WHERE {where}", args
             ).fetchall()
         return [CachedContact(self._open(row[0], row[1]), row[2]) for row in rows]
 
@@ -329,12 +346,14 @@ class ContactCache:
             contact.mobile_phone,
             contact.member_number,
         ]
+        if contact.other_phone:
+            fields.append(contact.other_phone)
         aad = crypto.record_aad("cache", contact.contact_id)
         return self._keyring.seal_bytes(msgspec.json.encode(fields), aad)
 
     def _open(self, contact_id: str, sealed: bytes) -> models.SourceContact:
         aad = crypto.record_aad("cache", contact_id)
-        first, last, email, phone, member = msgspec.json.decode(
+        first, last, email, phone, member, *other = msgspec.json.decode(
             self._keyring.open_bytes(sealed, aad)
         )
         return models.SourceContact(
@@ -344,6 +363,7 @@ class ContactCache:
             email=email,
             mobile_phone=phone,
             member_number=member,
+            other_phone=other[0] if other else None,
         )
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.errors import KeyStoreError
+from agent.filemodes import refusal, shared_with_others
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,16 @@ def record_aad(kind: str, key: str) -> str:
     return f"{kind}:{key}"
 
 
+def excerpt_aad(destination: str, key: str, revision: int) -> str:
+    """What a dead letter's sealed cloud excerpt is bound to: its destination, record, revision."""
+    return record_aad("excerpt", f"{destination}/{key}/{revision}")
+
+
+def is_sealed(value: str) -> bool:
+    """A sealed token (s1.<key id>.<body>), not text kept in clear."""
+    return value.startswith(SEAL_PREFIX + ".") and value.count(".") >= 2
+
+
 def key_id_of(token: str) -> str:
     """Which data key sealed a value."""
     return _split_token(token)[1]
@@ -178,6 +189,9 @@ def load_or_create(
             )
         write_keyring_file(path, _wrap(_new_keyring_document(), protector))
         log.info("created key file %s", path)
+    shared = shared_with_others(path)
+    if shared is not None:
+        raise KeyStoreError(refusal("key file", path, shared))
     return _parse(path, _unwrap(path, _read(path), protector), protector)
 
 

@@ -401,8 +401,15 @@ class Intake:
         needs.
         """
         digest = self._keyring.keyed_hash(route.encode() + b"\0" + body)
-        sealed = self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
-        subjects = self._subject_hashes(body_subject_fields(body))
+        fields = body_subject_fields(body)
+        # A body nested too deep to read is not kept: no one could fix it, and `forget` could
+        # not find a person in it. The record of the refusal is kept all the same.
+        sealed = (
+            None
+            if fields is None
+            else self._keyring.seal(body, crypto.record_aad("quarantine", error_id))
+        )
+        subjects = self._subject_hashes(fields or (None, None))
 
         def work(batch: Batch) -> str:
             _bump(batch.conn, "quarantined")
@@ -535,10 +542,13 @@ def receipt_subject_fields(receipt: models.Receipt) -> tuple[str | None, str | N
     return None, None
 
 
-def body_subject_fields(body: bytes) -> tuple[str | None, str | None]:
-    """Best effort on a refused body: its email and phone wherever a receipt or contact has them."""
+def body_subject_fields(body: bytes) -> tuple[str | None, str | None] | None:
+    """Best effort on a refused body: its email and phone wherever a receipt or contact has
+    them; None when it is nested too deep to read at all."""
     try:
         parsed = json.loads(body)
+    except RecursionError:
+        return None
     except ValueError:
         return None, None
     if not isinstance(parsed, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -14,7 +15,7 @@ import msgspec
 
 from agent import crypto, models, takings
 from agent.crypto import Keyring
-from agent.errors import NotFoundError
+from agent.errors import KeyStoreError, NotFoundError
 from agent.figures import Amounts
 from agent.outbox import BULK, Batch, Claimed, Outbox
 
@@ -231,7 +232,7 @@ class Ledger:
                     failure.reason[:300],
                     failure.error_id,
                     failure.cloud_error_id,
-                    failure.body_excerpt[:500],
+                    self._sealed_excerpt(claimed.destination, item, failure.body_excerpt),
                     now,
                 ),
             )
@@ -253,6 +254,14 @@ class Ledger:
             return int(cursor.lastrowid or 0)
 
         return self._outbox.settle(claimed, work)
+
+    def _sealed_excerpt(self, destination: str, item: dict[str, Any], excerpt: str) -> str:
+        """The cloud's excerpt sealed like the personal data ("" stays ""): it holds only field
+        names and codes, but it is a cloud's answer about a person's record all the same."""
+        if not excerpt:
+            return ""
+        aad = crypto.excerpt_aad(destination, item["key"], item["revision"])
+        return self._keyring.seal(excerpt[:500].encode(), aad)
 
 
 def _bump(conn: sqlite3.Connection, name: str) -> None:
@@ -292,10 +301,26 @@ def _check_id(dead_letter_id: int) -> None:
         raise NotFoundError(f"no dead letter {dead_letter_id}")
 
 
-def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+SEALED_EXCERPT = "(sealed: open it on the running agent)"
+
+
+def _dead_letter(row: tuple[Any, ...], keyring: Keyring | None) -> DeadLetter:
     values = list(row)
     values[-1] = bool(values[-1])
-    return DeadLetter(*values)
+    letter = DeadLetter(*values)
+    if not crypto.is_sealed(letter.body_excerpt):
+        return letter  # empty, or kept in clear before excerpts were sealed
+    return dataclasses.replace(letter, body_excerpt=_opened(letter, keyring))
+
+
+def _opened(letter: DeadLetter, keyring: Keyring | None) -> str:
+    if keyring is None:
+        return SEALED_EXCERPT
+    aad = crypto.excerpt_aad(letter.destination, letter.record_key, letter.revision)
+    try:
+        return keyring.open(letter.body_excerpt, aad).decode("utf-8", "replace")
+    except KeyStoreError:
+        return "(sealed with a key destroyed since)"
 
 
 def _journal(batch: Batch, destination: str, item: dict[str, Any]) -> None:
@@ -318,6 +343,7 @@ class ReplayStep:
     effect: str  # REPLACES or DUPLICATE
 
 
+WAITING_STATES = ("queued", "retrying")  # in a queue, being sent or set aside
 REPLACES = "replaces"  # the cloud replaces its copy by id
 DUPLICATE = "duplicate"  # the cloud has this id and ignores it; it keeps only what it lacks
 
@@ -373,6 +399,7 @@ def _replayed(
 ) -> list[tuple[str, dict[str, Any], str | None]]:
     """(destination, item, the id it went out under) of every revision delivered on those days.
 
+    What is queued already (an earlier replay's, not yet delivered again) is left out.
     Receipts in the order first delivered, each one's revisions in order: an append-only cloud
     gets the original and each difference again and keeps only those it lacks; a cloud that
     replaces by id ends with the latest revision, whatever order they first went in.
@@ -380,14 +407,16 @@ def _replayed(
     where = "j.business_date BETWEEN ? AND ?" + (" AND j.destination = ?" if destination else "")
     args = (first_day, last_day, destination) if destination else (first_day, last_day)
     rows = conn.execute(
-        "SELECT j.destination, j.item, d.sent_key FROM journal j LEFT JOIN deliveries d "
+        "SELECT j.destination, j.item, d.sent_key, d.state FROM journal j LEFT JOIN deliveries d "
         "ON d.record_key = j.record_key AND d.destination = j.destination "
         f"AND d.revision = j.revision WHERE {where} ORDER BY j.id",
         args,
     ).fetchall()
     items: dict[tuple[str, str, int], tuple[dict[str, Any], str | None]] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    for name, text, sent_key in rows:
+    for name, text, sent_key, state in rows:
+        if state in WAITING_STATES:
+            continue  # queued already (by an earlier replay): a replay adds it once, not again
         item = json.loads(text)
         first_seen.setdefault((name, item["key"]), len(first_seen))
         items[name, item["key"], item["revision"]] = (item, sent_key)
@@ -398,8 +427,9 @@ def _replayed(
 class DeadLetters:
     """List, inspect, re-queue and purge dead letters (the CLI and the API call these)."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, keyring: Keyring | None = None) -> None:
         self._outbox = outbox
+        self._keyring = keyring  # opens the sealed excerpts; without it they show as sealed
 
     def count(self) -> int:
         """How many dead letters are kept: a counter kept by the table's triggers, O(1)."""
@@ -415,7 +445,7 @@ class DeadLetters:
             rows = conn.execute(
                 f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id", args
             ).fetchall()
-        return [_dead_letter(row) for row in rows]
+        return [_dead_letter(row, self._keyring) for row in rows]
 
     def get(self, dead_letter_id: int) -> DeadLetter:
         _check_id(dead_letter_id)
@@ -425,7 +455,7 @@ class DeadLetters:
             ).fetchone()
         if row is None:
             raise NotFoundError(f"no dead letter {dead_letter_id}")
-        return _dead_letter(row)
+        return _dead_letter(row, self._keyring)
 
     def retry(self, dead_letter_id: int) -> None:
         """Back into its destination's queue (written before the dead letter is deleted)."""
@@ -458,7 +488,7 @@ class DeadLetters:
                 f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE notified_at IS NULL "
                 "ORDER BY id"
             ).fetchall()
-        return [_dead_letter(row) for row in rows]
+        return [_dead_letter(row, self._keyring) for row in rows]
 
     def mark_notified(self, ids: list[int], at: float) -> None:
         def work(batch: Batch) -> None:

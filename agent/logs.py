@@ -85,7 +85,7 @@ class DailyFileHandler(logging.Handler):
         self._stream: TextIO | None = None
         self._io_lock = threading.Lock()
         self._failed_day: dt.date | None = None
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def emit(self, record: logging.LogRecord) -> None:
         day = dt.datetime.fromtimestamp(record.created, dt.UTC).date()

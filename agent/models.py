@@ -215,6 +215,9 @@ class SourceContact(msgspec.Struct, frozen=True, kw_only=True):
     mobile_phone: str | None = None
     member_number: str | None = None
     deleted: bool = False
+    # A second number a source keeps (Lightspeed's `phone` beside `mobile`): a lookup by it
+    # finds the contact too; it is never sent anywhere.
+    other_phone: str | None = None
 
 
 class ContactPage(msgspec.Struct, frozen=True, kw_only=True):

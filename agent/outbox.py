@@ -31,6 +31,9 @@ PENDING_STATUSES = (0, 1)
 CLAIMED_STATUS = 2
 ACKED_STATUS = 5
 PARKED_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the table
+# Not claimed by a sender: ready, or set aside until its back-off ends. Erasure and key
+# rotation rewrite these (a claimed item is the sender's until it settles).
+WAITING_STATUSES = (*PENDING_STATUSES, PARKED_STATUS)
 T = TypeVar("T")
 BULK = "__bulk"  # the low-priority lane of a destination: backfill and replay
 PURGE_CHUNK_ROWS = 2000
@@ -134,29 +137,32 @@ class Batch:
         return int(cursor.lastrowid or 0)
 
     def replace(self, destination: str, queue_id: int, item: dict[str, Any]) -> bool:
-        """Rewrite a queued item that has not been claimed yet; False if it has already left."""
+        """Rewrite a queued item that has not been claimed yet (ready or set aside); False if
+        it has already left."""
         queue = self._queue(destination)
         cursor = self.conn.execute(
-            f"UPDATE {queue._table_name} SET data = ? WHERE _id = ? AND status IN (?, ?)",
-            (json_serializer.dumps(item), queue_id, *PENDING_STATUSES),
+            f"UPDATE {queue._table_name} SET data = ? WHERE _id = ? AND status IN (?, ?, ?)",
+            (json_serializer.dumps(item), queue_id, *WAITING_STATUSES),
         )
         return cursor.rowcount == 1
 
     def pending_items(self, destination: str) -> list[tuple[int, dict[str, Any]]]:
-        """Every item of a destination that has not been claimed yet, oldest first."""
+        """Every item of a destination not claimed by a sender (ready or set aside), oldest
+        first."""
         queue = self._queue(destination)
         rows = self.conn.execute(
-            f"SELECT _id, data FROM {queue._table_name} WHERE status IN (?, ?) ORDER BY _id",
-            PENDING_STATUSES,
+            f"SELECT _id, data FROM {queue._table_name} WHERE status IN (?, ?, ?) ORDER BY _id",
+            WAITING_STATUSES,
         ).fetchall()
         return [(int(row[0]), decode(row[1])) for row in rows]
 
     def remove(self, destination: str, queue_id: int) -> bool:
-        """Delete an item that has not been claimed yet; False if it has already left."""
+        """Delete an item not claimed by a sender (ready or set aside); False if it has
+        already left."""
         queue = self._queue(destination)
         cursor = self.conn.execute(
-            f"DELETE FROM {queue._table_name} WHERE _id = ? AND status IN (?, ?)",
-            (queue_id, *PENDING_STATUSES),
+            f"DELETE FROM {queue._table_name} WHERE _id = ? AND status IN (?, ?, ?)",
+            (queue_id, *WAITING_STATUSES),
         )
         return cursor.rowcount == 1
 

@@ -243,7 +243,18 @@ class Privacy:
                     f"UPDATE {table} SET item = ? WHERE id = ?", (json.dumps(item), row_id)
                 )
             count += len(rows)
-        return count
+        rows = batch.conn.execute(
+            "SELECT id, destination, record_key, revision, body_excerpt FROM dead_letters "
+            "WHERE body_excerpt LIKE ?",
+            (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
+        ).fetchall()
+        for row_id, destination, key, revision, token in rows:
+            aad = crypto.excerpt_aad(destination, key, revision)
+            fresh = self._keyring.seal(self._keyring.open(token, aad), aad)
+            batch.conn.execute(
+                "UPDATE dead_letters SET body_excerpt = ? WHERE id = ?", (fresh, row_id)
+            )
+        return count + len(rows)
 
     # -- erasure on request --------------------------------------------------------------
 
@@ -334,8 +345,8 @@ def strip_dead_letters(
     for dead_letter_id, text in rows:
         item = json.loads(text)
         item["personal"], item["forgotten"] = None, True
-        conn.execute(
-            "UPDATE dead_letters SET item = ?, redacted_at = ? WHERE id = ?",
+        conn.execute(  # the cloud's excerpt about that record goes too
+            "UPDATE dead_letters SET item = ?, body_excerpt = '', redacted_at = ? WHERE id = ?",
             (json.dumps(item), now, dead_letter_id),
         )
     return len(rows)
@@ -393,7 +404,7 @@ def _delete_record(conn: sqlite3.Connection, kind: str, key: str) -> None:
 def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None:
     conn.execute(
         "UPDATE deliveries SET state = 'forgotten', updated_at = ? "
-        "WHERE record_key = ? AND destination = ? AND state = 'queued'",
+        "WHERE record_key = ? AND destination = ? AND state IN ('queued', 'retrying')",
         (time.time(), key, destination),
     )
 
@@ -405,6 +416,7 @@ def sealed_count(batch: Batch, key_id: str) -> int:
     for table, column in (
         ("quarantine", "sealed_body"),
         ("dead_letters", "item"),
+        ("dead_letters", "body_excerpt"),
         ("journal", "item"),
     ):
         count += int(

@@ -284,7 +284,7 @@ class ContactSync:
             cached = self._cache.get(gone.contact_id)
             newer = (earlier or {}).get(gone.contact_id)
             for known in (cached, None if newer == cached else newer):
-                if known is not None and (known.email or known.mobile_phone):
+                if known is not None and (known.email or known.mobile_phone or known.other_phone):
                     self._on_deleted(known)
 
     def _sweep_ghosts(self, report: SyncReport) -> None:

@@ -207,8 +207,11 @@ class AgentProcess:
         self.log_path = tmp_path / "agent-stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
-        """Spawn the agent; env adds variables (TILL_AGENT_FAILPOINTS for the crash tests)."""
+    def start(
+        self, *, wait: bool = True, env: dict[str, str] | None = None, umask: int = -1
+    ) -> None:
+        """Spawn the agent; env adds variables (TILL_AGENT_FAILPOINTS for the crash tests);
+        umask is the one it starts with (-1: this process's)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
@@ -216,6 +219,7 @@ class AgentProcess:
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                umask=umask,
             )
         if wait:
             self.wait_healthy()

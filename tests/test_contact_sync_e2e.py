@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config, merged
 from tests.test_cli import till_agent
@@ -162,5 +164,53 @@ def test_a_tenant_without_engages_changes_feed_gets_a_clear_status_and_no_loop(
         components = {c["name"]: c for c in till.get("/v1/status").json()["components"]}
         assert components["sync:engage"]["state"] == "degraded"
         assert "not activated for this Engage tenant" in components["sync:engage"]["detail"]
+    finally:
+        cloud.stop()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"),
+    [
+        (401, 502, "cloud_refused"),
+        (403, 502, "cloud_refused"),
+        (404, 502, "cloud_refused"),
+        (400, 502, "cloud_refused"),
+        (500, 503, "cloud_unavailable"),
+        (503, 503, "cloud_unavailable"),
+    ],
+)
+def test_a_source_that_refuses_the_sync_is_answered_in_words_never_500(
+    start_agent, tmp_path, refusal, status, code
+):
+    cloud = SandboxCloud(seed=13).serve()
+    try:
+        config = merged(
+            lightspeed_config(tmp_path, cloud.url), {"contacts": {"max_wait_seconds": 0}}
+        )
+        _agent, till = start_agent(config)
+        cloud.faults.set_error_rate(1.0, refusal, api="lightspeed")
+        answer = till.post("/v1/contacts/sync", {})
+        assert answer.status_code == status
+        error = answer.json()["error"]
+        assert error["code"] == code
+        assert error["errorId"].startswith("err_")
+        assert f"HTTP {refusal}" in error["message"]  # the cloud's status, in words
+    finally:
+        cloud.stop()
+
+
+def test_a_source_out_of_reach_is_a_503_in_words(start_agent, tmp_path):
+    cloud = SandboxCloud(seed=14).serve()
+    try:
+        config = merged(
+            lightspeed_config(tmp_path, cloud.url), {"contacts": {"max_wait_seconds": 0}}
+        )
+        _agent, till = start_agent(config)
+        cloud.faults.set_offline("refused")
+        answer = till.post("/v1/contacts/sync", {})
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "cloud_unavailable"
+        assert answer.json()["error"]["message"].startswith("lightspeed: ")
+        assert "Retry-After" in answer.headers
     finally:
         cloud.stop()

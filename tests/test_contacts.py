@@ -192,3 +192,40 @@ def test_a_change_to_a_known_member_is_queued_as_a_change(agent_till):
     answer = till.post("/v1/contacts", {"contactId": "c-4", "email": "zz.new.4@example.com"})
     assert answer.status_code == 202
     assert agent.outbox.depth("engage").pending == 1
+
+
+def test_a_contact_is_found_by_its_second_number_too(tmp_path):
+    """Lightspeed keeps a mobile and a phone: a lookup by either finds the customer, in E.164
+    or typed the local way, once the default region is the retailer's."""
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+    store = ContactCache(tmp_path, keyring, default_region="NZ", ttl_days=30)
+    try:
+        both = contact(1, mobile_phone="021 555 00001", other_phone="64-9-555-0001")
+        same = contact(2, mobile_phone="+64 21 555 00002", other_phone="0215550 0002")
+        page = ContactPage(contacts=[both, same], cursor="1", has_more=False)
+        store.apply_page("ls", page)
+        typed_ways = ("+6495550001", "(09) 555 0001", "09 555 0001", "+64 21 555 00001")
+        for typed in typed_ways:
+            assert [c.contact.contact_id for c in store.find("phone", typed)] == ["c-1"], typed
+        assert [c.contact.contact_id for c in store.find("phone", "+642155500002")] == ["c-2"]
+        assert store.find("phone", "+6495550002") == []
+        assert store.get("c-1").other_phone == "64-9-555-0001"  # type: ignore[union-attr]
+        assert store.forget("phone", "(09) 555 0001") == 1  # erasure by the second number too
+        assert store.find("phone", "021 555 00001") == []
+    finally:
+        store.close()
+
+
+def test_a_row_sealed_before_the_second_number_still_opens(cache):
+    import msgspec
+
+    from agent import crypto as sealing
+
+    cache.apply_page("s", ContactPage(contacts=[contact(3)], cursor="1", has_more=False))
+    old = [None, None, None, "+46700000003", None]  # five fields, as before the second number
+    sealed = cache._keyring.seal_bytes(msgspec.json.encode(old), sealing.record_aad("cache", "c-3"))
+    cache._conn.execute("UPDATE contacts SET sealed = ? WHERE contact_id = 'c-3'", (sealed,))
+    cache._conn.commit()
+    opened = cache.get("c-3")
+    assert opened is not None
+    assert (opened.mobile_phone, opened.other_phone) == ("+46700000003", None)

@@ -149,3 +149,61 @@ def test_the_list_reaches_a_terminal_without_control_or_bidi_characters(start_ag
     assert "refused" in listed.stdout
     for invisible in ("\u202e", "\u200b", "\x1b", "\x07"):
         assert invisible not in listed.stdout
+
+
+EXCERPT = '{"errorCode": "ZzExcerptCode7", "field": "contact.email", "message": "[text]"}'
+
+
+def test_the_clouds_excerpt_is_sealed_at_rest_and_shown_opened_with_its_reason(
+    start_agent, tmp_path
+):
+    """Issue 14 §4: the excerpt (an allow-listed skeleton) is sealed like the personal data."""
+    from tests.conftest import base_config, write_toml
+
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    sender, clock = ScriptedSender(), Clock()
+    dispatcher = dispatcher_for(agent, sender, monotonic=clock)
+    receipt = make_receipt("R-SEALED")
+    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
+    assert till.post("/v1/receipts", receipt).status_code == 202
+    sender.rules["R-SEALED"] = raising(
+        RejectedError(
+            "loaded: HTTP 400",
+            connector="x",
+            status=400,
+            cloud_error_id="e-2",
+            body_excerpt=EXCERPT,
+        )
+    )
+    drain(dispatcher, clock)
+    with agent.outbox.read() as conn:
+        (raw,) = conn.execute("SELECT body_excerpt FROM dead_letters").fetchone()
+    assert raw.startswith("s1.")  # sealed at rest ...
+    data = b"".join(p.read_bytes() for p in agent.settings.agent.data_dir.rglob("*") if p.is_file())
+    assert b"ZzExcerptCode7" not in data  # ... in every byte of the data directory
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert letter["bodyExcerpt"] == EXCERPT  # ... and opened for the technician
+    reason = "the cloud refused it (HTTP 400 Bad Request), its error e-2"
+    assert letter["reason"] == reason  # the reason in words stays readable
+    assert till.get(f"/v1/dead-letters/{letter['id']}").json()["bodyExcerpt"] == EXCERPT
+    page = till.get("/").text
+    assert "Dead letters" in page
+    assert "ZzExcerptCode7" not in page  # the page counts them; it never shows an excerpt
+    till.close()
+    agent.stop()
+    config = write_toml(tmp_path / "config.toml", base_config(tmp_path))
+    listed = till_agent("dead-letters", "list", "--config", str(config))
+    assert reason in listed.stdout
+    shown = till_agent("dead-letters", "show", str(letter["id"]), "--config", str(config))
+    assert json.loads(shown.stdout)["bodyExcerpt"] == EXCERPT  # opened on the stores too
+
+
+def test_forget_takes_the_excerpt_of_that_persons_dead_letter_too(start_agent):
+    agent, till, *_ = rejected_rig(start_agent)
+    (before,) = till.get("/v1/dead-letters").json()
+    assert before["bodyExcerpt"] != ""
+    agent.privacy.forget(email=PLANTED["email"])
+    (after,) = till.get("/v1/dead-letters").json()
+    assert after["bodyExcerpt"] == ""
+    assert after["reason"] == before["reason"]
+    assert after["redacted"] is True

@@ -119,7 +119,7 @@ def test_auth_failure_halts_and_keeps_the_queue(rig):
 
 
 def test_rejected_item_is_dead_lettered_with_the_cloud_error_id_and_the_rest_flow(rig):
-    agent, till, sender, clock, dispatcher = rig
+    _agent, till, sender, clock, dispatcher = rig
     post(till, "R-1", "R-2")
     sender.rules["R-1"] = raising(
         RejectedError(
@@ -131,11 +131,12 @@ def test_rejected_item_is_dead_lettered_with_the_cloud_error_id_and_the_rest_flo
     state = state_of(till, "R-1")
     assert state["state"] == "dead_lettered"
     assert state["cloudErrorId"] == "cloud-77"
-    with agent.outbox.read() as conn:
-        row = conn.execute(
-            "SELECT status, cloud_error_id, body_excerpt FROM dead_letters"
-        ).fetchone()
-    assert tuple(row) == (400, "cloud-77", "bad sku")
+    (letter,) = till.get("/v1/dead-letters").json()
+    assert (letter["status"], letter["cloudErrorId"], letter["bodyExcerpt"]) == (
+        400,
+        "cloud-77",
+        "bad sku",
+    )
     assert till.get("/v1/status").json()["counters"]["dead_letters"] == 1
 
 

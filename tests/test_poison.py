@@ -741,3 +741,154 @@ def check_fates(till: Till, kind: str, taken: dict[str, Poison]) -> None:
         assert not CLASS_NAME.search(reason), reason
         for personal in ("Anna", "Storgatan", "anna.andersson", "0701234567", "<script"):
             assert personal not in reason, reason
+
+
+# -- ids in URLs (issue 14 §2, §7): every kind that puts an id in a path keeps it one segment --
+
+# (An id of dots only names no record in any URL: path_segment refuses it, tests/connectors.)
+HOSTILE_IDS = (HOSTILE_ID, "a/b", "a/../b", "a?b=c&d", "a#b", "a%2Fb", "S042-Łódź", " x y")
+LOADED_ROOT = "/loaded/v1/pos"
+
+
+def one_line(receipt_id: str, quantity: int) -> dict[str, Any]:
+    """A one-line receipt whose ids (receipt, item, category) are all receipt_id's."""
+    body = make_receipt(receipt_id, lines=1, contact=False)
+    amount = f"{10 * quantity}.00"
+    body["items"][0].update(
+        sku=receipt_id, articleGroup=receipt_id, articleName=f"article {quantity}",
+        quantity=quantity, grossPaidPrice=amount, taxAmount=f"{2 * quantity}.00",
+    )  # fmt: skip
+    body["totalGrossPrice"] = amount
+    body["paymentMethods"][0]["value"] = amount
+    return body
+
+
+def amended_at_loaded(cloud: SandboxCloud, order_id: str) -> bool:
+    order = cloud.loaded.orders.get(order_id) or {}
+    return bool(order.get("items")) and order["items"][0].get("quantity") == 2
+
+
+def loaded_targets(cloud: SandboxCloud) -> list[tuple[str, str]]:
+    """(method, the request-target as sent) of every call to Loaded's POS records."""
+    return [
+        (r.method, r.target)
+        for r in cloud.requests
+        if r.api == "loaded" and r.target.startswith(LOADED_ROOT)
+    ]
+
+
+def test_pos_ids_with_dot_dots_queries_and_fragments_stay_one_segment_at_loaded(
+    start_agent, tmp_path, cloud
+):
+    """Loaded names orders, items and categories by the POS's ids in the path (eid:<id>): a
+    create, an amendment (PATCH) and a changed catalogue entry (PATCH) each reach the quoted
+    path, never a path the id spells out, and nothing else."""
+    overrides = {"delivery": FAST, "destinations": destination_config("loaded", cloud.url)}
+    _, till = start_agent(merged(base_config(tmp_path), overrides))
+    for hostile in HOSTILE_IDS:
+        assert till.post("/v1/receipts", one_line(hostile, 1)).status_code == 202
+        wait_for(functools.partial(delivered, till, hostile, "loaded"))
+        assert till.post("/v1/receipts", one_line(hostile, 2)).status_code == 202
+        wait_for(functools.partial(amended_at_loaded, cloud, hostile))
+    wait_for(lambda: settled(till, "loaded"), 30)
+    quoted = {quote(h, safe="") for h in HOSTILE_IDS}
+    allowed = {f"{LOADED_ROOT}/{kind}" for kind in ("orders", "items", "categories")} | {
+        f"{LOADED_ROOT}/{kind}/eid:{q}"
+        for kind in ("orders", "items", "categories")
+        for q in quoted
+    }
+    seen = loaded_targets(cloud)
+    assert [target for _, target in seen if target not in allowed] == []
+    for q in quoted:  # the amendment and the renamed item went to their own quoted paths
+        assert ("PATCH", f"{LOADED_ROOT}/orders/eid:{q}") in seen, q
+        assert ("PATCH", f"{LOADED_ROOT}/items/eid:{q}") in seen, q
+    assert set(HOSTILE_IDS) <= set(cloud.loaded.orders)  # each order under its own id
+    assert set(HOSTILE_IDS) <= set(cloud.loaded.items)
+    assert "PWNED" not in cloud.loaded.orders  # no record at a path the id spelt out
+
+
+def test_a_webhook_is_only_ever_called_at_its_configured_url(start_agent, tmp_path, cloud):
+    """The webhook puts no id in its URL: hostile receipt ids, store ids and contact ids go in
+    the signed body (and an ASCII digest in Idempotency-Key), never in the path or a query."""
+    overrides = {"delivery": FAST, "destinations": destination_config("webhook", cloud.url)}
+    _, till = start_agent(merged(base_config(tmp_path), overrides))
+    for n, hostile in enumerate(HOSTILE_IDS):
+        assert till.post("/v1/receipts", one_line(hostile, 1)).status_code == 202
+        member = {
+            "email": f"hook.{n}@example.com",
+            "contactId": hostile,
+            "storeExternalId": hostile,
+        }
+        assert till.post("/v1/contacts", member).status_code == 202
+    wait_for(lambda: settled(till, "webhook"), 30)
+    hook = [r for r in cloud.requests if r.api == "webhook"]
+    assert len(hook) >= 2 * len(HOSTILE_IDS)
+    assert {r.target for r in hook} == {"/webhook/till"}
+    for hostile in HOSTILE_IDS:
+        assert delivered(till, hostile, "webhook"), hostile
+
+
+def test_cloud_ids_with_dot_dots_queries_and_fragments_stay_one_segment_at_lightspeed(
+    tmp_path, cloud
+):
+    """Lightspeed's own customer ids come back in a path (the ghost sweep's GET customers/{id}):
+    each is fetched at its quoted path, found there, and nothing else is asked for."""
+    from agent import crypto
+    from agent.contacts import ContactCache
+    from agent.health import Health
+    from agent.sync import ContactSync
+    from tests.test_contact_sync_e2e import lightspeed_source
+
+    for n, hostile in enumerate(HOSTILE_IDS):
+        cloud.lightspeed.upsert_customer(hostile, email=f"ls.{n}@example.com", first_name="Zz")
+    keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)
+    cache = ContactCache(tmp_path, keyring, default_region="SE", ttl_days=30)
+    try:
+        source = lightspeed_source(cloud.url, tmp_path)
+        sync = ContactSync(source, cache, Health(), ghost_batch=100, fetch_one=source.fetch_contact)
+        report = sync.run_once()
+        assert report.changes == len(HOSTILE_IDS)
+        fetched = {r.target for r in cloud.requests if r.api == "lightspeed"}
+        ones = {t for t in fetched if t.startswith("/api/2.0/customers/")}
+        assert ones == {f"/api/2.0/customers/{quote(h, safe='')}" for h in HOSTILE_IDS}
+        feed = {t.partition("?")[0] for t in fetched - ones}
+        assert feed == {"/api/2.0/customers"}  # the feed: its own path, parameters in the query
+        assert report.ghosts_removed == 0  # each found at its own path: nobody taken for gone
+        assert cache.stats()["contacts"] == len(HOSTILE_IDS)
+    finally:
+        cache.close()
+
+
+DEEP = 100_000
+DEEP_BODIES = {
+    "arrays in a field": '{"uniqueReceiptId": "R-DEEP", "items": ' + "[" * DEEP + "]" * DEEP + "}",
+    "objects in a field": '{"email": "x@example.com", "x": '
+    + '{"a": ' * DEEP
+    + "1"
+    + "}" * DEEP
+    + "}",
+    "arrays alone": "[" * DEEP + "]" * DEEP,
+}
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["/v1/receipts", "/v1/contacts", "/v1/replay", "/v1/privacy/forget", "/v1/delivery/retry-now"],
+)
+def test_a_body_nested_a_hundred_thousand_deep_is_refused_in_words(agent_till, route):
+    """Issue 14 §5: 100,000 nested brackets answered 500 (the quarantine's reading of the body
+    for the person in it recursed too deep)."""
+    agent, till = agent_till
+    for name, body in DEEP_BODIES.items():
+        answer = till.session.post(
+            till.url + route,
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {till.token}"},
+            timeout=10,
+        )
+        assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text[:200])
+        assert answer.json()["error"]["errorId"].startswith("err_"), name
+    with agent.outbox.read() as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM quarantine WHERE sealed_body IS NOT NULL")
+        assert kept.fetchone()[0] == 0  # too deep to read: the refusal is kept, not the body
+    assert till.post("/v1/receipts", make_receipt("GOOD-AFTER")).status_code == 202

@@ -121,3 +121,23 @@ def test_a_dry_run_from_the_command_line(start_agent, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "replaces the cloud's copy" in result.stdout
     assert "would queue 1: 1 replace what the cloud holds" in result.stdout
+
+
+def test_replaying_a_range_already_queued_adds_nothing(start_agent, tmp_path):
+    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
+    for receipt_id, day in (("A", "2026-11-01"), ("B", "2026-11-02")):
+        till.post("/v1/receipts", dated(receipt_id, day))
+    sender = ScriptedSender()
+    dispatcher = dispatcher_for(agent, sender)
+    while dispatcher.step():
+        pass
+    span = {"from": "2026-11-01", "to": "2026-11-02"}
+    assert till.post("/v1/replay", span).json() == {"queued": 2}
+    assert till.post("/v1/replay", span).json() == {"queued": 0}  # the same range again
+    assert till.post("/v1/replay", {**span, "to": "2026-11-01"}).json() == {"queued": 0}
+    assert till.post("/v1/replay", {**span, "dryRun": True}).json()["steps"] == []
+    assert agent.outbox.depth("loaded").bulk == 2
+    while dispatcher.step():
+        pass
+    assert sender.sent == ["A", "B", "A", "B"]  # each once more, not twice
+    assert till.post("/v1/replay", span).json() == {"queued": 2}  # delivered again: replayable

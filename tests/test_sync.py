@@ -224,3 +224,32 @@ def test_a_kill_mid_initial_download_gets_the_indexes_back_at_the_next_open(tmp_
         assert reopened.cursor("paged") == "1"
     finally:
         reopened.close()
+
+
+def test_a_deletion_forgets_the_person_by_their_second_number_too(start_agent):
+    from agent.app import forget_source_contact
+    from tests.conftest import make_receipt
+
+    agent, till = start_agent()
+    person = SourceContact(
+        contact_id="c-8",
+        mobile_phone="+46700000098",
+        other_phone="+4685550098",
+        member_number="M-8",
+    )
+    source = PagedSource([person])
+    sync = ContactSync(
+        source,
+        agent.contacts,
+        agent.health,
+        on_deleted=lambda c: forget_source_contact(agent.privacy, c),
+    )
+    sync.run_once()
+    receipt = make_receipt("R-GONE-2")
+    receipt["contact"] = {"matchKey": "08-555 00 98", "matchKeyType": "mobilePhone"}
+    till.post("/v1/receipts", receipt)
+    source.contacts.append(SourceContact(contact_id="c-8", deleted=True))
+    sync.run_once()
+    for destination in ("engage", "loaded"):
+        items = agent.outbox.run(lambda b, d=destination: b.pending_items(d))
+        assert [item["personal"] for _, item in items] == [None]  # tagged by the landline: gone

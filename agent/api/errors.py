@@ -7,9 +7,12 @@ from typing import Any
 from agent.errors import (
     AgentError,
     AmbiguousError,
+    CloudError,
     InvalidRequestError,
     KeyStoreError,
     NotFoundError,
+    RetryableError,
+    StoppingError,
     StorageError,
     new_error_id,
 )
@@ -70,7 +73,14 @@ STATUS_FOR: dict[type[AgentError], tuple[int, str]] = {
     AmbiguousError: (409, "ambiguous"),
     StorageError: (503, "storage_unavailable"),  # the POS goes on selling and retries later
     KeyStoreError: (503, "storage_unavailable"),
+    # A cloud asked on the caller's behalf (POST /v1/contacts/sync): its refusal is not ours.
+    RetryableError: (503, "cloud_unavailable"),  # 5xx, 429, the link: try again later
+    CloudError: (502, "cloud_refused"),  # 401/403 (credentials), 404 and other 4xx
+    StoppingError: (503, "stopping"),
 }
+# Errors whose words are safe and useful to show: ours, or a cloud's status and error id
+# (a connector's message never carries a body's free text).
+SAID_IN_WORDS = (StorageError, CloudError, StoppingError)
 INTERNAL = (500, "internal_error")
 
 
@@ -89,7 +99,7 @@ def status_and_code(exc: BaseException) -> tuple[int, str]:
 def error_body(exc: BaseException, code: str, error_id: str) -> dict[str, Any]:
     """{"error": {"code", "message", "errorId", "details": [{"path", "message"}]}}."""
     status, _ = status_and_code(exc)
-    message = str(exc) if status < 500 or isinstance(exc, StorageError) else "internal error"
+    message = str(exc) if status < 500 or isinstance(exc, SAID_IN_WORDS) else "internal error"
     if isinstance(exc, KeyStoreError):
         message = "the local store cannot seal data right now"
     details = []

@@ -209,18 +209,20 @@ class LightspeedConnector:
 
         def text(key: str) -> str | None:
             value = customer.get(key)
-            return str(value) if value not in (None, "") else None
+            return str(value).strip() or None if value is not None else None
 
         if customer.get("deleted_at"):
             return SourceContact(contact_id=str(customer["id"]), deleted=True)
         other = "phone" if self.settings.phone_field == "mobile" else "mobile"
+        first, second = text(self.settings.phone_field), text(other)
         return SourceContact(
             contact_id=str(customer["id"]),
             first_name=text("first_name"),
             last_name=text("last_name"),
             email=text("email"),
-            mobile_phone=text(self.settings.phone_field) or text(other),
+            mobile_phone=first or second,
             member_number=text("customer_code"),
+            other_phone=second if first else None,
         )
 
 

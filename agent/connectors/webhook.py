@@ -89,8 +89,12 @@ class WebhookConnector:
         self._http = http
 
     def send(self, message: OutboundMessage) -> SendResult:
-        """One signed POST; the Idempotency-Key header lets the receiver drop repeats."""
-        return self._post(envelope(message), message.idempotency_key)
+        """One signed POST; the Idempotency-Key header lets the receiver drop repeats. A later
+        revision is a new message (it replaces the earlier one): its key carries `~r<n>`."""
+        key = message.idempotency_key
+        if message.revision > 1:
+            key = f"{key}~r{message.revision}"
+        return self._post(envelope(message), key)
 
     def probe(self) -> None:
         """A signed ping: a receiver that checks signatures answers 401 to a wrong key."""

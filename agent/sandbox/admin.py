@@ -62,12 +62,17 @@ def apply_faults(cloud: SandboxCloud, body: Any) -> Response:
 
 
 def seed_lightspeed(cloud: SandboxCloud, body: Any) -> Response:
-    """Body: {"count": N}: N more synthetic customers (a million in about seven seconds)."""
+    """Body: {"count": N}: N more synthetic customers (a million in about seven seconds);
+    with "realistic": true, shaped like a retailer's (both numbers in local formats)."""
     count = body.get("count") if isinstance(body, dict) else None
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         return json_response(400, {"message": "count must be a non-negative integer"})
+    realistic = isinstance(body, dict) and body.get("realistic") is True
     try:
-        cloud.lightspeed.seed_customers(count)
+        if realistic:
+            cloud.lightspeed.seed_realistic_customers(count)
+        else:
+            cloud.lightspeed.seed_customers(count)
     except ValueError as exc:
         return json_response(400, {"message": str(exc)})
     return json_response(200, {"seeded": count, **cloud.lightspeed.counts()})

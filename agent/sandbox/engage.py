@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from agent.sandbox.http import Request, Response, json_response
 
@@ -155,7 +156,7 @@ class EngageApi:
         problem = self._check_headers(request) or self._rate_limit()
         if problem is not None:
             return problem
-        route = re.sub(r"^/api/v[23]/", "", request.path).rstrip("/")
+        route = re.sub(r"^/api/v[23]/", "", request.routed_path).rstrip("/")
         with self._lock:
             self._settle_batches()
             return self._route(request, route)
@@ -195,7 +196,7 @@ class EngageApi:
             return handler(request)
         match = re.fullmatch(r"contacts/([^/]+)", route)
         if match is not None:
-            return self._contact(request, match.group(1))
+            return self._contact(request, unquote(match.group(1)))
         return error(404, "NotFound", f"no route {request.method} {request.path}")
 
     # --- receipts ---------------------------------------------------------------------

@@ -17,10 +17,17 @@ class Request:
     headers: dict[str, str]
     body: bytes
     json: Any = None
+    raw_path: str = ""  # the path as sent, still percent-encoded ("" when not known)
 
     def header(self, name: str) -> str:
         """The header's value, or "" when absent."""
         return self.headers.get(name.lower(), "")
+
+    @property
+    def routed_path(self) -> str:
+        """The path a real server routes on: as sent, so an id's %2F stays in its segment
+        (each id is unquoted once, after routing)."""
+        return self.raw_path or self.path
 
 
 @dataclass

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from agent.sandbox import datagen
 from agent.sandbox.http import Request, Response, json_response
@@ -68,6 +68,7 @@ class LightspeedApi:
             self._window_start = self._now()
             self._window_used = 0
             self._seeded = 0
+            self._realistic = 0
             self.access_tokens: dict[str, float] = {}  # access token -> when it expires
             self.refresh_tokens: set[str] = set()  # each valid exactly once
             self.refresh_requests = 0  # POST /api/1.0/token with grant_type=refresh_token
@@ -112,6 +113,17 @@ class LightspeedApi:
                     customer_code=person.member_number,
                 )
                 for person in datagen.contacts(count, seed=self._seed, start=start)
+            ]
+
+    def seed_realistic_customers(self, count: int) -> list[str]:
+        """count customers shaped like a real retailer's (datagen.lightspeed_customers): a
+        mobile and a phone in local formats, blanks, names in many scripts; returns their ids.
+        Slower per customer to apply than seed_customers' E.164 numbers (the P4 seed)."""
+        with self._lock:
+            start, self._realistic = self._realistic, self._realistic + count
+            return [
+                self.upsert_customer(**fields)
+                for fields in datagen.lightspeed_customers(count, seed=self._seed, start=start)
             ]
 
     def counts(self) -> dict[str, int]:
@@ -208,12 +220,12 @@ class LightspeedApi:
         return response
 
     def _route(self, request: Request) -> Response:
-        path = request.path.rstrip("/")
+        path = request.routed_path.rstrip("/")
         if request.method == "GET" and path == COLLECTION:
             return self._page(request)
         prefix, _, customer_id = path.rpartition("/")
         if request.method == "GET" and prefix == COLLECTION and customer_id:
-            return self._one(customer_id)
+            return self._one(unquote(customer_id))
         return self.error(404, f"no route {request.method} {request.path}")
 
     def _one(self, customer_id: str) -> Response:

@@ -102,7 +102,7 @@ class LoadedApi:
         """reject_ids matches an order's externalId (from the eid: path or the body)."""
         if "/orders" not in request.path:
             return None
-        tail = request.path.rsplit("/", 1)[-1]
+        tail = request.routed_path.rsplit("/", 1)[-1]
         if tail.startswith("eid:"):
             return unquote(tail[4:])
         body = request.json
@@ -110,7 +110,7 @@ class LoadedApi:
 
     def handle(self, request: Request) -> Response:
         """Route one request."""
-        path = request.path.rstrip("/")
+        path = request.routed_path.rstrip("/")
         if path in TOKEN_PATHS and request.method == "POST":
             return self._token(request)
         route = next((path.removeprefix(r) for r in ROOTS if path.startswith(r)), None)

@@ -63,6 +63,7 @@ class RecordedRequest:
     api: str
     status: int
     at: float
+    target: str = ""  # the request-target as sent, still percent-encoded (path and query)
 
 
 def receipt_key(request: RecordedRequest) -> str | None:
@@ -98,7 +99,11 @@ def read_request(environ: dict[str, Any]) -> tuple[Request, dict[str, str]]:
     raw_path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace")
     query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
     lowered = {k.lower(): v for k, v in headers.items()}
-    request = Request(environ["REQUEST_METHOD"], raw_path, query, lowered, body, parse_json(body))
+    target = str(environ.get("REQUEST_URI", ""))
+    as_sent = target.partition("?")[0] if target.startswith("/") else ""
+    request = Request(
+        environ["REQUEST_METHOD"], raw_path, query, lowered, body, parse_json(body), as_sent
+    )
     return request, headers
 
 
@@ -232,7 +237,9 @@ class SandboxCloud:
         self.webhook.reset()
         self.clear_requests()
 
-    def _record(self, request: Request, headers: dict[str, str], api: str, status: int) -> None:
+    def _record(
+        self, request: Request, headers: dict[str, str], api: str, status: int, target: str = ""
+    ) -> None:
         entry = RecordedRequest(
             request.method,
             request.path,
@@ -243,6 +250,7 @@ class SandboxCloud:
             api,
             status,
             self.now(),
+            target,
         )
         with self._record_lock:
             self.requests.append(entry)
@@ -253,7 +261,7 @@ class SandboxCloud:
         method, target = [*line, "", ""][:2]
         path, _, query = target.partition("?")
         request = Request(method, path, dict(parse_qsl(query)), {}, b"")
-        self._record(request, {}, api_for(path), 0)
+        self._record(request, {}, api_for(path), 0, target)
 
     # --- WSGI ------------------------------------------------------------------------
 
@@ -261,7 +269,7 @@ class SandboxCloud:
         request, headers = read_request(environ)
         api = api_for(request.path)
         response = self._answer(api, request)
-        self._record(request, headers, api, response.status)
+        self._record(request, headers, api, response.status, str(environ.get("REQUEST_URI", "")))
         out = [("Content-Type", response.content_type), *response.headers.items()]
         if "Content-Length" not in response.headers:
             out.append(("Content-Length", str(len(response.body))))

@@ -116,6 +116,16 @@ def test_fetch_contact_errors_other_than_404_are_raised(sandbox: Any, http: requ
         conn.fetch_contact(ids[0])
 
 
+def test_both_numbers_are_kept_and_blank_ones_are_none(http: requests.Session):
+    conn = connector(http)
+    both = conn.source_contact({"id": "u1", "mobile": "021 555 00001", "phone": "(09) 555 0001"})
+    assert (both.mobile_phone, both.other_phone) == ("021 555 00001", "(09) 555 0001")
+    landline = conn.source_contact({"id": "u2", "mobile": " ", "phone": "64-9-555-0002"})
+    assert (landline.mobile_phone, landline.other_phone) == ("64-9-555-0002", None)
+    neither = conn.source_contact({"id": "u3", "mobile": "", "phone": None, "email": ""})
+    assert (neither.mobile_phone, neither.other_phone, neither.email) == (None, None, None)
+
+
 # --- OAuth 2.0 with rotating refresh tokens ----------------------------------------------------
 
 
