@@ -171,7 +171,8 @@ def test_a_file_from_before_the_ready_index_gets_it_and_keeps_its_items(tmp_path
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert "ack_queue_a_ready" in names
         claimed = box.claim("a", timeout_seconds=0.1)
-        assert claimed is not None and claimed.item == {"n": 1}
+        assert claimed is not None
+        assert claimed.item == {"n": 1}
     finally:
         box.close()
 
