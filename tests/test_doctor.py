@@ -154,3 +154,37 @@ def test_the_doctor_and_the_status_say_the_same_words_about_a_cloud(start_agent,
         assert "unreachable" not in till.get("/").text.split("loaded", 1)[1]
     finally:
         cloud.stop()
+
+
+@pytest.mark.linux_only(
+    "POSIX owner-only files in a temporary folder; the doctor on Windows: tests/wine"
+)
+def test_a_single_use_refresh_token_is_not_spent_and_not_called_a_failure(tmp_path):
+    """Lightspeed over OAuth: only the running agent may spend the refresh token, so the doctor
+    says it did not probe, as a pass, and the sandbox saw no token request."""
+    from tests.conftest import base_config, merged, write_toml
+
+    cloud = SandboxCloud(seed=15).serve()
+    try:
+        lightspeed = {
+            "kind": "lightspeed",
+            "base_url": cloud.url,
+            "auth": "oauth",
+            "client_id": "sandbox-lightspeed-client",
+        }
+        raw = merged(base_config(tmp_path), {"destinations": {"lightspeed": lightspeed}})
+        credentials = tmp_path / "credentials"
+        for name, value in {
+            "lightspeed-client-secret": "sandbox-lightspeed-secret",
+            "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
+        }.items():
+            (credentials / name).write_text(value, encoding="utf-8")
+            (credentials / name).chmod(0o600)
+        path = write_toml(tmp_path / "config.toml", raw)
+        result = till_agent("doctor", "--config", str(path))
+        line = next(x for x in result.stdout.splitlines() if "cloud lightspeed" in x)
+        assert line.startswith("ok"), line
+        assert "not probed here" in line
+        assert not [r for r in cloud.requests if "token" in r.path]
+    finally:
+        cloud.stop()
