@@ -35,6 +35,7 @@ from tests.perf.bench import (
     write_results,
 )
 from tests.perf.test_p4_cache import UNLIMITED, round_trips, start_sandbox
+from tests.perf.test_p6_purge import delivered_config
 
 CONTACTS = int(os.environ.get("BENCH_CONTACTS", "1000000"))
 DELIVERED = int(os.environ.get("BENCH_P8_DELIVERED", "100000"))
@@ -43,19 +44,6 @@ PACE_SECONDS = 0.1  # each client sells one receipt every 100 ms: 80 a second in
 LATENCY = 0.150  # a cloud as far from the shop as a real one
 SETTLE_SECONDS = 3.0  # selling before the download and purge start, and after they end
 RUN_TIMEOUT_SECONDS = 1800
-
-
-def fill_config(cloud: SandboxCloud) -> dict[str, Any]:
-    """The first phase: Engage alone, no rate limit on either side (P6's fill)."""
-    return {
-        "storage": {"max_size_mb": 8192},
-        "privacy": {"purge_interval_minutes": 1440},
-        "delivery": {"enabled": True},
-        "destinations": {
-            "engage": {"base_url": cloud.url, "requests_per_second": UNLIMITED},
-            "loaded": {"enabled": False},
-        },
-    }
 
 
 def till_config(cloud: SandboxCloud, lightspeed_url: str) -> dict[str, Any]:
@@ -85,7 +73,7 @@ def till_config(cloud: SandboxCloud, lightspeed_url: str) -> dict[str, Any]:
 
 def fill_delivered(agent_process: Any, cloud: SandboxCloud) -> float:
     """DELIVERED receipts taken and delivered by the agent itself; the seconds it took."""
-    process = agent_process(fill_config(cloud))
+    process = agent_process(delivered_config(cloud))  # Engage alone, nothing rate-limited
     process.start()
     started = time.perf_counter()
     post_receipts(process.url, process.token, DELIVERED, "P8-FILL")
