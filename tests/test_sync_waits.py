@@ -114,9 +114,10 @@ def test_pages_fetched_before_a_wait_answer_lookups_during_it(cloud, cache, tmp_
     try:
         wait_for(lambda: 429 in statuses(cloud))
         wait_for(lambda: cache.stats()["contacts"] == 4 * PAGE)
-        assert runner.is_alive()  # still waiting out the 429 ...
+        # the indexes are built as the wait begins, just after the last page is applied
+        wait_for(lambda: lookup_indexes(cache) == set(LOOKUP_INDEXES))
+        assert runner.is_alive()  # ... while it is still waiting out the 429 (3 s)
         assert [c.contact.contact_id for c in cache.find("phone", first)] == [ids[0]]
-        assert lookup_indexes(cache) == set(LOOKUP_INDEXES)  # ... with its lookups indexed
         assert sync.tracker.snapshot()["cacheState"] == "loading"
     finally:
         runner.join(30)
