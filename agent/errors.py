@@ -22,6 +22,10 @@ class ConfigError(AgentError):
         self.problems = problems
 
 
+class NotProbedError(ConfigError):
+    """A check that must not run here (it would spend a single-use credential): not a fault."""
+
+
 class StorageError(AgentError):
     """The local store failed: disk full, size limit, locked too long, corrupt, unwritable."""
 

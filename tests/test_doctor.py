@@ -7,6 +7,7 @@ import os
 import pytest
 
 from agent import config, crypto, doctor
+from agent.connectors import KINDS
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config
 from tests.test_cli import till_agent
@@ -72,7 +73,7 @@ def test_refused_credentials_and_a_stopped_agent_are_named(agent_process, tmp_pa
 def test_a_key_file_wrapped_for_the_service_account_is_not_a_failure(tmp_path):
     """A technician's prompt is another account than the service's: DPAPI will not open the
     key file for it, and the doctor checks its wrapping instead of failing."""
-    settings = config.from_mapping(base_config(tmp_path), {})
+    settings = config.from_mapping(base_config(tmp_path), {}, KINDS)
     crypto.load_or_create(settings.privacy.key_file, may_create=True, protector=XorProtector())
     (found,) = [c for c in doctor.examine(settings) if c.name == "key file"]
     assert found.detail.startswith("wrapped by xor-test for the service's account")
@@ -152,5 +153,39 @@ def test_the_doctor_and_the_status_say_the_same_words_about_a_cloud(start_agent,
         (check, *_) = doctor.clouds(agent.settings, only=["loaded"])
         assert check.detail.startswith(nothing)
         assert "unreachable" not in till.get("/").text.split("loaded", 1)[1]
+    finally:
+        cloud.stop()
+
+
+@pytest.mark.linux_only(
+    "POSIX owner-only files in a temporary folder; the doctor on Windows: tests/wine"
+)
+def test_a_single_use_refresh_token_is_not_spent_and_not_called_a_failure(tmp_path):
+    """Lightspeed over OAuth: only the running agent may spend the refresh token, so the doctor
+    says it did not probe, as a pass, and the sandbox saw no token request."""
+    from tests.conftest import base_config, merged, write_toml
+
+    cloud = SandboxCloud(seed=15).serve()
+    try:
+        lightspeed = {
+            "kind": "lightspeed",
+            "base_url": cloud.url,
+            "auth": "oauth",
+            "client_id": "sandbox-lightspeed-client",
+        }
+        raw = merged(base_config(tmp_path), {"destinations": {"lightspeed": lightspeed}})
+        credentials = tmp_path / "credentials"
+        for name, value in {
+            "lightspeed-client-secret": "sandbox-lightspeed-secret",
+            "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
+        }.items():
+            (credentials / name).write_text(value, encoding="utf-8")
+            (credentials / name).chmod(0o600)
+        path = write_toml(tmp_path / "config.toml", raw)
+        result = till_agent("doctor", "--config", str(path))
+        line = next(x for x in result.stdout.splitlines() if "cloud lightspeed" in x)
+        assert line.startswith("ok"), line
+        assert "not probed here" in line
+        assert not [r for r in cloud.requests if "token" in r.path]
     finally:
         cloud.stop()

@@ -90,7 +90,7 @@ def sealed_values(data_dir) -> list[tuple[str, str]]:
     values = []
     try:
         for (table,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE name LIKE 'ack_queue_%'"
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ack_queue_%'"
         ).fetchall():
             for (data,) in conn.execute(f"SELECT data FROM {table}").fetchall():
                 item = json.loads(bytes(data))

@@ -19,7 +19,7 @@ from typing import Any
 import requests
 
 from agent.connectors.base import Vault, call, json_body
-from agent.errors import AuthError, ConfigError, RejectedError, RetryableError
+from agent.errors import AuthError, NotProbedError, RejectedError, RetryableError
 from agent.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class OAuthTokens:
         if not refresh:
             return self._store(self._grant({"grant_type": "client_credentials"}))
         if not self._vault.durable and self.settings.initial_grant == "refresh_token":
-            raise ConfigError(
+            raise NotProbedError(
                 [
                     f"destinations.{self.name}: not probed here: its refresh token is single-use,"
                     " so only the running agent (whose vault keeps the next one) may spend it"

@@ -117,6 +117,44 @@ def queued(status: dict[str, Any]) -> int:
     return sum(d["depth"] + d["inFlight"] for d in status["destinations"])
 
 
+def wait_drained(till: Till, timeout_seconds: float = 600) -> float:
+    """Seconds until no item waits or is in flight at any destination."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_seconds:
+        if queued(till.get("/v1/status").json()) == 0:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"not drained in {timeout_seconds} s")
+
+
+def bytes_written(pid: int) -> int:
+    """What the process has caused to be written to storage (Linux /proc/PID/io write_bytes)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no write_bytes in /proc/PID/io")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far (Linux /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """What a process spent, CPU and storage writes, since the meter started."""
+
+    def __init__(self, pid: int, *, since_start: bool = False) -> None:
+        """since_start: count everything since the process began, not since now."""
+        self.pid = pid
+        self.cpu, self.written = (0.0, 0) if since_start else (cpu_seconds(pid), bytes_written(pid))
+
+    def per_receipt(self, receipts: int) -> tuple[float, float]:
+        """(CPU ms, KiB written) per receipt since the start."""
+        cpu = (cpu_seconds(self.pid) - self.cpu) * 1000 / receipts
+        return round(cpu, 3), round((bytes_written(self.pid) - self.written) / 1024 / receipts, 1)
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]

@@ -20,7 +20,7 @@ import requests
 
 from agent.sandbox import datagen
 from tests.conftest import ROOT, Till, free_port
-from tests.perf.bench import summary_ms, write_results
+from tests.perf.bench import cpu_seconds, summary_ms, write_results
 
 COUNT = int(os.environ.get("BENCH_CONTACTS", "1000000"))
 LOOKUPS = 5000
@@ -76,12 +76,6 @@ def status_kib(pid: int, field: str) -> int:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.perf
@@ -195,8 +189,10 @@ def report(figures: dict[str, Any]) -> None:
         row("end-to-end sync rate over HTTP (contacts/s)", round(end_to_end), "-"),
         row("peak RSS of the agent (MB)", round(figures["peak_rss_mb"]), "<= 150"),
         row("bytes on disk per contact (db+wal+shm)", round(per_contact), "<= 600"),
-        row("lookup by phone over HTTP p99, median of 5 rounds (ms)", median_p99, "<= 2"),
-        row("lookup p99 over all samples (ms)", latency["p99_ms"], "-"),
+        # The target is judged on every sample (issue 21: no figure that flatters); the
+        # median of the rounds' p99s is shown beside it, as TARGETS.md quotes medians.
+        row("lookup by phone over HTTP p99, all samples (ms)", latency["p99_ms"], "<= 2"),
+        row("lookup p99, median of 5 rounds (ms)", median_p99, "-"),
         row("lookup p50 (ms)", latency["p50_ms"], "-"),
         row("yardstick: GET /v1/health p50 (ms)", yardstick["p50_ms"], "-"),
         row("yardstick: p99, median of 5 rounds (ms)", yardstick["median_round_p99_ms"], "-"),
