@@ -110,6 +110,14 @@ def make_receipt(
     return receipt
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Until condition() holds, looked at every 50 ms; AssertionError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 class Till:
     """A POS stand-in: a keep-alive requests session with the token, against one agent URL."""
 

@@ -13,9 +13,8 @@ from agent.dispatch import Dispatcher
 from agent.ledger import DeadLetters
 from agent.ratelimit import RateBudget
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, make_receipt, merged
+from tests.conftest import base_config, make_receipt, merged, wait_for
 from tests.fakes.senders import Clock
-from tests.test_delivery import wait_for
 from tests.test_dispatch import SETTINGS, drain
 
 KEY = "sandbox-engage-key"

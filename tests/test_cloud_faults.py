@@ -17,8 +17,8 @@ from agent import connectors
 from agent.connectors.base import call
 from agent.errors import RetryableError
 from agent.sandbox import SandboxCloud
-from tests.conftest import Till, base_config, make_receipt, merged
-from tests.test_delivery import sales_requests, wait_for
+from tests.conftest import Till, base_config, make_receipt, merged, wait_for
+from tests.test_delivery import sales_requests
 
 
 @pytest.fixture

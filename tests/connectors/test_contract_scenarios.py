@@ -25,6 +25,7 @@ import requests
 from agent import app
 from agent.sandbox import SandboxCloud
 from tests.conftest import ROOT, Till
+from tests.conftest import wait_for as wait_seconds
 
 CLOUDS = ("engage-v2", "engage-v3", "loaded", "lightspeed", "webhook")
 SENDS = "a contact source: it takes nothing from the till (config.KIND_TAKES)"
@@ -157,10 +158,7 @@ def rig_for(start_agent, tmp_path) -> Iterator[Callable[..., Rig]]:
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    wait_seconds(condition, seconds)
 
 
 def post(rig: Rig, path: str, body: dict[str, Any]) -> dict[str, Any]:
