@@ -58,13 +58,22 @@ SECRETS = {
 }
 
 
-def write_secrets(directory: Path) -> None:
-    """The sandbox cloud's credentials, as files in a credentials directory (owner-only)."""
+def write_secrets(directory: Path, secrets: dict[str, str] = SECRETS) -> None:
+    """Credentials (the sandbox cloud's by default), as files in a credentials directory
+    (owner-only)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, value in SECRETS.items():
+    for name, value in secrets.items():
         path = directory / name
         path.write_text(value, encoding="utf-8")
         path.chmod(0o600)
+
+
+def lightspeed_oauth_secrets(cloud: Any) -> dict[str, str]:
+    """The client secret and a fresh single-use refresh token for the sandbox's Lightspeed."""
+    return {
+        "lightspeed-client-secret": "sandbox-lightspeed-secret",
+        "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
+    }
 
 
 def merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

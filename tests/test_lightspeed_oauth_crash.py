@@ -22,7 +22,7 @@ import requests
 
 from agent import config, doctor, failpoints
 from agent.sandbox import SandboxCloud
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, lightspeed_oauth_secrets, write_secrets
 
 CUSTOMERS = 30
 REAUTHORISE = "must authorise the app in Lightspeed again"
@@ -44,13 +44,7 @@ def lightspeed_agent(make: Callable[..., AgentProcess], cloud: SandboxCloud) -> 
         }
     )
     credentials = Path(process.raw["agent"]["credentials_dir"])
-    secrets = {
-        "lightspeed-client-secret": "sandbox-lightspeed-secret",
-        "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
-    }
-    for name, value in secrets.items():
-        (credentials / name).write_text(value, encoding="utf-8")
-        (credentials / name).chmod(0o600)
+    write_secrets(credentials, lightspeed_oauth_secrets(cloud))
     return process
 
 
