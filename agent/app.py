@@ -372,7 +372,7 @@ def checked_settings(
     """Structure, values, unknown keys and each connector (its keys and secrets) at once:
     ConfigError lists every problem of every kind."""
     settings, problems = config.parse(raw, environ)
-    reader = read_secret or secret_reader(settings.agent.credentials_dir)
+    reader = read_secret or config.secret_reader(settings.agent.credentials_dir)
     session = connectors.make_session(f"TillAgent/{__version__}")
     try:
         for destination in settings.enabled_destinations:
@@ -420,24 +420,13 @@ def build_connectors(
         session = sessions.new(None if budget is None else budget.before_request)
         try:
             built[destination.name] = connectors.build(
-                destination, session, secret_reader(settings.agent.credentials_dir), vault
+                destination, session, config.secret_reader(settings.agent.credentials_dir), vault
             )
         except ConfigError as exc:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
     return built
-
-
-def secret_reader(credentials_dir: Path) -> Callable[[str], str]:
-    """Secrets are files in the credentials directory (systemd LoadCredential, DPAPI'd files)."""
-
-    def read(name: str) -> str:
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError("a secret is named by a plain file name")
-        return (credentials_dir / name).read_text(encoding="utf-8").strip()
-
-    return read
 
 
 def _dispatchers(

@@ -9,7 +9,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -597,3 +597,14 @@ def _with_os_defaults(settings: Settings, environ: Mapping[str, str]) -> Setting
 def environment() -> Mapping[str, str]:
     """The process environment: read here and handed to the functions above."""
     return os.environ
+
+
+def secret_reader(credentials_dir: Path) -> Callable[[str], str]:
+    """Secrets are files in the credentials directory (systemd LoadCredential, DPAPI'd files)."""
+
+    def read(name: str) -> str:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError("a secret is named by a plain file name")
+        return (credentials_dir / name).read_text(encoding="utf-8").strip()
+
+    return read

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from agent import acl, app, config, connectors, crypto, db, wording
+from agent import acl, config, connectors, crypto, db, wording
 from agent.errors import AgentError, NotProbedError
 from agent.reasons import reason_in_words
 
@@ -153,7 +153,7 @@ def clouds(
 
     session = connectors.make_session("TillAgent-doctor", timeout_seconds=10.0)
     session.hooks["response"].append(remember_date)
-    reader = read_secret or app.secret_reader(settings.agent.credentials_dir)
+    reader = read_secret or config.secret_reader(settings.agent.credentials_dir)
     checks = []
     try:
         for destination in settings.enabled_destinations:

@@ -253,7 +253,7 @@ def check_config(
 
 def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[str], str]:
     """A secret reader that sees secrets not written yet before those on disk."""
-    on_disk = app.secret_reader(layout.credentials_dir)
+    on_disk = config.secret_reader(layout.credentials_dir)
     pending = dict(new_secrets)
 
     def read(name: str) -> str:
