@@ -14,7 +14,8 @@ from typing import Any
 
 import requests
 
-from agent import app, config
+from agent import app
+from agent.core import config
 from agent.sandbox import SandboxCloud
 
 SECRETS = {

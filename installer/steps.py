@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import requests
 
-from agent import acl, app, config, paths
+from agent import app
+from agent.core import acl, config, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands

@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import app, config, logs, paths
+from agent import app
+from agent.core import config, logs, paths
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from agent import app, config
+from agent import app
+from agent.core import config
 
 # tests/ci.py: under CI=true a skip fails; `need(available, reason)` for tool-dependent tests.
 pytest_plugins = ["tests.ci"]

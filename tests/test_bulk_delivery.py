@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from agent.bulk import BulkContacts, BulkSettings
 from agent.connectors import engage, make_session
-from agent.dispatch import Dispatcher
+from agent.core.ratelimit import RateBudget
+from agent.delivery.bulk import BulkContacts, BulkSettings
+from agent.delivery.dispatch import Dispatcher
 from agent.ledger import DeadLetters
-from agent.ratelimit import RateBudget
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config, make_receipt, merged, wait_for
 from tests.fakes.senders import Clock

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, paths
-from agent.errors import ConfigError
+from agent.core import config, paths
+from agent.core.errors import ConfigError
 from tests.conftest import base_config, merged, write_toml
 
 

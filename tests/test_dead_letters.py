@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.errors import RejectedError
+from agent.core.errors import RejectedError
 from agent.privacy import Privacy
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock, ScriptedSender, raising

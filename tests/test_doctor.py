@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from agent import config, crypto, doctor
+from agent.core import config, crypto
+from agent.ops import doctor
 from agent.sandbox import SandboxCloud
 from tests.conftest import (
     base_config,
@@ -115,7 +116,7 @@ def test_the_doctor_and_the_status_say_the_same_words_about_a_cloud(start_agent,
     status (page and API) exactly as the doctor (and so `till-install verify`) describes it."""
     import time
 
-    from agent import doctor
+    from agent.ops import doctor
 
     cloud = SandboxCloud(seed=16).serve()
     try:

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from agent import crypto
 from agent.contacts import ContactCache
-from agent.errors import KeyStoreError
-from agent.matchkeys import subject_keys
+from agent.core import crypto
+from agent.core.errors import KeyStoreError
+from agent.core.matchkeys import subject_keys
 from agent.sandbox import SandboxCloud
 from tests.conftest import Till, make_receipt, wait_for
 from tests.test_cli import till_agent

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from agent import config, doctor, failpoints
+from agent.core import config, failpoints
+from agent.ops import doctor
 from agent.sandbox import SandboxCloud
 from tests.conftest import AgentProcess, lightspeed_oauth_secrets, write_secrets
 

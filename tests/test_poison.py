@@ -28,7 +28,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from agent.reasons import printable
+from agent.core.reasons import printable
 from agent.sandbox import SandboxCloud
 from tests.conftest import Till, base_config, make_receipt, merged
 from tests.conftest import wait_for as wait_seconds
@@ -830,10 +830,10 @@ def test_cloud_ids_with_dot_dots_queries_and_fragments_stay_one_segment_at_light
 ):
     """Lightspeed's own customer ids come back in a path (the ghost sweep's GET customers/{id}):
     each is fetched at its quoted path, found there, and nothing else is asked for."""
-    from agent import crypto
     from agent.contacts import ContactCache
-    from agent.health import Health
-    from agent.sync import ContactSync
+    from agent.contacts.sync import ContactSync
+    from agent.core import crypto
+    from agent.core.health import Health
     from tests.test_contact_sync_e2e import lightspeed_source
 
     for n, hostile in enumerate(HOSTILE_IDS):

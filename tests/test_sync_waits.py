@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from agent import app, config
+from agent import app
 from agent.contacts import LOOKUP_INDEXES
-from agent.errors import StoppingError, ThrottledError
-from agent.health import Health
-from agent.models import ContactPage
-from agent.retry import Backoff
+from agent.contacts.sync import ContactSync
+from agent.core import config
+from agent.core.errors import StoppingError, ThrottledError
+from agent.core.health import Health
+from agent.core.models import ContactPage
+from agent.core.retry import Backoff
 from agent.sandbox import SandboxCloud
-from agent.sync import ContactSync
 from tests.conftest import merged, wait_for
 from tests.test_contact_sync_e2e import lightspeed_config
 from tests.test_feed_order import open_cache

@@ -6,7 +6,6 @@ import types
 
 import requests
 
-from agent.config import DestinationSettings
 from agent.connectors import engage, lightspeed, loaded, webhook
 from agent.connectors.base import (
     Connector,
@@ -19,7 +18,8 @@ from agent.connectors.base import (
     Vault,
     make_session,
 )
-from agent.errors import ConfigError
+from agent.core.config import DestinationSettings
+from agent.core.errors import ConfigError
 
 # One line per cloud. A test keeps these keys equal to agent.config.KIND_TAKES.
 REGISTRY: dict[str, types.ModuleType] = {
@@ -51,8 +51,8 @@ def build(
 ) -> Connector:
     """The connector a destination asks for; ConfigError lists every problem with its settings.
 
-    vault: where a connector keeps its tokens and the records it created (agent/vault.py); the
-    running agent's is durable; without one (installer, doctor) a MemoryVault forgets at exit.
+    vault: where a connector keeps its tokens and the records it created (vault.py); the running
+    agent's is durable; without one (installer, doctor) a MemoryVault forgets at exit.
     """
     module = REGISTRY.get(destination.kind)
     if module is None:

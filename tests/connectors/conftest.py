@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import requests
 
-from agent import crypto
-from agent.config import DestinationSettings
 from agent.connectors import make_session
+from agent.connectors.vault import ConnectorVault
+from agent.core import crypto
+from agent.core.config import DestinationSettings
 from agent.sandbox import SandboxCloud
-from agent.vault import ConnectorVault
 
 SECRETS = {
     "engage-api-key": "sandbox-engage-key",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from agent.core import config
 from installer import services
 from tests.conftest import ROOT
 

@@ -11,8 +11,9 @@ import time
 import pytest
 import requests
 
-from agent import app, config, crypto
-from agent.errors import ConfigError
+from agent import app
+from agent.core import config, crypto
+from agent.core.errors import ConfigError
 from service import windows
 from tests.conftest import base_config
 
