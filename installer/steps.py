@@ -175,7 +175,7 @@ def interpreter_problems() -> list[str]:
 def make_dirs(layout: Layout, owner: Owner) -> None:
     """config 0750 (root, the service's group), credentials 0700 root's, data 0700 and logs
     0750 the service's; on Windows each folder SYSTEM and Administrators only instead
-    (agent.acl). Files already in the log directory become the service's too: one left
+    (agent.core.acl). Files already in the log directory become the service's too: one left
     by a run as root would otherwise refuse every log line the service writes."""
     dirs: tuple[tuple[Path, int, Holder], ...] = (
         (layout.config_dir, 0o750, "group"),

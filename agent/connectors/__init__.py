@@ -21,7 +21,7 @@ from agent.connectors.base import (
 from agent.core.config import DestinationSettings
 from agent.core.errors import ConfigError
 
-# One line per cloud. A test keeps these keys equal to agent.config.KIND_TAKES.
+# One line per cloud. A test keeps these keys equal to agent.core.config.KIND_TAKES.
 REGISTRY: dict[str, types.ModuleType] = {
     "engage": engage,
     "loaded": loaded,

@@ -53,9 +53,9 @@ class AgentSettings:
 
     store_id: str = ""
     till_id: str = ""
-    data_dir: Path = Path()  # default: the OS data directory (agent.paths)
-    log_dir: Path = Path()  # default: the OS log directory (agent.paths)
-    credentials_dir: Path = Path()  # default: the OS credentials directory (agent.paths)
+    data_dir: Path = Path()  # default: the OS data directory (agent.core.paths)
+    log_dir: Path = Path()  # default: the OS log directory (agent.core.paths)
+    credentials_dir: Path = Path()  # default: the OS credentials directory (agent.core.paths)
     log_level: str = "INFO"
     default_region: str = "SE"
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 DESTINATION_PREFIX = "destination:"
 STORE_PREFIX = "store:"  # a store found damaged at start and moved aside (app.py)
-FORECAST = "storage:forecast"  # agent.forecast.COMPONENT: the store is filling up
+FORECAST = "storage:forecast"  # agent.ops.forecast.COMPONENT: the store is filling up
 MAX_LINES = 50
 
 

@@ -31,7 +31,7 @@ def qa_report(
     verify: bool = False,
     now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
-    """The report's JSON (agent.render.qa_markdown writes the Markdown around it); verify:
+    """The report's JSON (agent.ops.render.qa_markdown writes the Markdown around it); verify:
     each receipt read back from the clouds that allow it (its verification)."""
     days_between(first_day, last_day)  # the same range checks as the reconciliation
     receipts, standings, reconciliation = reconciler.report(first_day, last_day, verify=verify)

@@ -29,7 +29,7 @@ def read_secret(name: str) -> str:
 
 
 def destination(kind: str, base_url: str, name: str = "", **options: Any) -> DestinationSettings:
-    """A destination as agent.config builds it, connector keys in options."""
+    """A destination as agent.core.config builds it, connector keys in options."""
     return DestinationSettings(name=name or kind, kind=kind, base_url=base_url, options=options)
 
 
