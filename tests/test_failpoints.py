@@ -47,7 +47,7 @@ def test_the_no_fsync_hook_turns_durable_stores_off_only_when_named(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from agent import db\n"
+        "from agent.core import db\n"
         "conn = db.connect(Path(sys.argv[1]))\n"
         "print(conn.execute('PRAGMA synchronous').fetchone()[0], flush=True)\n"
     )

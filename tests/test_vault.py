@@ -61,7 +61,7 @@ def test_links_are_remembered_across_a_restart(tmp_path: Path, keyring):
 SAVE = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from agent import crypto\n"
+    "from agent.core import crypto\n"
     "from agent.connectors.vault import ConnectorVault\n"
     "d = Path(sys.argv[1])\n"
     "v = ConnectorVault(d, crypto.load_or_create(d / 'keyring.json', may_create=True))\n"
