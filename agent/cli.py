@@ -20,7 +20,7 @@ import msgspec
 import requests
 from tqdm import tqdm
 
-from agent import __version__, app
+from agent import __version__, app, connectors
 from agent.api.routes import replay_plan
 from agent.core import config, filemodes, logs, wording
 from agent.core.errors import (
@@ -731,7 +731,7 @@ def load_settings(config_file: str | None, *, every_connector: bool = False) -> 
     try:
         if every_connector:
             return app.load_checked(path, environ)
-        return config.load(path, environ)
+        return config.load(path, environ, connectors.KINDS)
     except ConfigError as exc:
         lines = "\n".join(f"  - {problem}" for problem in exc.problems)
         raise click.ClickException(f"the configuration in {path} has problems:\n{lines}") from exc

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from agent import app
+from agent import app, connectors
 from agent.core import config
 from agent.sandbox import SandboxCloud
 
@@ -81,7 +81,7 @@ def demo_settings(directory: Path, cloud_url: str, *, port: int = 0) -> config.S
             },
         },
     }
-    return config.from_mapping(raw, {})
+    return config.from_mapping(raw, {}, connectors.KINDS)
 
 
 def _sell_and_disturb(

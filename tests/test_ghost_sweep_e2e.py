@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 
+from agent.connectors import KINDS
 from agent.contacts import ContactCache
 from agent.contacts.sync import ContactSync
 from agent.core import crypto
@@ -197,7 +198,7 @@ def test_without_a_walk_the_sweep_grows_to_verify_everyone_within_the_bound(tmp_
     try:
         for n in range(30):
             served.engage.add_contact(email=f"zz.sweep.{n}@example.com")
-        settings = config.from_mapping(engage_config(tmp_path, served.url), {})
+        settings = config.from_mapping(engage_config(tmp_path, served.url), {}, KINDS)
         source: Any = app.build_connectors(settings)["engage"]
         sync = ContactSync(
             source,

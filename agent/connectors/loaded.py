@@ -35,7 +35,7 @@ from agent.connectors.base import (
     rate_limit,
 )
 from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
-from agent.core.config import DestinationSettings
+from agent.core.config import CloudKind, DestinationSettings
 from agent.core.errors import RejectedError
 from agent.core.figures import Amounts, amounts_from
 from agent.core.models import OutboundMessage, Receipt, ReceiptItem
@@ -46,7 +46,15 @@ MAX_EXTERNAL_ID = 255  # "an external ID can be any string value up to a maximum
 NOT_FOUND = 404
 # Loaded applies an order when it answers (no batch window): read back at once.
 READBACK_AFTER_SECONDS = 0.0
-STORES_TOKENS = True  # connectors.build hands this module the vault
+# What Loaded is to the agent: every receipt, upserted by externalId. Loaded publishes no rate
+# limit; we keep to 10 requests a second.
+KIND = CloudKind(
+    name="loaded",
+    takes=frozenset({"receipts"}),
+    amends="replace",
+    requests_per_second=10.0,
+    stores_tokens=True,  # connectors.build hands this module the vault
+)
 
 
 @dataclass(frozen=True)

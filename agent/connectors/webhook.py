@@ -21,11 +21,19 @@ from agent.connectors.base import (
     rate_limit,
     wire_json,
 )
-from agent.core.config import DestinationSettings
+from agent.core.config import CloudKind, DestinationSettings
 from agent.core.models import OutboundMessage, to_wire
 
 log = logging.getLogger(__name__)
 
+# What a webhook is to the agent: receipts and contacts; a changed receipt is sent whole again
+# and replaces the earlier one. A receiver publishes no limit; we keep to 10 requests a second.
+KIND = CloudKind(
+    name="webhook",
+    takes=frozenset({"receipts", "contacts"}),
+    amends="replace",
+    requests_per_second=10.0,
+)
 SIGNATURE_HEADER = "X-Till-Signature"
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from agent.core import crypto, figures, models
-from agent.core.config import KIND_AMENDS, DestinationSettings, IntakeSettings
+from agent.core.config import DestinationSettings, IntakeSettings
 from agent.core.crypto import Keyring
 from agent.core.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.core.failpoints import failpoint
@@ -109,7 +109,7 @@ class Intake:
         self._keyring = keyring
         self._destinations = tuple(d for d in destinations if d.enabled)
         self._append_only = frozenset(
-            d.name for d in self._destinations if KIND_AMENDS.get(d.kind) == "difference"
+            d.name for d in self._destinations if d.amends == "difference"
         )
         self._settings = settings
         outbox.migrate(schema.STEPS)
