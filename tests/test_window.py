@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from agent import models
-from agent.config import DeliverySettings
-from agent.dispatch import HELD_PER_SEND, Dispatcher
-from agent.errors import RejectedError, RetryableError, ThrottledError
-from agent.ratelimit import SEND_MARGIN, RateBudget
+from agent.core import models
+from agent.core.config import DeliverySettings
+from agent.core.errors import RejectedError, RetryableError, ThrottledError
+from agent.core.ratelimit import SEND_MARGIN, RateBudget
+from agent.delivery.dispatch import HELD_PER_SEND, Dispatcher
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock
 
@@ -304,7 +304,7 @@ def test_a_bulk_run_is_in_flight_beside_receipts_and_those_naming_its_members_fo
     the receipts naming those members wait for it and carry their cloud ids; the other
     receipts go meanwhile."""
     from agent.sandbox import SandboxCloud
-    from tests.test_delivery import wait_for
+    from tests.conftest import wait_for
 
     cloud = SandboxCloud(seed=11).serve()
     sales = [f"M-{n}" for n in range(6)] + [f"S-{n:02d}" for n in range(24)]
@@ -355,7 +355,7 @@ def test_a_run_behind_many_receipts_gets_its_places_before_they_are_all_sent(sta
     receipts waits only for the places it takes to land, not for every receipt claimed before
     it (each place that lands is kept for it)."""
     from agent.sandbox import SandboxCloud
-    from tests.test_delivery import wait_for
+    from tests.conftest import wait_for
 
     cloud = SandboxCloud(seed=12).serve()
     sales = [f"S-{n:02d}" for n in range(80)]
@@ -381,8 +381,8 @@ def test_a_run_behind_many_receipts_gets_its_places_before_they_are_all_sent(sta
 
 
 def test_the_window_keeps_a_key_to_one_send_and_lands_every_outcome():
-    from agent.outbox import Claimed
-    from agent.window import Window
+    from agent.delivery.window import Window
+    from agent.ledger.outbox import Claimed
 
     def failing() -> None:
         raise ValueError("refused")
@@ -413,7 +413,7 @@ def test_two_runs_changing_one_contact_are_never_in_flight_at_once(start_agent):
     """Runs go beside each other, but not two that change the same contact: the second
     run's PATCH leaves only after the first run has landed (its last status read)."""
     from agent.sandbox import SandboxCloud
-    from tests.test_delivery import wait_for
+    from tests.conftest import wait_for
 
     cloud = SandboxCloud(seed=12).serve()
     known = [cloud.engage.add_contact(email=f"k{n}@example.com") for n in range(3)]
