@@ -371,7 +371,7 @@ def checked_settings(
 ) -> config.Settings:
     """Structure, values, unknown keys and each connector (its keys and secrets) at once:
     ConfigError lists every problem of every kind."""
-    settings, problems = config.parse(raw, environ)
+    settings, problems = config.parse(raw, environ, connectors.KINDS)
     reader = read_secret or secret_reader(settings.agent.credentials_dir)
     session = connectors.make_session(f"TillAgent/{__version__}")
     try:
@@ -454,12 +454,13 @@ def _dispatchers(
     """A worker for each destination that takes anything (a pure contact source takes nothing)."""
     workers = []
     for destination in settings.enabled_destinations:
-        connector = built[destination.name]
-        if not destination.takes or not hasattr(connector, "send"):
+        kind = connectors.KINDS[destination.kind]
+        if not destination.takes or not kind.sends:
             continue
+        connector = built[destination.name]
         budget = budgets[destination.name]
-        resolver = connector if hasattr(connector, "find_contact_id") else None
-        bulk = _bulk_contacts(destination.name, connector, box, ledger, budget)
+        resolver = cast(ContactResolver, connector) if kind.finds_contacts else None
+        bulk = _bulk_contacts(destination.name, kind, connector, box, ledger, budget)
         workers.append(
             Dispatcher(
                 destination.name,
@@ -469,8 +470,8 @@ def _dispatchers(
                 board,
                 settings.delivery,
                 budget=budget,
-                amends=config.KIND_AMENDS[destination.kind],
-                resolver=cast(ContactResolver | None, resolver),
+                amends=destination.amends,
+                resolver=resolver,
                 metrics=metrics,
                 heartbeat=beats(f"dispatch-{destination.name} loop", DISPATCH_STUCK_SECONDS),
                 bulk=bulk,
@@ -492,11 +493,18 @@ def _beats(watchdog: notify.Watchdog | None) -> Beats:
 
 
 def _bulk_contacts(
-    name: str, connector: object, box: outbox.Outbox, ledger: Ledger, budget: RateBudget
+    name: str,
+    kind: config.CloudKind,
+    connector: object,
+    box: outbox.Outbox,
+    ledger: Ledger,
+    budget: RateBudget,
 ) -> BulkContacts | None:
-    """Contact changes in bulk calls where the connector has a bulk endpoint and it is on."""
-    settings: Any = getattr(connector, "settings", None)
-    if not hasattr(connector, "bulk_write") or not getattr(settings, "bulk_contacts", False):
+    """Contact changes in bulk calls where the kind has a bulk endpoint and it is on."""
+    if not kind.writes_in_bulk:
+        return None
+    settings: Any = cast(Any, connector).settings  # the kind's own, with bulk_* keys
+    if not settings.bulk_contacts:
         return None
     return BulkContacts(
         name,
@@ -533,15 +541,15 @@ def _contact_sync(
     """The cache's sync from [contacts] source, forgetting here whom the cloud deleted."""
     if not settings.contacts.source:
         return None
-    source = built[settings.contacts.source]
-    limit = next(d for d in settings.enabled_destinations if d.name == settings.contacts.source)
+    source = cast(connectors.ContactSource, built[settings.contacts.source])
+    limit = _destination(settings, settings.contacts.source)
     return ContactSync(
-        cast(connectors.ContactSource, source),
+        source,
         cache,
         board,
         page_size=settings.contacts.page_size,
         ghost_batch=settings.contacts.ghost_sweep_batch,
-        fetch_one=getattr(source, "fetch_contact", None),
+        fetch_one=source.fetch_contact,
         on_deleted=lambda c: forget_source_contact(privacy, c),
         # Verified again well within the TTL, so the purge takes only what the cloud lost.
         verify_within_seconds=settings.privacy.contact_ttl_days * 86400 / 2,
@@ -557,10 +565,11 @@ def _live_lookup(
     settings: config.Settings, built: Mapping[str, connectors.Connector]
 ) -> LiveLookup | None:
     """A cache miss asks the source once, if it can find a contact by email or phone."""
-    source = built.get(settings.contacts.source) if settings.contacts.source else None
-    if source is None or not hasattr(source, "find_contact_id"):
+    name = settings.contacts.source
+    source = built.get(name) if name else None
+    if source is None or not connectors.KINDS[_destination(settings, name).kind].finds_contacts:
         return None
-    finder = cast(Any, source)
+    finder = cast(Any, source)  # its kind declares find_contact_id, and it has fetch_contact
 
     def live(kind: str, value: str, deadline: float) -> models.SourceContact | None:
         if kind not in ("email", "phone"):
@@ -572,6 +581,11 @@ def _live_lookup(
             return None if contact_id is None else finder.fetch_contact(contact_id)
 
     return live
+
+
+def _destination(settings: config.Settings, name: str) -> config.DestinationSettings:
+    """The enabled destination of this name (config checked that it exists)."""
+    return next(d for d in settings.enabled_destinations if d.name == name)
 
 
 def _sleep(seconds: float) -> bool:
@@ -746,8 +760,8 @@ def _services(
 
 
 def amends_of(settings: config.Settings) -> dict[str, str]:
-    """How each destination takes a changed receipt (config.KIND_AMENDS by its kind)."""
-    return {d.name: config.KIND_AMENDS.get(d.kind, "replace") for d in settings.destinations}
+    """How each destination takes a changed receipt (its kind's, config.CloudKind.amends)."""
+    return {d.name: d.amends for d in settings.destinations}
 
 
 def reconciler(

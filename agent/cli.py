@@ -25,6 +25,7 @@ from agent import (
     app,
     backfill,
     config,
+    connectors,
     filemodes,
     logs,
     qareport,
@@ -739,7 +740,7 @@ def load_settings(config_file: str | None, *, every_connector: bool = False) -> 
     try:
         if every_connector:
             return app.load_checked(path, environ)
-        return config.load(path, environ)
+        return config.load(path, environ, connectors.KINDS)
     except ConfigError as exc:
         lines = "\n".join(f"  - {problem}" for problem in exc.problems)
         raise click.ClickException(f"the configuration in {path} has problems:\n{lines}") from exc

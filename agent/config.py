@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from agent import paths
@@ -21,30 +21,41 @@ from agent.errors import ConfigError
 
 CONFIG_ENV = "TILL_AGENT_CONFIG"
 
-# What each destination kind takes from the till. "receipts": every receipt;
-# "receipts_with_contact": only receipts that carry a contact; "contacts": contact changes.
-# A kind with nothing here is a contact source only. The connectors (agent/connectors/) add
-# their own settings; a test keeps this table and the connector registry in step.
-KIND_TAKES: dict[str, frozenset[str]] = {
-    "engage": frozenset({"receipts_with_contact", "contacts"}),
-    "loaded": frozenset({"receipts"}),
-    "webhook": frozenset({"receipts", "contacts"}),
-    "lightspeed": frozenset(),
-}
-# How a destination takes a changed receipt: "replace" (it upserts by id: send the new revision)
-# or "difference" (append-only, like Voyado's receipts: send what changed as a new receipt).
-KIND_AMENDS: dict[str, str] = {
-    "engage": "difference",
-    "loaded": "replace",
-    "webhook": "replace",
-    "lightspeed": "replace",
-}
-SOURCE_KINDS = frozenset({"engage", "lightspeed"})  # kinds with a contact delta feed
+# What a destination may take from the till. "receipts": every receipt; "receipts_with_contact":
+# only receipts that carry a contact; "contacts": contact changes.
 TAKES_VALUES = frozenset({"receipts", "receipts_with_contact", "contacts"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Destination names become queue table names: keep them to plain identifiers.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 LOOPBACK_NAMES = ("localhost",)
+Amends = Literal["replace", "difference"]
+
+
+@dataclass(frozen=True)
+class CloudKind:
+    """What one kind of cloud is, declared as KIND by its module under agent/connectors/.
+
+    agent.connectors.KINDS collects them and hands them to parse(): config reads the facts
+    here and never imports a connector (decision 14), so the POS path stays off the network.
+    """
+
+    name: str  # the [destinations.<name>] kind that picks it
+    takes: frozenset[str]  # what it takes from the till unless told; empty: sends nothing
+    amends: Amends  # a changed receipt: "replace" (upserts by id) or "difference" (append-only)
+    requests_per_second: float  # its vendor's documented rate limit ...
+    rate_window_seconds: float = 1.0  # ... counted over this window (a sliding window)
+    contact_source: bool = False  # it has a contact delta feed: [contacts] source may name it
+    finds_contacts: bool = False  # finds a contact's id by email or phone (resolver, live lookup)
+    writes_in_bulk: bool = False  # has a bulk endpoint for contact changes (agent/bulk.py)
+    stores_tokens: bool = False  # its connector keeps tokens in the vault (agent/vault.py)
+
+    @property
+    def sends(self) -> bool:
+        """It takes something from the till, so it is a Sender; otherwise a contact source only."""
+        return bool(self.takes)
+
+
+Kinds = Mapping[str, CloudKind]
 
 
 @dataclass(frozen=True)
@@ -163,11 +174,12 @@ class DestinationSettings:
     base_url: str
     enabled: bool = True
     takes: frozenset[str] = frozenset()
-    requests_per_second: float = 0.0  # 0: the kind's default (KIND_REQUESTS_PER_SECOND)
-    rate_window_seconds: float = 1.0  # the rate is counted over this window (KIND_RATE_WINDOW)
+    requests_per_second: float = 0.0  # unless set, its kind's documented limit (CloudKind)
+    rate_window_seconds: float = 1.0  # the rate is counted over this window (its kind's)
     daily_call_budget: int = 0  # 0: none
     monthly_call_budget: int = 0  # 0: none
     options: Mapping[str, Any] = field(default_factory=dict)
+    amends: Amends = "replace"  # not a key: how its kind takes a changed receipt (CloudKind)
 
 
 @dataclass(frozen=True)
@@ -220,16 +232,6 @@ DESTINATION_KEYS = (
     "daily_call_budget",
     "monthly_call_budget",
 )
-# Each vendor's published limit: Voyado asks for < 50/s per key (we keep to 40); Lightspeed
-# allows 300 x registers + 50 per 5 minutes, so 350 per 300 s for one register; Loaded
-# publishes none. The rate is counted over the window (pyrate-limiter's sliding window).
-KIND_REQUESTS_PER_SECOND = {
-    "engage": 40.0,
-    "loaded": 10.0,
-    "webhook": 10.0,
-    "lightspeed": 350 / 300,
-}
-KIND_RATE_WINDOW_SECONDS = {"lightspeed": 300.0}
 
 
 def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
@@ -241,9 +243,11 @@ def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
     return paths.system_paths(environ).config_file
 
 
-def load(path: Path, environ: Mapping[str, str]) -> Settings:
-    """Read, fill OS defaults, validate. Raises ConfigError with every problem found."""
-    return from_mapping(read(path), environ)
+def load(path: Path, environ: Mapping[str, str], kinds: Kinds) -> Settings:
+    """Read, fill OS defaults, validate. Raises ConfigError with every problem found.
+
+    kinds: the clouds a destination may be (agent.connectors.KINDS)."""
+    return from_mapping(read(path), environ, kinds)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -256,15 +260,17 @@ def read(path: Path) -> dict[str, Any]:
         raise ConfigError([f"config: cannot read {path}: {exc}"]) from exc
 
 
-def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str], kinds: Kinds) -> Settings:
     """Build Settings from a parsed TOML table; raise ConfigError with every problem."""
-    settings, problems = parse(raw, environ)
+    settings, problems = parse(raw, environ, kinds)
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def parse(raw: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Settings, list[str]]:
+def parse(
+    raw: Mapping[str, Any], environ: Mapping[str, str], kinds: Kinds
+) -> tuple[Settings, list[str]]:
     """Settings as far as they can be built, and every problem (structure, values, unknown
     keys) found on the way: a caller can check more (the connectors) in the same pass."""
     problems: list[str] = []
@@ -274,16 +280,16 @@ def parse(raw: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Settings,
         name: _build_section(name, cls, raw.get(name, {}), problems)
         for name, cls in SECTIONS.items()
     }
-    destinations = _build_destinations(raw.get("destinations", {}), problems)
+    destinations = _build_destinations(raw.get("destinations", {}), kinds, problems)
     settings = _with_os_defaults(
         Settings(**sections, destinations=destinations),
         environ,
     )
-    problems.extend(validate(settings))
+    problems.extend(validate(settings, kinds))
     return settings, problems
 
 
-def validate(settings: Settings) -> list[str]:
+def validate(settings: Settings, kinds: Kinds) -> list[str]:
     """Every semantic problem, each as '<section.key>: <problem> (got <value>)'."""
     problems: list[str] = []
     problems += _validate_agent(settings.agent)
@@ -321,13 +327,13 @@ def validate(settings: Settings) -> list[str]:
     ):
         problems += _positive(f"privacy.{name}", getattr(settings.privacy, name))
     problems += _validate_alerts(settings.alerts)
-    problems += _validate_contacts(settings)
+    problems += _validate_contacts(settings, kinds)
     for destination in settings.destinations:
-        problems += _validate_destination(destination)
+        problems += _validate_destination(destination, kinds)
     return problems
 
 
-def _validate_contacts(settings: Settings) -> list[str]:
+def _validate_contacts(settings: Settings, kinds: Kinds) -> list[str]:
     contacts = settings.contacts
     problems = []
     for name in ("sync_interval_minutes", "ghost_sweep_batch"):
@@ -345,9 +351,13 @@ def _validate_contacts(settings: Settings) -> list[str]:
         problems.append(
             f"contacts.source: no [destinations.{contacts.source}] (got {contacts.source!r})"
         )
-    elif contacts.source and names[contacts.source].kind not in SOURCE_KINDS:
+    elif contacts.source and not _is_source(kinds.get(names[contacts.source].kind)):
         problems.append(f"contacts.source: a {names[contacts.source].kind} cannot be a source")
     return problems
+
+
+def _is_source(kind: CloudKind | None) -> bool:
+    return kind is not None and kind.contact_source
 
 
 def _validate_alerts(alerts: AlertsSettings) -> list[str]:
@@ -388,7 +398,7 @@ def _validate_api(api: ApiSettings) -> list[str]:
     return problems
 
 
-def _validate_destination(destination: DestinationSettings) -> list[str]:
+def _validate_destination(destination: DestinationSettings, kinds: Kinds) -> list[str]:
     prefix = f"destinations.{destination.name}"
     problems = []
     if not NAME_PATTERN.match(destination.name):
@@ -396,9 +406,9 @@ def _validate_destination(destination: DestinationSettings) -> list[str]:
             f"{prefix}: a name is 1-32 of a-z, 0-9 and _, starting with a letter"
             f" (got {destination.name})"
         )
-    if destination.kind not in KIND_TAKES and destination.kind != "?":
-        kinds = ", ".join(sorted(KIND_TAKES))
-        problems.append(f"{prefix}.kind: required, one of {kinds} (got {destination.kind!r})")
+    if destination.kind not in kinds and destination.kind != "?":
+        known = ", ".join(sorted(kinds))
+        problems.append(f"{prefix}.kind: required, one of {known} (got {destination.kind!r})")
     parts = urlsplit(destination.base_url)
     bad_url = parts.scheme not in ("http", "https") or not parts.netloc
     if bad_url and destination.base_url != "?":
@@ -457,7 +467,9 @@ def _build_section(name: str, cls: type, table: object, problems: list[str]) -> 
     return cls(**values)
 
 
-def _build_destinations(table: object, problems: list[str]) -> tuple[DestinationSettings, ...]:
+def _build_destinations(
+    table: object, kinds: Kinds, problems: list[str]
+) -> tuple[DestinationSettings, ...]:
     if not isinstance(table, Mapping):
         problems.append(f"destinations: must be a table of tables (got {table!r})")
         return ()
@@ -466,13 +478,15 @@ def _build_destinations(table: object, problems: list[str]) -> tuple[Destination
         if not isinstance(raw, Mapping):
             problems.append(f"destinations.{name}: must be a table (got {raw!r})")
             continue
-        built.append(_build_destination(name, raw, problems))
+        built.append(_build_destination(name, raw, kinds, problems))
     return tuple(built)
 
 
 def _build_destination(
-    name: str, raw: Mapping[str, Any], problems: list[str]
+    name: str, raw: Mapping[str, Any], kinds: Kinds, problems: list[str]
 ) -> DestinationSettings:
+    """One destination; its takes, rate and amends are its kind's unless set (an unknown kind,
+    which validate() reports, gets the plain defaults)."""
     prefix = f"destinations.{name}"
     kind = raw.get("kind", "")
     base_url = raw.get("base_url", "")
@@ -492,9 +506,10 @@ def _build_destination(
     ):
         problems.append(f"{prefix}.takes: expected a list of strings (got {takes!r})")
         takes = None
-    default_takes = KIND_TAKES.get(kind, frozenset())
+    cloud = kinds.get(kind)
+    default_takes = cloud.takes if cloud else frozenset()
     options = {k: v for k, v in raw.items() if k not in DESTINATION_KEYS}
-    limits = _destination_limits(prefix, kind, raw, problems)
+    limits = _destination_limits(prefix, cloud, raw, problems)
     return DestinationSettings(
         name=name,
         kind=kind,
@@ -506,20 +521,21 @@ def _build_destination(
         daily_call_budget=int(limits[1]),
         monthly_call_budget=int(limits[2]),
         options=types.MappingProxyType(options),
+        amends=cloud.amends if cloud else "replace",
     )
 
 
 def _destination_limits(
-    prefix: str, kind: str, raw: Mapping[str, Any], problems: list[str]
+    prefix: str, cloud: CloudKind | None, raw: Mapping[str, Any], problems: list[str]
 ) -> tuple[float, float, float, float]:
     """(requests/s, daily calls, monthly calls, rate window), each checked; the rate and its
-    window default by kind."""
+    window default to the kind's documented limit."""
     values = []
     for key, default in (
-        ("requests_per_second", KIND_REQUESTS_PER_SECOND.get(kind, 10.0)),
+        ("requests_per_second", cloud.requests_per_second if cloud else 10.0),
         ("daily_call_budget", 0),
         ("monthly_call_budget", 0),
-        ("rate_window_seconds", KIND_RATE_WINDOW_SECONDS.get(kind, 1.0)),
+        ("rate_window_seconds", cloud.rate_window_seconds if cloud else 1.0),
     ):
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

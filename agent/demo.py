@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from agent import app, config
+from agent import app, config, connectors
 from agent.sandbox import SandboxCloud
 
 SECRETS = {
@@ -80,7 +80,7 @@ def demo_settings(directory: Path, cloud_url: str, *, port: int = 0) -> config.S
             },
         },
     }
-    return config.from_mapping(raw, {})
+    return config.from_mapping(raw, {}, connectors.KINDS)
 
 
 def _sell_and_disturb(

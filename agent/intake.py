@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from agent import crypto, figures, models, schema, takings
-from agent.config import KIND_AMENDS, DestinationSettings, IntakeSettings
+from agent.config import DestinationSettings, IntakeSettings
 from agent.crypto import Keyring
 from agent.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.failpoints import failpoint
@@ -103,7 +103,7 @@ class Intake:
         self._keyring = keyring
         self._destinations = tuple(d for d in destinations if d.enabled)
         self._append_only = frozenset(
-            d.name for d in self._destinations if KIND_AMENDS.get(d.kind) == "difference"
+            d.name for d in self._destinations if d.amends == "difference"
         )
         self._settings = settings
         outbox.migrate(schema.STEPS)

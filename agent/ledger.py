@@ -353,7 +353,7 @@ class Journal:
 
     def __init__(self, outbox: Outbox, amends: Mapping[str, str]) -> None:
         self._outbox = outbox
-        self._amends = amends  # destination -> "replace" | "difference" (config.KIND_AMENDS)
+        self._amends = amends  # destination -> "replace" | "difference" (its config.CloudKind)
 
     def replay(self, first_day: str, last_day: str, destination: str | None = None) -> int:
         """Queue again, in each destination's low-priority lane, what was delivered for those days.

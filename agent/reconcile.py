@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from agent import ratelimit, takings
-from agent.config import KIND_AMENDS, DestinationSettings
+from agent.config import DestinationSettings
 from agent.errors import CloudError, DeadlineError, InvalidRequestError, StoppingError
 from agent.figures import ZERO, Amounts, held_of, money, totals
 from agent.ledger import DeadLetters
@@ -167,7 +167,7 @@ class Reconciler:
         rows: list[takings.Acknowledgement],
         dead_letter_ids: list[int],
     ) -> Standing:
-        append_only = KIND_AMENDS.get(self.destinations[destination].kind) == "difference"
+        append_only = self.destinations[destination].amends == "difference"
         parts = sorted((row.part for row in rows if row.part is not None), key=lambda p: p[2])
         held = held_of(parts, append_only=append_only)
         taken = receipt.facts.amounts
@@ -383,7 +383,7 @@ def fix_for(day: str, settings: DestinationSettings, standing: Standing) -> str:
         )
     if standing.state == ERASED and standing.verification not in (LOST, ALTERED):
         return "its buyer was erased on request before it left: nothing will be sent"
-    if KIND_AMENDS.get(settings.kind) == "difference":
+    if settings.amends == "difference":
         held = ", ".join(standing.sent_keys)
         return (
             f"{settings.name} keeps the first receipt under each id and cannot take these again "

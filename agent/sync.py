@@ -30,8 +30,11 @@ class ContactSource(Protocol):
     """A cloud that reports contact changes after a cursor (agent/connectors/base.py)."""
 
     name: str
+    lists_everything: bool  # the feed from its start is every contact: walk it to re-verify
 
     def fetch_contact_changes(self, cursor: str | None, limit: int) -> models.ContactPage: ...
+
+    def count_contacts(self) -> int | None: ...
 
 
 FetchOne = Callable[[str], models.SourceContact | None]
@@ -120,7 +123,7 @@ class ContactSync:
         self.tracker.restore(cache.drained_at(source.name) is not None, self._contacts())
         self._running = threading.Lock()  # the worker's run and one asked for by hand
         self._run_state: _Run | None = None
-        self._walks = bool(getattr(source, "lists_everything", False))
+        self._walks = source.lists_everything
         both = verify_within_seconds > 0 and run_every_seconds > 0
         self._runs_per_round = verify_within_seconds / run_every_seconds if both else 0.0
 
@@ -174,9 +177,9 @@ class ContactSync:
 
     def _count(self) -> int | None:
         """How many contacts the source has, if it can say (Engage's contacts/count)."""
-        count = getattr(self._source, "count_contacts", None)
         try:
-            return None if count is None else int(count())
+            count = self._source.count_contacts()
+            return None if count is None else int(count)
         except (RetryableError, ValueError, TypeError) as exc:
             log.info("the source could not count its contacts: %s", type(exc).__name__)
             return None

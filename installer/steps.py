@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import requests
 
-from agent import acl, app, config, paths
+from agent import acl, app, config, connectors, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands
@@ -264,7 +264,7 @@ def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[s
 
 def load_settings(layout: Layout) -> config.Settings:
     """The installed config as the agent under systemd reads it (its folders under the root)."""
-    return config.load(layout.config_file, layout.environ())
+    return config.load(layout.config_file, layout.environ(), connectors.KINDS)
 
 
 def agent_url(settings: config.Settings) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import app, config, logs, paths
+from agent import app, config, connectors, logs, paths
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def load_settings() -> config.Settings:
     written down where a technician looks; then it follows the config."""
     environ = config.environment()
     setup_logging(config.Settings(agent=config.AgentSettings(log_dir=_system_log_dir(environ))))
-    settings = config.load(config.config_path(None, environ), environ)
+    settings = config.load(config.config_path(None, environ), environ, connectors.KINDS)
     setup_logging(settings)
     return settings
 

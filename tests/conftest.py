@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from agent import app, config
+from agent.connectors import KINDS
 
 # tests/ci.py: under CI=true a skip fails; `need(available, reason)` for tool-dependent tests.
 pytest_plugins = ["tests.ci"]
@@ -135,7 +136,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., tuple[app.Agent, Till]
     running: list[tuple[app.Agent, Till]] = []
 
     def start(overrides: dict[str, Any] | None = None) -> tuple[app.Agent, Till]:
-        settings = config.from_mapping(merged(base_config(tmp_path), overrides or {}), {})
+        settings = config.from_mapping(merged(base_config(tmp_path), overrides or {}), {}, KINDS)
         agent = app.start(settings)
         till = Till(agent.url, agent.token)
         running.append((agent, till))

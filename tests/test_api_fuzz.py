@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import DataGenerationMethod
 
 from agent.api.schemas import openapi_document
+from agent.connectors import KINDS
 from tests.conftest import ROOT, base_config
 
 schemathesis.experimental.OPEN_API_3_1.enable()  # schemathesis 3.x reads 3.1 behind a flag
@@ -82,7 +83,7 @@ def cases():
 def live_agent(tmp_path_factory) -> Iterator[object]:
     from agent import app, config
 
-    agent = app.start(config.from_mapping(base_config(tmp_path_factory.mktemp("fuzz")), {}))
+    agent = app.start(config.from_mapping(base_config(tmp_path_factory.mktemp("fuzz")), {}, KINDS))
     yield agent
     agent.stop()
     results = ROOT / "build" / "reliability"

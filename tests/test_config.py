@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from agent import config, paths
+from agent.config import CloudKind
+from agent.connectors import KINDS
 from agent.errors import ConfigError
 from tests.conftest import base_config, merged, write_toml
 
 
 def test_load_reads_a_complete_file(tmp_path):
     path = write_toml(tmp_path / "config.toml", base_config(tmp_path, 8765))
-    settings = config.load(path, {})
+    settings = config.load(path, {}, KINDS)
     assert settings.agent.store_id == "store-test"
     assert settings.api.listen == "127.0.0.1:8765"
     assert [d.name for d in settings.destinations] == ["engage", "loaded"]
@@ -23,7 +26,7 @@ def test_load_reads_a_complete_file(tmp_path):
 @pytest.mark.linux_only("the Linux default paths")
 def test_defaults_fill_what_the_file_leaves_out(tmp_path):
     raw = {"agent": {"store_id": "s", "till_id": "t"}}
-    settings = config.from_mapping(raw, {})
+    settings = config.from_mapping(raw, {}, KINDS)
     assert settings.api.listen == "127.0.0.1:8765"
     assert settings.api.max_body_bytes == 1_048_576
     assert settings.agent.data_dir == Path("/var/lib/till-agent")
@@ -38,7 +41,7 @@ def test_systemd_directories_are_honoured():
         "CREDENTIALS_DIRECTORY": "/run/credentials/till-agent.service",
         "LOGS_DIRECTORY": "/var/log/x",
     }
-    settings = config.from_mapping({"agent": {"store_id": "s", "till_id": "t"}}, environ)
+    settings = config.from_mapping({"agent": {"store_id": "s", "till_id": "t"}}, environ, KINDS)
     assert settings.agent.data_dir == Path("/var/lib/till-agent-x")
     assert settings.agent.log_dir == Path("/var/log/x")
     assert settings.api.token_file == Path("/run/credentials/till-agent.service/pos-token")
@@ -70,7 +73,7 @@ def test_validate_reports_every_problem_at_once(tmp_path):
         },
     )
     with pytest.raises(ConfigError) as caught:
-        config.from_mapping(raw, {})
+        config.from_mapping(raw, {}, KINDS)
     problems = "\n".join(caught.value.problems)
     for expected in (
         "extras: unknown section",
@@ -93,7 +96,7 @@ def test_unknown_destination_kind_is_a_config_error(tmp_path):
         base_config(tmp_path), {"destinations": {"x": {"kind": "fax", "base_url": "http://a"}}}
     )
     with pytest.raises(ConfigError, match=r"destinations\.x\.kind"):
-        config.from_mapping(raw, {})
+        config.from_mapping(raw, {}, KINDS)
 
 
 def test_destination_takes_defaults_by_kind_and_can_be_set(tmp_path):
@@ -105,25 +108,60 @@ def test_destination_takes_defaults_by_kind_and_can_be_set(tmp_path):
             }
         },
     )
-    settings = config.from_mapping(raw, {})
+    settings = config.from_mapping(raw, {}, KINDS)
     takes = {d.name: d.takes for d in settings.destinations}
     assert takes["engage"] == {"receipts_with_contact", "contacts"}
     assert takes["loaded"] == {"receipts"}
     assert takes["hook"] == {"contacts"}
 
 
+def test_a_kinds_facts_come_from_the_kind_handed_in_not_from_config(tmp_path):
+    acme = CloudKind(
+        name="acme",
+        takes=frozenset({"contacts"}),
+        amends="difference",
+        requests_per_second=2.5,
+        rate_window_seconds=60.0,
+        contact_source=True,
+    )
+    raw = merged(base_config(tmp_path), {"contacts": {"source": "a"}})
+    raw["destinations"] = {"a": {"kind": "acme", "base_url": "http://a"}}
+    (a,) = config.from_mapping(raw, {}, {"acme": acme}).destinations
+    assert a.takes == {"contacts"}
+    assert a.amends == "difference"
+    assert (a.requests_per_second, a.rate_window_seconds) == (2.5, 60.0)
+    with pytest.raises(ConfigError, match=r"kind: required, one of acme \(got 'engage'\)"):
+        config.from_mapping(base_config(tmp_path), {}, {"acme": acme})
+    not_a_source = dataclasses.replace(acme, contact_source=False)
+    with pytest.raises(ConfigError, match="a acme cannot be a source"):
+        config.from_mapping(raw, {}, {"acme": not_a_source})
+
+
+def test_each_kind_brings_its_documented_rate_and_how_it_amends(tmp_path):
+    lightspeed = {"kind": "lightspeed", "base_url": "http://ls"}
+    raw = merged(base_config(tmp_path), {"destinations": {"ls": lightspeed}})
+    found = {d.kind: d for d in config.from_mapping(raw, {}, KINDS).destinations}
+    assert found["engage"].requests_per_second == 40.0
+    assert found["engage"].amends == "difference"
+    assert found["loaded"].amends == "replace"
+    assert found["lightspeed"].takes == frozenset()
+    assert found["lightspeed"].requests_per_second * found["lightspeed"].rate_window_seconds == (
+        pytest.approx(350)
+    )
+
+
 def test_destination_options_are_kept_for_the_connector(tmp_path):
     raw = merged(base_config(tmp_path), {"destinations": {"engage": {"api_key_secret": "k"}}})
-    engage = config.from_mapping(raw, {}).destinations[0]
+    engage = config.from_mapping(raw, {}, KINDS).destinations[0]
     assert engage.options["api_key_secret"] == "k"
 
 
 def test_missing_file_and_bad_toml_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
-        config.load(tmp_path / "none.toml", {})
+        config.load(tmp_path / "none.toml", {}, KINDS)
     (tmp_path / "bad.toml").write_text("[agent\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot read"):
-        config.load(tmp_path / "bad.toml", {})
+        config.load(tmp_path / "bad.toml", {}, KINDS)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.connectors import KINDS
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config, merged
 from tests.test_cli import till_agent
@@ -101,7 +102,7 @@ def lightspeed_source(cloud_url: str, tmp_path):
     """The real Lightspeed connector against the sandbox, built the way the agent builds it."""
     from agent import app, config
 
-    settings = config.from_mapping(lightspeed_config(tmp_path, cloud_url), {})
+    settings = config.from_mapping(lightspeed_config(tmp_path, cloud_url), {}, KINDS)
     return app.build_connectors(settings)["lightspeed"]
 
 

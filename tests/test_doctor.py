@@ -7,6 +7,7 @@ import os
 import pytest
 
 from agent import config, crypto, doctor
+from agent.connectors import KINDS
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config
 from tests.test_cli import till_agent
@@ -72,7 +73,7 @@ def test_refused_credentials_and_a_stopped_agent_are_named(agent_process, tmp_pa
 def test_a_key_file_wrapped_for_the_service_account_is_not_a_failure(tmp_path):
     """A technician's prompt is another account than the service's: DPAPI will not open the
     key file for it, and the doctor checks its wrapping instead of failing."""
-    settings = config.from_mapping(base_config(tmp_path), {})
+    settings = config.from_mapping(base_config(tmp_path), {}, KINDS)
     crypto.load_or_create(settings.privacy.key_file, may_create=True, protector=XorProtector())
     (found,) = [c for c in doctor.examine(settings) if c.name == "key file"]
     assert found.detail.startswith("wrapped by xor-test for the service's account")

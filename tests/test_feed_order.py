@@ -20,6 +20,11 @@ from tests.test_contact_sync_e2e import lightspeed_source
 class AfterFirstPage:
     """The real connector; once its first page is in hand, something happens in the cloud."""
 
+    lists_everything = False  # no re-verification walk here
+
+    def count_contacts(self) -> int | None:
+        return None
+
     def __init__(self, source, then) -> None:
         self.name = source.name
         self._source = source
@@ -82,6 +87,10 @@ class ScriptedFeed:
     """A feed of pages in order; the cursor is the index of the next page."""
 
     name = "scripted"
+    lists_everything = False  # no re-verification walk here
+
+    def count_contacts(self) -> int | None:
+        return None
 
     def __init__(self, pages: list[ContactPage]) -> None:
         self.pages = pages
@@ -107,6 +116,10 @@ class ChangeLog:
     """The cloud's changes in order; a page is the next `limit` after a cursor (an index)."""
 
     name = "log"
+    lists_everything = False  # no re-verification walk here
+
+    def count_contacts(self) -> int | None:
+        return None
 
     def __init__(self, changes: list[SourceContact], crash_at_calls: set[int]) -> None:
         self.changes = changes

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from agent import crypto
+from agent.connectors import KINDS
 from agent.contacts import ContactCache
 from agent.health import Health
 from agent.sandbox import SandboxCloud
@@ -196,7 +197,7 @@ def test_without_a_walk_the_sweep_grows_to_verify_everyone_within_the_bound(tmp_
     try:
         for n in range(30):
             served.engage.add_contact(email=f"zz.sweep.{n}@example.com")
-        settings = config.from_mapping(engage_config(tmp_path, served.url), {})
+        settings = config.from_mapping(engage_config(tmp_path, served.url), {}, KINDS)
         source: Any = app.build_connectors(settings)["engage"]
         sync = ContactSync(
             source,

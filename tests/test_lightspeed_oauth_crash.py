@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from agent import config, doctor, failpoints
+from agent.connectors import KINDS
 from agent.sandbox import SandboxCloud
 from tests.conftest import AgentProcess
 
@@ -147,7 +148,7 @@ def test_a_kill_between_the_answer_and_the_save_halts_once_and_asks_for_reauthor
         assert "refresh_token_secret" in detail
         assert "invalid_grant" in detail
         assert requests.get(process.url + "/v1/health", timeout=5).status_code == 503
-        settings = config.load(process.config_path, os.environ)
+        settings = config.load(process.config_path, os.environ, KINDS)
         (health,) = [c for c in doctor.answering(settings) if c.name == "health"]
         assert not health.ok
         assert REAUTHORISE in health.detail

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import app, config, notify
+from agent.connectors import KINDS
 from tests.conftest import Till, base_config, free_port, make_receipt, merged
 from tests.service.listener import NotifyListener
 
@@ -150,7 +151,7 @@ def test_a_dispatcher_stuck_in_a_send_stops_the_pings_of_a_real_agent(listener, 
             },
         },
     )
-    agent = app.start(config.from_mapping(raw, {}), watchdog=watchdog)
+    agent = app.start(config.from_mapping(raw, {}, KINDS), watchdog=watchdog)
     till = Till(agent.url, agent.token)
     try:
         assert till.post("/v1/receipts", make_receipt()).status_code == 202

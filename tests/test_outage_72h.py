@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from agent import app
+from agent.connectors import KINDS
 from agent.sandbox import SandboxCloud
 from agent.timebase import Timebase
 from tests.conftest import base_config, make_receipt, merged
@@ -240,7 +241,7 @@ def sim(tmp_path, cloud):
         },
     )
     simulated = SimulatedTime()
-    agent = app.start(config.from_mapping(raw, {}), timebase=simulated.timebase())
+    agent = app.start(config.from_mapping(raw, {}, KINDS), timebase=simulated.timebase())
     till = Till(agent.url, agent.token)
     rng = random.Random(72)
     link = Link.flapping(rng, ONLINE_BEFORE)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 from agent import app, config
+from agent.connectors import KINDS
 from tests.conftest import Till, base_config, make_receipt, merged
 
 
 def test_a_smaller_limit_than_the_content_blocks_nothing_loses_nothing_and_warns(tmp_path, caplog):
     def start(max_size_mb: int) -> tuple[app.Agent, Till]:
         raw = merged(base_config(tmp_path), {"storage": {"max_size_mb": max_size_mb}})
-        agent = app.start(config.from_mapping(raw, {}))
+        agent = app.start(config.from_mapping(raw, {}, KINDS))
         return agent, Till(agent.url, agent.token)
 
     agent, till = start(64)

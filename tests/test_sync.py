@@ -17,6 +17,10 @@ class PagedSource:
     """A version-cursor feed like Lightspeed's: contacts after a cursor, `limit` at a time."""
 
     name = "paged"
+    lists_everything = False  # no re-verification walk here
+
+    def count_contacts(self) -> int | None:
+        return None
 
     def __init__(self, contacts: list[SourceContact]) -> None:
         self.contacts = contacts

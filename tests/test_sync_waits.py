@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import app, config
+from agent.connectors import KINDS
 from agent.contacts import LOOKUP_INDEXES
 from agent.errors import StoppingError, ThrottledError
 from agent.health import Health
@@ -28,6 +29,11 @@ PAGE = 20
 
 class OnPage:
     """The agent's Lightspeed connector; once page n is in hand, something happens in the cloud."""
+
+    lists_everything = False  # no re-verification walk here
+
+    def count_contacts(self) -> int | None:
+        return None
 
     def __init__(self, source, n: int, then: Callable[[], object]) -> None:
         self.name = source.name
@@ -63,7 +69,7 @@ def cache(tmp_path):
 def source_for(cloud: SandboxCloud, tmp_path: Path, **limits):
     """The connector as the agent builds it: its session charges the destination's budget."""
     raw = merged(lightspeed_config(tmp_path, cloud.url), {"destinations": {"lightspeed": limits}})
-    settings = config.from_mapping(raw, {})
+    settings = config.from_mapping(raw, {}, KINDS)
     return app.build_connectors(settings, app.rate_budgets(settings))["lightspeed"]
 
 

@@ -1,12 +1,19 @@
-"""Cloud connectors: one module per cloud API behind two small interfaces."""
+"""Cloud connectors: one module per cloud API behind two small interfaces.
+
+A cloud is one module here: its KIND (a config.CloudKind: what it takes, how it amends,
+whether it is a contact source, its documented rate limit, what else it can do), its settings
+(parse_settings) and its connector (create). REGISTRY lists the modules; KINDS is what config
+and app ask about a kind. Adding a cloud: one module, one line below, its sandbox, its tests.
+"""
 
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 
 import requests
 
-from agent.config import DestinationSettings
+from agent.config import CloudKind, DestinationSettings
 from agent.connectors import engage, lightspeed, loaded, webhook
 from agent.connectors.base import (
     Connector,
@@ -21,16 +28,18 @@ from agent.connectors.base import (
 )
 from agent.errors import ConfigError
 
-# One line per cloud. A test keeps these keys equal to agent.config.KIND_TAKES.
+# One line per cloud: its module, by the kind its KIND declares.
 REGISTRY: dict[str, types.ModuleType] = {
-    "engage": engage,
-    "loaded": loaded,
-    "lightspeed": lightspeed,
-    "webhook": webhook,
+    module.KIND.name: module for module in (engage, loaded, lightspeed, webhook)
 }
+KINDS: Mapping[str, CloudKind] = types.MappingProxyType(
+    {name: module.KIND for name, module in REGISTRY.items()}
+)
 
 __all__ = [
+    "KINDS",
     "REGISTRY",
+    "CloudKind",
     "Connector",
     "ContactSource",
     "MemoryVault",
@@ -61,7 +70,7 @@ def build(
             [f"destinations.{destination.name}.kind: one of {kinds} (got {destination.kind!r})"]
         )
     settings = module.parse_settings(destination, read_secret)
-    if getattr(module, "STORES_TOKENS", False):
+    if KINDS[destination.kind].stores_tokens:
         stored: Connector = module.create(settings, http, vault or MemoryVault())
         return stored
     connector: Connector = module.create(settings, http)

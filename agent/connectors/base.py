@@ -33,7 +33,7 @@ from agent.errors import (
     UnreadableAnswerError,
     UnsendableError,
 )
-from agent.models import ContactPage, OutboundMessage
+from agent.models import ContactPage, OutboundMessage, SourceContact
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,20 @@ class ContactSource(Protocol):
     """A cloud that reports contact changes after a cursor."""
 
     name: str
+    # True: the feed from its start is every contact, so walking it re-verifies the cache
+    # (Lightspeed); False: it holds changes only, and ghosts are found by fetch_contact alone.
+    lists_everything: bool
 
     def fetch_contact_changes(self, cursor: str | None, limit: int) -> ContactPage:
         """The next page after cursor (None: from the start); raises CloudError subclasses."""
+        ...
+
+    def fetch_contact(self, contact_id: str) -> SourceContact | None:
+        """One contact by the source's id (the ghost sweep); None when the source has it no more."""
+        ...
+
+    def count_contacts(self) -> int | None:
+        """How many contacts the source holds (the first download's estimate); None: unknown."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from agent import __version__
-from agent.config import DestinationSettings
+from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     ContactSource,
     MemoryVault,
@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 200
 TOKEN_PATH = "/api/1.0/token"  # the changelog's refresh endpoint, on the retailer's domain
-STORES_TOKENS = True  # connectors.build hands this module the vault
+# What Lightspeed is to the agent: a contact source that takes nothing from the till. It allows
+# 300 x registers + 50 requests per 5 minutes: 350 per 300 s for one register.
+KIND = CloudKind(
+    name="lightspeed",
+    takes=frozenset(),
+    amends="replace",
+    requests_per_second=350 / 300,
+    rate_window_seconds=300.0,
+    contact_source=True,
+    stores_tokens=True,  # connectors.build hands this module the vault
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,10 @@ class LightspeedConnector:
             has_more=version_max is not None,
         )
         return SourcePage(page, *self.last_rate_limit)
+
+    def count_contacts(self) -> None:
+        """Not asked: the first download's estimate goes without a total."""
+        return None
 
     def fetch_contact(self, contact_id: str) -> SourceContact | None:
         """GET /api/2.0/customers/{id} for the ghost sweep; None when gone (404 or deleted_at)."""

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import requests
 
 from agent import __version__
-from agent.config import DestinationSettings
+from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     MemoryVault,
     Options,
@@ -46,7 +46,15 @@ MAX_EXTERNAL_ID = 255  # "an external ID can be any string value up to a maximum
 NOT_FOUND = 404
 # Loaded applies an order when it answers (no batch window): read back at once.
 READBACK_AFTER_SECONDS = 0.0
-STORES_TOKENS = True  # connectors.build hands this module the vault
+# What Loaded is to the agent: every receipt, upserted by externalId. Loaded publishes no rate
+# limit; we keep to 10 requests a second.
+KIND = CloudKind(
+    name="loaded",
+    takes=frozenset({"receipts"}),
+    amends="replace",
+    requests_per_second=10.0,
+    stores_tokens=True,  # connectors.build hands this module the vault
+)
 
 
 @dataclass(frozen=True)

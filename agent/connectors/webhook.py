@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from agent import __version__
-from agent.config import DestinationSettings
+from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     Options,
     ReadSecret,
@@ -26,6 +26,14 @@ from agent.models import OutboundMessage, to_wire
 
 log = logging.getLogger(__name__)
 
+# What a webhook is to the agent: receipts and contacts; a changed receipt is sent whole again
+# and replaces the earlier one. A receiver publishes no limit; we keep to 10 requests a second.
+KIND = CloudKind(
+    name="webhook",
+    takes=frozenset({"receipts", "contacts"}),
+    amends="replace",
+    requests_per_second=10.0,
+)
 SIGNATURE_HEADER = "X-Till-Signature"
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import email.utils
+import inspect
 import re
 import time
 
 import pytest
 import requests
 
-from agent.config import KIND_TAKES
-from agent.connectors import REGISTRY, build
+from agent.config import TAKES_VALUES, CloudKind
+from agent.connectors import KINDS, REGISTRY, build
 from agent.connectors.base import (
     EXCERPT_CHARS,
     Options,
@@ -166,10 +167,6 @@ def test_the_session_always_has_a_timeout_and_never_retries():
         session.close()
 
 
-def test_the_registry_has_every_kind():
-    assert set(REGISTRY) == set(KIND_TAKES)
-
-
 def test_build_lists_every_problem(http: requests.Session):
     bad = destination(
         "engage",
@@ -277,3 +274,23 @@ def test_an_id_of_dots_only_names_nothing_and_is_the_items_problem(value):
 
     with pytest.raises(UnsendableError):
         path_segment(value, connector="c")
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_a_kind_declares_what_its_connector_can_do(kind: str):
+    """What app and config ask a kind (its KIND) is what its connector class really has."""
+    module = REGISTRY[kind]
+    declared: CloudKind = module.KIND
+    create = inspect.signature(module.create)
+    connector = getattr(module, create.return_annotation)
+    assert declared.name == kind
+    assert declared.takes <= TAKES_VALUES
+    assert declared.amends in ("replace", "difference")
+    assert declared.requests_per_second > 0
+    assert declared.rate_window_seconds > 0
+    assert declared.sends == hasattr(connector, "send")
+    assert declared.contact_source == hasattr(connector, "fetch_contact_changes")
+    assert declared.finds_contacts == hasattr(connector, "find_contact_id")
+    assert declared.writes_in_bulk == hasattr(connector, "bulk_write")
+    assert declared.stores_tokens == ("vault" in create.parameters)
+    assert KINDS[kind] is declared

@@ -27,7 +27,7 @@ from agent.sandbox import SandboxCloud
 from tests.conftest import ROOT, Till
 
 CLOUDS = ("engage-v2", "engage-v3", "loaded", "lightspeed", "webhook")
-SENDS = "a contact source: it takes nothing from the till (config.KIND_TAKES)"
+SENDS = "a contact source: it takes nothing from the till (its CloudKind)"
 STATIC = "authorised by a static {what}: no token that expires or is refreshed"
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
     **{

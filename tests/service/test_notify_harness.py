@@ -20,9 +20,10 @@ from tests.service.listener import NotifyListener
 DRIVER = """
 import pathlib, signal, sys, threading
 from agent import app, config
+from agent.connectors import KINDS
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-app.run(config.load(pathlib.Path(sys.argv[1]), config.environment()), stop)
+app.run(config.load(pathlib.Path(sys.argv[1]), config.environment(), KINDS), stop)
 """
 STOP_TIMEOUT_SECONDS = 3.0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import config
+from agent.connectors import KINDS
 from installer import services
 from tests.conftest import ROOT
 
@@ -61,7 +62,7 @@ def test_unit_sets(key, value):
 
 def test_stop_timeout_is_above_the_agents_own_worst_stop():
     stop = config.ApiSettings().stop_timeout_seconds
-    workers = 2 + len(config.KIND_TAKES)  # the API, the scheduler, one worker per cloud
+    workers = 2 + len(KINDS)  # the API, the scheduler, one worker per cloud
     assert int(settings()["TimeoutStopSec"][0]) > stop * workers
     assert int(settings()["WatchdogSec"][0]) >= 10
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from agent import app, config, crypto
+from agent.connectors import KINDS
 from agent.errors import ConfigError
 from service import windows
 from tests.conftest import base_config
@@ -113,7 +114,7 @@ def test_logging_starts_in_the_system_log_folder_before_the_config_loads(
 
 
 def test_runner_runs_the_real_agent(tmp_path):
-    settings = config.from_mapping(base_config(tmp_path), {})
+    settings = config.from_mapping(base_config(tmp_path), {}, KINDS)
     started: list[app.Agent] = []
 
     def start(s):
@@ -206,7 +207,7 @@ class Collect(logging.Handler):
 
 
 def test_logging_goes_to_a_file_and_warnings_to_the_event_log(tmp_path, restore_logging):
-    settings = config.from_mapping(base_config(tmp_path), {})
+    settings = config.from_mapping(base_config(tmp_path), {}, KINDS)
     event_log = Collect()
     windows.setup_logging(settings, event_log)
     logging.getLogger("agent.test").info("an ordinary day")
