@@ -18,45 +18,33 @@ from typing import Any, cast
 import filelock
 import msgspec
 
-from agent import (
-    __version__,
-    api,
-    config,
-    connectors,
-    crypto,
-    db,
-    filemodes,
-    health,
-    models,
-    notify,
-    outbox,
-    ratelimit,
-)
-from agent.alerts import Alerts
+from agent import __version__, api, connectors
 from agent.api import schemas
 from agent.api.routes import Services
 from agent.api.server import Server
-from agent.bulk import BulkContacts, BulkSettings, BulkWriter
 from agent.connectors.base import Sender
+from agent.connectors.vault import ConnectorVault
 from agent.contacts import FILE_NAME as CACHE_FILE_NAME
 from agent.contacts import ContactCache
-from agent.dispatch import ContactResolver, Dispatcher, watch_backlog
-from agent.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
-from agent.failpoints import ENV, failpoint, hooked
-from agent.forecast import Forecast
+from agent.contacts.lookup import LiveLookup, Lookup
+from agent.contacts.sync import ContactSync, SyncWorker
+from agent.contacts.sync_progress import ProgressTracker
+from agent.core import config, crypto, db, filemodes, health, models, notify, ratelimit
+from agent.core.errors import AlreadyRunningError, ConfigError, NotFoundError, StorageError
+from agent.core.failpoints import ENV, failpoint, hooked
+from agent.core.metrics import Metrics
+from agent.core.ratelimit import RateBudget
+from agent.core.scheduler import Job, Scheduler
+from agent.core.timebase import REAL, Timebase
+from agent.delivery.bulk import BulkContacts, BulkSettings, BulkWriter
+from agent.delivery.dispatch import ContactResolver, Dispatcher, watch_backlog
 from agent.intake import Intake
-from agent.ledger import DeadLetters, Journal, Ledger
-from agent.lookup import LiveLookup, Lookup
-from agent.metrics import Metrics
+from agent.ledger import DeadLetters, Journal, Ledger, outbox
+from agent.ops.alerts import Alerts
+from agent.ops.forecast import Forecast
+from agent.ops.reconcile import CloudReader, Reconciler, readers_of
+from agent.ops.status import StatusReporter
 from agent.privacy import Privacy
-from agent.ratelimit import RateBudget
-from agent.reconcile import CloudReader, Reconciler, readers_of
-from agent.scheduler import Job, Scheduler
-from agent.status import StatusReporter
-from agent.sync import ContactSync, SyncWorker
-from agent.sync_progress import ProgressTracker
-from agent.timebase import REAL, Timebase
-from agent.vault import ConnectorVault
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +360,7 @@ def checked_settings(
     """Structure, values, unknown keys and each connector (its keys and secrets) at once:
     ConfigError lists every problem of every kind."""
     settings, problems = config.parse(raw, environ, connectors.KINDS)
-    reader = read_secret or secret_reader(settings.agent.credentials_dir)
+    reader = read_secret or config.secret_reader(settings.agent.credentials_dir)
     session = connectors.make_session(f"TillAgent/{__version__}")
     try:
         for destination in settings.enabled_destinations:
@@ -420,24 +408,13 @@ def build_connectors(
         session = sessions.new(None if budget is None else budget.before_request)
         try:
             built[destination.name] = connectors.build(
-                destination, session, secret_reader(settings.agent.credentials_dir), vault
+                destination, session, config.secret_reader(settings.agent.credentials_dir), vault
             )
         except ConfigError as exc:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
     return built
-
-
-def secret_reader(credentials_dir: Path) -> Callable[[str], str]:
-    """Secrets are files in the credentials directory (systemd LoadCredential, DPAPI'd files)."""
-
-    def read(name: str) -> str:
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError("a secret is named by a plain file name")
-        return (credentials_dir / name).read_text(encoding="utf-8").strip()
-
-    return read
 
 
 def _dispatchers(
@@ -595,7 +572,7 @@ def _sleep(seconds: float) -> bool:
 
 
 def open_vault(settings: config.Settings, keyring: crypto.Keyring) -> ConnectorVault:
-    """The connectors' tokens and created-record links (agent/vault.py)."""
+    """The connectors' tokens and created-record links (agent/connectors/vault.py)."""
     return ConnectorVault(settings.agent.data_dir, keyring, settings.storage.busy_timeout_seconds)
 
 

@@ -20,30 +20,21 @@ import msgspec
 import requests
 from tqdm import tqdm
 
-from agent import (
-    __version__,
-    app,
-    backfill,
-    config,
-    connectors,
-    filemodes,
-    logs,
-    qareport,
-    render,
-    support,
-    wording,
-)
+from agent import __version__, app, connectors
 from agent.api.routes import replay_plan
-from agent.errors import (
+from agent.core import config, filemodes, logs, wording
+from agent.core.errors import (
     AgentError,
     AlreadyRunningError,
     ConfigError,
     InvalidRequestError,
     NotFoundError,
 )
-from agent.reasons import printable
-from agent.reconcile import Reconciler
-from agent.status import describe_cache
+from agent.core.reasons import printable
+from agent.intake import backfill
+from agent.ops import qareport, render, support
+from agent.ops.reconcile import Reconciler
+from agent.ops.status import describe_cache
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -694,7 +685,7 @@ def api_submitter(settings: config.Settings) -> backfill.Submit:
 @CONFIG_OPTION
 def doctor(config_file: str | None) -> None:
     """Check this till: data directory, disk, stores, keys, token, the agent, each cloud, clock."""
-    from agent import doctor as checks
+    from agent.ops import doctor as checks
 
     settings = load_settings(config_file)
     results = checks.examine(settings)

@@ -14,7 +14,8 @@ from typing import Any
 
 import requests
 
-from agent import app, config, connectors
+from agent import app, connectors
+from agent.core import config
 from agent.sandbox import SandboxCloud
 
 SECRETS = {

@@ -7,8 +7,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from agent import acl, config, wording
-from agent.doctor import MIN_FREE_BYTES, Check, answering
+from agent.core import acl, config, wording
+from agent.ops.doctor import MIN_FREE_BYTES, Check, answering
 from installer import steps
 from installer.services import SERVICE_STATES, ServiceManager
 from installer.system import CommandError

@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 import click
 import requests
 
-from agent import __version__, config, doctor, paths
-from agent.doctor import Check
-from agent.errors import AgentError, ConfigError
+from agent import __version__
+from agent.core import config, paths
+from agent.core.errors import AgentError, ConfigError
+from agent.ops import doctor
+from agent.ops.doctor import Check
 from installer import answers, checks, environments, services, steps, tomlfile, wizard
 from installer.services import ServiceManager, Systemd, WindowsServices
 from installer.system import CommandError, Commands, HostCommands

@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 
 def switched(raw: Mapping[str, Any], environment: str) -> dict[str, Any]:

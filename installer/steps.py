@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import requests
 
-from agent import acl, app, config, connectors, paths
+from agent import app, connectors
+from agent.core import acl, config, paths
 from installer import tomlfile
 from installer.services import SERVICE_USER
 from installer.system import Commands
@@ -174,7 +175,7 @@ def interpreter_problems() -> list[str]:
 def make_dirs(layout: Layout, owner: Owner) -> None:
     """config 0750 (root, the service's group), credentials 0700 root's, data 0700 and logs
     0750 the service's; on Windows each folder SYSTEM and Administrators only instead
-    (agent.acl). Files already in the log directory become the service's too: one left
+    (agent.core.acl). Files already in the log directory become the service's too: one left
     by a run as root would otherwise refuse every log line the service writes."""
     dirs: tuple[tuple[Path, int, Holder], ...] = (
         (layout.config_dir, 0o750, "group"),
@@ -253,7 +254,7 @@ def check_config(
 
 def pending_first(layout: Layout, new_secrets: Mapping[str, str]) -> Callable[[str], str]:
     """A secret reader that sees secrets not written yet before those on disk."""
-    on_disk = app.secret_reader(layout.credentials_dir)
+    on_disk = config.secret_reader(layout.credentials_dir)
     pending = dict(new_secrets)
 
     def read(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from agent.config import NAME_PATTERN
+from agent.core.config import NAME_PATTERN
 from installer.answers import (
     ASKED_OPTIONS,
     DEFAULT_PORT,

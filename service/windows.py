@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import app, config, connectors, logs, paths
+from agent import app, connectors
+from agent.core import config, logs, paths
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from agent import app, config
+from agent import app
 from agent.connectors import KINDS
+from agent.core import config
 
 # tests/ci.py: under CI=true a skip fails; `need(available, reason)` for tool-dependent tests.
 pytest_plugins = ["tests.ci"]
@@ -59,13 +60,22 @@ SECRETS = {
 }
 
 
-def write_secrets(directory: Path) -> None:
-    """The sandbox cloud's credentials, as files in a credentials directory (owner-only)."""
+def write_secrets(directory: Path, secrets: dict[str, str] = SECRETS) -> None:
+    """Credentials (the sandbox cloud's by default), as files in a credentials directory
+    (owner-only)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, value in SECRETS.items():
+    for name, value in secrets.items():
         path = directory / name
         path.write_text(value, encoding="utf-8")
         path.chmod(0o600)
+
+
+def lightspeed_oauth_secrets(cloud: Any) -> dict[str, str]:
+    """The client secret and a fresh single-use refresh token for the sandbox's Lightspeed."""
+    return {
+        "lightspeed-client-secret": "sandbox-lightspeed-secret",
+        "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
+    }
 
 
 def merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +119,14 @@ def make_receipt(
     if contact:
         receipt["contact"] = {"matchKey": "+46700000001", "matchKeyType": "mobilePhone"}
     return receipt
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Until condition() holds, looked at every 50 ms; AssertionError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 class Till:

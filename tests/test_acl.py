@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import acl
+from agent.core import acl
 
 SYSTEM = acl.Grant(acl.SYSTEM, "NT AUTHORITY\\SYSTEM", acl.FILE_ALL_ACCESS)
 ADMINS = acl.Grant(acl.ADMINISTRATORS, "BUILTIN\\Administrators", acl.FILE_ALL_ACCESS)

@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from agent.alerts import Alerts
-from agent.config import AlertsSettings
+from agent.core.config import AlertsSettings
 from agent.ledger import DeadLetters
+from agent.ops.alerts import Alerts
 from tests.conftest import free_port
 from tests.test_dead_letters import rejected_rig
 from tests.test_privacy_scan import PLANTED

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import msgspec
 
-from agent import amend, models
+from agent.core import models
+from agent.delivery import amend
 from agent.intake import line_amount
 from tests.conftest import make_receipt
 

@@ -81,7 +81,8 @@ def cases():
 
 @pytest.fixture(scope="module")
 def live_agent(tmp_path_factory) -> Iterator[object]:
-    from agent import app, config
+    from agent import app
+    from agent.core import config
 
     agent = app.start(config.from_mapping(base_config(tmp_path_factory.mktemp("fuzz")), {}, KINDS))
     yield agent

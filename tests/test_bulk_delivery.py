@@ -7,15 +7,14 @@ import time
 
 import pytest
 
-from agent.bulk import BulkContacts, BulkSettings
 from agent.connectors import engage, make_session
-from agent.dispatch import Dispatcher
+from agent.core.ratelimit import RateBudget
+from agent.delivery.bulk import BulkContacts, BulkSettings
+from agent.delivery.dispatch import Dispatcher
 from agent.ledger import DeadLetters
-from agent.ratelimit import RateBudget
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, make_receipt, merged
+from tests.conftest import base_config, make_receipt, merged, wait_for
 from tests.fakes.senders import Clock
-from tests.test_delivery import wait_for
 from tests.test_dispatch import SETTINGS, drain
 
 KEY = "sandbox-engage-key"

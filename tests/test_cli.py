@@ -18,7 +18,8 @@ from agent.sandbox import SandboxCloud
 from tests.conftest import ROOT, Till, base_config, make_receipt, merged, write_toml
 
 
-def till_agent(*args: str) -> subprocess.CompletedProcess[str]:
+def till_agent(*args: str, umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """`till-agent ARGS` in a subprocess; umask: the one it starts with (-1: ours)."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
         cwd=ROOT,
@@ -26,6 +27,7 @@ def till_agent(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+        umask=umask,
     )
 
 

@@ -66,7 +66,7 @@ def jump(stamp: Path, spec: str) -> None:
 CLAIM_SCRIPT = """
 import sys, time
 from pathlib import Path
-from agent.outbox import Outbox
+from agent.ledger.outbox import Outbox
 box = Outbox(Path(sys.argv[1]), ["a"])
 print(f"wall {time.time():.0f}", flush=True)
 sys.stdin.readline()  # the test is about to move the clock

@@ -15,10 +15,10 @@ import pytest
 
 from agent import connectors
 from agent.connectors.base import call
-from agent.errors import RetryableError
+from agent.core.errors import RetryableError
 from agent.sandbox import SandboxCloud
-from tests.conftest import Till, base_config, make_receipt, merged
-from tests.test_delivery import sales_requests, wait_for
+from tests.conftest import Till, base_config, make_receipt, merged, wait_for
+from tests.test_delivery import sales_requests
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, paths
-from agent.config import CloudKind
 from agent.connectors import KINDS
-from agent.errors import ConfigError
+from agent.core import config, paths
+from agent.core.config import CloudKind
+from agent.core.errors import ConfigError
 from tests.conftest import base_config, merged, write_toml
 
 

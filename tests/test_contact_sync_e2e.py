@@ -100,17 +100,18 @@ def test_a_slow_cloud_never_holds_a_lookup_past_its_bound(start_agent, tmp_path)
 
 def lightspeed_source(cloud_url: str, tmp_path):
     """The real Lightspeed connector against the sandbox, built the way the agent builds it."""
-    from agent import app, config
+    from agent import app
+    from agent.core import config
 
     settings = config.from_mapping(lightspeed_config(tmp_path, cloud_url), {}, KINDS)
     return app.build_connectors(settings)["lightspeed"]
 
 
 def test_a_record_changed_while_paginating_arrives_in_its_latest_form(tmp_path):
-    from agent import crypto
     from agent.contacts import ContactCache
-    from agent.health import Health
-    from agent.sync import ContactSync
+    from agent.contacts.sync import ContactSync
+    from agent.core import crypto
+    from agent.core.health import Health
 
     cloud = SandboxCloud(seed=10).serve()
     keyring = crypto.load_or_create(tmp_path / "keyring.json", may_create=True)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from agent import crypto
 from agent.contacts import ContactCache
-from agent.errors import StorageError
-from agent.models import ContactPage, SourceContact
+from agent.core import crypto
+from agent.core.errors import StorageError
+from agent.core.models import ContactPage, SourceContact
 from tests.test_privacy_scan import scan
 
 
@@ -219,7 +219,7 @@ def test_a_contact_is_found_by_its_second_number_too(tmp_path):
 def test_a_row_sealed_before_the_second_number_still_opens(cache):
     import msgspec
 
-    from agent import crypto as sealing
+    from agent.core import crypto as sealing
 
     cache.apply_page("s", ContactPage(contacts=[contact(3)], cursor="1", has_more=False))
     old = [None, None, None, "+46700000003", None]  # five fields, as before the second number

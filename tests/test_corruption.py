@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from agent import db
+from agent.core import db
 from tests.conftest import Till, make_receipt
 from tests.test_alerts import hook  # noqa: F401 - the webhook receiver fixture
 

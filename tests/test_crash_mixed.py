@@ -6,7 +6,7 @@ receipts (some with a buyer) and member registrations while delivery runs; a pos
 because the agent died is retried, with the same body and so the same idempotency key, once the
 agent is back — as a POS does.
 
-Kills come at random moments and, deterministically, at the failpoints of agent/failpoints.py
+Kills come at random moments and, deterministically, at the failpoints of agent/core/failpoints.py
 (TILL_AGENT_FAILPOINTS): A1 before the intake COMMIT, A2 after it but before the 2xx, A3 after
 the cloud's 2xx but before the local ack, A4 in the middle of a purge, A5 during start-up
 recovery (several times in a row, by failpoint and at random moments of the start).
@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import requests
 
-from agent.failpoints import ENV as FAILPOINTS
+from agent.core.failpoints import ENV as FAILPOINTS
 from agent.sandbox import SandboxCloud
 from tests.conftest import AgentProcess, Till, make_receipt, write_toml
 

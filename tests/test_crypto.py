@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from agent import crypto
-from agent.errors import KeyStoreError
+from agent.core import crypto
+from agent.core.errors import KeyStoreError
 
 
 def test_seal_and_open_round_trip(tmp_path):

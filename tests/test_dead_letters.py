@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.errors import RejectedError
+from agent.core.errors import RejectedError
 from agent.privacy import Privacy
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock, ScriptedSender, raising
@@ -14,16 +14,20 @@ from tests.test_privacy import FakeClocks
 from tests.test_privacy_scan import PLANTED, scan
 
 
-def rejected_rig(start_agent, overrides=None):
+def rejected_rig(start_agent, overrides=None, refusal=None, receipt_id="R-DEAD"):
+    """An agent whose one receipt (with a buyer) the cloud refuses: a dead letter.
+
+    refusal: the RejectedError (default: a 400 whose body echoes the buyer's email)."""
     agent, till = start_agent(overrides or {"destinations": {"engage": {"enabled": False}}})
     sender = ScriptedSender()
     clock = Clock()
     dispatcher = dispatcher_for(agent, sender, monotonic=clock)
-    receipt = make_receipt("R-DEAD")
+    receipt = make_receipt(receipt_id)
     receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
     assert till.post("/v1/receipts", receipt).status_code == 202
-    sender.rules["R-DEAD"] = raising(
-        RejectedError(
+    sender.rules[receipt_id] = raising(
+        refusal
+        or RejectedError(
             "400",
             connector="x",
             status=400,
@@ -160,22 +164,10 @@ def test_the_clouds_excerpt_is_sealed_at_rest_and_shown_opened_with_its_reason(
     """Issue 14 §4: the excerpt (an allow-listed skeleton) is sealed like the personal data."""
     from tests.conftest import base_config, write_toml
 
-    agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
-    sender, clock = ScriptedSender(), Clock()
-    dispatcher = dispatcher_for(agent, sender, monotonic=clock)
-    receipt = make_receipt("R-SEALED")
-    receipt["contact"] = {"matchKey": PLANTED["email"], "matchKeyType": "email"}
-    assert till.post("/v1/receipts", receipt).status_code == 202
-    sender.rules["R-SEALED"] = raising(
-        RejectedError(
-            "loaded: HTTP 400",
-            connector="x",
-            status=400,
-            cloud_error_id="e-2",
-            body_excerpt=EXCERPT,
-        )
+    refusal = RejectedError(
+        "loaded: HTTP 400", connector="x", status=400, cloud_error_id="e-2", body_excerpt=EXCERPT
     )
-    drain(dispatcher, clock)
+    agent, till, *_ = rejected_rig(start_agent, refusal=refusal, receipt_id="R-SEALED")
     with agent.outbox.read() as conn:
         (raw,) = conn.execute("SELECT body_excerpt FROM dead_letters").fetchone()
     assert raw.startswith("s1.")  # sealed at rest ...

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
 from agent.connectors.base import idempotency_header
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, make_receipt, merged
+from tests.conftest import base_config, make_receipt, merged, wait_for
 
 
 @pytest.fixture
@@ -34,15 +33,6 @@ def delivering(start_agent, tmp_path, cloud):
         return start_agent(merged(base_config(tmp_path), overrides))
 
     return start
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def sales_requests(cloud, ok_only=True):

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from agent import models
-from agent.config import DeliverySettings
-from agent.dispatch import Dispatcher
-from agent.errors import (
+from agent.core import models
+from agent.core.config import DeliverySettings
+from agent.core.errors import (
     AuthError,
     RejectedError,
     RetryableError,
     ThrottledError,
     UnsendableError,
 )
+from agent.delivery.dispatch import Dispatcher
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock, ScriptedSender, raising
 
@@ -202,7 +202,7 @@ def test_restart_puts_set_aside_items_back_in_line(rig):
 def test_the_request_rate_is_never_exceeded(start_agent):
     import time
 
-    from agent.ratelimit import RateBudget
+    from agent.core.ratelimit import RateBudget
 
     agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
     sender = ScriptedSender()
@@ -218,7 +218,7 @@ def test_the_request_rate_is_never_exceeded(start_agent):
 
 
 def test_a_used_up_daily_budget_pauses_the_destination(start_agent, tmp_path):
-    from agent.ratelimit import RateBudget
+    from agent.core.ratelimit import RateBudget
 
     agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
     sender = ScriptedSender()
@@ -375,7 +375,7 @@ def test_a_receipt_waits_for_its_member_to_reach_the_cloud(start_agent):
 def test_live_sales_go_before_the_low_priority_lane(start_agent):
     import msgspec
 
-    from agent import models
+    from agent.core import models
 
     agent, till = start_agent({"destinations": {"engage": {"enabled": False}}})
     for n in range(3):
@@ -395,7 +395,7 @@ def test_live_sales_go_before_the_low_priority_lane(start_agent):
 def test_a_config_error_halts_and_an_unexpected_failure_is_the_items_alone(rig):
     """A bug met while sending one item (here ZeroDivisionError) is that item's attempt: it is
     set aside and the next goes, instead of stalling the destination (issue 14)."""
-    from agent.errors import ConfigError
+    from agent.core.errors import ConfigError
 
     agent, till, sender, clock, dispatcher = rig
     post(till, "R-1", "R-2")
@@ -418,7 +418,7 @@ def test_a_buyers_lookup_counts_against_the_request_rate(start_agent):
     """With lookup_match_keys each receipt with an unknown buyer costs two requests."""
     import time
 
-    from agent.ratelimit import RateBudget
+    from agent.core.ratelimit import RateBudget
     from tests.fakes.senders import DirectoryResolver
 
     agent, till = start_agent()

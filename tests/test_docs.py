@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
-from agent import config
+from agent.core import config
 from tests.conftest import ROOT
 
 CONFIG_DOC = ROOT / "docs" / "configuration.md"

@@ -6,10 +6,18 @@ import os
 
 import pytest
 
-from agent import config, crypto, doctor
 from agent.connectors import KINDS
+from agent.core import config, crypto
+from agent.ops import doctor
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config
+from tests.conftest import (
+    base_config,
+    lightspeed_oauth_secrets,
+    make_receipt,
+    merged,
+    write_secrets,
+    write_toml,
+)
 from tests.test_cli import till_agent
 from tests.test_crypto import XorProtector
 
@@ -81,8 +89,6 @@ def test_a_key_file_wrapped_for_the_service_account_is_not_a_failure(tmp_path):
 
 
 def test_a_cloud_that_answers_503_is_not_called_unreachable(tmp_path):
-    from tests.conftest import base_config, merged, write_toml
-
     cloud = SandboxCloud(seed=14).serve()
     try:
         cloud.faults.fail_next(503, api="engage")
@@ -111,8 +117,7 @@ def test_the_doctor_and_the_status_say_the_same_words_about_a_cloud(start_agent,
     status (page and API) exactly as the doctor (and so `till-install verify`) describes it."""
     import time
 
-    from agent import doctor
-    from tests.conftest import base_config, make_receipt, merged
+    from agent.ops import doctor
 
     cloud = SandboxCloud(seed=16).serve()
     try:
@@ -163,8 +168,6 @@ def test_the_doctor_and_the_status_say_the_same_words_about_a_cloud(start_agent,
 def test_a_single_use_refresh_token_is_not_spent_and_not_called_a_failure(tmp_path):
     """Lightspeed over OAuth: only the running agent may spend the refresh token, so the doctor
     says it did not probe, as a pass, and the sandbox saw no token request."""
-    from tests.conftest import base_config, merged, write_toml
-
     cloud = SandboxCloud(seed=15).serve()
     try:
         lightspeed = {
@@ -175,12 +178,7 @@ def test_a_single_use_refresh_token_is_not_spent_and_not_called_a_failure(tmp_pa
         }
         raw = merged(base_config(tmp_path), {"destinations": {"lightspeed": lightspeed}})
         credentials = tmp_path / "credentials"
-        for name, value in {
-            "lightspeed-client-secret": "sandbox-lightspeed-secret",
-            "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
-        }.items():
-            (credentials / name).write_text(value, encoding="utf-8")
-            (credentials / name).chmod(0o600)
+        write_secrets(credentials, lightspeed_oauth_secrets(cloud))
         path = write_toml(tmp_path / "config.toml", raw)
         result = till_agent("doctor", "--config", str(path))
         line = next(x for x in result.stdout.splitlines() if "cloud lightspeed" in x)

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from agent.connectors import engage, make_session
-from agent.dispatch import Dispatcher
-from agent.models import Contact
+from agent.core.models import Contact
+from agent.delivery.dispatch import Dispatcher
 from agent.sandbox import SandboxCloud
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock

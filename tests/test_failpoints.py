@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from agent import failpoints
+from agent.core import failpoints
 from tests.conftest import ROOT
 
 
@@ -28,7 +28,7 @@ def test_an_unknown_point_is_refused():
 
 def test_a_due_point_kills_the_process_and_an_unnamed_one_does_nothing():
     script = (
-        "from agent.failpoints import failpoint\n"
+        "from agent.core.failpoints import failpoint\n"
         "failpoint('purge.after_delete')\n"
         "failpoint('intake.after_commit')\n"
         "print('passed the first hit', flush=True)\n"
@@ -47,7 +47,7 @@ def test_the_no_fsync_hook_turns_durable_stores_off_only_when_named(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from agent import db\n"
+        "from agent.core import db\n"
         "conn = db.connect(Path(sys.argv[1]))\n"
         "print(conn.execute('PRAGMA synchronous').fetchone()[0], flush=True)\n"
     )

@@ -8,12 +8,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import crypto
 from agent.contacts import ContactCache
-from agent.health import Health
-from agent.models import ContactPage, SourceContact
+from agent.contacts.sync import ContactSync
+from agent.core import crypto
+from agent.core.health import Health
+from agent.core.models import ContactPage, SourceContact
 from agent.sandbox import SandboxCloud
-from agent.sync import ContactSync
 from tests.test_contact_sync_e2e import lightspeed_source
 
 

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Till, make_receipt
+from tests.conftest import Till, make_receipt
+from tests.test_cli import till_agent
 
 pytestmark = pytest.mark.linux_only("POSIX modes; on Windows the folders' DACLs (tests/wine)")
-
-
-def run_cli(umask: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        umask=umask,
-    )
 
 
 def open_to_others(*roots: Path) -> list[str]:
@@ -55,11 +42,11 @@ def test_everything_the_agent_creates_is_owner_only_whatever_the_umask(
     running = open_to_others(data, logs, tmp_path / "pos-token")
     config = str(process.config_path)
     bundles, reports = tmp_path / "bundles", tmp_path / "reports"
-    bundle = run_cli(umask, "support-bundle", "--config", config, "--output", str(bundles))
+    bundle = till_agent("support-bundle", "--config", config, "--output", str(bundles), umask=umask)
     assert bundle.returncode == 0, bundle.stderr
-    report = run_cli(
-        umask, "qa-report", "--config", config, "--from", "2026-01-01",
-        "--output", str(reports / "qa.md"),
+    report = till_agent(
+        "qa-report", "--config", config, "--from", "2026-01-01",
+        "--output", str(reports / "qa.md"), umask=umask,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
     assert process.terminate() == 0
@@ -79,7 +66,7 @@ def test_a_token_or_key_file_others_can_read_is_refused_at_start_naming_the_fix(
     assert first.terminate() == 0
     path = tmp_path / secret
     os.chmod(path, mode)
-    result = run_cli(0o022, "run", "--config", str(first.config_path))
+    result = till_agent("run", "--config", str(first.config_path), umask=0o022)
     assert result.returncode != 0
     assert str(path) in result.stderr
     assert f"mode {mode:04o}" in result.stderr

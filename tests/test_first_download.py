@@ -4,12 +4,9 @@ and `till-agent contacts sync`."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from agent.cli import format_status
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, merged, write_toml
+from tests.conftest import base_config, merged, wait_for, write_toml
 from tests.test_cli import till_agent
 
 
@@ -28,7 +25,7 @@ def test_while_the_first_download_runs_status_and_lookups_say_so(start_agent, tm
         ids = [cloud.engage.add_contact(email=e) for e in emails]
         # Each page costs its ten contacts' fetches and the window's three changes calls.
         agent, till = start_agent(engage_paced(cloud, 40))
-        wait_for(lambda: till.get("/v1/status").json()["contacts"]["contacts"] >= 10)
+        wait_for(lambda: till.get("/v1/status").json()["contacts"]["contacts"] >= 10, 20)
         status = till.get("/v1/status").json()
         cache = status["contacts"]
         assert cache["state"] == "loading", cache
@@ -75,7 +72,7 @@ def test_a_source_that_cannot_count_says_the_finish_is_unknown(start_agent, tmp_
             },
         )
         _, till = start_agent(raw)
-        wait_for(lambda: till.get("/v1/status").json()["contacts"]["contacts"] >= 10)
+        wait_for(lambda: till.get("/v1/status").json()["contacts"]["contacts"] >= 10, 20)
         status = till.get("/v1/status").json()
         assert status["contacts"]["firstDownload"]["total"] is None
         assert "finish unknown" in format_status(status)
@@ -98,13 +95,6 @@ def test_contacts_sync_shows_the_first_download_as_a_progress_bar(tmp_path):
         assert "25/25" in result.stderr  # tqdm: the total from the source, so a time left too
     finally:
         cloud.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout_seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_contacts_sync_against_a_running_agent_follows_it_and_answers(agent_process, tmp_path):

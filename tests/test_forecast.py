@@ -6,11 +6,11 @@ import pytest
 import requests
 
 from agent import app
-from agent.alerts import Alerts
-from agent.config import AlertsSettings
-from agent.forecast import MIN_SPAN_SECONDS, Outlook, Sample, outlook
-from agent.health import DEGRADED, OK, ComponentState, Health
+from agent.core.config import AlertsSettings
+from agent.core.health import DEGRADED, OK, ComponentState, Health
 from agent.ledger import DeadLetters
+from agent.ops.alerts import Alerts
+from agent.ops.forecast import MIN_SPAN_SECONDS, Outlook, Sample, outlook
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock
 from tests.test_alerts import hook  # noqa: F401 (a fixture)

@@ -15,19 +15,18 @@ import itertools
 import json
 import re
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent import crypto
 from agent.contacts import ContactCache
-from agent.errors import KeyStoreError
-from agent.matchkeys import subject_keys
+from agent.core import crypto
+from agent.core.errors import KeyStoreError
+from agent.core.matchkeys import subject_keys
 from agent.sandbox import SandboxCloud
-from tests.conftest import Till, make_receipt
+from tests.conftest import Till, make_receipt, wait_for
 from tests.test_cli import till_agent
 from tests.test_privacy_scan import encodings
 
@@ -178,15 +177,6 @@ def cloud() -> Iterator[SandboxCloud]:
     sandbox = SandboxCloud(seed=31).serve()
     yield sandbox
     sandbox.stop()
-
-
-def wait_for(condition: Any, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def buyer(receipt_id: str, key: str, key_type: str) -> dict[str, Any]:

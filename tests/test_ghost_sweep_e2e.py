@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import requests
 
-from agent import crypto
 from agent.connectors import KINDS
 from agent.contacts import ContactCache
-from agent.health import Health
+from agent.contacts.sync import ContactSync
+from agent.core import crypto
+from agent.core.health import Health
 from agent.sandbox import SandboxCloud
-from agent.sync import ContactSync
 from tests.conftest import merged
 from tests.test_contact_sync_e2e import lightspeed_config, lightspeed_source
 
@@ -188,7 +188,8 @@ def test_a_walk_from_the_start_verifies_every_contact_within_the_bound(cloud, tm
 
 def test_without_a_walk_the_sweep_grows_to_verify_everyone_within_the_bound(tmp_path):
     """Engage lists changes, not everyone: the sweep re-fetches a share of the cache a run."""
-    from agent import app, config
+    from agent import app
+    from agent.core import config
     from tests.test_contact_sync_e2e import engage_config
 
     served = SandboxCloud(seed=22).serve()

@@ -3,7 +3,7 @@ either number, typed in E.164 or the local way, with the retailer's default regi
 
 from __future__ import annotations
 
-from agent.matchkeys import normalise_phone
+from agent.core.matchkeys import normalise_phone
 from agent.sandbox import SandboxCloud
 from tests.conftest import base_config, merged
 

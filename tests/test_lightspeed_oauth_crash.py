@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 import requests
 
-from agent import config, doctor, failpoints
 from agent.connectors import KINDS
+from agent.core import config, failpoints
+from agent.ops import doctor
 from agent.sandbox import SandboxCloud
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, lightspeed_oauth_secrets, write_secrets
 
 CUSTOMERS = 30
 REAUTHORISE = "must authorise the app in Lightspeed again"
@@ -45,13 +46,7 @@ def lightspeed_agent(make: Callable[..., AgentProcess], cloud: SandboxCloud) -> 
         }
     )
     credentials = Path(process.raw["agent"]["credentials_dir"])
-    secrets = {
-        "lightspeed-client-secret": "sandbox-lightspeed-secret",
-        "lightspeed-refresh-token": cloud.lightspeed.issue_refresh_token(),
-    }
-    for name, value in secrets.items():
-        (credentials / name).write_text(value, encoding="utf-8")
-        (credentials / name).chmod(0o600)
+    write_secrets(credentials, lightspeed_oauth_secrets(cloud))
     return process
 
 

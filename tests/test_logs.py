@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from agent import logs
+from agent.core import logs
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_an_unwritable_day_file_is_one_warning_not_a_traceback_per_line(tmp_path
     assert [e["message"] for e in lines if e["logger"] == "test.logs.unwritable"] == [
         f"line {n}" for n in range(5)
     ]  # stderr (the journal) keeps every line
-    warnings = [e for e in lines if e["logger"] == "agent.logs"]
+    warnings = [e for e in lines if e["logger"] == "agent.core.logs"]
     assert len(warnings) == 1
     assert "cannot write the log file" in warnings[0]["message"]
     assert "Logging error" not in capsys.readouterr().err

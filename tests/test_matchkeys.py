@@ -7,7 +7,7 @@ import phonenumbers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import matchkeys
+from agent.core import matchkeys
 
 LOCAL = st.text(alphabet="abcXYZ019._+-!#'", min_size=1, max_size=20)
 LABEL = st.text(alphabet="abcdeXYZ019-", min_size=1, max_size=12)

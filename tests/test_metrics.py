@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from agent.errors import RejectedError
+from agent.core.errors import RejectedError
 from tests.conftest import make_receipt
 from tests.fakes.senders import ScriptedSender, raising
 from tests.test_dispatch import dispatcher_for

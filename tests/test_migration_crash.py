@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent import db
+from agent.core import db
 
 STEPS = [
     "CREATE TABLE a (n INTEGER)",
@@ -21,7 +21,7 @@ STEPS = [
 CHILD = """
 import sys
 from pathlib import Path
-from agent import db
+from agent.core import db
 from tests.test_migration_crash import STEPS
 conn = db.connect(Path(sys.argv[1]))
 print("migrating", flush=True)

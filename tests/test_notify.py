@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import app, config, notify
+from agent import app
 from agent.connectors import KINDS
+from agent.core import config, notify
 from tests.conftest import Till, base_config, free_port, make_receipt, merged
 from tests.service.listener import NotifyListener
 

@@ -4,8 +4,8 @@ What is simulated: the delivery workers' monotonic clock. The agent is the app a
 composes it, delivery on: its own dispatcher threads run, with the production retry policy
 (1 s doubling to 300 s with jitter, set aside after 3 attempts, dead-lettered after 10), its
 connectors speaking HTTP to the sandbox cloud, its scheduler and its API. The test hands
-`app.start` a simulated timebase (agent/timebase.py): the workers read its clock and wait on it,
-and the test moves it. After every move the test waits (in real time) until each worker has
+`app.start` a simulated timebase (agent/core/timebase.py): the workers read its clock and wait on
+it, and the test moves it. After every move the test waits (in real time) until each worker has
 done what it could and is waiting again, then jumps to the next moment something can happen: a
 worker's pause ends, a set-aside item falls due, the till sells, the link flips.
 
@@ -37,8 +37,8 @@ import pytest
 
 from agent import app
 from agent.connectors import KINDS
+from agent.core.timebase import Timebase
 from agent.sandbox import SandboxCloud
-from agent.timebase import Timebase
 from tests.conftest import base_config, make_receipt, merged
 
 HOUR = 3600.0
@@ -226,7 +226,7 @@ def cloud():
 
 @pytest.fixture
 def sim(tmp_path, cloud):
-    from agent import config
+    from agent.core import config
     from tests.conftest import Till
 
     raw = merged(

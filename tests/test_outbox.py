@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from agent import db
-from agent.errors import NotFoundError, StorageError
-from agent.outbox import Outbox
+from agent.core import db
+from agent.core.errors import NotFoundError, StorageError
+from agent.ledger.outbox import Outbox
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_release_puts_the_item_back_first_in_line(outbox):
 
 
 def test_ack_of_an_unknown_id_raises(outbox):
-    from agent.outbox import Claimed
+    from agent.ledger.outbox import Claimed
 
     with pytest.raises(NotFoundError):
         outbox.ack(Claimed("a", 999, {}, 0.0))

@@ -35,8 +35,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from agent.errors import NotFoundError
-from agent.outbox import BULK, Claimed, Outbox
+from agent.core.errors import NotFoundError
+from agent.ledger.outbox import BULK, Claimed, Outbox
 
 EXAMPLES = int(os.environ.get("OUTBOX_MODEL_EXAMPLES", "25"))
 DESTINATIONS = ("a", "b")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import DeliverySettings
-from agent.errors import (
+from agent.core.config import DeliverySettings
+from agent.core.errors import (
     AuthError,
     ConfigError,
     KeyStoreError,
@@ -14,7 +14,7 @@ from agent.errors import (
     ThrottledError,
     UnsendableError,
 )
-from agent.outcome import DestinationState, ItemHistory, Verdict, decide, needs_probe
+from agent.delivery.outcome import DestinationState, ItemHistory, Verdict, decide, needs_probe
 
 LIMITS = DeliverySettings(set_aside_after_attempts=3, max_attempts=10, max_age_hours=168.0)
 V = Verdict

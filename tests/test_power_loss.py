@@ -25,7 +25,7 @@ everything drains: each receipt in each cloud that takes it, with at most one re
 and destination, counted from the sandbox's own request records.
 
 The control: the same rig with the agent's stores on synchronous=OFF (the test hook
-`storage.no_fsync`, agent/failpoints.py) must lose receipts it acknowledged; were it not to,
+`storage.no_fsync`, agent/core/failpoints.py) must lose receipts it acknowledged; were it not to,
 the rig would not be cutting anything.
 
 `make test` runs POWER_CUTS (20) cuts with a fixed seed; `make test-long` runs 200.
@@ -48,7 +48,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent.failpoints import ENV as FAILPOINTS
+from agent.core.failpoints import ENV as FAILPOINTS
 from agent.sandbox import SandboxCloud
 from tests import lazyfs
 from tests.conftest import ROOT, AgentProcess, Till

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from agent import crypto
-from agent.errors import KeyStoreError
+from agent.core import crypto
+from agent.core.errors import KeyStoreError
 from agent.privacy import DAY, Privacy
 from tests.conftest import make_receipt
 from tests.test_privacy_scan import PLANTED, plant_everything, scan

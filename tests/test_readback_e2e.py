@@ -12,9 +12,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, free_port, merged, write_toml
+from tests.conftest import base_config, free_port, merged, wait_for, write_toml
 from tests.test_cli import till_agent
-from tests.test_delivery import wait_for
 from tests.test_reconcile_e2e import DAY, SALES, cloud, loaded_records, sandbox_takings
 
 __all__ = ["cloud"]  # the sandbox fixture, shared with the reconciliation's end-to-end test

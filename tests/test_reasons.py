@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from agent.connectors.base import translate_http_errors
-from agent.errors import (
+from agent.core.errors import (
     AuthError,
     CloudError,
     RejectedError,
@@ -14,7 +14,7 @@ from agent.errors import (
     StorageError,
     UnreadableAnswerError,
 )
-from agent.reasons import reason_in_words
+from agent.core.reasons import reason_in_words
 
 
 def raised_by_translation(exc: Exception) -> BaseException:

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from agent.errors import RejectedError
+from agent.core.errors import RejectedError
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock, ScriptedSender, raising
 from tests.test_dispatch import dispatcher_for, drain
@@ -306,7 +306,8 @@ def test_the_status_pages_takings_cost_the_same_however_busy_the_day(rig):
     the reads cost the same after 2 receipts as after 600, half of them delivered."""
     import msgspec
 
-    from agent import models, takings
+    from agent.core import models
+    from agent.ledger import takings
 
     agent, _, _, workers, _ = rig
     today = dt.date.today().isoformat()

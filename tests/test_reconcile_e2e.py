@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from agent.sandbox import SandboxCloud
-from tests.conftest import base_config, free_port, make_receipt, merged, write_toml
+from tests.conftest import base_config, free_port, make_receipt, merged, wait_for, write_toml
 from tests.test_cli import till_agent
-from tests.test_delivery import wait_for
 
 DAY = "2026-11-23"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.retry import Backoff
+from agent.core.retry import Backoff
 
 
 def test_delays_grow_exponentially_up_to_the_cap():

@@ -11,7 +11,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import models
+from agent.core import models
 from tests.conftest import make_receipt
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))

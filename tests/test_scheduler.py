@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent.health import Health
-from agent.scheduler import Job, Scheduler
+from agent.core.health import Health
+from agent.core.scheduler import Job, Scheduler
 
 
 class FakeClock:

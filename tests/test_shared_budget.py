@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.ratelimit import RateBudget
+from agent.core.ratelimit import RateBudget
 from agent.sandbox import SandboxCloud
 from tests.conftest import make_receipt
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from agent import app, config
+from agent import app
 from agent.connectors import KINDS
+from agent.core import config
 from tests.conftest import Till, base_config, make_receipt, merged
 
 
@@ -23,7 +24,7 @@ def test_a_smaller_limit_than_the_content_blocks_nothing_loses_nothing_and_warns
     agent.stop()
     assert (tmp_path / "data" / "outbox.db").stat().st_size > 1024 * 1024
 
-    with caplog.at_level(logging.WARNING, logger="agent.db"):
+    with caplog.at_level(logging.WARNING, logger="agent.core.db"):
         agent, till = start(1)  # starts: the limit does not block the agent
     try:
         assert "already larger than storage.max_size_mb" in caplog.text

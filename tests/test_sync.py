@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import crypto
 from agent.contacts import LOOKUP_INDEXES, ContactCache
-from agent.health import Health
-from agent.models import ContactPage, SourceContact
-from agent.sync import ContactSync
+from agent.contacts.sync import ContactSync
+from agent.core import crypto
+from agent.core.health import Health
+from agent.core.models import ContactPage, SourceContact
 
 
 class PagedSource:
@@ -194,9 +194,9 @@ def test_an_initial_download_cut_short_still_builds_the_indexes(cache):
 KILLED_MID_LOAD = """
 import os, signal, sys
 from pathlib import Path
-from agent import crypto
+from agent.core import crypto
 from agent.contacts import LOOKUP_INDEXES, ContactCache
-from agent.models import ContactPage, SourceContact
+from agent.core.models import ContactPage, SourceContact
 directory = Path(sys.argv[1])
 cache = ContactCache(directory, crypto.load_or_create(directory / "keyring.json", may_create=True),
                      default_region="SE")

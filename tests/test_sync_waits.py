@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from agent import app, config
+from agent import app
 from agent.connectors import KINDS
 from agent.contacts import LOOKUP_INDEXES
-from agent.errors import StoppingError, ThrottledError
-from agent.health import Health
-from agent.models import ContactPage
-from agent.retry import Backoff
+from agent.contacts.sync import ContactSync
+from agent.core import config
+from agent.core.errors import StoppingError, ThrottledError
+from agent.core.health import Health
+from agent.core.models import ContactPage
+from agent.core.retry import Backoff
 from agent.sandbox import SandboxCloud
-from agent.sync import ContactSync
-from tests.conftest import merged
+from tests.conftest import merged, wait_for
 from tests.test_contact_sync_e2e import lightspeed_config
 from tests.test_feed_order import open_cache
 from tests.test_sync import lookup_indexes
@@ -118,10 +119,10 @@ def test_pages_fetched_before_a_wait_answer_lookups_during_it(cloud, cache, tmp_
     runner = threading.Thread(target=sync.run_once)
     runner.start()
     try:
-        wait_for(lambda: 429 in statuses(cloud))
-        wait_for(lambda: cache.stats()["contacts"] == 4 * PAGE)
+        wait_for(lambda: 429 in statuses(cloud), seconds=10)
+        wait_for(lambda: cache.stats()["contacts"] == 4 * PAGE, seconds=10)
         # the indexes are built as the wait begins, just after the last page is applied
-        wait_for(lambda: lookup_indexes(cache) == set(LOOKUP_INDEXES))
+        wait_for(lambda: lookup_indexes(cache) == set(LOOKUP_INDEXES), seconds=10)
         assert runner.is_alive()  # ... while it is still waiting out the 429 (3 s)
         assert [c.contact.contact_id for c in cache.find("phone", first)] == [ids[0]]
         assert sync.tracker.snapshot()["cacheState"] == "loading"
@@ -170,7 +171,7 @@ def test_a_stop_during_a_wait_ends_the_run_at_once_keeping_what_was_fetched(clou
 
     runner = threading.Thread(target=run)
     runner.start()
-    wait_for(lambda: 429 in statuses(cloud))
+    wait_for(lambda: 429 in statuses(cloud), seconds=10)
     stop.set()
     runner.join(5)
     assert not runner.is_alive()
@@ -195,10 +196,3 @@ def test_the_sync_keeps_to_the_budget_and_never_meets_a_429(cache, tmp_path):
         assert took >= 2 * 2.0
     finally:
         cloud.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import crypto, failpoints
-from agent.vault import FILE_NAME, ConnectorVault
+from agent.connectors.vault import FILE_NAME, ConnectorVault
+from agent.core import crypto, failpoints
 from tests.conftest import ROOT
 
 TOKEN = {"access_token": "acc-0123456789", "refresh_token": "ref-0123456789", "expires_at": 1.0}
@@ -61,8 +61,8 @@ def test_links_are_remembered_across_a_restart(tmp_path: Path, keyring):
 SAVE = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from agent import crypto\n"
-    "from agent.vault import ConnectorVault\n"
+    "from agent.core import crypto\n"
+    "from agent.connectors.vault import ConnectorVault\n"
     "d = Path(sys.argv[1])\n"
     "v = ConnectorVault(d, crypto.load_or_create(d / 'keyring.json', may_create=True))\n"
     "v.save_token('lightspeed', {'refresh_token': sys.argv[2]})\n"

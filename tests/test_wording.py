@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import wording
+from agent.core import wording
 from tests.conftest import ROOT
 
 
@@ -44,7 +44,7 @@ def test_a_destination_detail_carries_the_countdown_only_while_waiting():
 def test_operations_md_states_table_says_what_the_code_says():
     """docs/operations.md's table of a destination's states is wording.STATES, word for word."""
     text = (ROOT / "docs" / "operations.md").read_text("utf-8")
-    table = text.split("<!-- states: agent/wording.py STATES -->\n", 1)[1].split("\n\n", 1)[0]
+    table = text.split("<!-- states: agent/core/wording.py STATES -->\n", 1)[1].split("\n\n", 1)[0]
     rows = re.findall(r"^\| \*\*(.+?)\*\* \| (.+?) \| (.+?) \|$", table, re.MULTILINE)
     documented = {name: (meaning, todo) for name, meaning, todo in rows}
     said = {name: (st.meaning, st.todo or "—") for name, st in wording.STATES.items()}
@@ -52,7 +52,8 @@ def test_operations_md_states_table_says_what_the_code_says():
 
 
 def test_every_state_a_destination_can_report_has_words():
-    from agent import dispatch, status
+    from agent.delivery import dispatch
+    from agent.ops import status
 
     reported = {dispatch.ONLINE, dispatch.OFFLINE, dispatch.THROTTLED, dispatch.HALTED}
     assert "not delivering" in Path(status.__file__).read_text("utf-8")

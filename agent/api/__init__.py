@@ -18,8 +18,8 @@ from agent.api.errors import (
 )
 from agent.api.http import Request, Response, check_host, check_token, status_line
 from agent.api.routes import ROUTES, Route, Services
-from agent.errors import InvalidRequestError, StorageError
-from agent.reasons import reason_in_words
+from agent.core.errors import InvalidRequestError, StorageError
+from agent.core.reasons import reason_in_words
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.errors import (
+from agent.core.errors import (
     AgentError,
     AmbiguousError,
     CloudError,

@@ -16,7 +16,7 @@ from agent.api.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from agent.config import is_loopback
+from agent.core.config import is_loopback
 
 JSON = "application/json"
 

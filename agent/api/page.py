@@ -6,9 +6,9 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent import wording
-from agent.reasons import printable
-from agent.status import describe_cache
+from agent.core import wording
+from agent.core.reasons import printable
+from agent.ops.status import describe_cache
 
 REFRESH_SECONDS = 5
 CONTENT_TYPE = "text/html; charset=utf-8"

@@ -14,20 +14,22 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
-from agent import __version__, models, qareport
+from agent import __version__
 from agent.api import page, schemas
 from agent.api.errors import BadRequestError, NotJsonError, RouteNotFoundError
 from agent.api.http import Request, Response, check_json_media_type
-from agent.errors import InvalidRequestError
-from agent.health import FAILING, Health
+from agent.contacts.lookup import KINDS, Lookup
+from agent.core import models
+from agent.core.errors import InvalidRequestError
+from agent.core.health import FAILING, Health
+from agent.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.core.metrics import Metrics
 from agent.intake import LISTED_STATES, Accepted, Intake, ReceiptState
 from agent.ledger import DUPLICATE, REPLACES, DeadLetter, DeadLetters, Journal, ReplayStep
-from agent.lookup import KINDS, Lookup
-from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from agent.metrics import Metrics
+from agent.ops import qareport
+from agent.ops.reconcile import Reconciler
+from agent.ops.status import StatusReporter
 from agent.privacy import Privacy
-from agent.reconcile import Reconciler
-from agent.status import StatusReporter
 
 
 @dataclass(frozen=True)

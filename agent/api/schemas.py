@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agent import models
+from agent.core import models
 
 
 class _Out(msgspec.Struct, rename="camel", omit_defaults=False):
@@ -252,7 +252,7 @@ class LookedUpContact(_Out):
 
 
 class CacheProgress(_Out):
-    """The first download from the contact source, while it lasts (agent/sync_progress.py)."""
+    """The first download from the contact source, while it lasts (contacts/sync_progress.py)."""
 
     running: bool
     contacts: int

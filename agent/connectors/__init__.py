@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 import requests
 
-from agent.config import CloudKind, DestinationSettings
 from agent.connectors import engage, lightspeed, loaded, webhook
 from agent.connectors.base import (
     Connector,
@@ -26,7 +25,8 @@ from agent.connectors.base import (
     Vault,
     make_session,
 )
-from agent.errors import ConfigError
+from agent.core.config import CloudKind, DestinationSettings
+from agent.core.errors import ConfigError
 
 # One line per cloud: its module, by the kind its KIND declares.
 REGISTRY: dict[str, types.ModuleType] = {
@@ -60,8 +60,8 @@ def build(
 ) -> Connector:
     """The connector a destination asks for; ConfigError lists every problem with its settings.
 
-    vault: where a connector keeps its tokens and the records it created (agent/vault.py); the
-    running agent's is durable; without one (installer, doctor) a MemoryVault forgets at exit.
+    vault: where a connector keeps its tokens and the records it created (vault.py); the running
+    agent's is durable; without one (installer, doctor) a MemoryVault forgets at exit.
     """
     module = REGISTRY.get(destination.kind)
     if module is None:

@@ -21,8 +21,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from agent.config import DestinationSettings
-from agent.errors import (
+from agent.core.config import DestinationSettings
+from agent.core.errors import (
     AuthError,
     CloudError,
     ConfigError,
@@ -33,7 +33,7 @@ from agent.errors import (
     UnreadableAnswerError,
     UnsendableError,
 )
-from agent.models import ContactPage, OutboundMessage, SourceContact
+from agent.core.models import ContactPage, OutboundMessage, SourceContact
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class TimeoutSession(requests.Session):
     """A Session whose every request has a timeout, never follows a redirect, never retries.
 
     before_request, when given, is asked before every request: the destination's rate budget
-    (agent/ratelimit.py) charges it there and may shorten its timeout to a caller's deadline.
+    (agent/core/ratelimit.py) charges it there and may shorten its timeout to a caller's deadline.
     """
 
     def __init__(
@@ -545,7 +545,7 @@ def wire_json(body: Any) -> bytes:
 
 
 class Vault(Protocol):
-    """What a connector keeps between runs (agent/vault.py): its token, the records it made."""
+    """What a connector keeps between runs (vault.py): its token, the records it made."""
 
     durable: bool
 

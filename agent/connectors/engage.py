@@ -14,7 +14,6 @@ import phonenumbers
 import requests
 
 from agent import __version__
-from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     ContactSource,
     Options,
@@ -28,8 +27,9 @@ from agent.connectors.base import (
     path_segment,
     rate_limit,
 )
-from agent.errors import AuthError, RejectedError, RetryableError, UnsendableError
-from agent.models import (
+from agent.core.config import CloudKind, DestinationSettings
+from agent.core.errors import AuthError, RejectedError, RetryableError, UnsendableError
+from agent.core.models import (
     Contact,
     ContactPage,
     OutboundMessage,

@@ -16,7 +16,6 @@ from typing import Any
 import requests
 
 from agent import __version__
-from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     ContactSource,
     MemoryVault,
@@ -30,8 +29,9 @@ from agent.connectors.base import (
     rate_limit,
 )
 from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
-from agent.errors import RejectedError, RetryableError, UnsendableError
-from agent.models import ContactPage, SourceContact
+from agent.core.config import CloudKind, DestinationSettings
+from agent.core.errors import RejectedError, RetryableError, UnsendableError
+from agent.core.models import ContactPage, SourceContact
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from urllib.parse import quote
 import requests
 
 from agent import __version__
-from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     MemoryVault,
     Options,
@@ -36,9 +35,10 @@ from agent.connectors.base import (
     rate_limit,
 )
 from agent.connectors.oauth import OAuthSettings, OAuthTokens, call_with_token
-from agent.errors import RejectedError
-from agent.figures import Amounts, amounts_from
-from agent.models import OutboundMessage, Receipt, ReceiptItem
+from agent.core.config import CloudKind, DestinationSettings
+from agent.core.errors import RejectedError
+from agent.core.figures import Amounts, amounts_from
+from agent.core.models import OutboundMessage, Receipt, ReceiptItem
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class LoadedConnector:
         body = response.json()
         return body if isinstance(body, dict) else None
 
-    # --- read-back (agent/reconcile.py) -------------------------------------------------
+    # --- read-back (agent/ops/reconcile.py) -------------------------------------------------
 
     @property
     def readback_after_seconds(self) -> float:

@@ -19,8 +19,8 @@ from typing import Any
 import requests
 
 from agent.connectors.base import Vault, call, json_body
-from agent.errors import AuthError, NotProbedError, RejectedError, RetryableError
-from agent.failpoints import failpoint
+from agent.core.errors import AuthError, NotProbedError, RejectedError, RetryableError
+from agent.core.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from typing import Any
 import requests
 
 from agent import __version__
-from agent.config import CloudKind, DestinationSettings
 from agent.connectors.base import (
     Options,
     ReadSecret,
@@ -22,7 +21,8 @@ from agent.connectors.base import (
     rate_limit,
     wire_json,
 )
-from agent.models import OutboundMessage, to_wire
+from agent.core.config import CloudKind, DestinationSettings
+from agent.core.models import OutboundMessage, to_wire
 
 log = logging.getLogger(__name__)
 

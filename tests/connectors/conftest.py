@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import requests
 
-from agent import crypto
-from agent.config import DestinationSettings
 from agent.connectors import make_session
+from agent.connectors.vault import ConnectorVault
+from agent.core import crypto
+from agent.core.config import DestinationSettings
 from agent.sandbox import SandboxCloud
-from agent.vault import ConnectorVault
 
 SECRETS = {
     "engage-api-key": "sandbox-engage-key",
@@ -29,7 +29,7 @@ def read_secret(name: str) -> str:
 
 
 def destination(kind: str, base_url: str, name: str = "", **options: Any) -> DestinationSettings:
-    """A destination as agent.config builds it, connector keys in options."""
+    """A destination as agent.core.config builds it, connector keys in options."""
     return DestinationSettings(name=name or kind, kind=kind, base_url=base_url, options=options)
 
 

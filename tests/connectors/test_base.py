@@ -10,7 +10,6 @@ import time
 import pytest
 import requests
 
-from agent.config import TAKES_VALUES, CloudKind
 from agent.connectors import KINDS, REGISTRY, build
 from agent.connectors.base import (
     EXCERPT_CHARS,
@@ -22,7 +21,8 @@ from agent.connectors.base import (
     raise_for_response,
     retry_after_seconds,
 )
-from agent.errors import (
+from agent.core.config import TAKES_VALUES, CloudKind
+from agent.core.errors import (
     AuthError,
     ConfigError,
     RejectedError,
@@ -270,7 +270,7 @@ def test_an_id_in_a_url_is_one_percent_quoted_segment(value, segment):
 @pytest.mark.parametrize("value", ["", ".", "..", "..."])
 def test_an_id_of_dots_only_names_nothing_and_is_the_items_problem(value):
     from agent.connectors.base import path_segment
-    from agent.errors import UnsendableError
+    from agent.core.errors import UnsendableError
 
     with pytest.raises(UnsendableError):
         path_segment(value, connector="c")

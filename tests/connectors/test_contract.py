@@ -13,8 +13,8 @@ import requests
 
 from agent.connectors import REGISTRY, build, make_session
 from agent.connectors.base import ContactSource, Sender
-from agent.errors import AuthError, RejectedError, RetryableError, ThrottledError
-from agent.models import Contact, OutboundMessage
+from agent.core.errors import AuthError, RejectedError, RetryableError, ThrottledError
+from agent.core.models import Contact, OutboundMessage
 from tests.connectors.conftest import closed_port, destination, read_secret
 from tests.connectors.test_engage import receipt
 

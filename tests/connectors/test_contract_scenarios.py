@@ -24,7 +24,8 @@ import requests
 
 from agent import app
 from agent.sandbox import SandboxCloud
-from tests.conftest import ROOT, Till
+from tests.conftest import ROOT, Till, lightspeed_oauth_secrets, write_secrets
+from tests.conftest import wait_for as wait_seconds
 
 CLOUDS = ("engage-v2", "engage-v3", "loaded", "lightspeed", "webhook")
 SENDS = "a contact source: it takes nothing from the till (its CloudKind)"
@@ -140,14 +141,7 @@ def rig_for(start_agent, tmp_path) -> Iterator[Callable[..., Rig]]:
         sandbox = SandboxCloud(seed=81, **options).serve()
         clouds.append(sandbox)
         credentials = tmp_path / "credentials"
-        credentials.mkdir(parents=True, exist_ok=True, mode=0o700)
-        secrets = {
-            "lightspeed-client-secret": "sandbox-lightspeed-secret",
-            "lightspeed-refresh-token": sandbox.lightspeed.issue_refresh_token(),
-        }
-        for name, value in secrets.items():
-            (credentials / name).write_text(value, encoding="utf-8")
-            (credentials / name).chmod(0o600)
+        write_secrets(credentials, lightspeed_oauth_secrets(sandbox))
         agent, till = start_agent(overrides(cloud, sandbox))
         return Rig(cloud, sandbox, agent, till, credentials)
 
@@ -157,10 +151,7 @@ def rig_for(start_agent, tmp_path) -> Iterator[Callable[..., Rig]]:
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    wait_seconds(condition, seconds)
 
 
 def post(rig: Rig, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import requests
 
 from agent.connectors import engage
 from agent.connectors.base import wire_json
-from agent.errors import AuthError, RejectedError, RetryableError
-from agent.models import Contact, OutboundMessage, Receipt
+from agent.core.errors import AuthError, RejectedError, RetryableError
+from agent.core.models import Contact, OutboundMessage, Receipt
 from tests.connectors.conftest import destination, read_secret
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)

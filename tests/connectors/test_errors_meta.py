@@ -9,7 +9,7 @@ import requests
 import requests.exceptions
 
 from agent.connectors.base import translate_http_errors
-from agent.errors import AgentError, ConfigError, RetryableError, UnsendableError
+from agent.core.errors import AgentError, ConfigError, RetryableError, UnsendableError
 
 EXPORTED = sorted(
     (

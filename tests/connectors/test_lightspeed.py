@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from agent.connectors import lightspeed
-from agent.errors import AuthError, ConfigError, RejectedError
+from agent.core.errors import AuthError, ConfigError, RejectedError
 from agent.sandbox import SandboxCloud
 from tests.connectors.conftest import destination, read_secret
 
@@ -104,7 +104,7 @@ def test_fetch_contact_by_id(sandbox: Any, http: requests.Session):
 
 
 def test_fetch_contact_errors_other_than_404_are_raised(sandbox: Any, http: requests.Session):
-    from agent.errors import RetryableError
+    from agent.core.errors import RetryableError
 
     ids = sandbox.lightspeed.seed_customers(1)
     conn = connector(http, sandbox.url)

@@ -12,8 +12,8 @@ import requests
 
 from agent.connectors import loaded
 from agent.connectors.base import MemoryVault
-from agent.errors import AuthError, ConfigError, RejectedError, RetryableError
-from agent.models import OutboundMessage, Receipt
+from agent.core.errors import AuthError, ConfigError, RejectedError, RetryableError
+from agent.core.models import OutboundMessage, Receipt
 from tests.connectors.conftest import destination, read_secret
 from tests.connectors.test_engage import receipt
 

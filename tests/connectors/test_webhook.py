@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from agent.connectors import webhook
-from agent.models import Contact, OutboundMessage
+from agent.core.models import Contact, OutboundMessage
 from tests.connectors.conftest import destination, read_secret
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent import models
+from agent.core import models
 
 Outcome = Callable[[models.OutboundMessage], None]
 

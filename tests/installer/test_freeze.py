@@ -31,6 +31,6 @@ def test_pyinstaller_is_told_what_it_cannot_see(tmp_path):
     command = freeze.pyinstaller_command(tmp_path)
     assert command[1:3] == ["-m", "PyInstaller"]
     assert "--onedir" in command
-    assert "--clean" in command  # a stale work folder once left agent.doctor out
+    assert "--clean" in command  # a stale work folder once left agent.ops.doctor out
     assert command[command.index("--hidden-import") + 1] == "win32timezone"
     assert Path(command[-1]) == Path(frozen.__file__).resolve()

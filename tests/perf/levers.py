@@ -55,8 +55,8 @@ LEVERS: dict[str, dict[str, str]] = {
     "p3_drain": {
         "drain time": "the send window (issue 21 §0) at the rate budget's pace",
         "answered 429": "the rate budget's pacing against the cloud's window",
-        "bulk calls": "a defect in contact batching (agent/bulk.py)",
-        "contact changes sent alone": "a defect in contact batching (agent/bulk.py)",
+        "bulk calls": "a defect in contact batching (agent/delivery/bulk.py)",
+        "contact changes sent alone": "a defect in contact batching (agent/delivery/bulk.py)",
     },
     "p4_cache": {
         "local apply rate": "bigger apply transactions; fewer indexes during the load",

@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from agent.matchkeys import normalise_phone
+from agent.core.matchkeys import normalise_phone
 from agent.sandbox import SandboxCloud, datagen
 
 

@@ -19,7 +19,8 @@ from tests.service.listener import NotifyListener
 # What a service wrapper does: SIGTERM sets the stop event, agent.app.run does the rest.
 DRIVER = """
 import pathlib, signal, sys, threading
-from agent import app, config
+from agent import app
+from agent.core import config
 from agent.connectors import KINDS
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())

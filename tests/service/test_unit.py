@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
 from agent.connectors import KINDS
+from agent.core import config
 from installer import services
 from tests.conftest import ROOT
 

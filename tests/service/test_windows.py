@@ -11,9 +11,10 @@ import time
 import pytest
 import requests
 
-from agent import app, config, crypto
+from agent import app
 from agent.connectors import KINDS
-from agent.errors import ConfigError
+from agent.core import config, crypto
+from agent.core.errors import ConfigError
 from service import windows
 from tests.conftest import base_config
 

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from agent import crypto
-from agent.errors import KeyStoreError
+from agent.core import crypto
+from agent.core.errors import KeyStoreError
 from service.windows import Dpapi
 
 path = Path(sys.argv[1])

@@ -1,0 +1,391 @@
+"""Contact changes through a cloud's bulk endpoint: a run of queued contacts in one call.
+
+See docs/decisions/0007-bulk-contacts-learn-ids-by-lookup.md for why cloud ids are learnt by
+looking each created contact up by its secondary key, and how a retry never creates twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from agent.core import models
+from agent.core.errors import (
+    AuthError,
+    CloudError,
+    KeyStoreError,
+    RejectedError,
+    RetryableError,
+    ThrottledError,
+)
+from agent.core.ratelimit import RateBudget, Verdict
+from agent.ledger import Ledger
+from agent.ledger.outbox import Batch, Claimed, Outbox
+
+log = logging.getLogger(__name__)
+
+# Engage's bulk status report is undocumented. A batch is finished when its status is one of
+# FINISHED, or (an unknown word) when its counts account for every row; anything else is
+# still in progress and is polled again, within status_timeout_seconds.
+IN_PROGRESS = frozenset({"new", "pending", "queued", "processing", "running", "inprogress"})
+FINISHED = frozenset(
+    {"completed", "complete", "finished", "done", "succeeded", "success", "failed", "error"}
+)
+MARKERS = """
+CREATE TABLE IF NOT EXISTS bulk_sent (
+    destination TEXT NOT NULL,
+    record_key TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (destination, record_key, revision)
+)
+"""
+Ticket = tuple[str, int]
+
+
+class BulkWriter(Protocol):
+    """What bulk delivery needs of a connector (Engage's contacts/bulk and contacts/id)."""
+
+    def bulk_write(
+        self, contacts: Sequence[models.Contact], *, update: bool = False
+    ) -> list[str]: ...
+
+    def bulk_status(self, batch_id: str) -> dict[str, Any]: ...
+
+    def find_contact_id(self, *, email: str | None, mobile_phone: str | None) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    """How many contacts go in one call, from how many on, and how long a batch may take."""
+
+    max_contacts: int = 4000
+    min_contacts: int = 3
+    status_poll_seconds: float = 0.5
+    status_timeout_seconds: float = 60.0
+
+
+@dataclass
+class Run:
+    """What became of a run of claimed contacts: every item ends in exactly one place."""
+
+    delivered: list[tuple[Claimed, str | None]] = field(default_factory=list)  # with cloud id
+    single: list[Claimed] = field(default_factory=list)  # to be sent alone: their own outcome
+    alone: Claimed | None = None  # the head, to be sent alone right now (no run behind it)
+    untouched: list[Claimed] = field(default_factory=list)  # back in their place as they were
+    error: CloudError | None = None  # what stopped the run; it is charged to `blamed`
+    blamed: Claimed | None = None
+    pause: tuple[float, str] | None = None  # the rate budget ran out: (seconds, why)
+    calls: int = 0  # requests made for this run
+
+
+@dataclass
+class _Entry:
+    claimed: Claimed
+    contact: models.Contact
+
+
+class _OutOfBudgetError(Exception):
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds, self.reason = seconds, reason
+
+
+class BulkContacts:
+    """Claims a run of contact changes at the head of a queue and sends it in bulk calls.
+
+    Creates go in one POST, updates (the cloud id known) in one PATCH. After a create the new
+    ids are learnt by a lookup per contact, which is also that contact's own outcome. Before a
+    create is sent, its items are marked in `bulk_sent` (same transaction file as the queue), so
+    an item that may already have gone out is looked up, never created a second time.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        writer: BulkWriter,
+        outbox: Outbox,
+        ledger: Ledger,
+        settings: BulkSettings,
+        *,
+        budget: RateBudget | None = None,
+        wait: Callable[[float], bool] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.destination = destination
+        self._writer = writer
+        self._outbox = outbox
+        self._ledger = ledger
+        self.settings = settings
+        self._budget = budget
+        self.wait = wait or _sleep  # returns True when the worker is stopping
+        self._monotonic = monotonic
+        self._single: set[Ticket] = set()
+        outbox.run(lambda batch: batch.conn.execute(MARKERS))
+
+    # -- which items ---------------------------------------------------------------------
+
+    def takes(self, claimed: Claimed) -> bool:
+        """A contact change not singled out: the start of a run."""
+        return claimed.item.get("kind") == "contact" and _ticket(claimed) not in self._single
+
+    def settled(self, claimed: Claimed) -> None:
+        """An item sent alone has been delivered or dead-lettered: forget it."""
+        self._single.discard(_ticket(claimed))
+
+    def _contact(self, claimed: Claimed) -> models.Contact | None:
+        """The contact if it can go in bulk: readable, and an update or findable by a key."""
+        if not self.takes(claimed):
+            return None
+        try:
+            contact = self._ledger.message_for(claimed.item).contact
+        except (msgspec.ValidationError, KeyStoreError, KeyError, TypeError):
+            return None  # sent alone, dispatch dead-letters it with the reason
+        if contact is None or not (contact.contact_id or contact.email or contact.mobile_phone):
+            return None
+        return contact
+
+    def _claim_run(self, head: Claimed, run: Run) -> list[_Entry]:
+        """The head and the contacts right behind it, in queue order, up to max_contacts."""
+        contact = self._contact(head)
+        if contact is None:
+            run.alone = head
+            return []
+        entries = [_Entry(head, contact)]
+        while len(entries) < self.settings.max_contacts:
+            nxt = self._outbox.claim(self.destination, timeout_seconds=0)
+            if nxt is None:
+                break
+            contact = self._contact(nxt)
+            if contact is None:
+                self._outbox.release(nxt)  # a receipt (or a loner) ends the run, in its place
+                break
+            entries.append(_Entry(nxt, contact))
+        if len(entries) < self.settings.min_contacts:
+            run.alone = head  # too few to be worth a bulk call (it costs two at least)
+            run.untouched += [e.claimed for e in entries[1:]]
+            return []
+        return entries
+
+    def _single_out(self, claimed: Claimed, run: Run) -> None:
+        self._single.add(_ticket(claimed))
+        run.single.append(claimed)
+
+    # -- one run -------------------------------------------------------------------------
+
+    def deliver(self, head: Claimed) -> Run:
+        """Send the run that starts at head; the caller acks, releases and retries per item."""
+        run = Run()
+        entries = self._claim_run(head, run)
+        if not entries:
+            return run
+        try:
+            self._send(entries, run)
+        except BaseException:
+            run.untouched += [e.claimed for e in entries[1:]]  # dispatch puts the head back
+            for claimed in run.untouched:
+                self._outbox.release(claimed)
+            raise
+        settled = {_ticket(c) for c, _ in run.delivered} | {_ticket(c) for c in run.single}
+        self._unmark([e for e in entries if _ticket(e.claimed) in settled])
+        leftover = [e.claimed for e in entries if _ticket(e.claimed) not in settled]
+        if run.error is not None and leftover:
+            run.blamed, leftover = leftover[0], leftover[1:]
+        run.untouched += leftover
+        log.info(
+            "bulk run to %s: %d contacts, %d delivered, %d sent alone, %d calls",
+            self.destination,
+            len(entries),
+            len(run.delivered),
+            len(run.single),
+            run.calls,
+        )
+        return run
+
+    def _send(self, entries: list[_Entry], run: Run) -> None:
+        """Creates in one call, then updates in one call; what stops the run is recorded."""
+        creates = [e for e in entries if not e.contact.contact_id]
+        updates = [e for e in entries if e.contact.contact_id]
+        try:
+            if creates:
+                self._create(creates, run)
+            if updates:
+                self._update(updates, run)
+        except _OutOfBudgetError as exc:
+            run.pause = (exc.seconds, exc.reason)
+        except CloudError as exc:
+            run.error = exc
+
+    def _create(self, entries: list[_Entry], run: Run) -> None:
+        """Look up what may have gone before, create the rest in one call, then learn the ids."""
+        marked = self._marked(entries)
+        fresh = []
+        for entry in entries:
+            if _ticket(entry.claimed) in marked and self._found(entry, run):
+                continue  # an earlier attempt created it (or it is decided alone): no re-create
+            fresh.append(entry)
+        if not fresh:
+            return
+        self._mark(fresh)
+        try:
+            batch_id = self._call(run, lambda: self._writer.bulk_write(_contacts(fresh)))[0]
+        except RejectedError:  # the batch as a whole refused: nothing went in, each goes alone
+            self._unmark(fresh)
+            for entry in fresh:
+                self._single_out(entry.claimed, run)
+            return
+        except (ThrottledError, AuthError):  # refused before any row went in
+            self._unmark(fresh)
+            raise
+        if self._finished(batch_id, run) is None:
+            raise RetryableError("bulk create not finished in time", connector=self.destination)
+        for entry in fresh:
+            if not self._found(entry, run):
+                self._single_out(entry.claimed, run)  # the row did not go in: alone, own outcome
+
+    def _found(self, entry: _Entry, run: Run) -> bool:
+        """Look the contact up by its key; found: delivered with its cloud id."""
+        contact = entry.contact
+        try:
+            cloud_id = self._call(
+                run,
+                lambda: self._writer.find_contact_id(
+                    email=contact.email, mobile_phone=contact.mobile_phone
+                ),
+            )
+        except RejectedError:  # a malformed key, or several matches: decided alone
+            self._single_out(entry.claimed, run)
+            return True
+        if cloud_id is None:
+            return False
+        run.delivered.append((entry.claimed, cloud_id))
+        return True
+
+    def _update(self, entries: list[_Entry], run: Run) -> None:
+        """One PATCH; rows the report names as failed are sent alone (an update may repeat)."""
+        try:
+            batch_id = self._call(
+                run, lambda: self._writer.bulk_write(_contacts(entries), update=True)
+            )[0]
+        except RejectedError:
+            for entry in entries:
+                self._single_out(entry.claimed, run)
+            return
+        report = self._finished(batch_id, run)
+        if report is None:
+            raise RetryableError("bulk update not finished in time", connector=self.destination)
+        failed = failed_rows(report, len(entries))
+        for index, entry in enumerate(entries):
+            if index in failed:
+                self._single_out(entry.claimed, run)
+            else:
+                run.delivered.append((entry.claimed, entry.contact.contact_id))
+
+    def _finished(self, batch_id: str, run: Run) -> dict[str, Any] | None:
+        """The batch's report once the cloud has finished it; None if it took too long."""
+        deadline = self._monotonic() + self.settings.status_timeout_seconds
+        while True:
+            report: dict[str, Any] = self._call(run, lambda: self._writer.bulk_status(batch_id))
+            if batch_finished(report):
+                return report
+            if self._monotonic() >= deadline or self.wait(self.settings.status_poll_seconds):
+                return None
+
+    # -- requests within the budget ------------------------------------------------------
+
+    def _call(self, run: Run, request: Callable[[], Any]) -> Any:
+        self._spend()
+        run.calls += 1
+        return request()
+
+    def _spend(self) -> None:
+        """Wait for the rate budget before each request; a long wait ends the run."""
+        verdict = Verdict(True) if self._budget is None else self._budget.spend(self.wait)
+        if not verdict.allowed:
+            raise _OutOfBudgetError(verdict.wait_seconds, verdict.reason)
+
+    # -- markers: a create that may have gone out ----------------------------------------
+
+    def _marked(self, entries: list[_Entry]) -> set[Ticket]:
+        keys = {(e.claimed.item["key"], e.claimed.item["revision"]): e for e in entries}
+        with self._outbox.read() as conn:
+            rows = conn.execute(
+                "SELECT record_key, revision FROM bulk_sent WHERE destination = ?",
+                (self.destination,),
+            ).fetchall()
+        return {_ticket(keys[(k, r)].claimed) for k, r in rows if (k, r) in keys}
+
+    def _mark(self, entries: list[_Entry]) -> None:
+        rows = [
+            (self.destination, e.claimed.item["key"], e.claimed.item["revision"]) for e in entries
+        ]
+
+        def work(batch: Batch) -> None:
+            batch.conn.executemany(
+                "INSERT OR IGNORE INTO bulk_sent VALUES (?, ?, ?, ?)",
+                [(*row, time.time()) for row in rows],
+            )
+
+        self._outbox.run(work)
+
+    def _unmark(self, entries: list[_Entry]) -> None:
+        rows = [
+            (self.destination, e.claimed.item["key"], e.claimed.item["revision"]) for e in entries
+        ]
+        if not rows:
+            return
+
+        def work(batch: Batch) -> None:
+            batch.conn.executemany(
+                "DELETE FROM bulk_sent WHERE destination = ? AND record_key = ? AND revision = ?",
+                rows,
+            )
+
+        self._outbox.run(work)
+
+
+def batch_finished(report: dict[str, Any]) -> bool:
+    """Whether a status report says the batch is done (see FINISHED); an unknown word counts
+    only when the report's counts account for every row."""
+    status = str(report.get("status", "")).replace(" ", "").replace("_", "").lower()
+    if status in FINISHED:
+        return True
+    if status in IN_PROGRESS:
+        return False
+    counts = [report.get(key) for key in ("total", "succeeded", "failed")]
+    numbers = [n for n in counts if isinstance(n, int) and not isinstance(n, bool)]
+    if len(numbers) == 3 and numbers[1] + numbers[2] == numbers[0]:
+        return True
+    log.warning("bulk status %r is not a word we know: polled again", status[:40])
+    return False
+
+
+def failed_rows(report: dict[str, Any], rows: int) -> set[int]:
+    """Indexes of the rows a batch report names as failed; every row if it counts failures only."""
+    failures = report.get("failures")
+    if isinstance(failures, list) and all(isinstance(f, dict) for f in failures):
+        named = {f.get("index") for f in failures}
+        if all(isinstance(i, int) for i in named):
+            return {i for i in named if isinstance(i, int)}
+    failed = report.get("failed")
+    if isinstance(failed, int) and failed == 0:
+        return set()
+    return set(range(rows))  # no detail: each row is sent alone (an update may repeat)
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+def _contacts(entries: list[_Entry]) -> list[models.Contact]:
+    return [e.contact for e in entries]
+
+
+def _ticket(claimed: Claimed) -> Ticket:
+    return (claimed.lane_queue, claimed.id)
