@@ -25,7 +25,7 @@ from agent.core.errors import (
 )
 from agent.core.ratelimit import RateBudget, Verdict
 from agent.ledger import Ledger
-from agent.ledger.outbox import Batch, Claimed, Outbox
+from agent.ledger.outbox import Claimed, Outbox, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class BulkContacts:
             (self.destination, e.claimed.item["key"], e.claimed.item["revision"]) for e in entries
         ]
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             batch.conn.executemany(
                 "INSERT OR IGNORE INTO bulk_sent VALUES (?, ?, ?, ?)",
                 [(*row, time.time()) for row in rows],
@@ -340,7 +340,7 @@ class BulkContacts:
         if not rows:
             return
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             batch.conn.executemany(
                 "DELETE FROM bulk_sent WHERE destination = ? AND record_key = ? AND revision = ?",
                 rows,

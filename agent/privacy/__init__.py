@@ -22,7 +22,7 @@ from agent.core.failpoints import failpoint
 from agent.core.matchkeys import subject_keys
 from agent.core.metrics import Metrics
 from agent.ledger import takings
-from agent.ledger.outbox import BULK, Batch, Outbox
+from agent.ledger.outbox import LOW_PRIORITY, Outbox, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Privacy:
     def _destroy_when_unused(self, key_id: str, report: PurgeReport) -> None:
         """Re-seal what the key still seals, then destroy it; an item in flight postpones it."""
 
-        def reseal_and_count(batch: Batch) -> int:
+        def reseal_and_count(batch: Transaction) -> int:
             report.resealed += self._reseal(batch, key_id)
             return sealed_count(batch, key_id)
 
@@ -207,7 +207,7 @@ class Privacy:
             self._keyring.remove(key_id)
             report.keys_destroyed.append(key_id)
 
-    def _reseal(self, batch: Batch, key_id: str) -> int:
+    def _reseal(self, batch: Transaction, key_id: str) -> int:
         """Re-seal, under the active key, every live value still sealed with key_id."""
         count = 0
         for queue in self._outbox.queues:
@@ -231,7 +231,7 @@ class Privacy:
             count += 1
         return count
 
-    def _reseal_dead_letters(self, batch: Batch, key_id: str) -> int:
+    def _reseal_dead_letters(self, batch: Transaction, key_id: str) -> int:
         """Dead letters and the replay journal keep whole items: re-seal their personal part."""
         count = 0
         for table in ("dead_letters", "journal"):
@@ -282,7 +282,7 @@ class Privacy:
         log.info("forgot a person", extra={"report": report.__dict__})
         return report
 
-    def _forget(self, batch: Batch, subjects: list[str]) -> ForgetReport:
+    def _forget(self, batch: Transaction, subjects: list[str]) -> ForgetReport:
         report = ForgetReport()
         if not subjects:
             return report
@@ -307,7 +307,7 @@ class Privacy:
             )
         return report
 
-    def _forget_queued(self, batch: Batch, kind: str, key: str, report: ForgetReport) -> None:
+    def _forget_queued(self, batch: Transaction, kind: str, key: str, report: ForgetReport) -> None:
         """A receipt leaves without its buyer; a contact registration is withdrawn."""
         for queue in self._outbox.queues:
             for queue_id, item in batch.pending_items(queue):
@@ -318,7 +318,7 @@ class Privacy:
                     report.queued_items_stripped += batch.replace(queue, queue_id, item)
                 elif batch.remove(queue, queue_id):
                     report.queued_items_removed += 1
-                    mark_forgotten(batch.conn, key, queue.removesuffix(BULK))
+                    mark_forgotten(batch.conn, key, queue.removesuffix(LOW_PRIORITY))
             report.in_flight += self._outbox.claimed_count(queue, key)
 
 
@@ -415,7 +415,7 @@ def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None
     )
 
 
-def sealed_count(batch: Batch, key_id: str) -> int:
+def sealed_count(batch: Transaction, key_id: str) -> int:
     """How many stored values (queue items, quarantine) are still sealed with key_id."""
     pattern = f"%{crypto.SEAL_PREFIX}.{key_id}.%"
     count = 0
