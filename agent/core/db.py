@@ -76,6 +76,19 @@ def synchronous_level(durable: bool) -> int:
     return SYNCHRONOUS_FULL if durable else SYNCHRONOUS_NORMAL
 
 
+def savepoints_in_memory(conn: sqlite3.Connection) -> None:
+    """Keep a SAVEPOINT's undo journal (and temporary tables) in memory, never in a temp file.
+
+    SQLite spills a savepoint's journal to a temporary file once it passes 64 KiB; a group
+    commit runs each caller's work in a SAVEPOINT, and a 10-line receipt's ledger rows and two
+    queue items touch about 25 pages (~100 KiB): each sale wrote that much again to a file
+    nobody reads (docs/performance.md, "Profile of intake"). The journal only serves
+    ROLLBACK TO within the open transaction; durability is the WAL's fsync'd commit alone.
+    Only for a writer whose transactions are small: its sorts stay in memory too.
+    """
+    conn.execute("PRAGMA temp_store=MEMORY")
+
+
 def _cap_size(conn: sqlite3.Connection, max_size_mb: int) -> None:
     """max_page_count; a file already above the cap keeps its size (SQLite will not shrink it)."""
     wanted = max_pages(max_size_mb, conn)

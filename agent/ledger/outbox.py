@@ -307,6 +307,7 @@ class Outbox:
         self._writer = db.connect(
             self.path, busy_timeout_seconds=busy_timeout_seconds, max_size_mb=max_size_mb
         )
+        db.savepoints_in_memory(self._writer)
         self._reader = db.connect(self.path, busy_timeout_seconds=busy_timeout_seconds)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()

@@ -7,6 +7,8 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Any
 import requests
 
 from tests.conftest import ROOT, Till, make_receipt
+from tests.perf.levers import LEVERS
+from tests.perf.summary import render
 
 RESULTS_DIR = ROOT / "build" / "bench"
+_LINUX = sys.platform == "linux"
 WRITTEN: list[Path] = []  # the results files of this run, for the summary (conftest.py)
 
 
@@ -177,11 +182,32 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
-    """build/bench/<name>.json and a table on stdout: figure, value, target, met."""
+def write_results(
+    name: str,
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any],
+    *,
+    sized: dict[str, tuple[int, int]] | None = None,
+) -> Path:
+    """build/bench/<name>.json and a table on stdout: figure, value, target, met.
+
+    extra["delivery"] says whether delivery ran (the one table shows it); sized: what a
+    BENCH_* variable made smaller than TARGETS.md's run, as {what: (used, full size)}.
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    document = {"benchmark": name, "machine": machine(), "results": rows, **extra}
+    document = {
+        "benchmark": name,
+        "machine": machine(),
+        "results": rows,
+        "beside": beside(),
+        "sized_down": [
+            f"{what} {used:,} of {full:,}"
+            for what, (used, full) in (sized or {}).items()
+            if used != full
+        ],
+        **extra,
+    }
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")
     WRITTEN.append(path)
     print(f"\n{name}: {machine()['platform']}, {machine()['cpus']} CPUs")
@@ -193,18 +219,82 @@ def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) 
     return path
 
 
-def write_summary(paths: list[Path]) -> Path:
-    """build/bench/summary.json and summary.md: every benchmark of this run in one table."""
+def write_summary(paths: list[Path]) -> tuple[Path, list[str]]:
+    """build/bench/summary.json and summary.md: P1-P8 of this run in one table; and what is
+    wrong with the run (a miss naming no lever, a benchmark that did not run)."""
     documents = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    rows = [{"benchmark": d["benchmark"], **row} for d in documents for row in d["results"]]
-    summary = {"machine": machine(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    at = f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit()}"
+    text, problems = render(documents, machine(), LEVERS, at)
+    summary = {"machine": machine(), "at": at, "benchmarks": documents, "problems": problems}
     (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
-    for row in rows:
-        met = "yes" if row["met"] else "**no**"
-        lines.append(
-            f"| {row['benchmark']} | {row['figure']} | {row['value']} | {row['target']} | {met} |"
-        )
     path = RESULTS_DIR / "summary.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    path.write_text(text, encoding="utf-8")
+    return path, problems
+
+
+def commit() -> str:
+    """The checkout's commit, with a + when it has changes not committed."""
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return run.stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain") else "")
+
+
+# -- what ran beside a benchmark ---------------------------------------------------------------
+
+_STARTED: dict[str, Any] = {}
+
+
+def processes() -> dict[int, tuple[str, int, float]]:
+    """Every process now: pid -> (its executable's name, its parent, CPU seconds so far)."""
+    seen = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seen[int(entry.name)] = (name, int(fields[1]), cpu)
+    return seen
+
+
+def ours(now: dict[int, tuple[str, int, float]]) -> set[int]:
+    """This process and everything it started (the agent, the sandbox): not "beside"."""
+    mine, grew = {os.getpid()}, True
+    while grew:
+        children = {pid for pid, (_, parent, _) in now.items() if parent in mine} - mine
+        mine |= children
+        grew = bool(children)
+    return mine
+
+
+def start_benchmark() -> None:
+    """Note the time, the load and every process's CPU as a benchmark starts (conftest.py)."""
+    _STARTED.update(at=time.monotonic(), load=os.getloadavg()[0], cpu=processes() if _LINUX else {})
+
+
+def beside() -> dict[str, Any]:
+    """What else used the machine since start_benchmark(): the load average at both ends and
+    the CPU of the other processes alive at both ends (names only, never command lines)."""
+    if not _STARTED:
+        return {}
+    seconds = time.monotonic() - _STARTED["at"]
+    now = processes() if _LINUX else {}
+    mine, before = ours(now), _STARTED["cpu"]
+    used: dict[str, float] = {}
+    for pid, (name, _, cpu) in now.items():
+        if pid not in mine and pid in before and before[pid][0] == name:
+            used[name] = used.get(name, 0.0) + cpu - before[pid][2]
+    busiest = sorted(used.items(), key=lambda item: -item[1])[:3]
+    return {
+        "seconds": round(seconds),
+        "load_average": [round(_STARTED["load"], 2), round(os.getloadavg()[0], 2)],
+        "others_cores": round(sum(used.values()) / max(seconds, 1e-9), 2),
+        "others": [{"name": n, "cpu_seconds": round(s, 1)} for n, s in busiest if s >= 0.1],
+    }

@@ -123,7 +123,7 @@ def measure(
     rate = concurrent_rate(process.port, process.token)
     rows += rate_rows(rate, yardstick)
     assert process.terminate() == 0
-    mode = "delivery off" if cloud is None else "delivery on: engage and loaded, sandbox"
+    mode = "off" if cloud is None else "on: Engage and Loaded, the sandbox answering at once"
     return rows, {
         "sequential": sequential,
         "receipt": "10 lines, a contact, 2 destinations",

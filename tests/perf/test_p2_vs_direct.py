@@ -1,4 +1,6 @@
-"""P2: the till's view — the agent on loopback against calling the cloud directly (150 ms away)."""
+"""P2: the till's view — the agent on loopback against calling the cloud directly (150 ms away),
+with the agent's delivery on (as a till runs it: both destinations sending to that cloud) and
+off (intake alone)."""
 
 from __future__ import annotations
 
@@ -27,13 +29,14 @@ def direct_engage(cloud: SandboxCloud, receipt: dict[str, object]) -> requests.R
 
 
 @pytest.mark.perf
-def test_p2_intake_against_a_direct_cloud_call(agent_process):
+@pytest.mark.parametrize("delivery", ["on", "off"])
+def test_p2_intake_against_a_direct_cloud_call(agent_process, delivery):
     cloud = SandboxCloud(seed=2).serve()
     try:
         cloud.faults.set_latency(LATENCY)
         process = agent_process(
             {
-                "delivery": {"enabled": True},
+                "delivery": {"enabled": delivery == "on"},
                 "destinations": {
                     "engage": {"base_url": cloud.url},
                     "loaded": {"base_url": cloud.url + "/loaded"},
@@ -99,5 +102,12 @@ def test_p2_intake_against_a_direct_cloud_call(agent_process):
         },
     ]
     write_results(
-        "p2_vs_direct", rows, {"latency_seconds": LATENCY, "agent": agent_ms, "direct": direct_ms}
+        "p2_vs_direct" if delivery == "on" else "p2_vs_direct_delivery_off",
+        rows,
+        {
+            "latency_seconds": LATENCY,
+            "agent": agent_ms,
+            "direct": direct_ms,
+            "delivery": "on: Engage and Loaded, 150 ms away" if delivery == "on" else "off",
+        },
     )

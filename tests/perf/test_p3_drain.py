@@ -142,6 +142,7 @@ def test_p3_backlog_drains_at_the_rate_limit(agent_process):
         "p3_drain",
         rows,
         {
+            "delivery": "on: Engage at 100 requests/s, after an outage",
             "receipts": total,
             "contactChanges": BLOCKS * (REGISTRATIONS + UPDATES),
             "bulkCalls": len(bulk_calls),

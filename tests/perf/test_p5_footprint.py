@@ -112,5 +112,5 @@ def test_p5_footprint(agent_process, tmp_path):
     write_results(
         "p5_footprint",
         rows,
-        {"idle_seconds": IDLE_SECONDS, "delivery": "on, cloud refusing", "queued": QUEUED},
+        {"idle_seconds": IDLE_SECONDS, "delivery": "on: the cloud refusing", "queued": QUEUED},
     )

@@ -257,7 +257,9 @@ def report(
                 "contacts": CONTACTS,
                 "delivered_before": DELIVERED,
             },
+            "delivery": "on: Engage and Loaded, 150 ms away",
         },
+        sized={"contacts": (CONTACTS, 1_000_000), "delivered items": (DELIVERED, 100_000)},
     )
 
 
