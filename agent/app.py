@@ -772,7 +772,7 @@ class SetAsideDesk:
 
     def ask(self, action: str, item_id: str) -> None:
         queue, _, number = item_id.rpartition(":")
-        worker = self._workers.get(queue.removesuffix(outbox.BULK))
+        worker = self._workers.get(queue.removesuffix(outbox.LOW_PRIORITY))
         if worker is None or not (number.isascii() and number.isdigit() and len(number) < 19):
             raise NotFoundError("no such set-aside item")
         worker.ask(action, (queue, int(number)))
@@ -895,7 +895,7 @@ def undelivered(settings: config.Settings) -> dict[str, int]:
         data_dir, queues, busy_timeout_seconds=settings.storage.busy_timeout_seconds
     )
     try:
-        destinations = [n for n in queues if not n.endswith(outbox.BULK)]
+        destinations = [n for n in queues if not n.endswith(outbox.LOW_PRIORITY)]
         return {name: _waiting(box, name) for name in destinations}
     finally:
         box.close()

@@ -384,7 +384,7 @@ def test_live_sales_go_before_the_low_priority_lane(start_agent):
     post(till, "LIVE-1")
     sender = ScriptedSender()
     dispatcher = dispatcher_for(agent, sender)
-    assert agent.outbox.depth("loaded").bulk == 3
+    assert agent.outbox.depth("loaded").low_priority == 3
     for _ in range(4):
         dispatcher.step()
     assert sender.sent == ["LIVE-1", "OLD-0", "OLD-1", "OLD-2"]

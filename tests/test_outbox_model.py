@@ -36,11 +36,11 @@ from hypothesis.stateful import (
 )
 
 from agent.core.errors import NotFoundError
-from agent.ledger.outbox import BULK, Claimed, Outbox
+from agent.ledger.outbox import LOW_PRIORITY, Claimed, Outbox
 
 EXAMPLES = int(os.environ.get("OUTBOX_MODEL_EXAMPLES", "25"))
 DESTINATIONS = ("a", "b")
-QUEUES = tuple(q for d in DESTINATIONS for q in (d, d + BULK))
+QUEUES = tuple(q for d in DESTINATIONS for q in (d, d + LOW_PRIORITY))
 TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 
 
@@ -57,7 +57,7 @@ class Model:
 
     def next_for(self, destination: str) -> tuple[str, int] | None:
         """Live lane first, then the low-priority lane; the lowest id of a lane first."""
-        for queue in (destination, destination + BULK):
+        for queue in (destination, destination + LOW_PRIORITY):
             pending = self.ids(queue, "pending")
             if pending:
                 return queue, pending[0]
@@ -220,10 +220,14 @@ class OutboxMachine(RuleBasedStateMachine):
     def counts_agree(self) -> None:
         for destination in DESTINATIONS:
             depth = self.box.depth(destination)
-            lanes = (destination, destination + BULK)
+            lanes = (destination, destination + LOW_PRIORITY)
             pending = [len(self.model.ids(q, "pending")) for q in lanes]
             claimed = sum(len(self.model.ids(q, "claimed")) for q in lanes)
-            assert (depth.pending, depth.claimed, depth.bulk) == (sum(pending), claimed, pending[1])
+            assert (depth.pending, depth.claimed, depth.low_priority) == (
+                sum(pending),
+                claimed,
+                pending[1],
+            )
 
     @invariant()
     def every_item_is_stored_as_put_in_its_state(self) -> None:
@@ -247,7 +251,7 @@ class OutboxMachine(RuleBasedStateMachine):
     def parked_items_are_listed_oldest_first(self) -> None:
         for destination in DESTINATIONS:
             listed = [(q, i) for q, i, _ in self.box.parked(destination)]
-            lanes = (destination, destination + BULK)
+            lanes = (destination, destination + LOW_PRIORITY)
             assert listed == [(q, i) for q in lanes for i in self.model.ids(q, "parked")]
 
     @staticmethod

@@ -136,7 +136,7 @@ def test_replaying_a_range_already_queued_adds_nothing(start_agent, tmp_path):
     assert till.post("/v1/replay", span).json() == {"queued": 0}  # the same range again
     assert till.post("/v1/replay", {**span, "to": "2026-11-01"}).json() == {"queued": 0}
     assert till.post("/v1/replay", {**span, "dryRun": True}).json()["steps"] == []
-    assert agent.outbox.depth("loaded").bulk == 2
+    assert agent.outbox.depth("loaded").low_priority == 2
     while dispatcher.step():
         pass
     assert sender.sent == ["A", "B", "A", "B"]  # each once more, not twice

@@ -27,8 +27,8 @@ from agent.core.errors import (
     ThrottledError,
 )
 from agent.core.ratelimit import RateBudget, Verdict
-from agent.ledger import Ledger
-from agent.ledger.outbox import Batch, Claimed, Outbox
+from agent.ledger import Ledger, marks
+from agent.ledger.outbox import Claimed, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ IN_PROGRESS = frozenset({"new", "pending", "queued", "processing", "running", "i
 FINISHED = frozenset(
     {"completed", "complete", "finished", "done", "succeeded", "success", "failed", "error"}
 )
-MARKERS = """
-CREATE TABLE IF NOT EXISTS bulk_sent (
-    destination TEXT NOT NULL,
-    record_key TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (destination, record_key, revision)
-)
-"""
 Ticket = tuple[str, int]
 
 
@@ -131,7 +122,7 @@ class BulkContacts:
         self.wait = wait or _sleep  # returns True when the worker is stopping
         self._monotonic = monotonic
         self._single: set[Ticket] = set()
-        outbox.run(lambda batch: batch.conn.execute(MARKERS))
+        marks.ensure_table(outbox)
 
     # -- which items ---------------------------------------------------------------------
 
@@ -373,40 +364,18 @@ class BulkContacts:
 
     def _marked(self, entries: list[_Entry]) -> set[Ticket]:
         keys = {(e.claimed.item["key"], e.claimed.item["revision"]): e for e in entries}
-        with self._outbox.read() as conn:
-            rows = conn.execute(
-                "SELECT record_key, revision FROM bulk_sent WHERE destination = ?",
-                (self.destination,),
-            ).fetchall()
-        return {_ticket(keys[(k, r)].claimed) for k, r in rows if (k, r) in keys}
+        found = marks.marked(self._outbox, self.destination)
+        return {_ticket(keys[mark].claimed) for mark in found if mark in keys}
 
     def _mark(self, entries: list[_Entry]) -> None:
-        rows = [
-            (self.destination, e.claimed.item["key"], e.claimed.item["revision"]) for e in entries
-        ]
-
-        def work(batch: Batch) -> None:
-            batch.conn.executemany(
-                "INSERT OR IGNORE INTO bulk_sent VALUES (?, ?, ?, ?)",
-                [(*row, time.time()) for row in rows],
-            )
-
-        self._outbox.run(work)
+        marks.mark(self._outbox, self.destination, [_mark_of(e) for e in entries])
 
     def _unmark(self, entries: list[_Entry]) -> None:
-        rows = [
-            (self.destination, e.claimed.item["key"], e.claimed.item["revision"]) for e in entries
-        ]
-        if not rows:
-            return
+        marks.unmark(self._outbox, self.destination, [_mark_of(e) for e in entries])
 
-        def work(batch: Batch) -> None:
-            batch.conn.executemany(
-                "DELETE FROM bulk_sent WHERE destination = ? AND record_key = ? AND revision = ?",
-                rows,
-            )
 
-        self._outbox.run(work)
+def _mark_of(entry: _Entry) -> marks.Mark:
+    return entry.claimed.item["key"], entry.claimed.item["revision"]
 
 
 def batch_finished(report: dict[str, Any]) -> bool:

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from agent.core.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.core.failpoints import failpoint
 from agent.core.health import FAILING, OK, Health
 from agent.core.matchkeys import contact_key_problem, match_key_problem, subject_keys
-from agent.ledger import schema, takings
-from agent.ledger.outbox import BULK, CLAIMED_STATUS, Batch, Outbox, encode
+from agent.ledger import records, schema
+from agent.ledger.outbox import CLAIMED_STATUS, LOW_PRIORITY, Outbox, Transaction, encode
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class Intake:
         low_priority: into each destination's low-priority lane (history backfill), which is
         delivered only while no live sale waits.
         """
-        lane = BULK if low_priority else ""
+        lane = LOW_PRIORITY if low_priority else ""
         self.check_buyer(receipt)
         warnings = check_totals(receipt, self._settings.totals_tolerance)
         if warnings and self._settings.strict_totals:
@@ -132,11 +131,11 @@ class Intake:
         # lock only SQL runs, so concurrent sales do not wait on each other's CPU work.
         prepared = self._prepare_receipt(receipt)
 
-        def work(batch: Batch) -> Accepted:
-            accepted = self._put_receipt(batch, receipt, content_hash, warnings, lane, prepared)
-            _bump(batch.conn, _counter_for(accepted.status))
+        def work(tx: Transaction) -> Accepted:
+            accepted = self._put_receipt(tx, receipt, content_hash, warnings, lane, prepared)
+            records.bump(tx, _counter_for(accepted.status))
             if warnings:
-                _bump(batch.conn, "totals_warnings")
+                records.bump(tx, "totals_warnings")
             failpoint("intake.before_commit")
             return accepted
 
@@ -173,13 +172,9 @@ class Intake:
             raise InvalidRequestError(why, code="invalid_contact", path=path)
 
     def _issued(self, local_id: str) -> bool:
-        with self._outbox.read() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM outbound_contacts WHERE local_id = ?", (local_id,)
-            ).fetchone()
-        return row is not None
+        return records.is_issued(self._outbox, local_id)
 
-    def _write(self, work: Callable[[Batch], T]) -> T:
+    def _write(self, work: Callable[[Transaction], T]) -> T:
         """An outbox write whose failure or success is reported on the health board."""
         try:
             result = self._outbox.run(work)
@@ -193,7 +188,7 @@ class Intake:
 
     def _put_receipt(
         self,
-        batch: Batch,
+        tx: Transaction,
         receipt: models.Receipt,
         content_hash: str,
         warnings: tuple[str, ...],
@@ -201,19 +196,16 @@ class Intake:
         prepared: Prepared,
     ) -> Accepted:
         key = receipt.unique_receipt_id
-        row = batch.conn.execute(
-            "SELECT revision FROM receipts WHERE unique_receipt_id = ?", (key,)
-        ).fetchone()
-        if row is None:
-            return self._first_revision(batch, receipt, content_hash, warnings, lane, prepared)
-        if _known_revision(batch.conn, key, content_hash) is not None:
-            return Accepted("duplicate", key, int(row[0]), self._delivered_to(batch.conn, key))
-        revision = int(row[0]) + 1
-        return self._amend(batch, receipt, content_hash, warnings, revision, lane, prepared)
+        latest = records.receipt_revision(tx, key)
+        if latest is None:
+            return self._first_revision(tx, receipt, content_hash, warnings, lane, prepared)
+        if records.known_revision(tx, key, content_hash) is not None:
+            return Accepted("duplicate", key, latest, records.delivered_to(tx, key))
+        return self._amend(tx, receipt, content_hash, warnings, latest + 1, lane, prepared)
 
     def _first_revision(
         self,
-        batch: Batch,
+        tx: Transaction,
         receipt: models.Receipt,
         content_hash: str,
         warnings: tuple[str, ...],
@@ -221,21 +213,19 @@ class Intake:
         prepared: Prepared,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
-        batch.conn.execute(
-            "INSERT INTO receipts VALUES (?, 1, ?, ?, ?)", (key, now, now, json.dumps(warnings))
-        )
-        _record_revision(batch.conn, key, 1, content_hash, now)
-        _insert_subjects(batch.conn, "receipt", key, prepared.subjects)
+        records.insert_receipt(tx, key, now, warnings)
+        records.record_revision(tx, key, 1, content_hash, now)
+        records.insert_subjects(tx, "receipt", key, prepared.subjects)
         targets = self.destinations_for(receipt)
         for destination in targets:
-            queue_id = batch.put_encoded(destination + lane, prepared.encoded)
-            _insert_delivery(batch.conn, key, destination, 1, queue_id, now, destination + lane)
-        self._record_taken(batch, key, 1, prepared, targets, ())
+            queue_id = tx.put_encoded(destination + lane, prepared.encoded)
+            records.insert_delivery(tx, key, destination, 1, queue_id, now, destination + lane)
+        self._record_taken(tx, key, 1, prepared, targets, ())
         return Accepted("queued", key, 1, targets, warnings)
 
     def _amend(
         self,
-        batch: Batch,
+        tx: Transaction,
         receipt: models.Receipt,
         content_hash: str,
         warnings: tuple[str, ...],
@@ -244,24 +234,20 @@ class Intake:
         prepared: Prepared,
     ) -> Accepted:
         key, now = receipt.unique_receipt_id, time.time()
-        batch.conn.execute(
-            "UPDATE receipts SET revision = ?, updated_at = ?, warnings = ? "
-            "WHERE unique_receipt_id = ?",
-            (revision, now, json.dumps(warnings), key),
-        )
-        _record_revision(batch.conn, key, revision, content_hash, now)
-        _insert_subjects(batch.conn, "receipt", key, prepared.subjects)
-        earlier = self._delivered_to(batch.conn, key)
+        records.amend_receipt(tx, key, revision, now, warnings)
+        records.record_revision(tx, key, revision, content_hash, now)
+        records.insert_subjects(tx, "receipt", key, prepared.subjects)
+        earlier = records.delivered_to(tx, key)
         targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
         item = {**prepared.item, "revision": revision}
         for destination in targets:
-            self._amend_one(batch, key, destination + lane, revision, item, now)
-        self._record_taken(batch, key, revision, prepared, targets, earlier)
+            self._amend_one(tx, key, destination + lane, revision, item, now)
+        self._record_taken(tx, key, revision, prepared, targets, earlier)
         return Accepted("amended", key, revision, targets, warnings)
 
     def _record_taken(
         self,
-        batch: Batch,
+        tx: Transaction,
         key: str,
         revision: int,
         prepared: Prepared,
@@ -269,8 +255,8 @@ class Intake:
         earlier: tuple[str, ...],
     ) -> None:
         assert prepared.facts is not None
-        takings.record_taken(
-            batch.conn,
+        records.record_taken(
+            tx,
             key,
             revision,
             prepared.facts,
@@ -281,7 +267,7 @@ class Intake:
 
     def _amend_one(
         self,
-        batch: Batch,
+        tx: Transaction,
         key: str,
         queue: str,
         revision: int,
@@ -289,25 +275,18 @@ class Intake:
         now: float,
     ) -> None:
         """Replace the queued revision if it has not left; otherwise queue the new one after it."""
-        destination = queue.removesuffix(BULK)
-        waiting = batch.conn.execute(
-            "SELECT revision, queue_id, COALESCE(queue, destination) FROM deliveries "
-            "WHERE record_key = ? AND destination = ? AND state IN ('queued', 'retrying') "
-            "ORDER BY revision DESC LIMIT 1",
-            (key, destination),
-        ).fetchone()
-        if waiting is not None and batch.replace(waiting[2], int(waiting[1]), item):
-            batch.conn.execute(
-                "UPDATE deliveries SET state = 'superseded', updated_at = ? "
-                "WHERE record_key = ? AND destination = ? AND revision = ?",
-                (now, key, destination, int(waiting[0])),
-            )
-            _insert_delivery(
-                batch.conn, key, destination, revision, int(waiting[1]), now, waiting[2]
-            )
-            return
-        queue_id = batch.put(queue, item)
-        _insert_delivery(batch.conn, key, destination, revision, queue_id, now, queue)
+        destination = queue.removesuffix(LOW_PRIORITY)
+        waiting = records.waiting_delivery(tx, key, destination)
+        if waiting is not None:
+            waiting_revision, queue_id, waiting_queue = waiting
+            if tx.replace(waiting_queue, queue_id, item):
+                records.supersede_delivery(tx, key, destination, waiting_revision, now)
+                records.insert_delivery(
+                    tx, key, destination, revision, queue_id, now, waiting_queue
+                )
+                return
+        queue_id = tx.put(queue, item)
+        records.insert_delivery(tx, key, destination, revision, queue_id, now, queue)
 
     def _subject_hashes(self, fields: tuple[str | None, str | None]) -> list[str]:
         """Keyed hashes of the person's email and phone, so `forget` can find the record."""
@@ -344,13 +323,6 @@ class Intake:
             sealed = self._keyring.seal(json.dumps(private).encode(), crypto.record_aad(kind, key))
         return {"kind": kind, "key": key, "revision": revision, "body": body, "personal": sealed}
 
-    def _delivered_to(self, conn: sqlite3.Connection, key: str) -> tuple[str, ...]:
-        rows = conn.execute(
-            "SELECT DISTINCT destination FROM deliveries WHERE record_key = ? ORDER BY destination",
-            (key,),
-        ).fetchall()
-        return tuple(r[0] for r in rows)
-
     # -- contacts -------------------------------------------------------------------------
 
     def put_contact(self, contact: models.Contact) -> Accepted:
@@ -366,33 +338,28 @@ class Intake:
             item, encode(item), self._subject_hashes((contact.email, contact.mobile_phone))
         )
         return self._write(
-            lambda batch: self._put_contact(batch, local_id, content_hash, targets, prepared)
+            lambda tx: self._put_contact(tx, local_id, content_hash, targets, prepared)
         )
 
     def _put_contact(
         self,
-        batch: Batch,
+        tx: Transaction,
         local_id: str,
         content_hash: str,
         targets: tuple[str, ...],
         prepared: Prepared,
     ) -> Accepted:
-        row = batch.conn.execute(
-            "SELECT local_id FROM outbound_contacts WHERE content_hash = ?", (content_hash,)
-        ).fetchone()
-        if row is not None:
-            _bump(batch.conn, "duplicates")
-            return Accepted("duplicate", row[0], 1, targets, local_id=row[0])
+        known = records.contact_with_content(tx, content_hash)
+        if known is not None:
+            records.bump(tx, "duplicates")
+            return Accepted("duplicate", known, 1, targets, local_id=known)
         now = time.time()
-        batch.conn.execute(
-            "INSERT INTO outbound_contacts VALUES (?, ?, ?, NULL)",
-            (local_id, content_hash, now),
-        )
-        _insert_subjects(batch.conn, "contact", local_id, prepared.subjects)
+        records.insert_contact(tx, local_id, content_hash, now)
+        records.insert_subjects(tx, "contact", local_id, prepared.subjects)
         for destination in targets:
-            queue_id = batch.put_encoded(destination, prepared.encoded)
-            _insert_delivery(batch.conn, local_id, destination, 1, queue_id, now)
-        _bump(batch.conn, "contacts")
+            queue_id = tx.put_encoded(destination, prepared.encoded)
+            records.insert_delivery(tx, local_id, destination, 1, queue_id, now)
+        records.bump(tx, "contacts")
         return Accepted("queued", local_id, 1, targets, local_id=local_id)
 
     # -- quarantine -----------------------------------------------------------------------
@@ -417,27 +384,16 @@ class Intake:
         )
         subjects = self._subject_hashes(fields or (None, None))
 
-        def work(batch: Batch) -> str:
-            _bump(batch.conn, "quarantined")
+        def work(tx: Transaction) -> str:
+            records.bump(tx, "quarantined")
             now = time.time()
-            kept = batch.conn.execute(
-                "SELECT error_id FROM quarantine WHERE content_hash = ? "
-                "AND sealed_body IS NOT NULL",
-                (digest,),
-            ).fetchone()
+            kept = records.quarantine_again(tx, digest, now)
             if kept is not None:
-                batch.conn.execute(
-                    "UPDATE quarantine SET times = times + 1, last_at = ? WHERE error_id = ?",
-                    (now, kept[0]),
-                )
-                return str(kept[0])
-            batch.conn.execute(
-                "INSERT INTO quarantine (error_id, received_at, route, code, reason, "
-                "sealed_body, content_hash, times, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                (error_id, now, route, code, safe_reason(reason), sealed, digest, now),
-            )
-            _insert_subjects(batch.conn, "quarantine", error_id, subjects)
-            _evict_quarantine(batch.conn, self._settings.quarantine_max_bytes, error_id)
+                return kept
+            refused = (route, code, safe_reason(reason))
+            records.insert_quarantine(tx, error_id, now, refused, sealed, digest)
+            records.insert_subjects(tx, "quarantine", error_id, subjects)
+            records.evict_quarantine(tx, self._settings.quarantine_max_bytes, error_id)
             return error_id
 
         return self._write(work)
@@ -445,24 +401,12 @@ class Intake:
     # -- reads ----------------------------------------------------------------------------
 
     def receipt_state(self, unique_receipt_id: str) -> ReceiptState:
-        with self._outbox.read() as conn:
-            row = conn.execute(
-                "SELECT revision, received_at, warnings FROM receipts WHERE unique_receipt_id = ?",
-                (unique_receipt_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no receipt {unique_receipt_id!r} was handed to this till")
-            rows = conn.execute(
-                "SELECT destination, revision, state, attempts, next_attempt_at, last_error_id, "
-                "cloud_error_id, updated_at, queue_id, COALESCE(queue, destination) "
-                "FROM deliveries WHERE record_key = ? "
-                "AND state != 'superseded' ORDER BY destination, revision",
-                (unique_receipt_id,),
-            ).fetchall()
+        found = records.receipt(self._outbox, unique_receipt_id)
+        if found is None:
+            raise NotFoundError(f"no receipt {unique_receipt_id!r} was handed to this till")
+        (revision, received_at, warnings), rows = found
         deliveries = tuple(self._delivery(r) for r in rows)
-        return ReceiptState(
-            unique_receipt_id, row[0], row[1], tuple(json.loads(row[2])), deliveries
-        )
+        return ReceiptState(unique_receipt_id, revision, received_at, warnings, deliveries)
 
     def list_receipts(
         self, state: str, since: float, after: tuple[float, str] | None, limit: int
@@ -471,16 +415,8 @@ class Intake:
         queued, being sent or retrying; "dead_lettered"), oldest first, `limit` at a time after
         the (received_at, id) cursor `after`; the cursor of the next page, or None."""
         wanted = LISTED_STATES[state]
-        marks = ", ".join("?" for _ in wanted)
         cursor = after or (since, "")
-        with self._outbox.read() as conn:
-            rows = conn.execute(
-                "SELECT unique_receipt_id, received_at FROM receipts r WHERE received_at >= ? "
-                "AND (received_at, unique_receipt_id) > (?, ?) AND EXISTS (SELECT 1 FROM "
-                f"deliveries d WHERE d.record_key = r.unique_receipt_id AND d.state IN ({marks})) "
-                "ORDER BY received_at, unique_receipt_id LIMIT ?",
-                (since, cursor[0], cursor[1], *wanted, limit + 1),
-            ).fetchall()
+        rows = records.receipts_in_states(self._outbox, wanted, since, cursor, limit + 1)
         page = [self.receipt_state(row[0]) for row in rows[:limit]]
         more = len(rows) > limit
         return page, ((rows[limit - 1][1], rows[limit - 1][0]) if more else None)
@@ -500,19 +436,12 @@ class Intake:
         )
         if not keys:
             return []
-        with self._outbox.read() as conn:
-            rows = conn.execute(
-                "SELECT o.local_id, o.cloud_contact_id FROM subjects s "
-                "JOIN outbound_contacts o ON o.local_id = s.record_key "
-                "WHERE s.kind = 'contact' AND s.subject = ? ORDER BY o.received_at",
-                (self._keyring.keyed_hash(keys[0].encode()),),
-            ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+        subject = self._keyring.keyed_hash(keys[0].encode())
+        return records.contacts_of_subject(self._outbox, subject)
 
     def counters(self) -> dict[str, int]:
-        with self._outbox.read() as conn:
-            rows = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        return {name: int(rows.get(name, 0)) for name in COUNTERS}
+        kept = records.counters(self._outbox)
+        return {name: kept.get(name, 0) for name in COUNTERS}
 
 
 def check_totals(receipt: models.Receipt, tolerance: Decimal) -> tuple[str, ...]:
@@ -583,80 +512,5 @@ def new_local_id() -> str:
     return f"loc_{secrets.token_hex(12)}"
 
 
-def _known_revision(conn: sqlite3.Connection, key: str, content_hash: str) -> int | None:
-    row = conn.execute(
-        "SELECT revision FROM receipt_revisions WHERE unique_receipt_id = ? AND content_hash = ?",
-        (key, content_hash),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def _record_revision(
-    conn: sqlite3.Connection, key: str, revision: int, content_hash: str, now: float
-) -> None:
-    conn.execute(
-        "INSERT INTO receipt_revisions VALUES (?, ?, ?, ?)", (key, revision, content_hash, now)
-    )
-
-
-def _insert_subjects(conn: sqlite3.Connection, kind: str, key: str, subjects: list[str]) -> None:
-    conn.executemany(
-        "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?)", [(s, kind, key) for s in subjects]
-    )
-
-
-def _insert_delivery(
-    conn: sqlite3.Connection,
-    key: str,
-    destination: str,
-    revision: int,
-    queue_id: int,
-    now: float,
-    queue: str | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO deliveries "
-        "(record_key, destination, revision, queue_id, state, updated_at, queue) "
-        "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-        (key, destination, revision, queue_id, now, queue or destination),
-    )
-
-
-QUARANTINE_MAX_ROWS = 100_000
-
-
-def _evict_quarantine(conn: sqlite3.Connection, max_bytes: int, keep: str) -> None:
-    """The oldest quarantined bodies go while the kept ones are over their cap (in bytes, or
-    in rows: a flood of tiny bodies); `keep`, the one just written, stays."""
-    while True:
-        size = conn.execute("SELECT value FROM counters WHERE name = 'quarantine_bytes'")
-        (used,) = size.fetchone() or (0,)
-        low, high = conn.execute("SELECT MIN(rowid), MAX(rowid) FROM quarantine").fetchone()
-        if used <= max_bytes and (high or 0) - (low or 0) < QUARANTINE_MAX_ROWS:
-            return
-        oldest = [
-            row[0]
-            for row in conn.execute(
-                "SELECT error_id FROM quarantine WHERE error_id != ? ORDER BY rowid LIMIT 100",
-                (keep,),
-            )
-        ]
-        if not oldest:
-            return
-        marks = ",".join("?" * len(oldest))
-        conn.execute(f"DELETE FROM quarantine WHERE error_id IN ({marks})", oldest)
-        conn.execute(
-            f"DELETE FROM subjects WHERE kind = 'quarantine' AND record_key IN ({marks})", oldest
-        )
-        _bump(conn, "quarantine_evicted", len(oldest))
-
-
 def _counter_for(status: str) -> str:
     return {"queued": "accepted", "duplicate": "duplicates", "amended": "amended"}[status]
-
-
-def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
-    conn.execute(
-        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
-        (name, by, by),
-    )

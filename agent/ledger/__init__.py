@@ -23,7 +23,7 @@ from agent.core.crypto import Keyring
 from agent.core.errors import KeyStoreError, NotFoundError
 from agent.core.figures import Amounts
 from agent.ledger import takings
-from agent.ledger.outbox import BULK, Batch, Claimed, Outbox
+from agent.ledger.outbox import LOW_PRIORITY, Claimed, Outbox, Transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class Ledger:
         self._outbox = outbox
         self._keyring = keyring
 
-    def _write(self, work: Callable[[Batch], T]) -> T:
+    def _write(self, work: Callable[[Transaction], T]) -> T:
         return self._outbox.run(work)
 
     def message_for(self, item: dict[str, Any]) -> models.OutboundMessage:
@@ -94,7 +94,7 @@ class Ledger:
         difference to an append-only cloud), for reconciliation.
         """
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             if journal is not None and journal.get("kind") == "receipt":
                 _journal(batch, destination, journal)
             if sent is not None:
@@ -119,7 +119,7 @@ class Ledger:
     def record_cloud_contact(self, local_id: str, cloud_id: str) -> None:
         """The cloud's id of a member registered at this till (persisted: receipts wait for it)."""
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             batch.conn.execute(
                 "UPDATE outbound_contacts SET cloud_contact_id = ? WHERE local_id = ?",
                 (cloud_id, local_id),
@@ -150,7 +150,7 @@ class Ledger:
     ) -> None:
         """A failed attempt of an item: why, when next; charged to it unless an outage's."""
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             now = time.time()
             batch.conn.execute(
                 "UPDATE deliveries SET state = 'retrying', updated_at = ?, "
@@ -222,7 +222,7 @@ class Ledger:
         """Move a claimed item to the dead letters, with why; returns the dead letter's id."""
         item = claimed.item
 
-        def work(batch: Batch) -> int:
+        def work(batch: Transaction) -> int:
             now = time.time()
             cursor = batch.conn.execute(
                 "INSERT INTO dead_letters (destination, kind, record_key, revision, item, status, "
@@ -329,7 +329,7 @@ def _opened(letter: DeadLetter, keyring: Keyring | None) -> str:
         return "(sealed with a key destroyed since)"
 
 
-def _journal(batch: Batch, destination: str, item: dict[str, Any]) -> None:
+def _journal(batch: Transaction, destination: str, item: dict[str, Any]) -> None:
     created = str(item["body"].get("createdDate", ""))
     batch.conn.execute(
         "INSERT INTO journal (destination, record_key, revision, business_date, item, "
@@ -368,10 +368,10 @@ class Journal:
         append-only one ignores what it has and takes only what it lacks.
         """
 
-        def work(batch: Batch) -> int:
+        def work(batch: Transaction) -> int:
             items = _replayed(batch.conn, first_day, last_day, destination)
             for name, item, _ in items:
-                queue = name + BULK
+                queue = name + LOW_PRIORITY
                 queue_id = batch.put(queue, item)
                 batch.conn.execute(
                     "UPDATE deliveries SET state = 'queued', queue_id = ?, queue = ?, "
@@ -467,7 +467,7 @@ class DeadLetters:
         """Back into its destination's queue (written before the dead letter is deleted)."""
         _check_id(dead_letter_id)
 
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             row = batch.conn.execute(
                 "SELECT destination, item FROM dead_letters WHERE id = ?",
                 (dead_letter_id,),
@@ -497,7 +497,7 @@ class DeadLetters:
         return [_dead_letter(row, self._keyring) for row in rows]
 
     def mark_notified(self, ids: list[int], at: float) -> None:
-        def work(batch: Batch) -> None:
+        def work(batch: Transaction) -> None:
             batch.conn.executemany(
                 "UPDATE dead_letters SET notified_at = ? WHERE id = ?", [(at, i) for i in ids]
             )
@@ -508,7 +508,7 @@ class DeadLetters:
         """Delete a dead letter for good (its delivery state stays dead_lettered)."""
         _check_id(dead_letter_id)
 
-        def work(batch: Batch) -> int:
+        def work(batch: Transaction) -> int:
             return batch.conn.execute(
                 "DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,)
             ).rowcount

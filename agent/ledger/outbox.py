@@ -35,7 +35,10 @@ PARKED_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the t
 # rotation rewrite these (a claimed item is the sender's until it settles).
 WAITING_STATUSES = (*PENDING_STATUSES, PARKED_STATUS)
 T = TypeVar("T")
-BULK = "__bulk"  # the low-priority lane of a destination: backfill and replay
+# The low-priority lane of a destination (backfill and replay): its queue is the destination's
+# name plus this suffix. The on-disk table keeps the old "__bulk" name so existing outbox.db
+# files open unchanged; the lane has nothing to do with Engage's bulk endpoint.
+LOW_PRIORITY = "__bulk"
 PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
 SALES_FIRST_SECONDS = 0.02  # how long a write of delivery lets waiting sales go first
@@ -114,10 +117,10 @@ class QueueDepth:
     pending: int
     claimed: int
     oldest_enqueued_at: float | None
-    bulk: int = 0  # of pending: how many wait in the low-priority lane
+    low_priority: int = 0  # of pending: how many wait in the low-priority lane
 
 
-class Batch:
+class Transaction:
     """One open write transaction: the caller's own rows and queue items commit together."""
 
     def __init__(self, conn: sqlite3.Connection, queues: dict[str, _AckQueue]) -> None:
@@ -188,16 +191,16 @@ class Batch:
 class _Ticket(Generic[T]):
     """One caller's piece of work in a group commit, and what became of it."""
 
-    def __init__(self, work: Callable[[Batch], T]) -> None:
+    def __init__(self, work: Callable[[Transaction], T]) -> None:
         self._work = work
-        self._batch: Batch | None = None
+        self._batch: Transaction | None = None
         self._value: T | None = None
         self._error: BaseException | None = None
         self.done = False
 
     def run_in_savepoint(self, conn: sqlite3.Connection, queues: dict[str, _AckQueue]) -> None:
         conn.execute("SAVEPOINT work")
-        batch = Batch(conn, queues)
+        batch = Transaction(conn, queues)
         try:
             self._value = self._work(batch)
         except Exception as exc:  # this caller's failure only: undo its writes, keep the rest
@@ -274,7 +277,7 @@ def _index_ready_items(queue: _AckQueue) -> None:
         raise StorageError(f"index queue {table}: {exc}") from exc
 
 
-def _delete_acked(table: str, limit: int, batch: Batch) -> int:
+def _delete_acked(table: str, limit: int, batch: Transaction) -> int:
     cursor = batch.conn.execute(
         f"DELETE FROM {table} WHERE _id IN (SELECT _id FROM {table} WHERE status = ? LIMIT ?)",
         (ACKED_STATUS, limit),
@@ -315,7 +318,7 @@ class Outbox:
         self._claimed_lock = threading.Lock()
         # Every queue in the file is opened, also those of destinations no longer enabled:
         # intake puts only into enabled ones, but purge and erasure must reach all of them.
-        lanes = [name + BULK for name in destinations]
+        lanes = [name + LOW_PRIORITY for name in destinations]
         names = dict.fromkeys([*destinations, *lanes, *queue_names(directory)])
         self._queues = {
             name: self._open_queue(directory, name, busy_timeout_seconds) for name in names
@@ -342,14 +345,14 @@ class Outbox:
     @property
     def destinations(self) -> tuple[str, ...]:
         """The destinations with a queue in the file (their low-priority lanes left out)."""
-        return tuple(q for q in self._queues if not q.endswith(BULK))
+        return tuple(q for q in self._queues if not q.endswith(LOW_PRIORITY))
 
     def migrate(self, steps: Sequence[str]) -> None:
         """Apply a caller's schema steps to this file (the ledger lives beside the queues)."""
         with self._write_lock:
             db.migrate(self._writer, steps)
 
-    def run(self, work: Callable[[Batch], T]) -> T:
+    def run(self, work: Callable[[Transaction], T]) -> T:
         """Run work in a durable transaction; return its result only after the COMMIT (fsync).
 
         Group commit: whoever holds the writer commits every piece of work that arrived while
@@ -419,8 +422,11 @@ class Outbox:
         """
         raw = self._get(destination, block=False)
         queue = destination
-        if raw is None and destination + BULK in self._queues:
-            raw, queue = self._get(destination + BULK, block=False), destination + BULK
+        if raw is None and destination + LOW_PRIORITY in self._queues:
+            raw, queue = (
+                self._get(destination + LOW_PRIORITY, block=False),
+                destination + LOW_PRIORITY,
+            )
         if raw is None:
             raw, queue = self._get(destination, block=True, timeout=timeout_seconds), destination
         if raw is None:
@@ -534,14 +540,14 @@ class Outbox:
 
     def lanes(self, destination: str) -> list[str]:
         """The queues of a destination: its own, and its low-priority lane."""
-        return [q for q in (destination, destination + BULK) if q in self._queues]
+        return [q for q in (destination, destination + LOW_PRIORITY) if q in self._queues]
 
     @property
     def queues(self) -> tuple[str, ...]:
         """Every queue in the file, lanes included."""
         return tuple(self._queues)
 
-    def settle(self, claimed: Claimed, work: Callable[[Batch], T]) -> T:
+    def settle(self, claimed: Claimed, work: Callable[[Transaction], T]) -> T:
         """Run work and delete the claimed item in one transaction (a move to another table)."""
         ticket = (claimed.lane_queue, claimed.id)
         with self._claimed_lock:
@@ -549,7 +555,7 @@ class Outbox:
                 raise NotFoundError(f"{claimed.lane_queue}/{claimed.id} was not claimed here")
         table = self._queues[claimed.lane_queue]._table_name
 
-        def move(batch: Batch) -> T:
+        def move(batch: Transaction) -> T:
             result = work(batch)  # the destination first: a crash between can duplicate only
             batch.conn.execute(f"DELETE FROM {table} WHERE _id = ?", (claimed.id,))
             return result
@@ -562,7 +568,7 @@ class Outbox:
 
     def depth(self, destination: str) -> QueueDepth:
         """How many items wait (and since when) in a destination's queues, both lanes."""
-        pending, claimed, bulk, oldest_seen = 0, 0, 0, []
+        pending, claimed, low, oldest_seen = 0, 0, 0, []
         for queue in self.lanes(destination):
             table = self._queues[queue]._table_name
             with self.read() as conn:
@@ -574,9 +580,9 @@ class Outbox:
                     f"SELECT COUNT(*) FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
                 ).fetchone()
             pending, claimed = pending + int(count), claimed + int(taken)
-            bulk += int(count) if queue.endswith(BULK) else 0
+            low += int(count) if queue.endswith(LOW_PRIORITY) else 0
             oldest_seen += [oldest] if oldest is not None else []
-        return QueueDepth(destination, pending, claimed, min(oldest_seen, default=None), bulk)
+        return QueueDepth(destination, pending, claimed, min(oldest_seen, default=None), low)
 
     def queue_status(self, destination: str, queue_id: int) -> int | None:
         """persist-queue's status of one item, None once it has been purged."""

@@ -8,9 +8,7 @@ seals or opens with it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +19,12 @@ from agent.core.errors import StorageError
 from agent.core.failpoints import failpoint
 from agent.core.matchkeys import subject_keys
 from agent.core.metrics import Metrics
-from agent.ledger import takings
-from agent.ledger.outbox import BULK, Batch, Outbox
+from agent.ledger import erasure
+from agent.ledger.outbox import LOW_PRIORITY, Outbox, Transaction
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
-FINAL_STATES = ("delivered", "superseded", "dead_lettered", "forgotten")
 # A wall clock that runs ahead of the monotonic clock by more than this between two purges
 # has jumped: retention is then measured by the monotonic clock, so no mass purge follows.
 CLOCK_JUMP_SECONDS = 3600.0
@@ -79,8 +76,8 @@ class ForgetReport:
 class Privacy:
     """Runs the purge and erasure over the outbox file and the keyring.
 
-    The ledger tables (agent/ledger/schema.py); this module only deletes from and
-    redacts them, by the retention settings.
+    It decides what is due and whom to forget; the statements that delete, redact and re-seal
+    the ledger's rows are agent/ledger/erasure.py's.
     """
 
     def __init__(
@@ -117,23 +114,20 @@ class Privacy:
         report.delivered_deleted = self._outbox.purge_acked()
         failpoint("purge.after_delete")
         report.quarantine_redacted = self._outbox.run(
-            lambda b: redact_quarantine(b.conn, now - privacy.quarantine_retention_days * DAY, now)
+            lambda tx: erasure.redact_quarantine(
+                tx, now - privacy.quarantine_retention_days * DAY, now
+            )
         )
         report.dead_letters_redacted = self._outbox.run(
-            lambda b: redact_dead_letters(
-                b.conn, now - privacy.dead_letter_retention_days * DAY, now
+            lambda tx: erasure.redact_dead_letters(
+                tx, now - privacy.dead_letter_retention_days * DAY, now
             )
         )
         report.journal_deleted = self._outbox.run(
-            lambda b: (
-                b.conn.execute(
-                    "DELETE FROM journal WHERE delivered_at < ?",
-                    (now - privacy.journal_retention_days * DAY,),
-                ).rowcount
-            )
+            lambda tx: erasure.delete_journal(tx, now - privacy.journal_retention_days * DAY)
         )
         report.ledger_deleted = self._outbox.run(
-            lambda b: purge_ledger(b.conn, now - privacy.ledger_retention_days * DAY)
+            lambda tx: erasure.purge_records(tx, now - privacy.ledger_retention_days * DAY)
         )
         report.cached_contacts_expired = sum(s.purge_expired(now) for s in self._stores)
         self._rotate_keys(now, report)
@@ -197,9 +191,9 @@ class Privacy:
     def _destroy_when_unused(self, key_id: str, report: PurgeReport) -> None:
         """Re-seal what the key still seals, then destroy it; an item in flight postpones it."""
 
-        def reseal_and_count(batch: Batch) -> int:
-            report.resealed += self._reseal(batch, key_id)
-            return sealed_count(batch, key_id)
+        def reseal_and_count(tx: Transaction) -> int:
+            report.resealed += self._reseal(tx, key_id)
+            return erasure.sealed_count(tx, key_id)
 
         still_sealed = self._outbox.run(reseal_and_count)
         still_sealed += sum(s.sealed_count(key_id) for s in self._stores)
@@ -207,60 +201,17 @@ class Privacy:
             self._keyring.remove(key_id)
             report.keys_destroyed.append(key_id)
 
-    def _reseal(self, batch: Batch, key_id: str) -> int:
+    def _reseal(self, tx: Transaction, key_id: str) -> int:
         """Re-seal, under the active key, every live value still sealed with key_id."""
         count = 0
         for queue in self._outbox.queues:
-            for queue_id, item in batch.pending_items(queue):
+            for queue_id, item in tx.pending_items(queue):
                 token = item.get("personal")
                 if token and crypto.key_id_of(token) == key_id:
                     aad = crypto.record_aad(item["kind"], item["key"])
                     item["personal"] = self._keyring.seal(self._keyring.open(token, aad), aad)
-                    count += batch.replace(queue, queue_id, item)
-        count += self._reseal_dead_letters(batch, key_id)
-        rows = batch.conn.execute(
-            "SELECT error_id, sealed_body FROM quarantine WHERE sealed_body LIKE ?",
-            (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
-        ).fetchall()
-        for error_id, token in rows:
-            aad = crypto.record_aad("quarantine", error_id)
-            fresh = self._keyring.seal(self._keyring.open(token, aad), aad)
-            batch.conn.execute(
-                "UPDATE quarantine SET sealed_body = ? WHERE error_id = ?", (fresh, error_id)
-            )
-            count += 1
-        return count
-
-    def _reseal_dead_letters(self, batch: Batch, key_id: str) -> int:
-        """Dead letters and the replay journal keep whole items: re-seal their personal part."""
-        count = 0
-        for table in ("dead_letters", "journal"):
-            rows = batch.conn.execute(
-                f"SELECT id, item FROM {table} WHERE item LIKE ?",
-                (f"%{crypto.SEAL_PREFIX}.{key_id}.%",),
-            ).fetchall()
-            for row_id, text in rows:
-                item = json.loads(text)
-                aad = crypto.record_aad(item["kind"], item["key"])
-                item["personal"] = self._keyring.seal(
-                    self._keyring.open(item["personal"], aad), aad
-                )
-                batch.conn.execute(
-                    f"UPDATE {table} SET item = ? WHERE id = ?", (json.dumps(item), row_id)
-                )
-            count += len(rows)
-        rows = batch.conn.execute(
-            "SELECT id, destination, record_key, revision, body_excerpt FROM dead_letters "
-            "WHERE body_excerpt LIKE ?",
-            (f"{crypto.SEAL_PREFIX}.{key_id}.%",),
-        ).fetchall()
-        for row_id, destination, key, revision, token in rows:
-            aad = crypto.excerpt_aad(destination, key, revision)
-            fresh = self._keyring.seal(self._keyring.open(token, aad), aad)
-            batch.conn.execute(
-                "UPDATE dead_letters SET body_excerpt = ? WHERE id = ?", (fresh, row_id)
-            )
-        return count + len(rows)
+                    count += tx.replace(queue, queue_id, item)
+        return count + erasure.reseal_rows(tx, self._keyring, key_id)
 
     # -- erasure on request --------------------------------------------------------------
 
@@ -271,7 +222,7 @@ class Privacy:
             self._keyring.keyed_hash(s.encode())
             for s in subject_keys(email=email, mobile_phone=mobile_phone, default_region=region)
         ]
-        report = self._outbox.run(lambda b: self._forget(b, subjects))
+        report = self._outbox.run(lambda tx: self._forget(tx, subjects))
         report.cached_contacts_removed = sum(
             s.forget_person(email=email, mobile_phone=mobile_phone) for s in self._stores
         )
@@ -282,152 +233,33 @@ class Privacy:
         log.info("forgot a person", extra={"report": report.__dict__})
         return report
 
-    def _forget(self, batch: Batch, subjects: list[str]) -> ForgetReport:
+    def _forget(self, tx: Transaction, subjects: list[str]) -> ForgetReport:
         report = ForgetReport()
         if not subjects:
             return report
-        marks = ",".join("?" * len(subjects))
-        records = batch.conn.execute(
-            f"SELECT DISTINCT kind, record_key FROM subjects WHERE subject IN ({marks})", subjects
-        ).fetchall()
+        records = erasure.records_of(tx, subjects)
         report.records = len(records)
         for kind, key in records:
             if kind == "quarantine":
-                report.quarantine_deleted += batch.conn.execute(
-                    "DELETE FROM quarantine WHERE error_id = ?", (key,)
-                ).rowcount
+                report.quarantine_deleted += erasure.delete_quarantined(tx, key)
             else:
-                self._forget_queued(batch, kind, key, report)
-                report.dead_letters_redacted += strip_dead_letters(
-                    batch.conn, "record_key = ?", (key,), time.time()
-                )
-                strip_journal(batch.conn, key)
-            batch.conn.execute(
-                "DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key)
-            )
+                self._forget_queued(tx, kind, key, report)
+                report.dead_letters_redacted += erasure.strip_dead_letters(tx, key, time.time())
+                erasure.strip_journal(tx, key)
+            erasure.forget_subjects(tx, kind, key)
         return report
 
-    def _forget_queued(self, batch: Batch, kind: str, key: str, report: ForgetReport) -> None:
+    def _forget_queued(self, tx: Transaction, kind: str, key: str, report: ForgetReport) -> None:
         """A receipt leaves without its buyer; a contact registration is withdrawn."""
         for queue in self._outbox.queues:
-            for queue_id, item in batch.pending_items(queue):
+            for queue_id, item in tx.pending_items(queue):
                 if item.get("key") != key or item.get("kind") != kind:
                     continue
                 if kind == "receipt":
                     item["personal"], item["forgotten"] = None, True
-                    report.queued_items_stripped += batch.replace(queue, queue_id, item)
-                elif batch.remove(queue, queue_id):
+                    report.queued_items_stripped += tx.replace(queue, queue_id, item)
+                elif tx.remove(queue, queue_id):
                     report.queued_items_removed += 1
-                    mark_forgotten(batch.conn, key, queue.removesuffix(BULK))
+                    destination = queue.removesuffix(LOW_PRIORITY)
+                    erasure.mark_forgotten(tx, key, destination, time.time())
             report.in_flight += self._outbox.claimed_count(queue, key)
-
-
-def redact_quarantine(conn: sqlite3.Connection, cutoff: float, now: float) -> int:
-    """Refused bodies past retention lose their content; the record of the refusal stays."""
-    conn.execute(
-        "DELETE FROM subjects WHERE kind = 'quarantine' AND record_key IN "
-        "(SELECT error_id FROM quarantine WHERE received_at < ? AND sealed_body IS NOT NULL)",
-        (cutoff,),
-    )
-    cursor = conn.execute(
-        "UPDATE quarantine SET sealed_body = NULL, redacted_at = ? "
-        "WHERE received_at < ? AND sealed_body IS NOT NULL",
-        (now, cutoff),
-    )
-    return cursor.rowcount
-
-
-def redact_dead_letters(conn: sqlite3.Connection, cutoff: float, now: float) -> int:
-    """Dead letters past retention lose their personal fields; what happened stays."""
-    return strip_dead_letters(conn, "created_at < ?", (cutoff,), now)
-
-
-def strip_dead_letters(
-    conn: sqlite3.Connection, where: str, args: tuple[object, ...], now: float
-) -> int:
-    rows = conn.execute(
-        f"SELECT id, item FROM dead_letters WHERE redacted_at IS NULL AND {where}", args
-    ).fetchall()
-    for dead_letter_id, text in rows:
-        item = json.loads(text)
-        item["personal"], item["forgotten"] = None, True
-        conn.execute(  # the cloud's excerpt about that record goes too
-            "UPDATE dead_letters SET item = ?, body_excerpt = '', redacted_at = ? WHERE id = ?",
-            (json.dumps(item), now, dead_letter_id),
-        )
-    return len(rows)
-
-
-def strip_journal(conn: sqlite3.Connection, key: str) -> None:
-    """A forgotten buyer leaves the replay journal too; the sale stays replayable."""
-    rows = conn.execute("SELECT id, item FROM journal WHERE record_key = ?", (key,)).fetchall()
-    for row_id, text in rows:
-        item = json.loads(text)
-        item["personal"], item["forgotten"] = None, True
-        conn.execute("UPDATE journal SET item = ? WHERE id = ?", (json.dumps(item), row_id))
-
-
-def purge_ledger(conn: sqlite3.Connection, cutoff: float) -> int:
-    """Forget receipts and contacts older than the ledger retention once every delivery is final."""
-    finals = ",".join("?" * len(FINAL_STATES))
-    open_records = f"SELECT record_key FROM deliveries WHERE state NOT IN ({finals})"
-    receipts = [
-        row[0]
-        for row in conn.execute(
-            f"SELECT unique_receipt_id FROM receipts WHERE updated_at < ? "
-            f"AND unique_receipt_id NOT IN ({open_records})",
-            (cutoff, *FINAL_STATES),
-        ).fetchall()
-    ]
-    contacts = [
-        row[0]
-        for row in conn.execute(
-            f"SELECT local_id FROM outbound_contacts WHERE received_at < ? "
-            f"AND local_id NOT IN ({open_records})",
-            (cutoff, *FINAL_STATES),
-        ).fetchall()
-    ]
-    for key in receipts:
-        _delete_record(conn, "receipt", key)
-    for key in contacts:
-        _delete_record(conn, "contact", key)
-    cutoff_day = dt.datetime.fromtimestamp(cutoff, dt.UTC).date().isoformat()
-    takings.purge_days(conn, cutoff_day)
-    return len(receipts) + len(contacts)
-
-
-def _delete_record(conn: sqlite3.Connection, kind: str, key: str) -> None:
-    if kind == "receipt":
-        conn.execute("DELETE FROM receipts WHERE unique_receipt_id = ?", (key,))
-        conn.execute("DELETE FROM receipt_revisions WHERE unique_receipt_id = ?", (key,))
-        takings.forget_figures(conn, key)
-    else:
-        conn.execute("DELETE FROM outbound_contacts WHERE local_id = ?", (key,))
-    conn.execute("DELETE FROM deliveries WHERE record_key = ?", (key,))
-    conn.execute("DELETE FROM subjects WHERE kind = ? AND record_key = ?", (kind, key))
-
-
-def mark_forgotten(conn: sqlite3.Connection, key: str, destination: str) -> None:
-    conn.execute(
-        "UPDATE deliveries SET state = 'forgotten', updated_at = ? "
-        "WHERE record_key = ? AND destination = ? AND state IN ('queued', 'retrying')",
-        (time.time(), key, destination),
-    )
-
-
-def sealed_count(batch: Batch, key_id: str) -> int:
-    """How many stored values (queue items, quarantine) are still sealed with key_id."""
-    pattern = f"%{crypto.SEAL_PREFIX}.{key_id}.%"
-    count = 0
-    for table, column in (
-        ("quarantine", "sealed_body"),
-        ("dead_letters", "item"),
-        ("dead_letters", "body_excerpt"),
-        ("journal", "item"),
-    ):
-        count += int(
-            batch.conn.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE {column} LIKE ?", (pattern,)
-            ).fetchone()[0]
-        )
-    return count + batch.count_matching(pattern)
