@@ -33,6 +33,12 @@ def status_of(till: Till, name: str) -> dict[str, Any]:
     return next(d for d in destinations if d["name"] == name)
 
 
+def waiting(state: dict[str, Any]) -> int:
+    """Items not yet delivered: ready, in the window of sends (a lost answer's resend waits
+    there), or set aside. `depth` alone is only the ready ones."""
+    return int(state["depth"] + state["inFlight"] + state["setAside"])
+
+
 def _delivering(start_agent, tmp_path, engage_url: str, loaded_url: str):
     overrides = {
         "delivery": {"enabled": True, "backoff_initial_seconds": 0.1, "backoff_max_seconds": 0.5},
@@ -58,7 +64,7 @@ def test_an_answer_lost_after_the_cloud_committed_is_resent_and_kept_once(
     wait_for(
         lambda: set(cloud.engage.receipts) == set(ids) and set(cloud.loaded.orders) == set(ids)
     )
-    wait_for(lambda: all(status_of(till, d)["depth"] == 0 for d in ("engage", "loaded")))
+    wait_for(lambda: all(waiting(status_of(till, d)) == 0 for d in ("engage", "loaded")))
     posts = [r for r in cloud.requests if r.api == "engage" and r.path.endswith("/receipts")]
     assert len(posts) > len(ids)  # lost answers were followed by resends ...
     assert cloud.engage.duplicate_receipts == len(posts) - len(ids)  # ... the cloud knew again
@@ -114,7 +120,7 @@ def test_a_redirect_to_a_login_page_is_not_a_delivery(start_agent, tmp_path, por
     for destination in ("engage", "loaded"):
         state = status_of(till, destination)
         assert state["sent"] == 0
-        assert state["depth"] + state["inFlight"] + state["setAside"] == 1
+        assert waiting(state) == 1
     states = till.get("/v1/receipts/P-1").json()["destinations"]
     assert all(d["state"] != "delivered" for d in states), states
     assert till.get("/v1/dead-letters").json() == []
@@ -158,7 +164,7 @@ def test_dns_and_tls_failures_are_transient_and_keep_the_queue(
     wait_for(lambda: status_of(till, "engage")["failed"] >= 2)  # retried
     assert till.get("/v1/dead-letters").json() == []
     state = status_of(till, "engage")
-    assert state["depth"] + state["inFlight"] + state["setAside"] == 1
+    assert waiting(state) == 1
 
 
 def test_the_session_never_follows_a_redirect(portal):
