@@ -27,8 +27,7 @@ from agent.core.errors import (
     ThrottledError,
 )
 from agent.core.ratelimit import RateBudget, Verdict
-from agent.ledger import Ledger, marks
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Ledger, Outbox, marks
 
 log = logging.getLogger(__name__)
 

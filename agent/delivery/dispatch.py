@@ -41,8 +41,7 @@ from agent.delivery.bulk import BulkContacts, Run
 from agent.delivery.outcome import DestinationState as Signals
 from agent.delivery.outcome import ItemHistory, Outcome, Verdict, decide, needs_probe
 from agent.delivery.window import Landed, Window
-from agent.ledger import Failure, Ledger
-from agent.ledger.outbox import UNDECODABLE, Claimed, Outbox
+from agent.ledger import UNDECODABLE, Claimed, Failure, Ledger, Outbox
 
 log = logging.getLogger(__name__)
 
