@@ -903,4 +903,4 @@ def undelivered(settings: config.Settings) -> dict[str, int]:
 
 def _waiting(box: outbox.Outbox, destination: str) -> int:
     depth = box.depth(destination)
-    return depth.pending + depth.claimed + len(box.parked(destination))
+    return depth.pending + depth.claimed + len(box.set_aside_items(destination))

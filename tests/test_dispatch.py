@@ -58,7 +58,7 @@ def drain(dispatcher, clock, steps=50):
     for _ in range(steps):
         clock.now = max(clock.now, dispatcher.state.paused_until) + 0.001
         if not dispatcher.step():
-            dues = [parked.due for parked in dispatcher.state.parked.values()]
+            dues = [item.due for item in dispatcher.state.set_aside.values()]
             if dues:
                 clock.now = max(clock.now, min(dues)) + 0.001
 
@@ -193,9 +193,9 @@ def test_restart_puts_set_aside_items_back_in_line(rig):
     agent, till, _, _, dispatcher = rig
     post(till, "R-1")
     claimed = agent.outbox.claim("loaded", timeout_seconds=1)
-    agent.outbox.park(claimed)
+    agent.outbox.set_aside(claimed)
     assert agent.outbox.depth("loaded").pending == 0
-    dispatcher._restore_parked()
+    dispatcher._set_aside.restore()
     assert agent.outbox.depth("loaded").pending == 1
 
 
@@ -521,7 +521,7 @@ def test_retry_now_skips_the_back_off_and_wakes_set_aside_items(rig):
     dispatcher.step()  # R-1 set aside for its own back-off
     dispatcher.step()  # R-2 delivered
     del sender.rules["R-1"]
-    assert dispatcher.state.parked
+    assert dispatcher.state.set_aside
     dispatcher.retry_now()
     dispatcher.step()
     assert sender.sent == ["R-2", "R-1"]

@@ -164,11 +164,11 @@ class Sim:
         box, state = self.agent.outbox, worker.state
         depth = box.depth(worker.destination)
         set_aside = sorted(
-            (queue, queue_id) for queue, queue_id, _ in box.parked(worker.destination)
+            (queue, queue_id) for queue, queue_id, _ in box.set_aside_items(worker.destination)
         )
-        due = [p.due for p in state.parked.values() if p.due <= self.t]
+        due = [p.due for p in state.set_aside.values() if p.due <= self.t]
         nothing_now = depth.pending == 0 and depth.claimed == 0 and not due
-        seen = (set_aside, sorted(state.parked), state.sent, state.failed, state.paused_until)
+        seen = (set_aside, sorted(state.set_aside), state.sent, state.failed, state.paused_until)
         return False, (*seen, nothing_now)
 
     def next_event(self) -> float:
@@ -178,7 +178,7 @@ class Sim:
         for worker in self.agent.dispatchers:
             if worker.state.paused_until > self.t:
                 moments.append(worker.state.paused_until)
-            moments += [p.due for p in worker.state.parked.values() if p.due > self.t]
+            moments += [p.due for p in worker.state.set_aside.values() if p.due > self.t]
             end = self.time.waits.get(f"dispatch-{worker.destination}")
             if end is not None and end > max(self.t, worker.state.paused_until):
                 moments.append(end)  # a wait that is not a pause (after an internal error)

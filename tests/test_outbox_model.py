@@ -1,4 +1,4 @@
-"""The outbox against a model: random put/claim/ack/release/park/crash/reopen over real files.
+"""The outbox against a model: random put/claim/ack/release/set aside/crash/reopen over real files.
 
 A hypothesis state machine drives the real Outbox (real SQLite files in a temporary directory)
 and a plain in-memory model side by side. After every step the invariants compare the two:
@@ -49,7 +49,7 @@ class Model:
     """What the outbox should hold: per queue, id -> item and its state."""
 
     items: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    state: dict[tuple[str, int], str] = field(default_factory=dict)  # pending|claimed|parked
+    state: dict[tuple[str, int], str] = field(default_factory=dict)  # pending|claimed|set_aside
     acked_unpurged: int = 0
 
     def ids(self, queue: str, wanted: str) -> list[int]:
@@ -147,12 +147,12 @@ class OutboxMachine(RuleBasedStateMachine):
         return None
 
     @rule(claimed=consumes(claims))
-    def park(self, claimed: Any) -> None:
+    def set_aside(self, claimed: Any) -> None:
         if not self._live(claimed):
-            return self._refused(claimed, self.box.park)
-        self.box.park(claimed)
+            return self._refused(claimed, self.box.set_aside)
+        self.box.set_aside(claimed)
         self.live_claims.discard((claimed.lane_queue, claimed.id))
-        self.model.state[(claimed.lane_queue, claimed.id)] = "parked"
+        self.model.state[(claimed.lane_queue, claimed.id)] = "set_aside"
         return None
 
     @rule(claimed=consumes(claims))
@@ -165,12 +165,12 @@ class OutboxMachine(RuleBasedStateMachine):
         self.box.settle(claimed, lambda batch: None)
         self._gone(claimed)
 
-    @precondition(lambda self: any(s == "parked" for s in self.model.state.values()))
+    @precondition(lambda self: any(s == "set_aside" for s in self.model.state.values()))
     @rule(data=st.data())
-    def unpark(self, data: st.DataObject) -> None:
-        parked = sorted(k for k, s in self.model.state.items() if s == "parked")
-        queue, queue_id = data.draw(st.sampled_from(parked))
-        self.box.unpark(queue, queue_id)
+    def bring_back(self, data: st.DataObject) -> None:
+        set_aside = sorted(k for k, s in self.model.state.items() if s == "set_aside")
+        queue, queue_id = data.draw(st.sampled_from(set_aside))
+        self.box.bring_back(queue, queue_id)
         self.model.state[(queue, queue_id)] = "pending"
 
     @rule()
@@ -232,7 +232,7 @@ class OutboxMachine(RuleBasedStateMachine):
     @invariant()
     def every_item_is_stored_as_put_in_its_state(self) -> None:
         """Nothing lost, nothing acked back, nothing rolled back present, byte-exact content."""
-        status_of = {"pending": (0, 1), "claimed": (2,), "parked": (9,)}
+        status_of = {"pending": (0, 1), "claimed": (2,), "set_aside": (9,)}
         with self.box.read() as conn:
             for queue in QUEUES:
                 rows = conn.execute(
@@ -248,11 +248,11 @@ class OutboxMachine(RuleBasedStateMachine):
                     assert status in status_of[self.model.state[(queue, queue_id)]]
 
     @invariant()
-    def parked_items_are_listed_oldest_first(self) -> None:
+    def set_aside_items_are_listed_oldest_first(self) -> None:
         for destination in DESTINATIONS:
-            listed = [(q, i) for q, i, _ in self.box.parked(destination)]
+            listed = [(q, i) for q, i, _ in self.box.set_aside_items(destination)]
             lanes = (destination, destination + LOW_PRIORITY)
-            assert listed == [(q, i) for q in lanes for i in self.model.ids(q, "parked")]
+            assert listed == [(q, i) for q in lanes for i in self.model.ids(q, "set_aside")]
 
     @staticmethod
     def _decode(data: bytes) -> Any:

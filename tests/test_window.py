@@ -20,7 +20,8 @@ from agent.core import models
 from agent.core.config import DeliverySettings
 from agent.core.errors import RejectedError, RetryableError, ThrottledError
 from agent.core.ratelimit import SEND_MARGIN, RateBudget
-from agent.delivery.dispatch import HELD_PER_SEND, Dispatcher
+from agent.delivery.dispatch import Dispatcher
+from agent.delivery.flight import HELD_PER_SEND
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock
 

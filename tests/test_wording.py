@@ -52,7 +52,7 @@ def test_operations_md_states_table_says_what_the_code_says():
 
 
 def test_every_state_a_destination_can_report_has_words():
-    from agent.delivery import dispatch
+    from agent.delivery import state as dispatch
     from agent.ops import status
 
     reported = {dispatch.ONLINE, dispatch.OFFLINE, dispatch.THROTTLED, dispatch.HALTED}

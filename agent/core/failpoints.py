@@ -17,7 +17,7 @@ ENV = "TILL_AGENT_FAILPOINTS"
 POINTS = (
     "intake.before_commit",  # agent/intake/__init__.py: rows written, transaction not yet committed
     "intake.after_commit",  # agent/intake/__init__.py: committed, the 2xx not yet sent
-    "dispatch.after_send",  # agent/delivery/dispatch.py: the cloud said 2xx, nothing recorded yet
+    "dispatch.after_send",  # agent/delivery/attempt.py: the cloud said 2xx, nothing recorded yet
     "purge.after_delete",  # agent/privacy/: delivered rows deleted, before vacuum/checkpoint
     "startup.after_recovery",  # agent/app.py: queues reopened (claims made ready), not serving
     "oauth.before_refresh",  # agent/connectors/oauth.py: a refresh due, its request not yet made

@@ -30,10 +30,10 @@ FILE_NAME = "outbox.db"
 PENDING_STATUSES = (0, 1)
 CLAIMED_STATUS = 2
 ACKED_STATUS = 5
-PARKED_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the table
+SET_ASIDE_STATUS = 9  # persist-queue's ack_failed: skipped by get(), kept in the table
 # Not claimed by a sender: ready, or set aside until its back-off ends. Erasure and key
 # rotation rewrite these (a claimed item is the sender's until it settles).
-WAITING_STATUSES = (*PENDING_STATUSES, PARKED_STATUS)
+WAITING_STATUSES = (*PENDING_STATUSES, SET_ASIDE_STATUS)
 T = TypeVar("T")
 # The low-priority lane of a destination (backfill and replay): its queue is the destination's
 # name plus this suffix. The on-disk table keeps the old "__bulk" name so existing outbox.db
@@ -498,11 +498,11 @@ class Outbox:
                 self._claimed.add(ticket)
             raise StorageError(f"{how} {claimed.lane_queue}/{claimed.id}: {exc}") from exc
 
-    def park(self, claimed: Claimed) -> None:
+    def set_aside(self, claimed: Claimed) -> None:
         """Set an item aside (persist-queue's ack_failed) so the items behind it can flow."""
         self._mark(claimed, "ack_failed")
 
-    def unpark(self, queue: str, queue_id: int) -> bool:
+    def bring_back(self, queue: str, queue_id: int) -> bool:
         """Back to ready: it keeps its place (the lowest id goes first), so order holds.
 
         Only a set-aside item moves: False when it is no longer set aside (a technician
@@ -514,17 +514,19 @@ class Outbox:
             with self._delivery_write(), pq.tran_lock, putter as conn:
                 cursor = conn.execute(
                     f"UPDATE {pq._table_name} SET status = ? WHERE _id = ? AND status = ?",
-                    (PENDING_STATUSES[1], queue_id, PARKED_STATUS),
+                    (PENDING_STATUSES[1], queue_id, SET_ASIDE_STATUS),
                 )
         except sqlite3.Error as exc:
-            raise StorageError(f"unpark {queue}/{queue_id}: {exc}") from exc
+            raise StorageError(f"bring back {queue}/{queue_id}: {exc}") from exc
         if cursor.rowcount != 1:
             return False
         pq.total += 1
         pq.put_event.set()
         return True
 
-    def parked(self, destination: str, limit: int = -1) -> list[tuple[str, int, dict[str, Any]]]:
+    def set_aside_items(
+        self, destination: str, limit: int = -1
+    ) -> list[tuple[str, int, dict[str, Any]]]:
         """(queue, id, item) of a destination's set-aside items, both lanes, oldest first
         (at most limit of each lane; -1: all)."""
         found = []
@@ -533,7 +535,7 @@ class Outbox:
             with self.read() as conn:
                 rows = conn.execute(
                     f"SELECT _id, data FROM {table} WHERE status = ? ORDER BY _id LIMIT ?",
-                    (PARKED_STATUS, limit),
+                    (SET_ASIDE_STATUS, limit),
                 ).fetchall()
             found += [(queue, int(r[0]), decode(r[1])) for r in rows]
         return found

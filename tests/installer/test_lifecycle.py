@@ -177,7 +177,7 @@ def test_waiting_counts_items_set_aside_after_failures(start_agent):
         assert till.post("/v1/receipts", make_receipt(f"R-{n}")).status_code == 202
     claimed = agent.outbox.claim("engage", timeout_seconds=0)
     assert claimed is not None
-    agent.outbox.park(claimed)  # what dispatch does to an item that keeps failing
+    agent.outbox.set_aside(claimed)  # what dispatch does to an item that keeps failing
     settings = agent.settings
     till.close()
     agent.stop()
