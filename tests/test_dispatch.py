@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.core import models
@@ -182,7 +183,7 @@ def test_an_item_that_cannot_be_read_back_is_dead_lettered(rig):
     post(till, "R-1", "R-2")
     claimed = agent.outbox.claim("loaded", timeout_seconds=1)
     agent.outbox.release(claimed)
-    broken = dict(claimed.item, body={"not": "a receipt"})
+    broken = msgspec.structs.replace(claimed.item, body={"not": "a receipt"})
     assert agent.outbox.run(lambda b: b.replace("loaded", claimed.id, broken))
     drain(dispatcher, clock)
     assert sender.sent == ["R-2"]

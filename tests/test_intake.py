@@ -41,8 +41,8 @@ def test_changed_receipt_is_amended_and_replaces_the_queued_revision(agent_till)
     assert depth(agent, "loaded") == 1  # replaced in place: it had not left
     claimed = agent.outbox.claim("loaded", timeout_seconds=1)
     assert claimed is not None
-    assert claimed.item["revision"] == 2
-    assert len(claimed.item["body"]["items"]) == 3
+    assert claimed.item.revision == 2
+    assert len(claimed.item.body["items"]) == 3
 
 
 def test_amendment_after_the_first_revision_left_is_queued_behind_it(agent_till):
@@ -54,7 +54,7 @@ def test_amendment_after_the_first_revision_left_is_queued_behind_it(agent_till)
     agent.outbox.release(first)
     revisions = []
     while (claimed := agent.outbox.claim("loaded", timeout_seconds=0.1)) is not None:
-        revisions.append(claimed.item["revision"])
+        revisions.append(claimed.item.revision)
         agent.outbox.ack(claimed)
     assert revisions == [1, 2]
 

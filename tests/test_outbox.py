@@ -9,6 +9,7 @@ import pytest
 
 from agent.core import db
 from agent.core.errors import NotFoundError, StorageError
+from agent.ledger.item import QueueItem
 from agent.ledger.outbox import Outbox
 
 
@@ -42,17 +43,22 @@ def put(box, destination, item):
     return box.run(lambda batch: batch.put(destination, item))
 
 
+def item(n, **more):
+    """A queue item carrying n (and more) in its body."""
+    return QueueItem("receipt", f"R-{n}", 1, {"n": n, **more})
+
+
 def test_a_write_puts_into_every_queue_or_none(outbox):
     def failing(batch):
-        batch.put("a", {"n": 1})
-        batch.put("b", {"n": 1})
+        batch.put("a", item(1))
+        batch.put("b", item(1))
         raise RuntimeError("crash before commit")
 
     with pytest.raises(RuntimeError):
         outbox.run(failing)
     assert outbox.depth("a").pending == 0
     assert outbox.depth("b").pending == 0
-    outbox.run(lambda batch: (batch.put("a", {"n": 2}), batch.put("b", {"n": 2})))
+    outbox.run(lambda batch: (batch.put("a", item(2)), batch.put("b", item(2))))
     assert outbox.depth("a").pending == outbox.depth("b").pending == 1
 
 
@@ -61,7 +67,7 @@ def test_group_commit_keeps_each_callers_outcome_apart(outbox):
 
     def writer(n: int) -> None:
         def work(batch):
-            batch.put("a", {"n": n})
+            batch.put("a", item(n))
             if n % 5 == 0:
                 raise ValueError(n)
             return n
@@ -80,7 +86,7 @@ def test_group_commit_keeps_each_callers_outcome_apart(outbox):
     assert failed == {n for n in range(40) if n % 5 == 0}
     stored = set()
     while (claimed := outbox.claim("a", timeout_seconds=0.05)) is not None:
-        stored.add(claimed.item["n"])
+        stored.add(claimed.item.body["n"])
         outbox.ack(claimed)
     assert stored == set(range(40)) - failed
 
@@ -88,13 +94,13 @@ def test_group_commit_keeps_each_callers_outcome_apart(outbox):
 def test_items_keep_their_order_and_content_across_reopen(tmp_path):
     box = Outbox(tmp_path, ["a"])
     for n in range(50):
-        put(box, "a", {"n": n, "text": "åäö ✓"})
+        put(box, "a", item(n, text="åäö ✓"))
     box.close()
     box = Outbox(tmp_path, ["a"])
     seen = []
     while (claimed := box.claim("a", timeout_seconds=0.05)) is not None:
-        seen.append(claimed.item["n"])
-        assert claimed.item["text"] == "åäö ✓"
+        seen.append(claimed.item.body["n"])
+        assert claimed.item.body["text"] == "åäö ✓"
         box.ack(claimed)
     box.close()
     assert seen == list(range(50))
@@ -102,42 +108,42 @@ def test_items_keep_their_order_and_content_across_reopen(tmp_path):
 
 def test_claimed_but_unacked_item_comes_back_after_reopen(tmp_path):
     box = Outbox(tmp_path, ["a"])
-    put(box, "a", {"n": 1})
+    put(box, "a", item(1))
     assert box.claim("a", timeout_seconds=0.1) is not None
     assert box.depth("a").claimed == 1
     box.close()  # as after a crash: never acked
     box = Outbox(tmp_path, ["a"])
     claimed = box.claim("a", timeout_seconds=0.1)
     assert claimed is not None
-    assert claimed.item == {"n": 1}
+    assert claimed.item == item(1)
     box.close()
 
 
 def test_release_puts_the_item_back_first_in_line(outbox):
-    put(outbox, "a", {"n": 1})
-    put(outbox, "a", {"n": 2})
+    put(outbox, "a", item(1))
+    put(outbox, "a", item(2))
     first = outbox.claim("a", timeout_seconds=0.1)
     outbox.release(first)
-    assert outbox.claim("a", timeout_seconds=0.1).item == {"n": 1}
+    assert outbox.claim("a", timeout_seconds=0.1).item == item(1)
 
 
 def test_ack_of_an_unknown_id_raises(outbox):
     from agent.ledger.outbox import Claimed
 
     with pytest.raises(NotFoundError):
-        outbox.ack(Claimed("a", 999, {}, 0.0))
+        outbox.ack(Claimed("a", 999, item(0), 0.0))
 
 
 def test_replace_only_rewrites_items_that_have_not_left(outbox):
-    queue_id = put(outbox, "a", {"n": 1})
-    assert outbox.run(lambda batch: batch.replace("a", queue_id, {"n": 2})) is True
+    queue_id = put(outbox, "a", item(1))
+    assert outbox.run(lambda batch: batch.replace("a", queue_id, item(2))) is True
     claimed = outbox.claim("a", timeout_seconds=0.1)
-    assert claimed.item == {"n": 2}
-    assert outbox.run(lambda batch: batch.replace("a", queue_id, {"n": 3})) is False
+    assert claimed.item == item(2)
+    assert outbox.run(lambda batch: batch.replace("a", queue_id, item(3))) is False
 
 
 def test_purge_acked_deletes_delivered_rows(outbox):
-    put(outbox, "a", {"n": 1})
+    put(outbox, "a", item(1))
     outbox.ack(outbox.claim("a", timeout_seconds=0.1))
     assert outbox.purge_acked() == 1
     with outbox.read() as conn:
@@ -163,7 +169,7 @@ def test_a_file_from_before_the_ready_index_gets_it_and_keeps_its_items(tmp_path
     old = persistqueue.SQLiteAckQueue(
         str(tmp_path), name="a", db_file_name="outbox.db", serializer=json_serializer
     )
-    old.put({"n": 1})
+    old.put({"kind": "receipt", "key": "R-1", "revision": 1, "body": {"n": 1}, "personal": None})
     old.close()
     box = Outbox(tmp_path, ["a"])
     try:
@@ -172,7 +178,7 @@ def test_a_file_from_before_the_ready_index_gets_it_and_keeps_its_items(tmp_path
         assert "ack_queue_a_ready" in names
         claimed = box.claim("a", timeout_seconds=0.1)
         assert claimed is not None
-        assert claimed.item == {"n": 1}
+        assert claimed.item == item(1)
     finally:
         box.close()
 
@@ -203,10 +209,12 @@ def test_a_savepoints_undo_journal_is_not_written_to_a_temp_file(outbox):
 
 
 def test_items_are_stored_as_json_never_pickle(outbox):
-    put(outbox, "a", {"n": 1})
+    put(outbox, "a", item(1))
     with outbox.read() as conn:
         (data,) = conn.execute("SELECT data FROM ack_queue_a").fetchone()
-    assert bytes(data) == b'{"n": 1}'
+    assert bytes(data) == (
+        b'{"kind": "receipt", "key": "R-1", "revision": 1, "body": {"n": 1}, "personal": null}'
+    )
 
 
 def test_undelivered_counts_every_queue_even_disabled_ones(start_agent):
@@ -223,7 +231,7 @@ def test_undelivered_counts_every_queue_even_disabled_ones(start_agent):
 
 def test_purge_acked_works_in_chunks_and_leaves_pending_items(outbox):
     for n in range(25):
-        put(outbox, "a", {"n": n})
+        put(outbox, "a", item(n))
     for _ in range(20):
         outbox.ack(outbox.claim("a", timeout_seconds=0.1))
     assert outbox.purge_acked(chunk_rows=7) == 20
@@ -231,7 +239,7 @@ def test_purge_acked_works_in_chunks_and_leaves_pending_items(outbox):
 
 
 def test_shrink_hands_free_pages_back_after_a_purge(outbox):
-    outbox.run(lambda b: [b.put("a", {"blob": "x" * 3000, "n": n}) for n in range(300)])
+    outbox.run(lambda b: [b.put("a", item(n, blob="x" * 3000)) for n in range(300)])
     for _ in range(300):
         outbox.ack(outbox.claim("a", timeout_seconds=0.1))
     outbox.purge_acked()

@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 )
 
 from agent.core.errors import NotFoundError
+from agent.ledger.item import QueueItem, decode
 from agent.ledger.outbox import LOW_PRIORITY, Claimed, Outbox
 
 EXAMPLES = int(os.environ.get("OUTBOX_MODEL_EXAMPLES", "25"))
@@ -48,7 +49,7 @@ TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 class Model:
     """What the outbox should hold: per queue, id -> item and its state."""
 
-    items: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    items: dict[str, dict[int, QueueItem]] = field(default_factory=dict)
     state: dict[tuple[str, int], str] = field(default_factory=dict)  # pending|claimed|set_aside
     acked_unpurged: int = 0
 
@@ -89,7 +90,8 @@ class OutboxMachine(RuleBasedStateMachine):
 
     @rule(queue=st.sampled_from(QUEUES), text=TEXT)
     def put(self, queue: str, text: str) -> None:
-        item = {"n": next(self.serial), "text": text, "queue": queue}
+        n = next(self.serial)
+        item = QueueItem("receipt", f"R-{n}", 1, {"n": n, "text": text, "queue": queue})
         queue_id = self.box.run(lambda batch: batch.put(queue, item))
         assert queue_id not in self.model.items.setdefault(queue, {}), "an id was reused"
         self.model.items[queue][queue_id] = item
@@ -101,7 +103,7 @@ class OutboxMachine(RuleBasedStateMachine):
 
         def work(batch: Any) -> None:
             for queue in queues:
-                batch.put(queue, {"n": -1, "text": "rolled back", "queue": queue})
+                batch.put(queue, QueueItem("receipt", "R--1", 1, {"text": "rolled back"}))
             raise RuntimeError("the caller failed")
 
         with pytest.raises(RuntimeError):
@@ -244,7 +246,7 @@ class OutboxMachine(RuleBasedStateMachine):
                 assert sorted(stored) == sorted(expected), queue
                 for queue_id, item in expected.items():
                     data, status = stored[queue_id]
-                    assert self._decode(data) == item
+                    assert decode(data) == item
                     assert status in status_of[self.model.state[(queue, queue_id)]]
 
     @invariant()
@@ -253,12 +255,6 @@ class OutboxMachine(RuleBasedStateMachine):
             listed = [(q, i) for q, i, _ in self.box.set_aside_items(destination)]
             lanes = (destination, destination + LOW_PRIORITY)
             assert listed == [(q, i) for q in lanes for i in self.model.ids(q, "set_aside")]
-
-    @staticmethod
-    def _decode(data: bytes) -> Any:
-        import json
-
-        return json.loads(bytes(data))
 
 
 OutboxMachine.TestCase.settings = settings(

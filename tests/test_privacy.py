@@ -44,10 +44,10 @@ def deliver_all_but(agent, keep_key: str) -> None:
     for destination in agent.outbox.destinations:
         while (claimed := agent.outbox.claim(destination, timeout_seconds=0.05)) is not None:
             item = claimed.item
-            if item["key"] == keep_key:
+            if item.key == keep_key:
                 held.append(claimed)
                 continue
-            agent.ledger.record_delivery(destination, item["key"], item["revision"], "delivered")
+            agent.ledger.record_delivery(destination, item.key, item.revision, "delivered")
             agent.outbox.ack(claimed)
     for claimed in held:
         agent.outbox.release(claimed)
@@ -68,8 +68,8 @@ def queued_personal(agent, key: str) -> list[str]:
     found = []
     for queue in agent.outbox.queues:
         for _, item in agent.outbox.run(lambda b, d=queue: b.pending_items(d)):
-            if item["key"] == key:
-                found.append(item["personal"])
+            if item.key == key:
+                found.append(item.personal)
     return found
 
 

@@ -101,7 +101,7 @@ def test_a_technicians_dead_letter_is_applied_by_the_worker_once(stores):
     aside.put(claimed, delay=3600.0)
     [listed] = aside.listed()
     assert listed["id"] == f"engage:{claimed.id}"
-    assert listed["record_key"] == claimed.item["key"]
+    assert listed["record_key"] == claimed.item.key
     aside.ask("dead_letter", ("engage", claimed.id))
     assert wake.is_set()  # the worker's wait is cut short
     aside.apply_asked()
@@ -169,7 +169,7 @@ def test_an_item_that_cannot_be_read_back_is_unsendable_in_words(stores):
     box = stores.agent.outbox
     post(stores.till, make_receipt("R-1"))
     claimed = box.claim("engage", timeout_seconds=1)
-    claimed.item["body"] = {"not": "a receipt"}
+    claimed.item.body = {"not": "a receipt"}
     with pytest.raises(UnsendableError, match="cannot be read back"):
         Preparer("engage", stores.agent.ledger, NO_BUDGET).message(claimed)
 

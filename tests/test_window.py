@@ -22,6 +22,7 @@ from agent.core.errors import RejectedError, RetryableError, ThrottledError
 from agent.core.ratelimit import SEND_MARGIN, RateBudget
 from agent.delivery.dispatch import Dispatcher
 from agent.delivery.flight import HELD_PER_SEND
+from agent.ledger import QueueItem
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock
 
@@ -210,7 +211,7 @@ def test_an_outage_in_the_window_is_probed_once_and_charges_nobody(rig):
     assert agent.outbox.depth("loaded").pending == 4
     assert {state_of(till, f"R-{n}") for n in range(4)} <= {"queued", "retrying"}
     assert all(
-        agent.ledger.attempts("loaded", {"key": f"R-{n}", "revision": 1}) == 0 for n in range(4)
+        agent.ledger.attempts("loaded", QueueItem("receipt", f"R-{n}", 1)) == 0 for n in range(4)
     )
     sender.rules.clear()
     sender.probe_error = None
@@ -383,13 +384,13 @@ def test_a_run_behind_many_receipts_gets_its_places_before_they_are_all_sent(sta
 
 def test_the_window_keeps_a_key_to_one_send_and_lands_every_outcome():
     from agent.delivery.window import Window
-    from agent.ledger.outbox import Claimed
+    from agent.ledger import Claimed
 
     def failing() -> None:
         raise ValueError("refused")
 
     window = Window("loaded", 2)
-    first, second = (Claimed("loaded", n, {"key": f"R-{n}"}, 0.0) for n in (1, 2))
+    first, second = (Claimed("loaded", n, QueueItem("receipt", f"R-{n}", 1), 0.0) for n in (1, 2))
     gate = threading.Event()
     window.start(first, frozenset({"R-1", "member:a"}), "one", lambda: gate.wait(5))
     assert window.holds({"member:a"})

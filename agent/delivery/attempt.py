@@ -92,9 +92,9 @@ class Attempts:
         """The cloud answered 2xx: recorded, then the wait its rate-limit headers ask for."""
         failpoint("dispatch.after_send")
         cloud_id = getattr(result, "cloud_id", None)
-        if claimed.item.get("kind") == "contact" and isinstance(cloud_id, str):
+        if claimed.item.kind == "contact" and isinstance(cloud_id, str):
             # A member registered here now has a cloud id: later receipts refer to it by that.
-            self._ledger.record_cloud_contact(str(claimed.item["key"]), cloud_id)
+            self._ledger.record_cloud_contact(claimed.item.key, cloud_id)
         self.record.delivered(claimed, message)
         wait = budget.wait_asked(result)
         if wait is not None:
@@ -129,7 +129,7 @@ class Attempts:
             self.deliver(run.alone)
         for claimed, cloud_id in run.delivered:
             if cloud_id is not None:
-                self._ledger.record_cloud_contact(str(claimed.item["key"]), cloud_id)
+                self._ledger.record_cloud_contact(claimed.item.key, cloud_id)
             self.record.delivered(claimed)
         for claimed in run.untouched + run.single:  # a single one goes alone on the next pass
             self._outbox.release(claimed)

@@ -127,7 +127,7 @@ class BulkContacts:
 
     def takes(self, claimed: Claimed) -> bool:
         """A contact change not singled out: the start of a run."""
-        return claimed.item.get("kind") == "contact" and _ticket(claimed) not in self._single
+        return claimed.item.kind == "contact" and _ticket(claimed) not in self._single
 
     def settled(self, claimed: Claimed) -> None:
         """An item sent alone has been delivered or dead-lettered: forget it."""
@@ -185,7 +185,7 @@ class BulkContacts:
 
     def keys(self, entries: list[_Entry]) -> set[str]:
         """The record keys of a gathered run's contacts."""
-        return {str(e.claimed.item["key"]) for e in entries}
+        return {e.claimed.item.key for e in entries}
 
     def identities(self, entries: list[_Entry]) -> set[str]:
         """Who a gathered run's contacts are (cloud id, email, phone), as digests: changes to
@@ -362,7 +362,7 @@ class BulkContacts:
     # -- markers: a create that may have gone out ----------------------------------------
 
     def _marked(self, entries: list[_Entry]) -> set[Ticket]:
-        keys = {(e.claimed.item["key"], e.claimed.item["revision"]): e for e in entries}
+        keys = {(e.claimed.item.key, e.claimed.item.revision): e for e in entries}
         found = marks.marked(self._outbox, self.destination)
         return {_ticket(keys[mark].claimed) for mark in found if mark in keys}
 
@@ -374,7 +374,7 @@ class BulkContacts:
 
 
 def _mark_of(entry: _Entry) -> marks.Mark:
-    return entry.claimed.item["key"], entry.claimed.item["revision"]
+    return entry.claimed.item.key, entry.claimed.item.revision
 
 
 def batch_finished(report: dict[str, Any]) -> bool:

@@ -225,7 +225,7 @@ class Dispatcher:
         flight = self._flight
         if self._set_aside.condemned(claimed):
             self._attempts.record.dead_letter(claimed, Failure(BY_HAND, new_error_id()))
-        elif flight is not None and claimed.item.get("kind") == "receipt":
+        elif flight is not None and claimed.item.kind == "receipt":
             flight.hold(claimed)  # step starts it
         elif self._bulk is not None and self._bulk.takes(claimed):
             if flight is not None:

@@ -75,7 +75,7 @@ class Flight:
 
     def hold(self, claimed: Claimed) -> None:
         """A receipt claimed: it waits its turn (start_held starts it)."""
-        self._held.append(_Held(claimed, str(claimed.item.get("key"))))
+        self._held.append(_Held(claimed, claimed.item.key))
 
     def start_held(self) -> None:
         """Start the receipts waiting their turn, in the order claimed: each once its

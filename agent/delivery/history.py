@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from agent.delivery.outcome import ItemHistory
 from agent.delivery.state import Destination
-from agent.ledger import Ledger
+from agent.ledger import Ledger, QueueItem
 
 
 @dataclass
@@ -34,7 +33,7 @@ class FailingItems:
         self._ledger = ledger
         self._failing: dict[tuple[str, int], _Failing] = {}
 
-    def history(self, item: dict[str, Any]) -> ItemHistory:
+    def history(self, item: QueueItem) -> ItemHistory:
         """Its charged attempts, how long it has failed, whether another item got through since."""
         attempts = self._ledger.attempts(self._destination.name, item)
         seen = self._failing.get(_ident(item))
@@ -45,7 +44,7 @@ class FailingItems:
         others_delivered = self._destination.state.sent > seen.sent_then
         return ItemHistory(attempts, hours, others_delivered=others_delivered)
 
-    def charge(self, item: dict[str, Any], attempts: int) -> None:
+    def charge(self, item: QueueItem, attempts: int) -> None:
         """The item failed on its own: attempts charged so far; its age runs from the first."""
         ident = _ident(item)
         if ident not in self._failing:
@@ -55,10 +54,10 @@ class FailingItems:
             self._failing[ident] = _Failing(wall_age, self._destination.monotonic(), sent)
         self._failing[ident].charged = attempts
 
-    def done(self, item: dict[str, Any]) -> None:
+    def done(self, item: QueueItem) -> None:
         """Delivered or dead-lettered: no longer failing."""
         self._failing.pop(_ident(item), None)
 
 
-def _ident(item: dict[str, Any]) -> tuple[str, int]:
-    return str(item.get("key")), int(item.get("revision") or 0)
+def _ident(item: QueueItem) -> tuple[str, int]:
+    return item.key, item.revision

@@ -10,7 +10,7 @@ from agent.core import models
 from agent.core.errors import RejectedError, UnsendableError
 from agent.delivery import amend
 from agent.delivery.budget import Budget
-from agent.ledger import UNDECODABLE, Claimed, Ledger
+from agent.ledger import UNDECODABLE, Claimed, Ledger, QueueItem
 
 MULTIPLE_MATCHES = 409
 
@@ -55,10 +55,9 @@ class Preparer:
         UnsendableError when the queued item cannot be read back (not JSON, not our shape, a
         key that is gone): that item's problem alone.
         """
-        if claimed.item.get("kind") == UNDECODABLE:
-            # Named by the ledger's record queued at that place, so its state tells the truth.
-            claimed.item.update(self._ledger.record_at(claimed.lane_queue, claimed.id) or {})
-            raise UnsendableError(f"the queued item cannot be read back: {claimed.item['why']}")
+        if claimed.item.kind == UNDECODABLE:
+            self._ledger.name_unreadable(claimed)  # so its record's state tells the truth
+            raise UnsendableError(f"the queued item cannot be read back: {claimed.item.why}")
         try:
             message = self._ledger.message_for(claimed.item)
         except (msgspec.ValidationError, KeyError, TypeError, ValueError) as exc:
@@ -111,13 +110,13 @@ class Preparer:
         return msgspec.structs.replace(message, cloud_contact_id=cloud_id)
 
     def _as_difference(
-        self, item: dict[str, object], message: models.OutboundMessage
+        self, item: QueueItem, message: models.OutboundMessage
     ) -> models.OutboundMessage | None:
         """For an append-only cloud: a later revision goes as the difference to the last one."""
-        revision = int(str(item["revision"]))
+        revision = item.revision
         if message.receipt is None or revision == 1:
             return message
-        earlier = self._ledger.delivered_before(self._destination, str(item["key"]), revision)
+        earlier = self._ledger.delivered_before(self._destination, item.key, revision)
         if earlier is None:
             return message  # the cloud never got an earlier revision: send this one whole
         delivered = msgspec.convert(earlier, models.Receipt, strict=False)

@@ -64,10 +64,10 @@ class Recorder:
         # The ledger first, then the ack: a crash between resends with the same key.
         self._ledger.record_delivery(
             self._name,
-            item["key"],
-            item["revision"],
+            item.key,
+            item.revision,
             "delivered",
-            body=item.get("body"),
+            body=item.body,
             journal=item,
             sent=_figures_sent(sent),
             append_only=self._append_only,

@@ -77,9 +77,9 @@ class SetAside:
             {
                 "id": f"{queue}:{queue_id}",
                 "destination": name,
-                "kind": str(item.get("kind", "")),
-                "record_key": str(item.get("key", "")),
-                "revision": int(item.get("revision") or 0),
+                "kind": item.kind,
+                "record_key": item.key,
+                "revision": item.revision,
                 **self._ledger.failing(name, item),
             }
             for queue, queue_id, item in self._outbox.set_aside_items(name, limit)

@@ -30,6 +30,7 @@ from agent.ledger import (
     CLAIMED_STATUS,
     LOW_PRIORITY,
     Outbox,
+    QueueItem,
     Transaction,
     encode,
     records,
@@ -66,7 +67,7 @@ class Accepted:
 class Prepared:
     """A record's queue item made ready outside the transaction (sealed, encoded, hashed)."""
 
-    item: dict[str, Any]
+    item: QueueItem
     encoded: bytes  # the item as the queue stores it
     subjects: list[str]  # keyed hashes of the person's email and phone
     facts: figures.Facts | None = None  # a receipt's figures, for reconciliation
@@ -246,7 +247,7 @@ class Intake:
         records.insert_subjects(tx, "receipt", key, prepared.subjects)
         earlier = records.delivered_to(tx, key)
         targets = tuple(dict.fromkeys((*self.destinations_for(receipt), *earlier)))
-        item = {**prepared.item, "revision": revision}
+        item = msgspec.structs.replace(prepared.item, revision=revision)
         for destination in targets:
             self._amend_one(tx, key, destination + lane, revision, item, now)
         self._record_taken(tx, key, revision, prepared, targets, earlier)
@@ -278,7 +279,7 @@ class Intake:
         key: str,
         queue: str,
         revision: int,
-        item: dict[str, Any],
+        item: QueueItem,
         now: float,
     ) -> None:
         """Replace the queued revision if it has not left; otherwise queue the new one after it."""
@@ -315,20 +316,20 @@ class Intake:
             if "receipts" in d.takes or (has_contact and "receipts_with_contact" in d.takes)
         )
 
-    def _receipt_item(self, receipt: models.Receipt, revision: int) -> dict[str, Any]:
+    def _receipt_item(self, receipt: models.Receipt, revision: int) -> QueueItem:
         key = receipt.unique_receipt_id
         body = models.to_builtins(receipt)
         return self._sealed_item("receipt", key, revision, body, models.RECEIPT_PERSONAL_FIELDS)
 
     def _sealed_item(
         self, kind: str, key: str, revision: int, body: dict[str, Any], personal: Sequence[str]
-    ) -> dict[str, Any]:
+    ) -> QueueItem:
         """The queue item: business fields in clear, personal fields sealed with the record id."""
         private = {name: body.pop(name) for name in personal if name in body}
         sealed = None
         if private:
             sealed = self._keyring.seal(json.dumps(private).encode(), crypto.record_aad(kind, key))
-        return {"kind": kind, "key": key, "revision": revision, "body": body, "personal": sealed}
+        return QueueItem(kind, key, revision, body, sealed)
 
     # -- contacts -------------------------------------------------------------------------
 

@@ -25,15 +25,8 @@ from agent.core.crypto import Keyring
 from agent.core.errors import KeyStoreError, NotFoundError
 from agent.core.figures import Amounts
 from agent.ledger import takings
-from agent.ledger.outbox import (
-    CLAIMED_STATUS,
-    LOW_PRIORITY,
-    UNDECODABLE,
-    Claimed,
-    Outbox,
-    Transaction,
-    encode,
-)
+from agent.ledger.item import UNDECODABLE, QueueItem, as_text, decode, encode
+from agent.ledger.outbox import CLAIMED_STATUS, LOW_PRIORITY, Claimed, Outbox, Transaction
 
 __all__ = [  # the queues' names the rest of the agent uses (agent.ledger.outbox is ours)
     "CLAIMED_STATUS",
@@ -41,6 +34,7 @@ __all__ = [  # the queues' names the rest of the agent uses (agent.ledger.outbox
     "UNDECODABLE",
     "Claimed",
     "Outbox",
+    "QueueItem",
     "Transaction",
     "encode",
 ]
@@ -71,27 +65,27 @@ class Ledger:
     def _write(self, work: Callable[[Transaction], T]) -> T:
         return self._outbox.run(work)
 
-    def message_for(self, item: dict[str, Any]) -> models.OutboundMessage:
+    def message_for(self, item: QueueItem) -> models.OutboundMessage:
         """A queue item opened again: business fields and personal fields, decoded and checked."""
-        body = dict(item["body"])
-        if item.get("personal"):
-            aad = crypto.record_aad(item["kind"], item["key"])
-            body.update(json.loads(self._keyring.open(item["personal"], aad)))
-        if item["kind"] == "receipt":
+        body = dict(item.body)
+        if item.personal:
+            aad = crypto.record_aad(item.kind, item.key)
+            body.update(json.loads(self._keyring.open(item.personal, aad)))
+        if item.kind == "receipt":
             receipt = msgspec.convert(body, models.Receipt, strict=False)
             return models.OutboundMessage(
                 kind="receipt",
-                idempotency_key=item["key"],
-                revision=item["revision"],
+                idempotency_key=item.key,
+                revision=item.revision,
                 receipt=receipt,
             )
         contact = msgspec.convert(body, models.Contact, strict=False)
         return models.OutboundMessage(
             kind="contact",
-            idempotency_key=item["key"],
-            revision=item["revision"],
+            idempotency_key=item.key,
+            revision=item.revision,
             contact=contact,
-            local_id=item["key"],
+            local_id=item.key,
         )
 
     def record_delivery(
@@ -101,7 +95,7 @@ class Ledger:
         revision: int,
         state: str,
         body: dict[str, Any] | None = None,
-        journal: dict[str, Any] | None = None,
+        journal: QueueItem | None = None,
         sent: tuple[str, Amounts] | None = None,
         append_only: bool = False,
     ) -> None:
@@ -115,7 +109,7 @@ class Ledger:
         """
 
         def work(batch: Transaction) -> None:
-            if journal is not None and journal.get("kind") == "receipt":
+            if journal is not None and journal.kind == "receipt":
                 _journal(batch, destination, journal)
             if sent is not None:
                 takings.record_sent(
@@ -166,7 +160,7 @@ class Ledger:
         return None if row is None else dict(json.loads(row[0]))
 
     def record_failure(
-        self, destination: str, item: dict[str, Any], failure: Failure, *, charge: bool = True
+        self, destination: str, item: QueueItem, failure: Failure, *, charge: bool = True
     ) -> None:
         """A failed attempt of an item: why, when next; charged to it unless an outage's."""
 
@@ -188,53 +182,54 @@ class Ledger:
                     failure.reason[:300],
                     int(charge),
                     now,
-                    item.get("key"),
+                    item.key,
                     destination,
-                    item.get("revision"),
+                    item.revision,
                 ),
             )
 
         self._write(work)
 
-    def failing(self, destination: str, item: dict[str, Any]) -> dict[str, Any]:
+    def failing(self, destination: str, item: QueueItem) -> dict[str, Any]:
         """What the ledger knows of an item's failures at a destination: attempts, the last
         reason in words, its error ids and when it is tried next (epoch seconds)."""
         with self._outbox.read() as conn:
             row = conn.execute(
                 "SELECT attempts, last_error, last_error_id, cloud_error_id, next_attempt_at "
                 "FROM deliveries WHERE record_key = ? AND destination = ? AND revision = ?",
-                (item.get("key"), destination, item.get("revision")),
+                (item.key, destination, item.revision),
             ).fetchone()
         names = ("attempts", "reason", "error_id", "cloud_error_id", "next_attempt_at")
         return dict(zip(names, row or (0, None, None, None, None), strict=True))
 
-    def attempts(self, destination: str, item: dict[str, Any]) -> int:
+    def attempts(self, destination: str, item: QueueItem) -> int:
         """The failed attempts charged to an item at a destination so far."""
         with self._outbox.read() as conn:
             row = conn.execute(
                 "SELECT attempts FROM deliveries WHERE record_key = ? AND destination = ? "
                 "AND revision = ? AND state = 'retrying'",
-                (item.get("key"), destination, item.get("revision")),
+                (item.key, destination, item.revision),
             ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def record_at(self, queue: str, queue_id: int) -> dict[str, Any] | None:
-        """{"key", "revision"} of the record waiting at that place of a queue, if the ledger has
-        one (an item whose stored bytes cannot be read back is still named by it)."""
+    def name_unreadable(self, claimed: Claimed) -> None:
+        """Name an item whose stored bytes cannot be read back by the record the ledger has
+        waiting at its place of the queue, if any, so that record's state tells the truth."""
         with self._outbox.read() as conn:
             row = conn.execute(
                 "SELECT record_key, revision FROM deliveries WHERE queue = ? AND queue_id = ? "
                 "AND state IN ('queued', 'retrying') ORDER BY revision DESC LIMIT 1",
-                (queue, queue_id),
+                (claimed.lane_queue, claimed.id),
             ).fetchone()
-        return None if row is None else {"key": row[0], "revision": int(row[1])}
+        if row is not None:
+            claimed.item.key, claimed.item.revision = row[0], int(row[1])
 
-    def first_failed_at(self, destination: str, item: dict[str, Any]) -> float | None:
+    def first_failed_at(self, destination: str, item: QueueItem) -> float | None:
         with self._outbox.read() as conn:
             row = conn.execute(
                 "SELECT first_failed_at FROM deliveries WHERE record_key = ? AND destination = ? "
                 "AND revision = ?",
-                (item["key"], destination, item["revision"]),
+                (item.key, destination, item.revision),
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -250,10 +245,10 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     claimed.destination,
-                    item["kind"],
-                    item["key"],
-                    item["revision"],
-                    json.dumps(item),
+                    item.kind,
+                    item.key,
+                    item.revision,
+                    as_text(item),
                     failure.status,
                     failure.reason[:300],
                     failure.error_id,
@@ -271,9 +266,9 @@ class Ledger:
                     failure.error_id,
                     failure.cloud_error_id,
                     failure.reason[:300],
-                    item["key"],
+                    item.key,
                     claimed.destination,
-                    item["revision"],
+                    item.revision,
                 ),
             )
             _bump(batch.conn, "dead_letters")
@@ -281,12 +276,12 @@ class Ledger:
 
         return self._outbox.settle(claimed, work)
 
-    def _sealed_excerpt(self, destination: str, item: dict[str, Any], excerpt: str) -> str:
+    def _sealed_excerpt(self, destination: str, item: QueueItem, excerpt: str) -> str:
         """The cloud's excerpt sealed like the personal data ("" stays ""): it holds only field
         names and codes, but it is a cloud's answer about a person's record all the same."""
         if not excerpt:
             return ""
-        aad = crypto.excerpt_aad(destination, item["key"], item["revision"])
+        aad = crypto.excerpt_aad(destination, item.key, item.revision)
         return self._keyring.seal(excerpt[:500].encode(), aad)
 
 
@@ -349,12 +344,12 @@ def _opened(letter: DeadLetter, keyring: Keyring | None) -> str:
         return "(sealed with a key destroyed since)"
 
 
-def _journal(batch: Transaction, destination: str, item: dict[str, Any]) -> None:
-    created = str(item["body"].get("createdDate", ""))
+def _journal(batch: Transaction, destination: str, item: QueueItem) -> None:
+    created = str(item.body.get("createdDate", ""))
     batch.conn.execute(
         "INSERT INTO journal (destination, record_key, revision, business_date, item, "
         "delivered_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (destination, item["key"], item["revision"], created[:10], json.dumps(item), time.time()),
+        (destination, item.key, item.revision, created[:10], as_text(item), time.time()),
     )
 
 
@@ -396,7 +391,7 @@ class Journal:
                 batch.conn.execute(
                     "UPDATE deliveries SET state = 'queued', queue_id = ?, queue = ?, "
                     "updated_at = ? WHERE record_key = ? AND destination = ? AND revision = ?",
-                    (queue_id, queue, time.time(), item["key"], name, item["revision"]),
+                    (queue_id, queue, time.time(), item.key, name, item.revision),
                 )
             return len(items)
 
@@ -411,9 +406,9 @@ class Journal:
         return [
             ReplayStep(
                 name,
-                item["key"],
-                item["revision"],
-                sent_key or item["key"],
+                item.key,
+                item.revision,
+                sent_key or item.key,
                 DUPLICATE if self._amends.get(name) == "difference" else REPLACES,
             )
             for name, item, sent_key in items
@@ -422,7 +417,7 @@ class Journal:
 
 def _replayed(
     conn: sqlite3.Connection, first_day: str, last_day: str, destination: str | None
-) -> list[tuple[str, dict[str, Any], str | None]]:
+) -> list[tuple[str, QueueItem, str | None]]:
     """(destination, item, the id it went out under) of every revision delivered on those days.
 
     What is queued already (an earlier replay's, not yet delivered again) is left out.
@@ -438,14 +433,14 @@ def _replayed(
         f"AND d.revision = j.revision WHERE {where} ORDER BY j.id",
         args,
     ).fetchall()
-    items: dict[tuple[str, str, int], tuple[dict[str, Any], str | None]] = {}
+    items: dict[tuple[str, str, int], tuple[QueueItem, str | None]] = {}
     first_seen: dict[tuple[str, str], int] = {}
     for name, text, sent_key, state in rows:
         if state in WAITING_STATES:
             continue  # queued already (by an earlier replay): a replay adds it once, not again
-        item = json.loads(text)
-        first_seen.setdefault((name, item["key"]), len(first_seen))
-        items[name, item["key"], item["revision"]] = (item, sent_key)
+        item = decode(text)
+        first_seen.setdefault((name, item.key), len(first_seen))
+        items[name, item.key, item.revision] = (item, sent_key)
     ordered = sorted(items, key=lambda k: (first_seen[k[0], k[1]], k[2]))
     return [(k[0], *items[k]) for k in ordered]
 
@@ -495,13 +490,13 @@ class DeadLetters:
             if row is None:
                 raise NotFoundError(f"no dead letter {dead_letter_id}")
             destination, text = row
-            item = json.loads(text)
+            item = decode(text)
             queue_id = batch.put(destination, item)
             batch.conn.execute(
                 "UPDATE deliveries SET state = 'queued', attempts = 0, first_failed_at = NULL, "
                 "queue_id = ?, updated_at = ? "
                 "WHERE record_key = ? AND destination = ? AND revision = ?",
-                (queue_id, time.time(), item["key"], destination, item["revision"]),
+                (queue_id, time.time(), item.key, destination, item.revision),
             )
             batch.conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
 

@@ -9,12 +9,12 @@ the caller's Transaction.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sqlite3
 from collections.abc import Sequence
 
 from agent.core import crypto
 from agent.ledger import takings
+from agent.ledger.item import as_text, decode
 from agent.ledger.outbox import Transaction
 
 FINAL_STATES = ("delivered", "superseded", "dead_lettered", "forgotten")
@@ -120,11 +120,9 @@ def _strip_dead_letters(
         f"SELECT id, item FROM dead_letters WHERE redacted_at IS NULL AND {where}", args
     ).fetchall()
     for dead_letter_id, text in rows:
-        item = json.loads(text)
-        item["personal"], item["forgotten"] = None, True
         conn.execute(  # the cloud's excerpt about that record goes too
             "UPDATE dead_letters SET item = ?, body_excerpt = '', redacted_at = ? WHERE id = ?",
-            (json.dumps(item), now, dead_letter_id),
+            (_stripped(text), now, dead_letter_id),
         )
     return len(rows)
 
@@ -133,9 +131,14 @@ def strip_journal(tx: Transaction, key: str) -> None:
     """A forgotten buyer leaves the replay journal too; the sale stays replayable."""
     rows = tx.conn.execute("SELECT id, item FROM journal WHERE record_key = ?", (key,)).fetchall()
     for row_id, text in rows:
-        item = json.loads(text)
-        item["personal"], item["forgotten"] = None, True
-        tx.conn.execute("UPDATE journal SET item = ? WHERE id = ?", (json.dumps(item), row_id))
+        tx.conn.execute("UPDATE journal SET item = ? WHERE id = ?", (_stripped(text), row_id))
+
+
+def _stripped(text: str) -> str:
+    """A kept item without its personal fields, for good."""
+    item = decode(text)
+    item.personal, item.forgotten = None, True
+    return as_text(item)
 
 
 def forget_subjects(tx: Transaction, kind: str, key: str) -> None:
@@ -182,10 +185,10 @@ def _reseal_items(conn: sqlite3.Connection, keyring: crypto.Keyring, key_id: str
             (f"%{crypto.SEAL_PREFIX}.{key_id}.%",),
         ).fetchall()
         for row_id, text in rows:
-            item = json.loads(text)
-            aad = crypto.record_aad(item["kind"], item["key"])
-            item["personal"] = keyring.seal(keyring.open(item["personal"], aad), aad)
-            conn.execute(f"UPDATE {table} SET item = ? WHERE id = ?", (json.dumps(item), row_id))
+            item = decode(text)
+            aad = crypto.record_aad(item.kind, item.key)
+            item.personal = keyring.seal(keyring.open(item.personal or "", aad), aad)
+            conn.execute(f"UPDATE {table} SET item = ? WHERE id = ?", (as_text(item), row_id))
         count += len(rows)
     return count
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import sqlite3
@@ -22,6 +21,7 @@ from persistqueue.exceptions import Empty
 
 from agent.core import db
 from agent.core.errors import NotFoundError, StorageError
+from agent.ledger.item import QueueItem, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +43,21 @@ PURGE_CHUNK_ROWS = 2000
 PURGE_PAUSE_SECONDS = 0.002
 SALES_FIRST_SECONDS = 0.02  # how long a write of delivery lets waiting sales go first
 SHRINK_PAGES_PER_STEP = 1000
-UNDECODABLE = "undecodable"  # the kind of an item whose stored bytes cannot be read back
 
 
 class _Serializer:
-    """persist-queue's JSON serializer, but a row that cannot be read back never raises.
+    """persist-queue's JSON serializer, but its rows are queue items (agent/ledger/item.py), and
+    a row that cannot be read back never raises.
 
     persist-queue marks a row claimed before it decodes it: a decoding error there would leave
     the row claimed for good (failure matrix 21). Such a row comes out as an item of kind
     "undecodable" instead, with why, and delivery dead-letters it like any item it cannot send.
     """
 
-    dumps = staticmethod(json_serializer.dumps)
+    dumps = staticmethod(encode)
+    loads = staticmethod(decode)
     dump = staticmethod(json_serializer.dump)
     load = staticmethod(json_serializer.load)
-
-    @staticmethod
-    def loads(data: bytes) -> dict[str, Any]:
-        return decode(data)
-
-
-def decode(data: bytes) -> dict[str, Any]:
-    """A stored item; an item of kind UNDECODABLE (with `why`) when it is not one of ours."""
-    try:
-        item = json_serializer.loads(bytes(data))
-    except UnicodeDecodeError:
-        return _undecodable(data, "its bytes are not UTF-8")
-    except (ValueError, RecursionError):
-        return _undecodable(data, "it is not JSON")
-    if not isinstance(item, dict):
-        return _undecodable(data, "it is not a JSON object")
-    return item
-
-
-def _undecodable(data: bytes, why: str) -> dict[str, Any]:
-    digest = hashlib.sha256(bytes(data)).hexdigest()[:16]
-    return {"kind": UNDECODABLE, "key": f"undecodable-{digest}", "revision": 0, "why": why}
 
 
 class _AckQueue(persistqueue.SQLiteAckQueue):
@@ -102,7 +81,7 @@ class Claimed:
 
     destination: str
     id: int
-    item: dict[str, Any]
+    item: QueueItem
     enqueued_at: float
     queue: str = ""  # the queue it came from: the destination's, or its low-priority lane
 
@@ -128,7 +107,7 @@ class Transaction:
         self._queues = queues
         self.added: Counter[str] = Counter()
 
-    def put(self, destination: str, item: dict[str, Any]) -> int:
+    def put(self, destination: str, item: QueueItem) -> int:
         """Insert an item into a destination's queue (persist-queue's own statement)."""
         return self.put_encoded(destination, encode(item))
 
@@ -139,17 +118,17 @@ class Transaction:
         self.added[destination] += 1
         return int(cursor.lastrowid or 0)
 
-    def replace(self, destination: str, queue_id: int, item: dict[str, Any]) -> bool:
+    def replace(self, destination: str, queue_id: int, item: QueueItem) -> bool:
         """Rewrite a queued item that has not been claimed yet (ready or set aside); False if
         it has already left."""
         queue = self._queue(destination)
         cursor = self.conn.execute(
             f"UPDATE {queue._table_name} SET data = ? WHERE _id = ? AND status IN (?, ?, ?)",
-            (json_serializer.dumps(item), queue_id, *WAITING_STATUSES),
+            (encode(item), queue_id, *WAITING_STATUSES),
         )
         return cursor.rowcount == 1
 
-    def pending_items(self, destination: str) -> list[tuple[int, dict[str, Any]]]:
+    def pending_items(self, destination: str) -> list[tuple[int, QueueItem]]:
         """Every item of a destination not claimed by a sender (ready or set aside), oldest
         first."""
         queue = self._queue(destination)
@@ -248,12 +227,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return status.st_dev, status.st_ino
-
-
-def encode(item: dict[str, Any]) -> bytes:
-    """An item as the queue stores it: persist-queue's JSON serializer (never pickle)."""
-    data: bytes = json_serializer.dumps(item)
-    return data
 
 
 def _index_ready_items(queue: _AckQueue) -> None:
@@ -526,7 +499,7 @@ class Outbox:
 
     def set_aside_items(
         self, destination: str, limit: int = -1
-    ) -> list[tuple[str, int, dict[str, Any]]]:
+    ) -> list[tuple[str, int, QueueItem]]:
         """(queue, id, item) of a destination's set-aside items, both lanes, oldest first
         (at most limit of each lane; -1: all)."""
         found = []
@@ -617,7 +590,7 @@ class Outbox:
             rows = conn.execute(
                 f"SELECT data FROM {table} WHERE status = ?", (CLAIMED_STATUS,)
             ).fetchall()
-        return sum(1 for (data,) in rows if decode(data).get("key") == key)
+        return sum(1 for (data,) in rows if decode(data).key == key)
 
     def checkpoint(self) -> None:
         """Fold the WAL into the file and truncate it: deleted bytes leave the -wal too."""

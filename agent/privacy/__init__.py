@@ -205,10 +205,10 @@ class Privacy:
         count = 0
         for queue in self._outbox.queues:
             for queue_id, item in tx.pending_items(queue):
-                token = item.get("personal")
+                token = item.personal
                 if token and crypto.key_id_of(token) == key_id:
-                    aad = crypto.record_aad(item["kind"], item["key"])
-                    item["personal"] = self._keyring.seal(self._keyring.open(token, aad), aad)
+                    aad = crypto.record_aad(item.kind, item.key)
+                    item.personal = self._keyring.seal(self._keyring.open(token, aad), aad)
                     count += tx.replace(queue, queue_id, item)
         return count + erasure.reseal_rows(tx, self._keyring, key_id)
 
@@ -252,10 +252,10 @@ class Privacy:
         """A receipt leaves without its buyer; a contact registration is withdrawn."""
         for queue in self._outbox.queues:
             for queue_id, item in tx.pending_items(queue):
-                if item.get("key") != key or item.get("kind") != kind:
+                if item.key != key or item.kind != kind:
                     continue
                 if kind == "receipt":
-                    item["personal"], item["forgotten"] = None, True
+                    item.personal, item.forgotten = None, True
                     report.queued_items_stripped += tx.replace(queue, queue_id, item)
                 elif tx.remove(queue, queue_id):
                     report.queued_items_removed += 1
