@@ -8,7 +8,6 @@ before the 2xx: the POS's retry is a duplicate, not a second purchase). CI runs 
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 import time
 
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import Till, make_receipt
+from tests.ledger_probe import LedgerProbe
 
 CLIENTS = 4
 
@@ -65,15 +65,12 @@ def check_invariants(process, acknowledged: list[str]) -> None:
     assert resend.json()["status"] == "duplicate"
     till.close()
     assert process.terminate() == 0
-    conn = sqlite3.connect(process.raw["agent"]["data_dir"] + "/outbox.db")
-    try:
-        receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-        for table in ("ack_queue_engage", "ack_queue_loaded"):
-            rows = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            assert rows == receipts, (table, rows, receipts)
-        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    with LedgerProbe(process.raw["agent"]["data_dir"]) as ledger:
+        receipts = len(ledger.receipt_ids())
+        for queue in ("engage", "loaded"):
+            rows = ledger.queue_count(queue)
+            assert rows == receipts, (queue, rows, receipts)
+        assert ledger.quick_check() == "ok"
     assert len(acknowledged) >= 1
 
 

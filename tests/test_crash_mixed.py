@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -38,8 +37,10 @@ import requests
 
 from agent.core.config import DeliverySettings
 from agent.core.failpoints import ENV as FAILPOINTS
+from agent.ledger.outbox import CLAIMED_STATUS
 from agent.sandbox import SandboxCloud
 from tests.conftest import AgentProcess, Till, make_receipt, write_toml
+from tests.ledger_probe import LedgerProbe
 
 KILLED = -getattr(signal, "SIGKILL", 9)  # Windows has no SIGKILL (and no crash harness)
 PHONES = [f"+467000000{n:02d}" for n in range(10)]  # obviously synthetic buyers
@@ -239,16 +240,10 @@ def restart_and_check(run: Run, env: dict[str, str] | None = None) -> None:
 
 
 def check_stored(run: Run) -> None:
-    with ledger(run) as conn:
-        stored = {r[0] for r in conn.execute("SELECT unique_receipt_id FROM receipts")}
-        states = Counter(r[0] for r in conn.execute("SELECT state FROM deliveries"))
-        waiting = conn.execute(
-            "SELECT d.record_key, d.destination FROM deliveries d WHERE d.state != 'delivered' "
-            "AND NOT EXISTS (SELECT 1 FROM ack_queue_engage q WHERE d.destination = 'engage' "
-            "AND q._id = d.queue_id AND q.status IN (0, 1, 2, 9)) "
-            "AND NOT EXISTS (SELECT 1 FROM ack_queue_loaded q WHERE d.destination = 'loaded' "
-            "AND q._id = d.queue_id AND q.status IN (0, 1, 2, 9))"
-        ).fetchall()
+    with ledger(run) as probe:
+        stored = probe.receipt_ids()
+        states = probe.delivery_states()
+        waiting = probe.unaccounted()
     lost = set(run.receipts) - stored
     assert not lost, f"acknowledged receipts lost: {sorted(lost)[:5]}"
     assert set(states) <= {"queued", "retrying", "delivered"}, states
@@ -276,10 +271,8 @@ def check_cloud_duplicates(run: Run) -> None:
 
 def sent_not_recorded(run: Run) -> set[tuple[str, str]]:
     """(api, key) the cloud accepted but the ledger does not call delivered: the A3 window."""
-    with ledger(run) as conn:
-        delivered = set(
-            conn.execute("SELECT destination, record_key FROM deliveries WHERE state = 'delivered'")
-        )
+    with ledger(run) as probe:
+        delivered = probe.delivered()
     return {
         (api, key)
         for api, counts in run.cloud.accepted_receipts().items()
@@ -298,29 +291,20 @@ def resend(run: Run, post: Post) -> requests.Response:
 
 
 def stored_receipts(run: Run) -> set[str]:
-    if not os.path.exists(ledger(run).path):
+    if not ledger(run).path.exists():
         return set()
-    with ledger(run) as conn:
-        return {r[0] for r in conn.execute("SELECT unique_receipt_id FROM receipts")}
+    with ledger(run) as probe:
+        return probe.receipt_ids()
 
 
 def quick_check(run: Run) -> str:
-    with ledger(run) as conn:
-        return str(conn.execute("PRAGMA quick_check").fetchone()[0])
+    with ledger(run) as probe:
+        return probe.quick_check()
 
 
-class ledger:  # noqa: N801 - used as a context manager, like a function
-    """A read-only connection to the agent's outbox file (it may be running: WAL readers)."""
-
-    def __init__(self, run: Run) -> None:
-        self.path = os.path.join(run.process.raw["agent"]["data_dir"], "outbox.db")
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.close()
+def ledger(run: Run) -> LedgerProbe:
+    """The agent's ledger, read-only (it may be running: WAL readers)."""
+    return LedgerProbe(run.process.raw["agent"]["data_dir"])
 
 
 def drain_and_check(run: Run) -> None:
@@ -368,9 +352,8 @@ def status(run: Run) -> dict[str, Any]:
 def check_final(run: Run) -> None:
     assert stored_receipts(run) == set(run.receipts), "stored and acknowledged differ"
     check_stored(run)
-    with ledger(run) as conn:
-        undelivered = conn.execute("SELECT COUNT(*) FROM deliveries WHERE state != 'delivered'")
-        assert undelivered.fetchone()[0] == 0
+    with ledger(run) as probe:
+        assert set(probe.delivery_states()) <= {"delivered"}
     check_cloud_duplicates(run)
     sends = run.cloud.accepted_receipts()
     for api, key in run.resend_expected:  # A3: sent again, with the same key, held once
@@ -464,9 +447,8 @@ def test_sigterm_with_requests_in_flight_stops_in_time_and_leaves_nothing_claime
     stop.set()
     thread.join(15)
     assert took < 3 * 2.0 + 2, f"shutdown took {took:.1f}s"  # API, scheduler, each worker
-    with ledger(run) as conn:
-        for table in ("ack_queue_engage", "ack_queue_loaded"):
-            claimed = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE status = 2")
-            assert claimed.fetchone()[0] == 0, f"{table}: an item left claimed"
+    with ledger(run) as probe:
+        for queue in ("engage", "loaded"):
+            assert probe.queue_count(queue, CLAIMED_STATUS) == 0, f"{queue}: an item left claimed"
     cloud.faults.set_latency(0.0, api="loaded")
     drain_and_check(run)

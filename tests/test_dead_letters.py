@@ -8,6 +8,7 @@ from agent.core.errors import RejectedError
 from agent.privacy import Privacy
 from tests.conftest import make_receipt
 from tests.fakes.senders import Clock, ScriptedSender, raising
+from tests.ledger_probe import LedgerProbe
 from tests.test_cli import till_agent
 from tests.test_dispatch import dispatcher_for, drain
 from tests.test_privacy import FakeClocks
@@ -84,9 +85,9 @@ def test_dead_letters_lose_personal_fields_after_their_retention(start_agent):
     assert privacy.purge().dead_letters_redacted == 1
     (letter,) = till.get("/v1/dead-letters").json()
     assert letter["redacted"] is True
-    with agent.outbox.read() as conn:
-        (item,) = conn.execute("SELECT item FROM dead_letters").fetchone()
-    assert json.loads(item)["personal"] is None
+    with LedgerProbe(agent) as ledger:
+        (item,) = ledger.dead_letter_items()
+    assert item.personal is None
 
 
 def test_forget_strips_a_dead_letter(start_agent):
@@ -168,8 +169,8 @@ def test_the_clouds_excerpt_is_sealed_at_rest_and_shown_opened_with_its_reason(
         "loaded: HTTP 400", connector="x", status=400, cloud_error_id="e-2", body_excerpt=EXCERPT
     )
     agent, till, *_ = rejected_rig(start_agent, refusal=refusal, receipt_id="R-SEALED")
-    with agent.outbox.read() as conn:
-        (raw,) = conn.execute("SELECT body_excerpt FROM dead_letters").fetchone()
+    with LedgerProbe(agent) as ledger:
+        (raw,) = ledger.dead_letter_excerpts()
     assert raw.startswith("s1.")  # sealed at rest ...
     data = b"".join(p.read_bytes() for p in agent.settings.agent.data_dir.rglob("*") if p.is_file())
     assert b"ZzExcerptCode7" not in data  # ... in every byte of the data directory

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from tests.conftest import Till, make_receipt
+from tests.ledger_probe import LedgerProbe
 
 
 def test_receipt_acknowledged_before_sigkill_is_there_after_restart(agent_process):
@@ -53,9 +52,8 @@ def test_full_store_answers_503_and_never_a_2xx_without_a_durable_write(start_ag
     for receipt_id, status in outcomes.items():
         found = till.get(f"/v1/receipts/{receipt_id}").status_code
         assert found == (200 if status == 202 else 404), (receipt_id, status)
-    with sqlite3.connect(agent.outbox.path) as conn:
-        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-    conn.close()
+    with LedgerProbe(agent) as ledger:
+        assert ledger.quick_check() == "ok"
 
 
 def requests_health(till: Till) -> int:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from tests.conftest import make_receipt
+from tests.ledger_probe import LedgerProbe
 
 
 def depth(agent, destination: str) -> int:
@@ -162,22 +161,17 @@ def test_invalid_body_is_kept_sealed_in_quarantine(agent_till):
     answer = till.post("/v1/receipts", receipt)
     error_id = answer.json()["error"]["errorId"]
     assert quarantined(agent, error_id) == "invalid_body"
-    with sqlite3.connect(agent.outbox.path) as conn:
-        (sealed,) = conn.execute(
-            "SELECT sealed_body FROM quarantine WHERE error_id = ?", (error_id,)
-        ).fetchone()
-    conn.close()
+    with LedgerProbe(agent) as ledger:
+        (sealed,) = [q.sealed_body for q in ledger.quarantine() if q.error_id == error_id]
+    assert sealed is not None
     assert "+46700000001" not in sealed
     assert sealed.startswith("s1.")
 
 
 def quarantined(agent, error_id: str) -> str | None:
-    conn = sqlite3.connect(agent.outbox.path)
-    try:
-        row = conn.execute("SELECT code FROM quarantine WHERE error_id = ?", (error_id,)).fetchone()
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
+    with LedgerProbe(agent) as ledger:
+        codes = [q.code for q in ledger.quarantine() if q.error_id == error_id]
+    return codes[0] if codes else None
 
 
 def test_status_counts_every_outcome(agent_till):

@@ -32,6 +32,7 @@ from agent.core.reasons import printable
 from agent.sandbox import SandboxCloud
 from tests.conftest import Till, base_config, make_receipt, merged
 from tests.conftest import wait_for as wait_seconds
+from tests.ledger_probe import LedgerProbe
 
 GOOD_SALE_SECONDS = 10.0
 # Short back-offs and few attempts, so a poison item reaches the dead letters within the test.
@@ -369,9 +370,9 @@ def test_the_same_refused_body_is_kept_once_and_answered_with_the_same_error_id(
     bad["items"][0]["quantity"] = "one"
     ids = {till.post("/v1/receipts", bad).json()["error"]["errorId"] for _ in range(30)}
     assert len(ids) == 1
-    with agent.outbox.read() as conn:
-        rows = conn.execute("SELECT error_id, times FROM quarantine").fetchall()
-    assert [tuple(r) for r in rows] == [(ids.pop(), 30)]
+    with LedgerProbe(agent) as ledger:
+        kept = [(q.error_id, q.times) for q in ledger.quarantine()]
+    assert kept == [(ids.pop(), 30)]
     assert till.get("/v1/status").json()["counters"]["quarantined"] == 30
 
 
@@ -384,13 +385,9 @@ def test_refused_bodies_have_their_own_cap_and_never_refuse_a_sale(start_agent):
         bad["items"][0]["quantity"] = "one"
         assert till.post("/v1/receipts", bad).status_code == 422
         assert till.post("/v1/receipts", make_receipt(f"SALE-{n}")).status_code == 202
-    with agent.outbox.read() as conn:
-        (kept,) = conn.execute(
-            "SELECT COALESCE(SUM(LENGTH(sealed_body)), 0) FROM quarantine"
-        ).fetchone()
-        (counted,) = conn.execute(
-            "SELECT value FROM counters WHERE name = 'quarantine_bytes'"
-        ).fetchone()
+    with LedgerProbe(agent) as ledger:
+        kept = sum(len(q.sealed_body or "") for q in ledger.quarantine())
+        counted = ledger.counter("quarantine_bytes")
     assert 0 < kept <= 1024 * 1024
     assert counted == kept
 
@@ -893,7 +890,6 @@ def test_a_body_nested_a_hundred_thousand_deep_is_refused_in_words(agent_till, r
         )
         assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text[:200])
         assert answer.json()["error"]["errorId"].startswith("err_"), name
-    with agent.outbox.read() as conn:
-        kept = conn.execute("SELECT COUNT(*) FROM quarantine WHERE sealed_body IS NOT NULL")
-        assert kept.fetchone()[0] == 0  # too deep to read: the refusal is kept, not the body
+    with LedgerProbe(agent) as ledger:  # too deep to read: the refusal is kept, not the body
+        assert [q.sealed_body for q in ledger.quarantine() if q.sealed_body is not None] == []
     assert till.post("/v1/receipts", make_receipt("GOOD-AFTER")).status_code == 202

@@ -11,6 +11,7 @@ from agent.core import crypto
 from agent.core.errors import KeyStoreError
 from agent.privacy import DAY, Privacy
 from tests.conftest import make_receipt
+from tests.ledger_probe import LedgerProbe
 from tests.test_privacy_scan import PLANTED, plant_everything, scan
 
 
@@ -84,23 +85,15 @@ def assert_deliverable(agent, keyring) -> None:
 
 def sealed_values(data_dir) -> list[tuple[str, str]]:
     """(sealed value, record aad) of every queue item and quarantine row in an outbox copy."""
-    import sqlite3
-
-    conn = sqlite3.connect(data_dir / "outbox.db")
     values = []
-    try:
-        for (table,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ack_queue_%'"
-        ).fetchall():
-            for (data,) in conn.execute(f"SELECT data FROM {table}").fetchall():
-                item = json.loads(bytes(data))
-                if item.get("personal"):
-                    values.append((item["personal"], crypto.record_aad(item["kind"], item["key"])))
-        for error_id, body in conn.execute("SELECT error_id, sealed_body FROM quarantine"):
-            if body:
-                values.append((body, crypto.record_aad("quarantine", error_id)))
-    finally:
-        conn.close()
+    with LedgerProbe(data_dir) as ledger:
+        for queue in ledger.queues():
+            for item in ledger.queue_items(queue):
+                if item.personal:
+                    values.append((item.personal, crypto.record_aad(item.kind, item.key)))
+        for kept in ledger.quarantine():
+            if kept.sealed_body:
+                values.append((kept.sealed_body, crypto.record_aad("quarantine", kept.error_id)))
     return values
 
 
@@ -154,15 +147,12 @@ def test_redacted_quarantine_keeps_the_record_of_what_happened(planted):
     clocks = FakeClocks(start=__import__("time").time())
     clocks.advance_days(15)
     privacy_with_clocks(agent, clocks).purge()
-    with agent.outbox.read() as conn:
-        rows = conn.execute(
-            "SELECT code, reason, sealed_body, redacted_at FROM quarantine"
-        ).fetchall()
-    ((code, reason, body, redacted_at),) = rows
-    assert code == "invalid_body"
-    assert reason
-    assert body is None
-    assert redacted_at is not None
+    with LedgerProbe(agent) as ledger:
+        (kept,) = ledger.quarantine()
+    assert kept.code == "invalid_body"
+    assert kept.reason
+    assert kept.sealed_body is None
+    assert kept.redacted_at is not None
     assert till.get("/v1/status").json()["counters"]["quarantined"] == 1
 
 
@@ -196,11 +186,8 @@ def test_forget_withdraws_a_queued_contact_registration(start_agent):
     report = agent.privacy.forget(email=PLANTED["email"])
     assert report.queued_items_removed == 1
     assert agent.outbox.depth("engage").pending == 0
-    with agent.outbox.read() as conn:
-        (state,) = conn.execute(
-            "SELECT state FROM deliveries WHERE record_key = ?", (local_id,)
-        ).fetchone()
-    assert state == "forgotten"
+    with LedgerProbe(agent) as ledger:
+        assert ledger.delivery_states(local_id) == {"forgotten": 1}
 
 
 def test_forget_and_purge_over_the_api(agent_till):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tests.conftest import make_receipt
 from tests.fakes.senders import ScriptedSender
+from tests.ledger_probe import LedgerProbe
 from tests.test_cli import till_agent
 from tests.test_dispatch import dispatcher_for, post
 
@@ -66,9 +66,9 @@ def test_the_journal_keeps_the_buyer_sealed_and_forget_strips_it(start_agent):
     dispatcher_for(agent, ScriptedSender()).step()
     assert scan(agent.settings.agent.data_dir) == []
     agent.privacy.forget(email=PLANTED["email"])
-    with agent.outbox.read() as conn:
-        (item,) = conn.execute("SELECT item FROM journal").fetchone()
-    assert json.loads(item)["personal"] is None
+    with LedgerProbe(agent) as ledger:
+        (item,) = ledger.journal_items()
+    assert item.personal is None
 
 
 def test_a_dry_run_says_what_each_cloud_will_do_and_queues_nothing(start_agent):
