@@ -11,6 +11,7 @@ from agent.core import db
 from agent.core.errors import NotFoundError, StorageError
 from agent.ledger.item import QueueItem
 from agent.ledger.outbox import Outbox
+from tests.ledger_probe import LedgerProbe
 
 
 @pytest.fixture
@@ -146,8 +147,8 @@ def test_purge_acked_deletes_delivered_rows(outbox):
     put(outbox, "a", item(1))
     outbox.ack(outbox.claim("a", timeout_seconds=0.1))
     assert outbox.purge_acked() == 1
-    with outbox.read() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM ack_queue_a").fetchone()[0] == 0
+    with LedgerProbe(outbox.path) as ledger:
+        assert ledger.queue_count("a") == 0
 
 
 def test_a_claim_reads_the_ready_index_never_the_delivered_rows(outbox):
