@@ -135,7 +135,7 @@ def test_a_deletion_in_the_cloud_forgets_the_person_everywhere_here(start_agent)
     assert agent.contacts.find("member", "M-9") == []
     for destination in ("engage", "loaded"):
         items = agent.outbox.run(lambda b, d=destination: b.pending_items(d))
-        assert [item["personal"] for _, item in items] == [None]  # the receipt goes on, anonymous
+        assert [item.personal for _, item in items] == [None]  # the receipt goes on, anonymous
 
 
 def lookup_indexes(cache: ContactCache | Path) -> set[str]:
@@ -256,4 +256,4 @@ def test_a_deletion_forgets_the_person_by_their_second_number_too(start_agent):
     sync.run_once()
     for destination in ("engage", "loaded"):
         items = agent.outbox.run(lambda b, d=destination: b.pending_items(d))
-        assert [item["personal"] for _, item in items] == [None]  # tagged by the landline: gone
+        assert [item.personal for _, item in items] == [None]  # tagged by the landline: gone
