@@ -25,8 +25,7 @@ from agent.delivery.prepare import Preparer
 from agent.delivery.record import Recorder, failure_of
 from agent.delivery.send import Send
 from agent.delivery.state import THROTTLED, Destination
-from agent.ledger import Ledger
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Ledger, Outbox
 
 log = logging.getLogger(__name__)
 

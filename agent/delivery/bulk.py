@@ -25,8 +25,7 @@ from agent.delivery.bulkcalls import (
     Ticket,
     ticket_of,
 )
-from agent.ledger import Ledger, marks
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Ledger, Outbox, marks
 
 __all__ = ["BulkContacts", "BulkSettings", "BulkWriter", "Run"]
 

@@ -17,8 +17,7 @@ from agent.connectors.base import never_sent
 from agent.core import models
 from agent.core.errors import AuthError, CloudError, RejectedError, RetryableError, ThrottledError
 from agent.core.ratelimit import RateBudget, Verdict
-from agent.ledger import marks
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Outbox, marks
 
 log = logging.getLogger(__name__)
 

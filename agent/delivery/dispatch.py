@@ -25,8 +25,7 @@ from agent.delivery.send import Send, Sender
 from agent.delivery.setaside import BY_HAND, SetAside
 from agent.delivery.state import OFFLINE, ONLINE, Destination, Ticket
 from agent.delivery.window import Window
-from agent.ledger import Failure, Ledger
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Failure, Ledger, Outbox
 
 __all__ = ["ContactResolver", "Dispatcher", "Sender", "watch_backlog"]
 

@@ -18,7 +18,7 @@ from agent.delivery.prepare import member_key, members_named
 from agent.delivery.send import NotSentError
 from agent.delivery.state import Destination
 from agent.delivery.window import Landed, Window
-from agent.ledger.outbox import Claimed
+from agent.ledger import Claimed
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ from agent.core import models
 from agent.core.errors import RejectedError, UnsendableError
 from agent.delivery import amend
 from agent.delivery.budget import Budget
-from agent.ledger import Ledger
-from agent.ledger.outbox import UNDECODABLE, Claimed
+from agent.ledger import UNDECODABLE, Claimed, Ledger
 
 MULTIPLE_MATCHES = 409
 

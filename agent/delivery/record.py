@@ -19,8 +19,7 @@ from agent.delivery.history import FailingItems
 from agent.delivery.outcome import Outcome, Verdict
 from agent.delivery.setaside import SetAside
 from agent.delivery.state import HALTED, OFFLINE, ONLINE, THROTTLED, Destination
-from agent.ledger import Failure, Ledger
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Failure, Ledger, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from agent.core.errors import NotFoundError
 from agent.delivery.state import Destination, SetAsideItem, Ticket
-from agent.ledger import Ledger
-from agent.ledger.outbox import Claimed, Outbox
+from agent.ledger import Claimed, Ledger, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.ledger.outbox import Claimed
+from agent.ledger import Claimed
 
 
 @dataclass(frozen=True)

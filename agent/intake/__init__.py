@@ -26,8 +26,15 @@ from agent.core.errors import InvalidRequestError, NotFoundError, StorageError
 from agent.core.failpoints import failpoint
 from agent.core.health import FAILING, OK, Health
 from agent.core.matchkeys import contact_key_problem, match_key_problem, subject_keys
-from agent.ledger import records, schema
-from agent.ledger.outbox import CLAIMED_STATUS, LOW_PRIORITY, Outbox, Transaction, encode
+from agent.ledger import (
+    CLAIMED_STATUS,
+    LOW_PRIORITY,
+    Outbox,
+    Transaction,
+    encode,
+    records,
+    schema,
+)
 
 log = logging.getLogger(__name__)
 

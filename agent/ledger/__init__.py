@@ -2,7 +2,9 @@
 
 This package holds the queues (outbox.py, over persist-queue), the tables beside them and their
 migrations (schema.py), the takings (takings.py) and, in this module, the delivery ledger: what
-became of each queued item — delivered, retrying, dead-lettered.
+became of each queued item — delivered, retrying, dead-lettered. outbox.py opens the file and
+holds its writer; only this package and the composition root (agent.app) import it (an
+import-linter contract): the rest of the agent takes its names from here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,25 @@ from agent.core.crypto import Keyring
 from agent.core.errors import KeyStoreError, NotFoundError
 from agent.core.figures import Amounts
 from agent.ledger import takings
-from agent.ledger.outbox import LOW_PRIORITY, Claimed, Outbox, Transaction
+from agent.ledger.outbox import (
+    CLAIMED_STATUS,
+    LOW_PRIORITY,
+    UNDECODABLE,
+    Claimed,
+    Outbox,
+    Transaction,
+    encode,
+)
+
+__all__ = [  # the queues' names the rest of the agent uses (agent.ledger.outbox is ours)
+    "CLAIMED_STATUS",
+    "LOW_PRIORITY",
+    "UNDECODABLE",
+    "Claimed",
+    "Outbox",
+    "Transaction",
+    "encode",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,8 +16,7 @@ from agent.core import ratelimit
 from agent.core.config import DestinationSettings
 from agent.core.errors import CloudError, DeadlineError, InvalidRequestError, StoppingError
 from agent.core.figures import ZERO, Amounts, held_of, money, totals
-from agent.ledger import DeadLetters, takings
-from agent.ledger.outbox import Outbox
+from agent.ledger import DeadLetters, Outbox, takings
 
 log = logging.getLogger(__name__)
 

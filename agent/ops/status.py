@@ -16,8 +16,7 @@ from agent.contacts import ContactCache
 from agent.core.config import DestinationSettings
 from agent.core.health import Health
 from agent.intake import Intake
-from agent.ledger import takings
-from agent.ledger.outbox import Outbox
+from agent.ledger import Outbox, takings
 from agent.ops.forecast import Forecast, Outlook
 
 NOT_DELIVERING = "no sender for this destination is running"

@@ -19,8 +19,7 @@ from agent.core.errors import StorageError
 from agent.core.failpoints import failpoint
 from agent.core.matchkeys import subject_keys
 from agent.core.metrics import Metrics
-from agent.ledger import erasure
-from agent.ledger.outbox import LOW_PRIORITY, Outbox, Transaction
+from agent.ledger import LOW_PRIORITY, Outbox, Transaction, erasure
 
 log = logging.getLogger(__name__)
 
