@@ -6,5 +6,6 @@ back, amendments as differences by amend.py, the buyer resolved), budget (budget
 (send.py: the connector and its probe), decide (outcome.py's pure table, over the history of
 history.py) and record (record.py, the destination's state in state.py). attempt.py takes one
 item through them; flight.py runs several sends at once in window.py's window, ordered by key;
-bulk.py sends runs of contact changes through a cloud's bulk endpoint.
+bulk.py sends runs of contact changes through a cloud's bulk endpoint (its requests in
+bulkcalls.py).
 """
